@@ -1,0 +1,16 @@
+//! Entity models of the billing schema.
+//!
+//! `_entities/` is exactly what `sea-orm-cli generate entity` writes (README has the command;
+//! CI regenerates it and fails on any difference), so it is never edited by hand. What we add
+//! lives in sibling modules that regeneration never touches.
+
+#[rustfmt::skip]
+mod _entities;
+
+pub use _entities::{api_tokens, prelude, synced_sessions, users};
+
+mod subscription_status;
+mod tier;
+
+pub use subscription_status::{SubscriptionStatus, UnknownSubscriptionStatus};
+pub use tier::{GRACE_PERIOD_DAYS, Tier, tier_for};

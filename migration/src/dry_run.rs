@@ -1,0 +1,81 @@
+//! `migration sql`: the SQL that `up` or `down` would send, without touching the database.
+//!
+//! It prints the very step lists the runner executes, with the transactions and lock timeouts
+//! the runner wraps them in, so what is reviewed (or linted with squawk) is what runs. On a
+//! database where some steps are already done, the runner skips those (the comment above each
+//! step says when).
+
+use std::fmt::Write;
+
+use sea_orm_migration::sea_orm::DbBackend;
+
+use crate::PlannedMigration;
+use crate::settings::LockSettings;
+use crate::step::{Direction, Mode, lock_timeout_reset_sql, lock_timeout_sql};
+
+pub fn backend_name(backend: DbBackend) -> &'static str {
+    match backend {
+        DbBackend::Postgres => "postgres",
+        DbBackend::MySql => "mysql",
+        _ => "sqlite",
+    }
+}
+
+/// Renders `migrations` (in the order given) for `backend`.
+pub fn render(
+    backend: DbBackend,
+    direction: Direction,
+    migrations: &[&dyn PlannedMigration],
+    settings: &LockSettings,
+) -> String {
+    let mut out = String::new();
+    for migration in migrations {
+        let steps = migration.plan(backend, direction);
+        let wrapped = migration
+            .use_transaction()
+            .unwrap_or(backend == DbBackend::Postgres);
+        let _ = writeln!(
+            out,
+            "-- {} {} ({}): {} step(s){}",
+            migration.name(),
+            direction.as_str(),
+            backend_name(backend),
+            steps.len(),
+            if wrapped { ", in one transaction" } else { "" }
+        );
+        if wrapped {
+            out.push_str("BEGIN;\n");
+        }
+        for (i, step) in steps.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "-- step {}/{}: {} ({})",
+                i + 1,
+                steps.len(),
+                step.summary,
+                step.done_when.describe()
+            );
+            let own_transaction = step.mode == Mode::LockTimed && !wrapped;
+            if own_transaction {
+                out.push_str("BEGIN;\n");
+                if let Some(sql) = lock_timeout_sql(backend, settings.lock_timeout) {
+                    let _ = writeln!(out, "{sql};");
+                }
+            }
+            for sql in &step.statements {
+                let _ = writeln!(out, "{sql};");
+            }
+            if own_transaction {
+                if let Some(sql) = lock_timeout_reset_sql(backend) {
+                    let _ = writeln!(out, "{sql};");
+                }
+                out.push_str("COMMIT;\n");
+            }
+        }
+        if wrapped {
+            out.push_str("COMMIT;\n");
+        }
+        out.push('\n');
+    }
+    out
+}

@@ -1,0 +1,256 @@
+//! Migrations as ordered, re-runnable steps.
+//!
+//! Every migration here is a list of [`Step`]s built for one backend. A step knows how to tell
+//! that it has already happened ([`Probe`]), so running `up` or `down` again after a crash or a
+//! failed statement finishes the job instead of failing on "duplicate column". The same list is
+//! what `migration sql` prints, so the dry run shows exactly what would run.
+
+use std::time::Duration;
+
+use sea_orm_migration::prelude::*;
+use sea_orm_migration::sea_orm::{ConnectionTrait, DbBackend, StatementBuilder, TransactionTrait};
+
+use crate::probe::Probe;
+use crate::settings::LockSettings;
+
+/// How a step's statements are sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// On the connection the runner gives the migration (its transaction, where it opened one).
+    Plain,
+    /// In a short transaction of its own, under a lock timeout set on that same transaction
+    /// (`SET LOCAL lock_timeout` on PostgreSQL, `lock_wait_timeout` on MySQL), retried with
+    /// backoff and jitter when the lock is not granted in time. For steps that take a heavy
+    /// table lock for a metadata-only change.
+    LockTimed,
+    /// One statement at a time, outside any transaction: `CREATE INDEX CONCURRENTLY` and
+    /// friends, which PostgreSQL refuses to run in a transaction block.
+    Online,
+}
+
+/// One unit of schema change, with the probe that tells it is already done.
+#[derive(Clone, Debug)]
+pub struct Step {
+    pub summary: &'static str,
+    pub mode: Mode,
+    /// Skip the step when this holds.
+    pub done_when: Probe,
+    pub statements: Vec<String>,
+}
+
+impl Step {
+    pub fn new(summary: &'static str, mode: Mode, done_when: Probe) -> Self {
+        Self {
+            summary,
+            mode,
+            done_when,
+            statements: Vec::new(),
+        }
+    }
+
+    /// Adds a statement built with sea-query, rendered for `backend`.
+    pub fn build<S: StatementBuilder>(mut self, backend: DbBackend, stmt: &S) -> Self {
+        self.statements.push(backend.build(stmt).to_string());
+        self
+    }
+
+    /// Adds raw SQL, for what sea-query cannot say; callers explain why at the call site.
+    pub fn raw(mut self, sql: impl Into<String>) -> Self {
+        self.statements.push(sql.into());
+        self
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Up,
+    Down,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Up => "up",
+            Direction::Down => "down",
+        }
+    }
+}
+
+/// A migration whose `up` and `down` are step lists.
+pub trait Planned {
+    fn plan(&self, backend: DbBackend, direction: Direction) -> Vec<Step>;
+}
+
+/// Runs `steps` in order, skipping those already done.
+pub async fn apply(
+    manager: &SchemaManager<'_>,
+    migration: &str,
+    direction: Direction,
+    steps: Vec<Step>,
+) -> Result<(), DbErr> {
+    let db = manager.get_connection();
+    let settings = LockSettings::from_env()?;
+    let total = steps.len();
+    let mut statement_index = 0usize;
+    for (i, step) in steps.iter().enumerate() {
+        let position = format!("{migration} {} step {}/{total}", direction.as_str(), i + 1);
+        if step.done_when.holds(db).await? {
+            tracing::info!("{position}: {} (already done, skipped)", step.summary);
+            statement_index += step.statements.len();
+            continue;
+        }
+        tracing::info!("{position}: {}", step.summary);
+        let pause = PauseHook {
+            migration,
+            direction,
+            first_statement: statement_index,
+        };
+        match step.mode {
+            Mode::Plain | Mode::Online => {
+                for (k, sql) in step.statements.iter().enumerate() {
+                    pause.check(k);
+                    db.execute_unprepared(sql).await?;
+                }
+            }
+            Mode::LockTimed => run_lock_timed(db, step, &settings, &position, &pause).await?,
+        }
+        statement_index += step.statements.len();
+    }
+    Ok(())
+}
+
+async fn run_lock_timed(
+    db: &SchemaManagerConnection<'_>,
+    step: &Step,
+    settings: &LockSettings,
+    position: &str,
+    pause: &PauseHook<'_>,
+) -> Result<(), DbErr> {
+    let backend = db.get_database_backend();
+    let mut attempt = 1u32;
+    loop {
+        let result = async {
+            // One transaction pins one pooled connection, so the timeout below governs exactly
+            // the statements that follow it.
+            let txn = db.begin().await?;
+            if let Some(sql) = lock_timeout_sql(backend, settings.lock_timeout) {
+                txn.execute_unprepared(&sql).await?;
+            }
+            let mut outcome = Ok(());
+            for (k, sql) in step.statements.iter().enumerate() {
+                pause.check(k);
+                outcome = txn.execute_unprepared(sql).await.map(|_| ());
+                if outcome.is_err() {
+                    break;
+                }
+            }
+            if let Some(sql) = lock_timeout_reset_sql(backend) {
+                // MySQL's setting is per session and the connection goes back to the pool.
+                // Best effort: a failure here must not mask the statement's own error.
+                let reset = txn.execute_unprepared(sql).await;
+                if outcome.is_ok() {
+                    outcome = reset.map(|_| ());
+                }
+            }
+            outcome?;
+            txn.commit().await
+        }
+        .await;
+        match result {
+            Ok(()) => return Ok(()),
+            Err(err) if is_lock_timeout(&err) && attempt < settings.attempts => {
+                let wait = settings.backoff(attempt);
+                tracing::warn!(
+                    "{position}: lock not granted within {} ms (attempt {attempt}/{}), retrying in {} ms",
+                    settings.lock_timeout.as_millis(),
+                    settings.attempts,
+                    wait.as_millis()
+                );
+                crate::sleep(wait).await;
+                attempt += 1;
+            }
+            Err(err) if is_lock_timeout(&err) => {
+                return Err(DbErr::Migration(format!(
+                    "{position}: could not take the table lock for \"{}\" after {attempt} attempts \
+                     of {} ms each; a long-running transaction is probably holding it. Find it with \
+                     `SELECT pid, state, xact_start, query FROM pg_stat_activity` (PostgreSQL) or \
+                     `SHOW PROCESSLIST` (MySQL), then run the migration again: finished steps are \
+                     skipped. MIGRATION_LOCK_TIMEOUT_MS and MIGRATION_LOCK_ATTEMPTS tune this.",
+                    step.summary,
+                    settings.lock_timeout.as_millis()
+                )));
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+/// The statement that bounds lock waits for the rest of the current transaction.
+pub fn lock_timeout_sql(backend: DbBackend, timeout: Duration) -> Option<String> {
+    match backend {
+        DbBackend::Postgres => Some(format!(
+            "SET LOCAL lock_timeout = '{}ms'",
+            timeout.as_millis()
+        )),
+        // MySQL counts metadata-lock waits in whole seconds; one second is its floor.
+        DbBackend::MySql => Some(format!(
+            "SET SESSION lock_wait_timeout = {}",
+            std::cmp::max(timeout.as_secs(), 1)
+        )),
+        // SQLite has one writer at a time and waits through its busy timeout.
+        _ => None,
+    }
+}
+
+/// Undoes [`lock_timeout_sql`] where it outlives the transaction (MySQL's session variable).
+pub fn lock_timeout_reset_sql(backend: DbBackend) -> Option<&'static str> {
+    (backend == DbBackend::MySql).then_some("SET SESSION lock_wait_timeout = DEFAULT")
+}
+
+/// PostgreSQL `55P03 lock_not_available` and `40P01 deadlock_detected`; MySQL errors 1205
+/// (lock wait timeout) and 1213 (deadlock), which it files under generic SQLSTATEs.
+pub(crate) fn is_lock_timeout(err: &DbErr) -> bool {
+    use sea_orm_migration::sea_orm::{RuntimeErr, sqlx::mysql::MySqlDatabaseError};
+    let (DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e))) = err
+    else {
+        return false;
+    };
+    let Some(db_err) = e.as_database_error() else {
+        return false;
+    };
+    if let Some(mysql) = db_err.try_downcast_ref::<MySqlDatabaseError>() {
+        return matches!(mysql.number(), 1205 | 1213);
+    }
+    matches!(db_err.code().as_deref(), Some("55P03" | "40P01"))
+}
+
+/// Stops the process before a chosen statement, so crash tests can SIGKILL it there.
+///
+/// `MIGRATION_PAUSE_BEFORE=<migration>:<up|down>:<n>` pauses before the n-th statement
+/// (counting from 0 across the whole migration), prints `paused before ...` on stderr and
+/// sleeps until killed. Unset, it costs one environment lookup per statement.
+struct PauseHook<'a> {
+    migration: &'a str,
+    direction: Direction,
+    first_statement: usize,
+}
+
+impl PauseHook<'_> {
+    fn check(&self, offset: usize) {
+        let Ok(target) = std::env::var("MIGRATION_PAUSE_BEFORE") else {
+            return;
+        };
+        let here = format!(
+            "{}:{}:{}",
+            self.migration,
+            self.direction.as_str(),
+            self.first_statement + offset
+        );
+        if target == here {
+            eprintln!("paused before {here}");
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+    }
+}

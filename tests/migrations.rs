@@ -1,0 +1,345 @@
+//! m001-m006 on every backend, each test in a database of its own.
+
+mod support;
+
+use chrono::{Duration, Utc};
+use entity::{SubscriptionStatus, Tier, users};
+use migration::m006_billing_fields::{self as m006, SUBSCRIPTION_STATUSES};
+use migration::step::{self, Direction};
+use migration::{Migrator, MigratorTrait, SchemaManager};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, ConnectionTrait, EntityTrait};
+use support::schema::{snapshot, without_bookkeeping};
+use support::{Backend, TestDb};
+
+const M005: u32 = 5;
+
+on_every_backend!(
+    migrates_an_empty_database,
+    keeps_existing_rows,
+    constraint_admits_exactly_the_six_statuses,
+    stripe_customer_id_is_unique_but_nulls_are_free,
+    down_restores_the_m005_schema_and_up_again_matches_a_clean_run,
+    an_interrupted_up_or_down_finishes_when_run_again,
+    rust_and_sql_agree_on_the_tier,
+);
+
+async fn migrated(backend: Backend) -> TestDb {
+    let t = TestDb::new(backend).await;
+    Migrator::up(&t.db, None).await.expect("up");
+    t
+}
+
+async fn migrates_an_empty_database(backend: Backend) {
+    let t = migrated(backend).await;
+    let schema = snapshot(&t).await.join("\n");
+    for column in [
+        "stripe_customer_id",
+        "subscription_id",
+        "subscription_status",
+        "current_period_end",
+    ] {
+        assert!(
+            schema.contains(&format!("column|users|{column}|")),
+            "{column} missing"
+        );
+    }
+    assert!(schema.contains("column|synced_sessions|deleted_at|"));
+    assert!(schema.contains("idx_users_stripe_customer"));
+    assert!(schema.contains("idx_sessions_deleted_at"));
+    match backend {
+        Backend::Sqlite => assert!(schema.contains("check|users|1"), "{schema}"),
+        _ => assert!(schema.contains("chk_subscription_status"), "{schema}"),
+    }
+    assert!(schema.contains("user_tiers"));
+    // Exactly one index covers stripe_customer_id.
+    let indexes_on_customer = snapshot(&t)
+        .await
+        .into_iter()
+        .filter(|l| {
+            (l.starts_with("index|") || l.starts_with("object|index"))
+                && l.contains("stripe_customer_id")
+        })
+        .count();
+    assert_eq!(indexes_on_customer, 1, "{schema}");
+    let status = Migrator::get_pending_migrations(&t.db)
+        .await
+        .expect("status");
+    assert!(status.is_empty());
+}
+
+async fn keeps_existing_rows(backend: Backend) {
+    let t = TestDb::new(backend).await;
+    Migrator::up(&t.db, Some(M005)).await.expect("up to m005");
+    for i in 0..50 {
+        t.exec(&format!(
+            "INSERT INTO users (email, display_name) VALUES ('u{i}@example.com', {})",
+            if i % 3 == 0 {
+                "NULL".to_owned()
+            } else {
+                format!("'User {i}'")
+            }
+        ))
+        .await;
+    }
+    t.exec(
+        "INSERT INTO synced_sessions (user_id, client_id, device_name, payload) \
+         SELECT id, 'c1', 'laptop', '{\"tabs\":3}' FROM users",
+    )
+    .await;
+    let before_users = t
+        .texts("SELECT concat_ws('|', id, email, coalesce(display_name, '-'), created_at) FROM users ORDER BY id")
+        .await;
+    let before_sessions = t
+        .texts("SELECT concat_ws('|', id, user_id, client_id, device_name, payload, created_at) FROM synced_sessions ORDER BY id")
+        .await;
+    assert_eq!(before_users.len(), 50);
+
+    Migrator::up(&t.db, None)
+        .await
+        .expect("m006 over existing rows");
+
+    let after_users = t
+        .texts("SELECT concat_ws('|', id, email, coalesce(display_name, '-'), created_at) FROM users ORDER BY id")
+        .await;
+    let after_sessions = t
+        .texts("SELECT concat_ws('|', id, user_id, client_id, device_name, payload, created_at) FROM synced_sessions ORDER BY id")
+        .await;
+    assert_eq!(before_users, after_users);
+    assert_eq!(before_sessions, after_sessions);
+    let billing = t
+        .texts(
+            "SELECT DISTINCT concat_ws('|', subscription_status, coalesce(stripe_customer_id, 'null'), \
+             coalesce(subscription_id, 'null'), CASE WHEN current_period_end IS NULL THEN 'null' ELSE 'set' END) FROM users",
+        )
+        .await;
+    assert_eq!(billing, vec!["none|null|null|null"]);
+    let deleted = t
+        .texts("SELECT count(*) FROM synced_sessions WHERE deleted_at IS NOT NULL")
+        .await;
+    assert_eq!(deleted, vec!["0"]);
+}
+
+async fn constraint_admits_exactly_the_six_statuses(backend: Backend) {
+    // The migration's frozen list and the entity's enum agree, both ways.
+    let from_entity: Vec<&str> = SubscriptionStatus::ALL.iter().map(|s| s.as_str()).collect();
+    assert_eq!(from_entity, SUBSCRIPTION_STATUSES);
+
+    let t = migrated(backend).await;
+    for (i, status) in SUBSCRIPTION_STATUSES.iter().enumerate() {
+        t.exec(&format!(
+            "INSERT INTO users (email, subscription_status) VALUES ('ok{i}@x.test', '{status}')"
+        ))
+        .await;
+    }
+    for (i, bad) in ["'bogus'", "'ACTIVE'", "''", "'incomplete'", "NULL"]
+        .iter()
+        .enumerate()
+    {
+        let sql = format!(
+            "INSERT INTO users (email, subscription_status) VALUES ('bad{i}@x.test', {bad})"
+        );
+        assert!(
+            t.db.execute_unprepared(&sql).await.is_err(),
+            "accepted {bad}"
+        );
+    }
+    let bad_update = "UPDATE users SET subscription_status = 'paused'";
+    assert!(t.db.execute_unprepared(bad_update).await.is_err());
+    let defaulted = "INSERT INTO users (email) VALUES ('default@x.test')";
+    t.exec(defaulted).await;
+    assert_eq!(
+        t.texts("SELECT subscription_status FROM users WHERE email = 'default@x.test'")
+            .await,
+        vec!["none"]
+    );
+}
+
+async fn stripe_customer_id_is_unique_but_nulls_are_free(backend: Backend) {
+    let t = migrated(backend).await;
+    for i in 0..3 {
+        t.exec(&format!("INSERT INTO users (email) VALUES ('n{i}@x.test')"))
+            .await;
+    }
+    t.exec("INSERT INTO users (email, stripe_customer_id) VALUES ('a@x.test', 'cus_1')")
+        .await;
+    // Stripe ids are case-sensitive: these are two customers on every backend.
+    t.exec("INSERT INTO users (email, stripe_customer_id) VALUES ('c@x.test', 'CUS_1')")
+        .await;
+    let dup = "INSERT INTO users (email, stripe_customer_id) VALUES ('b@x.test', 'cus_1')";
+    let err =
+        t.db.execute_unprepared(dup)
+            .await
+            .expect_err("duplicate accepted");
+    assert!(
+        matches!(
+            err.sql_err(),
+            Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+        ),
+        "{err}"
+    );
+}
+
+async fn down_restores_the_m005_schema_and_up_again_matches_a_clean_run(backend: Backend) {
+    let t = TestDb::new(backend).await;
+    Migrator::up(&t.db, Some(M005)).await.expect("up to m005");
+    let at_m005 = without_bookkeeping(snapshot(&t).await);
+    Migrator::up(&t.db, None).await.expect("up");
+    let full = without_bookkeeping(snapshot(&t).await);
+    assert_ne!(at_m005, full);
+
+    Migrator::down(&t.db, Some(1)).await.expect("down");
+    assert_eq!(without_bookkeeping(snapshot(&t).await), at_m005);
+    Migrator::up(&t.db, None).await.expect("up again");
+    assert_eq!(without_bookkeeping(snapshot(&t).await), full);
+}
+
+/// A crash (or failed statement) after any step leaves a state from which `up` and `down`
+/// finish the job: the end state equals a clean run's.
+async fn an_interrupted_up_or_down_finishes_when_run_again(backend: Backend) {
+    let t = TestDb::new(backend).await;
+    Migrator::up(&t.db, Some(M005)).await.expect("up to m005");
+    let at_m005 = without_bookkeeping(snapshot(&t).await);
+    Migrator::up(&t.db, None).await.expect("up");
+    let full = without_bookkeeping(snapshot(&t).await);
+    Migrator::down(&t.db, Some(1)).await.expect("down");
+
+    let manager = SchemaManager::new(&t.db);
+    let plan = |direction| {
+        use migration::step::Planned;
+        m006::Migration.plan(t.db_backend(), direction)
+    };
+    for k in 0..plan(Direction::Up).len() {
+        let partial: Vec<_> = plan(Direction::Up).into_iter().take(k).collect();
+        step::apply(&manager, "m006_billing_fields", Direction::Up, partial)
+            .await
+            .expect("partial up");
+        Migrator::up(&t.db, None)
+            .await
+            .unwrap_or_else(|e| panic!("re-run up after {k} steps: {e}"));
+        assert_eq!(
+            without_bookkeeping(snapshot(&t).await),
+            full,
+            "up interrupted after {k} steps"
+        );
+
+        let partial_down: Vec<_> = plan(Direction::Down).into_iter().take(k).collect();
+        step::apply(
+            &manager,
+            "m006_billing_fields",
+            Direction::Down,
+            partial_down,
+        )
+        .await
+        .expect("partial down");
+        Migrator::down(&t.db, Some(1))
+            .await
+            .unwrap_or_else(|e| panic!("re-run down after {k} steps: {e}"));
+        assert_eq!(
+            without_bookkeeping(snapshot(&t).await),
+            at_m005,
+            "down interrupted after {k} steps"
+        );
+    }
+}
+
+/// Every status crossed with every period-end position, read through the `user_tiers` view
+/// and through `users::Model::tier()`.
+async fn rust_and_sql_agree_on_the_tier(backend: Backend) {
+    let t = migrated(backend).await;
+    let now = Utc::now();
+    let positions = [
+        ("null", None),
+        ("future", Some(now + Duration::days(3))),
+        ("within_grace", Some(now - Duration::days(2))),
+        ("beyond_grace", Some(now - Duration::days(9))),
+    ];
+    for status in SubscriptionStatus::ALL {
+        for (label, end) in positions {
+            users::ActiveModel {
+                email: Set(format!("{status}-{label}@x.test")),
+                subscription_status: Set(status.into()),
+                current_period_end: Set(end.map(|e| e.fixed_offset())),
+                ..Default::default()
+            }
+            .insert(&t.db)
+            .await
+            .unwrap_or_else(|e| panic!("insert {status} {label}: {e}"));
+        }
+    }
+    let models = users::Entity::find().all(&t.db).await.expect("load users");
+    assert_eq!(models.len(), 24);
+    let mut pro = 0;
+    for model in models {
+        let sql_tier = t
+            .texts(&format!(
+                "SELECT tier FROM user_tiers WHERE user_id = {}",
+                model.id
+            ))
+            .await;
+        let rust_tier = model.tier();
+        assert_eq!(
+            sql_tier,
+            vec![rust_tier.as_str()],
+            "{} {:?}",
+            model.email,
+            model.current_period_end
+        );
+        pro += usize::from(rust_tier == Tier::Pro);
+    }
+    // active and trialing: null and future; past_due: future and within grace.
+    assert_eq!(pro, 6);
+}
+
+mod postgres_only {
+    use super::*;
+
+    /// An interrupted CREATE INDEX CONCURRENTLY leaves an INVALID index; `up` rebuilds it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_invalid_index_left_by_an_interrupted_build_is_rebuilt() {
+        let t = migrated(Backend::Postgres).await;
+        let full = without_bookkeeping(snapshot(&t).await);
+        t.exec(
+            "UPDATE pg_index SET indisvalid = false \
+             WHERE indexrelid = 'idx_users_stripe_customer'::regclass",
+        )
+        .await;
+        t.exec("DELETE FROM seaql_migrations WHERE version = 'm006_billing_fields'")
+            .await;
+        Migrator::up(&t.db, None).await.expect("re-run up");
+        assert_eq!(without_bookkeeping(snapshot(&t).await), full);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lookups_use_their_indexes() {
+        let t = migrated(Backend::Postgres).await;
+        t.exec(
+            "INSERT INTO users (email, stripe_customer_id) \
+             SELECT 'u' || g || '@x.test', 'cus_' || g FROM generate_series(1, 20000) g",
+        )
+        .await;
+        t.exec(
+            "INSERT INTO synced_sessions (user_id, client_id, device_name, payload, deleted_at) \
+             SELECT id, 'c', 'd', 'p', CASE WHEN id % 100 = 0 THEN now() - interval '10 days' END \
+             FROM users",
+        )
+        .await;
+        t.exec("ANALYZE users").await;
+        t.exec("ANALYZE synced_sessions").await;
+        let by_customer = t
+            .texts("EXPLAIN SELECT id FROM users WHERE stripe_customer_id = 'cus_42'")
+            .await
+            .join("\n");
+        assert!(
+            by_customer.contains("idx_users_stripe_customer"),
+            "{by_customer}"
+        );
+        let purge = t
+            .texts(
+                "EXPLAIN SELECT id FROM synced_sessions \
+                 WHERE deleted_at < now() - interval '7 days'",
+            )
+            .await
+            .join("\n");
+        assert!(purge.contains("idx_sessions_deleted_at"), "{purge}");
+    }
+}

@@ -1,0 +1,226 @@
+//! Test harness: every test gets a database of its own on the backend it names, with a random
+//! name, dropped afterwards (also when the test panics). An unreachable backend fails the test:
+//! nothing is skipped.
+#![allow(dead_code)]
+
+pub mod schema;
+
+use std::hash::{BuildHasher, RandomState};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    MySql,
+    Sqlite,
+}
+
+/// Server URLs without a database name; override with TEST_POSTGRES_URL / TEST_MYSQL_URL.
+pub fn server_url(backend: Backend) -> String {
+    let (var, default) = match backend {
+        Backend::Postgres => ("TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432"),
+        Backend::MySql => ("TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306"),
+        Backend::Sqlite => return String::new(),
+    };
+    std::env::var(var)
+        .unwrap_or_else(|_| default.to_owned())
+        .trim_end_matches('/')
+        .to_owned()
+}
+
+pub fn random_name() -> String {
+    let bits = RandomState::new().hash_one(std::time::SystemTime::now());
+    format!("t_{bits:016x}")
+}
+
+/// A fresh database for one test.
+pub struct TestDb {
+    pub backend: Backend,
+    pub name: String,
+    pub url: String,
+    pub db: DatabaseConnection,
+    sqlite_dir: Option<PathBuf>,
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend) -> Self {
+        let name = random_name();
+        let (url, sqlite_dir) = match backend {
+            Backend::Sqlite => {
+                let dir = std::env::temp_dir().join(format!("billing-{name}"));
+                std::fs::create_dir_all(&dir).expect("create temp dir");
+                let url = format!("sqlite://{}?mode=rwc", dir.join("db.sqlite").display());
+                (url, Some(dir))
+            }
+            _ => {
+                let admin = admin(backend).await;
+                admin
+                    .execute_unprepared(&format!("CREATE DATABASE {name}"))
+                    .await
+                    .unwrap_or_else(|e| panic!("{backend:?} is unreachable or refused: {e}"));
+                let _ = admin.close().await;
+                (format!("{}/{name}", server_url(backend)), None)
+            }
+        };
+        let db = connect(&url).await;
+        Self {
+            backend,
+            name,
+            url,
+            db,
+            sqlite_dir,
+        }
+    }
+
+    pub fn db_backend(&self) -> DbBackend {
+        self.db.get_database_backend()
+    }
+
+    /// Runs SQL written with `$1`-style placeholders on PostgreSQL and `?` elsewhere.
+    pub fn stmt(&self, pg_sql: &str, values: Vec<sea_orm::Value>) -> Statement {
+        let sql = match self.backend {
+            Backend::Postgres => pg_sql.to_owned(),
+            _ => question_marks(pg_sql),
+        };
+        Statement::from_sql_and_values(self.db_backend(), sql, values)
+    }
+
+    pub async fn exec(&self, sql: &str) {
+        self.db
+            .execute_unprepared(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// The first column of every row, as text.
+    pub async fn texts(&self, sql: &str) -> Vec<String> {
+        let rows = self
+            .db
+            .query_all_raw(Statement::from_string(self.db_backend(), sql.to_owned()))
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        rows.iter().map(|row| first_as_text(row, sql)).collect()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some(dir) = self.sqlite_dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
+            return;
+        }
+        let (backend, name) = (self.backend, self.name.clone());
+        // Drop runs inside the test's runtime; a thread with its own runtime may block.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let admin = admin(backend).await;
+                let sql = match backend {
+                    Backend::Postgres => format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                    _ => format!("DROP DATABASE IF EXISTS {name}"),
+                };
+                let _ = admin.execute_unprepared(&sql).await;
+                let _ = admin.close().await;
+            });
+        })
+        .join();
+    }
+}
+
+/// Column 0 as text, whatever type the backend returned it as.
+fn first_as_text(row: &sea_orm::QueryResult, sql: &str) -> String {
+    if let Ok(text) = row.try_get_by_index::<Option<String>>(0) {
+        return text.unwrap_or_else(|| "NULL".to_owned());
+    }
+    if let Ok(number) = row.try_get_by_index::<Option<i64>>(0) {
+        return number.map_or_else(|| "NULL".to_owned(), |n| n.to_string());
+    }
+    match row.try_get_by_index::<Option<Vec<u8>>>(0) {
+        Ok(bytes) => bytes.map_or_else(
+            || "NULL".to_owned(),
+            |b| String::from_utf8_lossy(&b).into_owned(),
+        ),
+        Err(e) => panic!("{sql}: {e}"),
+    }
+}
+
+fn question_marks(pg_sql: &str) -> String {
+    let mut out = String::with_capacity(pg_sql.len());
+    let mut chars = pg_sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(|d| d.is_ascii_digit()) {
+            while chars.peek().is_some_and(|d| d.is_ascii_digit()) {
+                chars.next();
+            }
+            out.push('?');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+async fn admin(backend: Backend) -> DatabaseConnection {
+    let url = match backend {
+        Backend::Postgres => format!("{}/postgres", server_url(backend)),
+        _ => server_url(backend),
+    };
+    connect(&url).await
+}
+
+pub async fn connect(url: &str) -> DatabaseConnection {
+    let mut options = ConnectOptions::new(url.to_owned());
+    options
+        .max_connections(5)
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .acquire_timeout(std::time::Duration::from_secs(30))
+        .sqlx_logging(false);
+    Database::connect(options)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {url}: {e} (is the server running?)"))
+}
+
+/// The `migration` binary, built once per test run.
+pub fn migration_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "-p", "migration", "--bin", "migration"])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building the migration binary failed");
+        let deps = std::env::current_exe().expect("test binary path");
+        // target/<profile>/deps/<test> → target/<profile>/migration
+        deps.parent()
+            .and_then(|d| d.parent())
+            .expect("target dir")
+            .join("migration")
+    })
+    .clone()
+}
+
+/// One test body, three tests: `<name>::postgres`, `<name>::mysql`, `<name>::sqlite`.
+#[macro_export]
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() { super::$name(support::Backend::Postgres).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mysql() { super::$name(support::Backend::MySql).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() { super::$name(support::Backend::Sqlite).await }
+        }
+    )*};
+}

@@ -1,0 +1,61 @@
+//! A backend's schema as sorted text lines, so two states can be compared with `assert_eq!`.
+
+use super::{Backend, TestDb};
+
+/// Columns, indexes, constraints and views of the test database, one line each.
+pub async fn snapshot(t: &TestDb) -> Vec<String> {
+    let queries: &[&str] = match t.backend {
+        Backend::Postgres => &[
+            "SELECT concat_ws('|', 'column', table_name, column_name, data_type, is_nullable, \
+             column_default, character_maximum_length) FROM information_schema.columns \
+             WHERE table_schema = current_schema()",
+            "SELECT concat_ws('|', 'index', tablename, indexname, indexdef) FROM pg_indexes \
+             WHERE schemaname = current_schema()",
+            "SELECT concat_ws('|', 'constraint', conrelid::regclass::text, conname, \
+             pg_get_constraintdef(oid), convalidated) FROM pg_constraint \
+             WHERE connamespace = current_schema()::regnamespace",
+            "SELECT concat_ws('|', 'view', table_name, view_definition) \
+             FROM information_schema.views WHERE table_schema = current_schema()",
+        ],
+        Backend::MySql => &[
+            "SELECT concat_ws('|', 'column', table_name, column_name, column_type, is_nullable, \
+             ifnull(column_default, 'NULL'), extra) FROM information_schema.columns \
+             WHERE table_schema = DATABASE()",
+            "SELECT concat_ws('|', 'index', table_name, index_name, non_unique, seq_in_index, \
+             column_name) FROM information_schema.statistics WHERE table_schema = DATABASE()",
+            "SELECT concat_ws('|', 'constraint', t.table_name, t.constraint_name, \
+             t.constraint_type, ifnull(c.check_clause, '')) \
+             FROM information_schema.table_constraints t \
+             LEFT JOIN information_schema.check_constraints c \
+             ON c.constraint_schema = t.constraint_schema AND c.constraint_name = t.constraint_name \
+             AND c.table_name = t.table_name WHERE t.constraint_schema = DATABASE()",
+            "SELECT concat_ws('|', 'view', table_name, view_definition) \
+             FROM information_schema.views WHERE table_schema = DATABASE()",
+        ],
+        Backend::Sqlite => &[
+            "SELECT 'column|' || m.name || '|' || p.name || '|' || p.type || '|' || p.\"notnull\" \
+             || '|' || ifnull(p.dflt_value, 'NULL') || '|' || p.pk \
+             FROM sqlite_master m JOIN pragma_table_info(m.name) p \
+             WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%'",
+            "SELECT 'object|' || type || '|' || name || '|' || tbl_name || '|' || ifnull(sql, '') \
+             FROM sqlite_master WHERE type IN ('index', 'view', 'trigger')",
+            // CHECK constraints live in the table's CREATE text; list the ones that name one.
+            "SELECT 'check|' || name || '|' || (instr(sql, 'chk_subscription_status') > 0) \
+             FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+        ],
+    };
+    let mut lines = Vec::new();
+    for sql in queries {
+        lines.extend(t.texts(sql).await);
+    }
+    lines.sort();
+    lines
+}
+
+/// The migrator's own bookkeeping table, left out of schema comparisons.
+pub fn without_bookkeeping(lines: Vec<String>) -> Vec<String> {
+    lines
+        .into_iter()
+        .filter(|line| !line.contains("seaql_migrations"))
+        .collect()
+}
