@@ -1,10 +1,122 @@
-//! The billing API's entry point. The HTTP API (issue "api: authenticated synced-sessions API")
-//! has not landed yet; until it does, this says so and points at what works today.
+//! `cargo run`: the billing API server, plus the account commands a newcomer needs.
 
-fn main() -> std::process::ExitCode {
-    eprintln!(
-        "The HTTP API is not built yet. What works today is the migrator:\n  \
-         cargo run -p migration -- up      (embedded SQLite by default; see README)"
-    );
-    std::process::ExitCode::FAILURE
+use std::process::ExitCode;
+
+use api::Settings;
+use api::domain::Email;
+use api::service::accounts;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "billing",
+    version,
+    about = "The billing API: synced sessions and billing state"
+)]
+struct Cli {
+    #[command(flatten)]
+    settings: Settings,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve the HTTP API (the default).
+    Serve,
+    /// Create a user and print their first API token (shown once).
+    CreateUser {
+        #[arg(long)]
+        email: String,
+    },
+    /// Print a new API token for an existing user (shown once).
+    CreateToken {
+        #[arg(long)]
+        email: String,
+    },
+    /// Revoke every API token of a user.
+    RevokeTokens {
+        #[arg(long)]
+        email: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let settings = cli.settings;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let app = api::Application::build(&settings)
+                .await
+                .map_err(|e| e.to_string())?;
+            let addr = app.local_addr().map_err(|e| e.to_string())?;
+            tracing::info!("listening on http://{addr}");
+            app.run_until(api::startup::shutdown_signal())
+                .await
+                .map_err(|e| e.to_string())
+        }
+        Command::CreateUser { email } => {
+            let db = migrated(&settings).await?;
+            let email = Email::parse(&email).map_err(|e| e.to_string())?;
+            let (user, token) = accounts::create_user(&db, &email)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("created user {} <{}>", user.id, user.email);
+            println!("token (shown once): {token}");
+            Ok(())
+        }
+        Command::CreateToken { email } => {
+            let db = migrated(&settings).await?;
+            let email = Email::parse(&email).map_err(|e| e.to_string())?;
+            let user = accounts::find_by_email(&db, &email)
+                .await
+                .map_err(|e| e.to_string())?;
+            let token = api::auth::issue(&db, user.id, Some("created from the CLI".to_owned()))
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("token (shown once): {token}");
+            Ok(())
+        }
+        Command::RevokeTokens { email } => {
+            let db = migrated(&settings).await?;
+            let email = Email::parse(&email).map_err(|e| e.to_string())?;
+            let user = accounts::find_by_email(&db, &email)
+                .await
+                .map_err(|e| e.to_string())?;
+            let n = api::auth::revoke_all(&db, user.id)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("revoked {n} token(s) of {}", user.email);
+            Ok(())
+        }
+    }
+}
+
+/// The database, migrated (a newcomer's first `create-user` works on a fresh clone).
+async fn migrated(settings: &Settings) -> Result<sea_orm::DatabaseConnection, String> {
+    let (db, url) = api::startup::open_database(settings)
+        .await
+        .map_err(|e| e.to_string())?;
+    migration::cli::migrate_up(&db, &url)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(db)
 }

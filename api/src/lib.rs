@@ -1,1 +1,14 @@
+//! The billing API: synced sessions with soft delete, restore and trash, the caller's billing
+//! state, and Free-tier limits. `startup` builds it; `routes` are thin over `service`.
 
+pub mod auth;
+pub mod domain;
+pub mod error;
+pub mod json;
+pub mod routes;
+pub mod service;
+pub mod settings;
+pub mod startup;
+
+pub use settings::{Limits, Settings};
+pub use startup::{AppState, Application};

@@ -178,6 +178,11 @@ pub fn resolve_url(given: Option<&str>) -> Result<DatabaseUrl, Failure> {
     }
 }
 
+/// Applies every pending migration under the migrator's lock (what the API does on start).
+pub async fn migrate_up(db: &DatabaseConnection, url: &DatabaseUrl) -> Result<(), Failure> {
+    run_with(db, url, &Command::Up { num: None }).await
+}
+
 async fn run_with(
     db: &DatabaseConnection,
     url: &DatabaseUrl,

@@ -1,0 +1,117 @@
+//! Bearer tokens: 256 random bits shown once, stored only as their SHA-256, revocable.
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use chrono::Utc;
+use entity::{api_tokens, users};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
+};
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+use crate::startup::AppState;
+
+const PREFIX: &str = "bst_";
+
+/// A new token's secret form (give it to the user) and the hash to store.
+pub struct NewToken {
+    pub secret: String,
+    pub hash: String,
+}
+
+pub fn new_token() -> Result<NewToken, ApiError> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| ApiError::internal(std::io::Error::other(e.to_string())))?;
+    let secret = format!("{PREFIX}{}", hex(&bytes));
+    Ok(NewToken {
+        hash: hash(&secret),
+        secret,
+    })
+}
+
+pub fn hash(secret: &str) -> String {
+    hex(&Sha256::digest(secret.as_bytes()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Issues a token for `user_id` and returns its secret.
+pub async fn issue<C: ConnectionTrait>(
+    db: &C,
+    user_id: i64,
+    label: Option<String>,
+) -> Result<String, ApiError> {
+    let token = new_token()?;
+    api_tokens::ActiveModel {
+        user_id: Set(user_id),
+        token_hash: Set(token.hash),
+        label: Set(label),
+        created_at: Set(Utc::now().fixed_offset()),
+        ..Default::default()
+    }
+    .insert(db)
+    .await?;
+    Ok(token.secret)
+}
+
+/// Revokes every live token of `user_id`; returns how many.
+pub async fn revoke_all<C: ConnectionTrait>(db: &C, user_id: i64) -> Result<u64, ApiError> {
+    let result = api_tokens::Entity::update_many()
+        .col_expr(
+            api_tokens::Column::RevokedAt,
+            sea_orm::sea_query::Expr::value(Utc::now().fixed_offset()),
+        )
+        .filter(api_tokens::Column::UserId.eq(user_id))
+        .filter(api_tokens::Column::RevokedAt.is_null())
+        .exec(db)
+        .await?;
+    Ok(result.rows_affected)
+}
+
+/// The caller, from `Authorization: Bearer <token>`. Any failure is the same 401.
+pub struct CurrentUser(pub users::Model);
+
+impl FromRequestParts<AppState> for CurrentUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let secret = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|secret| secret.starts_with(PREFIX))
+            .ok_or(ApiError::Unauthorized)?;
+        let found = api_tokens::Entity::find()
+            .filter(api_tokens::Column::TokenHash.eq(hash(secret)))
+            .filter(api_tokens::Column::RevokedAt.is_null())
+            .find_also_related(users::Entity)
+            .one(&state.db)
+            .await?;
+        match found {
+            Some((_, Some(user))) => Ok(CurrentUser(user)),
+            _ => Err(ApiError::Unauthorized),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_long_random_and_hashed() {
+        let a = new_token().unwrap();
+        let b = new_token().unwrap();
+        assert_ne!(a.secret, b.secret);
+        assert_eq!(a.secret.len(), PREFIX.len() + 64);
+        assert_eq!(a.hash, hash(&a.secret));
+        assert!(!a.hash.contains(&a.secret[PREFIX.len()..]));
+    }
+}

@@ -1,0 +1,182 @@
+//! Request values parsed into types that cannot hold a bad value (parse, don't validate).
+//! Caps match the schema: `client_id` VARCHAR(100), `device_name` VARCHAR(255).
+
+use serde::Deserialize;
+
+use crate::error::ApiError;
+
+/// A client-chosen session id: 1-100 of `A-Z a-z 0-9 _ - . :`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientId(String);
+
+impl ClientId {
+    pub const MAX_LEN: usize = 100;
+
+    pub fn parse(raw: &str) -> Result<Self, ApiError> {
+        let ok = !raw.is_empty()
+            && raw.len() <= Self::MAX_LEN
+            && raw
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));
+        if ok {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(ApiError::invalid(
+                "client_id",
+                "client_id must be 1-100 characters of A-Z, a-z, 0-9, _ - . :",
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The body of `PUT /v1/sessions/{client_id}`.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct SyncRequest {
+    pub device_name: String,
+    pub payload: serde_json::Value,
+}
+
+/// A sync request that passed every check.
+#[derive(Debug)]
+pub struct SessionInput {
+    pub device_name: String,
+    /// The payload as stored: compact JSON text.
+    pub payload: String,
+}
+
+impl SessionInput {
+    pub const MAX_DEVICE_NAME: usize = 255;
+
+    pub fn parse(request: SyncRequest, max_payload_bytes: usize) -> Result<Self, ApiError> {
+        let device_name = request.device_name.trim().to_owned();
+        if device_name.is_empty() || device_name.chars().count() > Self::MAX_DEVICE_NAME {
+            return Err(ApiError::invalid(
+                "device_name",
+                "device_name must be 1-255 characters",
+            ));
+        }
+        let payload = serde_json::to_string(&request.payload).map_err(ApiError::internal)?;
+        if payload.len() > max_payload_bytes {
+            return Err(ApiError::invalid(
+                "payload",
+                format!("payload must be at most {max_payload_bytes} bytes of JSON"),
+            ));
+        }
+        Ok(Self {
+            device_name,
+            payload,
+        })
+    }
+}
+
+/// An e-mail address as accounts use it: trimmed, lower-cased, at most 320 characters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Email(String);
+
+impl Email {
+    pub fn parse(raw: &str) -> Result<Self, ApiError> {
+        let email = raw.trim().to_lowercase();
+        let valid = email.len() <= 320
+            && email
+                .split_once('@')
+                .is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'))
+            && !email.chars().any(char::is_whitespace);
+        if valid {
+            Ok(Self(email))
+        } else {
+            Err(ApiError::invalid(
+                "email",
+                format!("{raw:?} is not an e-mail address"),
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// `?cursor=…&limit=…` for list endpoints.
+#[derive(Deserialize, Debug, Default)]
+pub struct PageQuery {
+    pub cursor: Option<String>,
+    pub limit: Option<String>,
+}
+
+pub struct Page {
+    /// Return rows with an id below this one (newest first).
+    pub before_id: Option<i64>,
+    pub limit: u64,
+}
+
+impl Page {
+    pub fn parse(query: &PageQuery, max: u64) -> Result<Self, ApiError> {
+        let limit = match query.limit.as_deref() {
+            None | Some("") => max.min(50),
+            Some(raw) => match raw.parse::<u64>() {
+                Ok(n) if (1..=max).contains(&n) => n,
+                _ => {
+                    return Err(ApiError::invalid(
+                        "limit",
+                        format!("limit must be a whole number from 1 to {max}"),
+                    ));
+                }
+            },
+        };
+        let before_id =
+            match query.cursor.as_deref() {
+                None | Some("") => None,
+                Some(raw) => Some(raw.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(
+                    || ApiError::invalid("cursor", "cursor is not one this API issued"),
+                )?),
+            };
+        Ok(Self { before_id, limit })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_ids() {
+        assert!(ClientId::parse("laptop-1.tab:3").is_ok());
+        for bad in ["", "has space", "é", &"x".repeat(101), "a/b"] {
+            assert!(ClientId::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn emails() {
+        assert_eq!(
+            Email::parse(" Ann@Example.COM ").unwrap().as_str(),
+            "ann@example.com"
+        );
+        for bad in ["", "ann", "@x.y", "ann@localhost", "a b@x.y"] {
+            assert!(Email::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn pages() {
+        let q = |cursor: Option<&str>, limit: Option<&str>| PageQuery {
+            cursor: cursor.map(str::to_owned),
+            limit: limit.map(str::to_owned),
+        };
+        assert_eq!(Page::parse(&q(None, None), 100).unwrap().limit, 50);
+        assert_eq!(
+            Page::parse(&q(Some("17"), Some("5")), 100)
+                .unwrap()
+                .before_id,
+            Some(17)
+        );
+        assert!(Page::parse(&q(None, Some("0")), 100).is_err());
+        assert!(Page::parse(&q(None, Some("101")), 100).is_err());
+        assert!(Page::parse(&q(Some("abc"), None), 100).is_err());
+    }
+}

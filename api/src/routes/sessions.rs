@@ -1,0 +1,150 @@
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, FixedOffset, Utc};
+use entity::synced_sessions;
+use sea_orm::TransactionTrait;
+use serde::Serialize;
+
+use crate::auth::CurrentUser;
+use crate::domain::{ClientId, Page, PageQuery, SessionInput, SyncRequest};
+use crate::error::ApiError;
+use crate::json::ApiJson;
+use crate::service::sessions::{self as service, Synced};
+use crate::startup::AppState;
+
+#[derive(Serialize)]
+pub struct SessionResponse {
+    pub client_id: String,
+    pub device_name: String,
+    pub payload: serde_json::Value,
+    pub created_at: DateTime<FixedOffset>,
+    pub updated_at: DateTime<FixedOffset>,
+    pub deleted_at: Option<DateTime<FixedOffset>>,
+    /// For a deleted session: when it is purged for good.
+    pub purge_after: Option<DateTime<FixedOffset>>,
+}
+
+#[derive(Serialize)]
+pub struct SessionPage {
+    pub items: Vec<SessionResponse>,
+    pub next_cursor: Option<String>,
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/sessions", get(list))
+        .route(
+            "/v1/sessions/{client_id}",
+            get(get_one).put(sync).delete(soft_delete),
+        )
+        .route("/v1/sessions/{client_id}/restore", post(restore))
+        .route("/v1/trash", get(trash))
+}
+
+fn respond(
+    session: synced_sessions::Model,
+    purge_after: Option<DateTime<FixedOffset>>,
+) -> SessionResponse {
+    let payload = serde_json::from_str(&session.payload).unwrap_or_else(|err| {
+        // Only this API writes payloads, always as JSON; say so loudly if that ever breaks.
+        tracing::error!(error = %err, session = session.id, "stored payload is not JSON");
+        serde_json::Value::String(session.payload.clone())
+    });
+    SessionResponse {
+        client_id: session.client_id,
+        device_name: session.device_name,
+        payload,
+        created_at: session.created_at,
+        updated_at: session.updated_at,
+        deleted_at: session.deleted_at,
+        purge_after,
+    }
+}
+
+async fn sync(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    Path(client_id): Path<String>,
+    ApiJson(request): ApiJson<SyncRequest>,
+) -> Result<(StatusCode, Json<SessionResponse>), ApiError> {
+    let id = ClientId::parse(&client_id)?;
+    let input = SessionInput::parse(request, state.limits.max_body_bytes)?;
+    let txn = state.db.begin().await?;
+    let outcome = service::sync(&txn, user.id, &state.limits, &id, input, Utc::now()).await?;
+    txn.commit().await?;
+    Ok(match outcome {
+        Synced::Created(s) => (StatusCode::CREATED, Json(respond(s, None))),
+        Synced::Updated(s) => (StatusCode::OK, Json(respond(s, None))),
+    })
+}
+
+async fn get_one(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    Path(client_id): Path<String>,
+) -> Result<Json<SessionResponse>, ApiError> {
+    let id = ClientId::parse(&client_id)?;
+    let session = service::get(&state.db, user.id, &id).await?;
+    Ok(Json(respond(session, None)))
+}
+
+async fn list(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    Query(query): Query<PageQuery>,
+) -> Result<Json<SessionPage>, ApiError> {
+    let page = Page::parse(&query, state.limits.max_page_size)?;
+    let (rows, next) = service::list(&state.db, user.id, &page, false).await?;
+    Ok(Json(SessionPage {
+        items: rows.into_iter().map(|s| respond(s, None)).collect(),
+        next_cursor: next.map(|id| id.to_string()),
+    }))
+}
+
+async fn trash(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    Query(query): Query<PageQuery>,
+) -> Result<Json<SessionPage>, ApiError> {
+    let page = Page::parse(&query, state.limits.max_page_size)?;
+    let (rows, next) = service::list(&state.db, user.id, &page, true).await?;
+    let tier = user.tier();
+    Ok(Json(SessionPage {
+        items: rows
+            .into_iter()
+            .map(|s| {
+                let purge = s
+                    .deleted_at
+                    .map(|at| service::purge_after(at, tier, &state.limits));
+                respond(s, purge)
+            })
+            .collect(),
+        next_cursor: next.map(|id| id.to_string()),
+    }))
+}
+
+async fn soft_delete(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    Path(client_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = ClientId::parse(&client_id)?;
+    let txn = state.db.begin().await?;
+    service::soft_delete(&txn, user.id, &id, Utc::now()).await?;
+    txn.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn restore(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    Path(client_id): Path<String>,
+) -> Result<Json<SessionResponse>, ApiError> {
+    let id = ClientId::parse(&client_id)?;
+    let txn = state.db.begin().await?;
+    let session = service::restore(&txn, user.id, &state.limits, &id, Utc::now()).await?;
+    txn.commit().await?;
+    Ok(Json(respond(session, None)))
+}

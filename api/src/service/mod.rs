@@ -1,0 +1,4 @@
+//! What the API does, as functions over a connection (or a transaction); handlers stay thin.
+
+pub mod accounts;
+pub mod sessions;

@@ -1,0 +1,221 @@
+//! Synced sessions: sync (create or update by client id), read, list, soft delete, restore,
+//! trash. Every function is scoped to one user: another user's session is simply not found.
+
+use chrono::{DateTime, FixedOffset, Utc};
+use entity::{Tier, synced_sessions as sessions, users};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+};
+
+use crate::domain::{ClientId, Page, SessionInput};
+use crate::error::ApiError;
+use crate::settings::Limits;
+
+pub enum Synced {
+    Created(sessions::Model),
+    Updated(sessions::Model),
+}
+
+/// Reloads the user with a row lock, so concurrent creates for one user queue up and the tier
+/// limit holds. (SQLite has one writer at a time already.)
+async fn lock_user<C: ConnectionTrait>(db: &C, user_id: i64) -> Result<users::Model, ApiError> {
+    users::Entity::find_by_id(user_id)
+        .lock_exclusive()
+        .one(db)
+        .await?
+        .ok_or(ApiError::Unauthorized)
+}
+
+async fn find<C: ConnectionTrait>(
+    db: &C,
+    user_id: i64,
+    id: &ClientId,
+) -> Result<Option<sessions::Model>, ApiError> {
+    Ok(sessions::Entity::find()
+        .filter(sessions::Column::UserId.eq(user_id))
+        .filter(sessions::Column::ClientId.eq(id.as_str()))
+        .one(db)
+        .await?)
+}
+
+async fn live_count<C: ConnectionTrait>(db: &C, user_id: i64) -> Result<u64, ApiError> {
+    Ok(sessions::Entity::find()
+        .filter(sessions::Column::UserId.eq(user_id))
+        .filter(sessions::Column::DeletedAt.is_null())
+        .count(db)
+        .await?)
+}
+
+/// Refuses one more live session for a Free account at its limit.
+async fn ensure_room<C: ConnectionTrait>(
+    db: &C,
+    user: &users::Model,
+    limits: &Limits,
+    now: DateTime<Utc>,
+) -> Result<(), ApiError> {
+    if user.tier_at(now) == Tier::Pro {
+        return Ok(());
+    }
+    let live = live_count(db, user.id).await?;
+    if live >= limits.free_session_limit {
+        return Err(ApiError::PaymentRequired {
+            message: format!(
+                "the Free plan keeps at most {} synced sessions and this account has {live}; \
+                 delete one, or upgrade to Pro for unlimited sessions",
+                limits.free_session_limit
+            ),
+        });
+    }
+    Ok(())
+}
+
+pub async fn sync<C: ConnectionTrait>(
+    db: &C,
+    user_id: i64,
+    limits: &Limits,
+    id: &ClientId,
+    input: SessionInput,
+    now: DateTime<Utc>,
+) -> Result<Synced, ApiError> {
+    let user = lock_user(db, user_id).await?;
+    let stamp = now.fixed_offset();
+    match find(db, user.id, id).await? {
+        Some(existing) if existing.deleted_at.is_some() => Err(ApiError::Conflict {
+            code: "session_deleted",
+            message: format!(
+                "session {} is in the trash; restore it (POST /v1/sessions/{}/restore) before syncing it",
+                id.as_str(),
+                id.as_str()
+            ),
+        }),
+        Some(existing) => {
+            let mut active = existing.into_active_model();
+            active.device_name = Set(input.device_name);
+            active.payload = Set(input.payload);
+            active.updated_at = Set(stamp);
+            Ok(Synced::Updated(active.update(db).await?))
+        }
+        None => {
+            ensure_room(db, &user, limits, now).await?;
+            let created = sessions::ActiveModel {
+                user_id: Set(user.id),
+                client_id: Set(id.as_str().to_owned()),
+                device_name: Set(input.device_name),
+                payload: Set(input.payload),
+                created_at: Set(stamp),
+                updated_at: Set(stamp),
+                deleted_at: Set(None),
+                ..Default::default()
+            }
+            .insert(db)
+            .await?;
+            Ok(Synced::Created(created))
+        }
+    }
+}
+
+pub async fn get<C: ConnectionTrait>(
+    db: &C,
+    user_id: i64,
+    id: &ClientId,
+) -> Result<sessions::Model, ApiError> {
+    find(db, user_id, id)
+        .await?
+        .filter(|s| s.deleted_at.is_none())
+        .ok_or(ApiError::NotFound("no such session"))
+}
+
+/// A page of live (`trash = false`) or soft-deleted (`trash = true`) sessions, newest first.
+/// Returns the rows and the cursor for the next page, if there is one.
+pub async fn list<C: ConnectionTrait>(
+    db: &C,
+    user_id: i64,
+    page: &Page,
+    trash: bool,
+) -> Result<(Vec<sessions::Model>, Option<i64>), ApiError> {
+    let mut query = sessions::Entity::find().filter(sessions::Column::UserId.eq(user_id));
+    query = if trash {
+        query.filter(sessions::Column::DeletedAt.is_not_null())
+    } else {
+        query.filter(sessions::Column::DeletedAt.is_null())
+    };
+    if let Some(before) = page.before_id {
+        query = query.filter(sessions::Column::Id.lt(before));
+    }
+    let mut rows = query
+        .order_by_desc(sessions::Column::Id)
+        .limit(page.limit + 1)
+        .all(db)
+        .await?;
+    let next = if rows.len() as u64 > page.limit {
+        rows.truncate(page.limit as usize);
+        rows.last().map(|s| s.id)
+    } else {
+        None
+    };
+    Ok((rows, next))
+}
+
+/// Moves a session to the trash; doing it again changes nothing.
+pub async fn soft_delete<C: ConnectionTrait>(
+    db: &C,
+    user_id: i64,
+    id: &ClientId,
+    now: DateTime<Utc>,
+) -> Result<(), ApiError> {
+    let session = find(db, user_id, id)
+        .await?
+        .ok_or(ApiError::NotFound("no such session"))?;
+    if session.deleted_at.is_none() {
+        let mut active = session.into_active_model();
+        active.deleted_at = Set(Some(now.fixed_offset()));
+        active.update(db).await?;
+    }
+    Ok(())
+}
+
+/// When a session deleted at `deleted_at` leaves the trash for good.
+pub fn purge_after(
+    deleted_at: DateTime<FixedOffset>,
+    tier: Tier,
+    limits: &Limits,
+) -> DateTime<FixedOffset> {
+    let window =
+        chrono::Duration::from_std(limits.retention(tier)).unwrap_or(chrono::Duration::MAX);
+    deleted_at.checked_add_signed(window).unwrap_or(deleted_at)
+}
+
+/// Brings a session back from the trash while its tier's retention window lasts.
+pub async fn restore<C: ConnectionTrait>(
+    db: &C,
+    user_id: i64,
+    limits: &Limits,
+    id: &ClientId,
+    now: DateTime<Utc>,
+) -> Result<sessions::Model, ApiError> {
+    let user = lock_user(db, user_id).await?;
+    let session = find(db, user.id, id)
+        .await?
+        .ok_or(ApiError::NotFound("no such session"))?;
+    let Some(deleted_at) = session.deleted_at else {
+        return Ok(session);
+    };
+    let tier = user.tier_at(now);
+    if purge_after(deleted_at, tier, limits) <= now {
+        return Err(ApiError::Gone {
+            code: "retention_expired",
+            message: format!(
+                "session {} was deleted more than {} days ago, past the {} plan's retention window",
+                id.as_str(),
+                limits.retention(tier).as_secs() / 86_400,
+                if tier == Tier::Pro { "Pro" } else { "Free" }
+            ),
+        });
+    }
+    ensure_room(db, &user, limits, now).await?;
+    let mut active = session.into_active_model();
+    active.deleted_at = Set(None);
+    active.updated_at = Set(now.fixed_offset());
+    Ok(active.update(db).await?)
+}

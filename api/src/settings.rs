@@ -1,0 +1,60 @@
+//! Every knob of the server, from flags or the environment (README lists them).
+
+use std::time::Duration;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct Settings {
+    /// Address to listen on; port 0 picks a free one.
+    #[arg(long, env = "BIND_ADDR", default_value = "127.0.0.1:8080")]
+    pub bind: String,
+    /// Database URL (default: the embedded SQLite file data/billing.sqlite).
+    #[arg(short = 'u', long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Largest pool of database connections (SQLite always uses one writer).
+    #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 10)]
+    pub db_max_connections: u32,
+    #[command(flatten)]
+    pub limits: Limits,
+}
+
+/// Product rules and input caps.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Limits {
+    /// Live synced sessions a Free account may keep.
+    #[arg(long, env = "FREE_SESSION_LIMIT", default_value_t = 3)]
+    pub free_session_limit: u64,
+    /// Days a Free account's deleted session can be restored.
+    #[arg(long, env = "RETENTION_DAYS_FREE", default_value_t = 7)]
+    pub retention_days_free: i64,
+    /// Days a Pro account's deleted session can be restored.
+    #[arg(long, env = "RETENTION_DAYS_PRO", default_value_t = 30)]
+    pub retention_days_pro: i64,
+    /// Largest request body, in bytes.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 65_536)]
+    pub max_body_bytes: usize,
+    /// Largest page a list endpoint returns.
+    #[arg(long, env = "MAX_PAGE_SIZE", default_value_t = 100)]
+    pub max_page_size: u64,
+}
+
+impl Limits {
+    pub fn retention(&self, tier: entity::Tier) -> Duration {
+        let days = match tier {
+            entity::Tier::Free => self.retention_days_free,
+            entity::Tier::Pro => self.retention_days_pro,
+        };
+        Duration::from_secs(u64::try_from(days.max(0)).unwrap_or(0) * 86_400)
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            free_session_limit: 3,
+            retention_days_free: 7,
+            retention_days_pro: 30,
+            max_body_bytes: 65_536,
+            max_page_size: 100,
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! The API over real HTTP, on every backend, each test with its own database and server.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod helpers;
+
+mod auth;
+mod limits;
+mod openapi;
+mod sessions;

@@ -1,0 +1,44 @@
+use reqwest::Method;
+
+use crate::helpers::spawn_app;
+use crate::support::Backend;
+
+/// Every operation in /openapi.json is routed (never the "no such route" fallback, never 405),
+/// and a path the document does not list is not routed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_matches_the_router() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let token = app.user("ann@example.com").await;
+    let (status, doc) = app.json(Method::GET, "/openapi.json", &token).await;
+    assert_eq!(status, 200);
+    let paths = doc["paths"].as_object().expect("paths");
+    assert_eq!(paths.len(), 7);
+    let mut operations = 0;
+    for (path, item) in paths {
+        for (method, _) in item.as_object().unwrap() {
+            if !["get", "put", "post", "delete", "patch"].contains(&method.as_str()) {
+                continue; // "parameters"
+            }
+            let method: Method = method.to_uppercase().parse().unwrap();
+            operations += 1;
+            let concrete = path.replace("{client_id}", "x");
+            let response = app
+                .request(method.clone(), &concrete, Some(&token))
+                .json(&serde_json::json!({"device_name": "d", "payload": 1}))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            assert_ne!(status, 405, "{method} {path}");
+            assert_ne!(body["error"]["message"], "no such route", "{method} {path}");
+        }
+    }
+    assert_eq!(operations, 9);
+    let (status, body) = app.json(Method::GET, "/v1/undocumented", &token).await;
+    assert_eq!(
+        (status, body["error"]["message"].as_str()),
+        (404, Some("no such route"))
+    );
+    assert_eq!(app.json(Method::GET, "/healthz", &token).await.0, 200);
+}
