@@ -39,6 +39,12 @@ enum Command {
         #[arg(long)]
         email: String,
     },
+    /// Hard-delete sessions soft-deleted longer ago than their tier's retention window.
+    PurgeDeleted {
+        /// Rows per batch (one short transaction each).
+        #[arg(long, default_value_t = api::service::retention::DEFAULT_BATCH)]
+        batch_size: u64,
+    },
 }
 
 #[tokio::main]
@@ -95,6 +101,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             println!("token (shown once): {token}");
             Ok(())
         }
+        Command::PurgeDeleted { batch_size } => purge(&settings, batch_size).await,
         Command::RevokeTokens { email } => {
             let db = migrated(&settings).await?;
             let email = Email::parse(&email).map_err(|e| e.to_string())?;
@@ -108,6 +115,29 @@ async fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+async fn purge(settings: &Settings, batch_size: u64) -> Result<(), String> {
+    let db = migrated(settings).await?;
+    let purged = api::service::retention::purge_expired(
+        &db,
+        &settings.limits,
+        batch_size,
+        chrono::Utc::now(),
+        |so_far| {
+            eprintln!(
+                "purged {} session(s) in {} batch(es)",
+                so_far.removed, so_far.batches
+            )
+        },
+    )
+    .await
+    .map_err(|e| format!("purge failed: {e}"))?;
+    println!(
+        "removed {} session(s) soft-deleted past their retention window (Free {} days, Pro {} days)",
+        purged.removed, settings.limits.retention_days_free, settings.limits.retention_days_pro
+    );
+    Ok(())
 }
 
 /// The database, migrated (a newcomer's first `create-user` works on a fresh clone).

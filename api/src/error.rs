@@ -30,6 +30,10 @@ pub enum ApiError {
     Conflict { code: &'static str, message: String },
     #[error("{message}")]
     Gone { code: &'static str, message: String },
+    #[error("{0}")]
+    InvalidSignature(String),
+    #[error("{0}")]
+    NotConfigured(&'static str),
     #[error("the database is unavailable")]
     Unavailable(#[source] DbErr),
     #[error("internal error")]
@@ -63,6 +67,8 @@ impl ApiError {
             }
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             ApiError::Gone { code, .. } => (StatusCode::GONE, code),
+            ApiError::InvalidSignature(_) => (StatusCode::BAD_REQUEST, "invalid_signature"),
+            ApiError::NotConfigured(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_configured"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }

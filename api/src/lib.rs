@@ -9,6 +9,7 @@ pub mod routes;
 pub mod service;
 pub mod settings;
 pub mod startup;
+pub mod stripe;
 
 pub use settings::{Limits, Settings};
 pub use startup::{AppState, Application};

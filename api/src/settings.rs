@@ -15,6 +15,27 @@ pub struct Settings {
     pub db_max_connections: u32,
     #[command(flatten)]
     pub limits: Limits,
+    #[command(flatten)]
+    pub stripe: StripeSettings,
+    /// Run the retention purge every this many seconds inside the server (0: never).
+    #[arg(long, env = "PURGE_EVERY_SECS", default_value_t = 0)]
+    pub purge_every_secs: u64,
+}
+
+/// Stripe webhook verification.
+#[derive(clap::Args, Clone, Debug)]
+pub struct StripeSettings {
+    /// Webhook signing secrets (whsec_...); several while one is rotated. Comma-separated in
+    /// the environment.
+    #[arg(
+        long = "stripe-webhook-secret",
+        env = "STRIPE_WEBHOOK_SECRETS",
+        value_delimiter = ','
+    )]
+    pub webhook_secrets: Vec<String>,
+    /// Seconds a signature's timestamp may be away from now.
+    #[arg(long, env = "STRIPE_WEBHOOK_TOLERANCE_SECS", default_value_t = 300)]
+    pub webhook_tolerance_secs: u64,
 }
 
 /// Product rules and input caps.
@@ -55,6 +76,15 @@ impl Default for Limits {
             retention_days_pro: 30,
             max_body_bytes: 65_536,
             max_page_size: 100,
+        }
+    }
+}
+
+impl Default for StripeSettings {
+    fn default() -> Self {
+        Self {
+            webhook_secrets: Vec::new(),
+            webhook_tolerance_secs: 300,
         }
     }
 }

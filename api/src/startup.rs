@@ -17,12 +17,13 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
 use crate::error::ApiError;
 use crate::routes;
-use crate::settings::{Limits, Settings};
+use crate::settings::{Limits, Settings, StripeSettings};
 
 #[derive(Clone)]
 pub struct AppState {
     pub db: DatabaseConnection,
     pub limits: Arc<Limits>,
+    pub stripe: Arc<StripeSettings>,
 }
 
 /// Every route, with request ids, tracing and the body cap.
@@ -33,6 +34,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::openapi::router())
         .merge(routes::billing::router())
         .merge(routes::sessions::router())
+        .merge(routes::webhooks::router())
         .fallback(|| async { ApiError::NotFound("no such route") })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(
@@ -80,6 +82,8 @@ pub async fn open_database(
 pub struct Application {
     listener: TcpListener,
     router: Router,
+    state: AppState,
+    purge_every: Option<Duration>,
 }
 
 impl Application {
@@ -93,10 +97,14 @@ impl Application {
         let state = AppState {
             db,
             limits: Arc::new(settings.limits.clone()),
+            stripe: Arc::new(settings.stripe.clone()),
         };
         Ok(Self {
             listener,
-            router: router(state),
+            router: router(state.clone()),
+            state,
+            purge_every: (settings.purge_every_secs > 0)
+                .then(|| Duration::from_secs(settings.purge_every_secs)),
         })
     }
 
@@ -111,10 +119,36 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), Failure> {
+        if let Some(every) = self.purge_every {
+            tokio::spawn(purge_periodically(self.state.clone(), every));
+        }
         axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown)
             .await
             .map_err(|e| Failure(format!("server error: {e}")))
+    }
+}
+
+/// The retention purge inside the server. Safe beside other instances doing the same.
+async fn purge_periodically(state: AppState, every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    loop {
+        ticks.tick().await;
+        let result = crate::service::retention::purge_expired(
+            &state.db,
+            &state.limits,
+            crate::service::retention::DEFAULT_BATCH,
+            chrono::Utc::now(),
+            |_| {},
+        )
+        .await;
+        match result {
+            Ok(purged) if purged.removed > 0 => {
+                tracing::info!(removed = purged.removed, "purged expired deleted sessions")
+            }
+            Ok(_) => {}
+            Err(err) => tracing::error!(error = %err, "retention purge failed; will retry"),
+        }
     }
 }
 

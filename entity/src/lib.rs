@@ -7,7 +7,7 @@
 #[rustfmt::skip]
 mod _entities;
 
-pub use _entities::{api_tokens, prelude, synced_sessions, users};
+pub use _entities::{api_tokens, prelude, stripe_events, synced_sessions, users};
 
 mod subscription_status;
 mod tier;

@@ -24,6 +24,7 @@ mod m003_create_api_tokens;
 mod m004_index_sessions_by_user;
 mod m005_add_user_display_name;
 pub mod m006_billing_fields;
+mod m007_stripe_events;
 
 use step::{Direction, Planned};
 
@@ -43,6 +44,7 @@ impl Migrator {
             Box::new(m004_index_sessions_by_user::Migration),
             Box::new(m005_add_user_display_name::Migration),
             Box::new(m006_billing_fields::Migration),
+            Box::new(m007_stripe_events::Migration),
         ]
     }
 }

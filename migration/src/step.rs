@@ -158,7 +158,7 @@ async fn run_lock_timed(
         .await;
         match result {
             Ok(()) => return Ok(()),
-            Err(err) if is_lock_timeout(&err) && attempt < settings.attempts => {
+            Err(err) if is_lock_conflict(&err) && attempt < settings.attempts => {
                 let wait = settings.backoff(attempt);
                 tracing::warn!(
                     "{position}: lock not granted within {} ms (attempt {attempt}/{}), retrying in {} ms",
@@ -169,7 +169,7 @@ async fn run_lock_timed(
                 crate::sleep(wait).await;
                 attempt += 1;
             }
-            Err(err) if is_lock_timeout(&err) => {
+            Err(err) if is_lock_conflict(&err) => {
                 return Err(DbErr::Migration(format!(
                     "{position}: could not take the table lock for \"{}\" after {attempt} attempts \
                      of {} ms each; a long-running transaction is probably holding it. Find it with \
@@ -207,11 +207,15 @@ pub fn lock_timeout_reset_sql(backend: DbBackend) -> Option<&'static str> {
     (backend == DbBackend::MySql).then_some("SET SESSION lock_wait_timeout = DEFAULT")
 }
 
-/// PostgreSQL `55P03 lock_not_available` and `40P01 deadlock_detected`; MySQL errors 1205
-/// (lock wait timeout) and 1213 (deadlock), which it files under generic SQLSTATEs.
-pub(crate) fn is_lock_timeout(err: &DbErr) -> bool {
+/// Whether `err` is a lock conflict worth retrying: PostgreSQL `55P03 lock_not_available`,
+/// `40P01 deadlock_detected`, `40001 serialization_failure`; MySQL errors 1205 (lock wait
+/// timeout) and 1213 (deadlock), which it files under generic SQLSTATEs; SQLite `SQLITE_BUSY`
+/// (5) and `SQLITE_LOCKED` (6).
+pub fn is_lock_conflict(err: &DbErr) -> bool {
     use sea_orm_migration::sea_orm::{RuntimeErr, sqlx::mysql::MySqlDatabaseError};
-    let (DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e))) = err
+    let (DbErr::Exec(RuntimeErr::SqlxError(e))
+    | DbErr::Query(RuntimeErr::SqlxError(e))
+    | DbErr::Conn(RuntimeErr::SqlxError(e))) = err
     else {
         return false;
     };
@@ -221,7 +225,10 @@ pub(crate) fn is_lock_timeout(err: &DbErr) -> bool {
     if let Some(mysql) = db_err.try_downcast_ref::<MySqlDatabaseError>() {
         return matches!(mysql.number(), 1205 | 1213);
     }
-    matches!(db_err.code().as_deref(), Some("55P03" | "40P01"))
+    matches!(
+        db_err.code().as_deref(),
+        Some("55P03" | "40P01" | "40001" | "5" | "6" | "517" | "261")
+    )
 }
 
 /// Stops the process before a chosen statement, so crash tests can SIGKILL it there.

@@ -153,6 +153,7 @@ async fn eight_migrators_at_once_all_succeed_and_each_migration_runs_once(backen
         "m004_index_sessions_by_user",
         "m005_add_user_display_name",
         "m006_billing_fields",
+        "m007_stripe_events",
     ] {
         let applied = format!("Migration '{name}' has been applied");
         assert_eq!(
@@ -164,7 +165,7 @@ async fn eight_migrators_at_once_all_succeed_and_each_migration_runs_once(backen
     assert!(all.contains("waiting for the migration lock"), "{all}");
     assert_eq!(
         t.texts("SELECT count(*) FROM seaql_migrations").await,
-        vec!["6"]
+        vec!["7"]
     );
 }
 

@@ -1,10 +1,15 @@
 //! `spawn_app`: a fresh database on the chosen backend and the API serving it on port 0.
 
+use api::settings::StripeSettings;
 use api::{Application, Limits, Settings};
 use reqwest::{Client, Method, RequestBuilder, Response};
 use serde_json::{Value, json};
 
 use crate::support::{Backend, TestDb};
+
+/// The signing secret in use, and the one being rotated out.
+pub const SECRET: &str = "whsec_test_current";
+pub const OLD_SECRET: &str = "whsec_test_previous";
 
 pub struct TestApp {
     pub address: String,
@@ -24,6 +29,11 @@ pub async fn spawn_app_with(backend: Backend, limits: Limits) -> TestApp {
         database_url: Some(db.url.clone()),
         db_max_connections: 5,
         limits,
+        stripe: StripeSettings {
+            webhook_secrets: vec![SECRET.to_owned(), OLD_SECRET.to_owned()],
+            webhook_tolerance_secs: 300,
+        },
+        purge_every_secs: 0,
     };
     let app = Application::build(&settings).await.expect("build app");
     let address = format!("http://{}", app.local_addr().expect("addr"));
@@ -115,4 +125,98 @@ impl TestApp {
 /// The error code of a JSON error body.
 pub fn code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("")
+}
+
+impl TestApp {
+    /// Delivers `body` to the webhook with `signature` as the Stripe-Signature header.
+    pub async fn deliver(&self, body: &str, signature: Option<&str>) -> (u16, Value) {
+        let mut request = self
+            .client
+            .post(format!("{}/webhooks/stripe", self.address))
+            .header("content-type", "application/json")
+            .body(body.to_owned());
+        if let Some(signature) = signature {
+            request = request.header("stripe-signature", signature);
+        }
+        let response = request.send().await.expect("deliver");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Delivers an event signed the way Stripe signs it, now, with the current secret.
+    pub async fn deliver_event(&self, event: &Value) -> (u16, Value) {
+        let body = event.to_string();
+        let header =
+            api::stripe::signature::sign(body.as_bytes(), SECRET, chrono::Utc::now().timestamp());
+        self.deliver(&body, Some(&header)).await
+    }
+
+    /// The billing columns of a user, as one line.
+    pub async fn billing_row(&self, email: &str) -> String {
+        self.db
+            .texts(&format!(
+                "SELECT concat_ws('|', coalesce(stripe_customer_id, '-'), coalesce(subscription_id, '-'), \
+                 subscription_status, CASE WHEN current_period_end IS NULL THEN '-' ELSE 'set' END) \
+                 FROM users WHERE email = '{email}'"
+            ))
+            .await
+            .join("")
+    }
+
+    pub async fn user_id(&self, email: &str) -> i64 {
+        let ids = self
+            .db
+            .texts(&format!("SELECT id FROM users WHERE email = '{email}'"))
+            .await;
+        ids[0].parse().expect("user id")
+    }
+}
+
+/// A Stripe event envelope.
+pub fn event(id: &str, kind: &str, created: i64, object: Value) -> Value {
+    json!({"id": id, "object": "event", "type": kind, "created": created,
+           "api_version": "2025-03-31.basil", "livemode": false,
+           "data": {"object": object}})
+}
+
+pub fn checkout(id: &str, created: i64, user_id: i64, customer: &str, subscription: &str) -> Value {
+    event(
+        id,
+        "checkout.session.completed",
+        created,
+        json!({
+            "id": format!("cs_{id}"), "object": "checkout.session", "mode": "subscription",
+            "client_reference_id": user_id.to_string(), "customer": customer,
+            "subscription": subscription
+        }),
+    )
+}
+
+/// A subscription event; `basil` puts the period end on the items (API 2025-03-31+),
+/// otherwise on the subscription (older API versions).
+pub fn subscription(
+    id: &str,
+    kind: &str,
+    created: i64,
+    (customer, sub): (&str, &str),
+    status: &str,
+    period_end: i64,
+    basil: bool,
+) -> Value {
+    let object = if basil {
+        json!({"id": sub, "object": "subscription", "customer": customer, "status": status,
+               "items": {"object": "list", "data": [
+                   {"id": "si_1", "current_period_end": period_end - 86_400},
+                   {"id": "si_2", "current_period_end": period_end}]}})
+    } else {
+        json!({"id": sub, "object": "subscription", "customer": customer, "status": status,
+               "current_period_end": period_end,
+               "items": {"object": "list", "data": [{"id": "si_1"}]}})
+    };
+    event(
+        id,
+        &format!("customer.subscription.{kind}"),
+        created,
+        object,
+    )
 }

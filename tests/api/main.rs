@@ -8,4 +8,6 @@ mod helpers;
 mod auth;
 mod limits;
 mod openapi;
+mod retention;
 mod sessions;
+mod stripe;

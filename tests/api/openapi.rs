@@ -12,7 +12,7 @@ async fn openapi_matches_the_router() {
     let (status, doc) = app.json(Method::GET, "/openapi.json", &token).await;
     assert_eq!(status, 200);
     let paths = doc["paths"].as_object().expect("paths");
-    assert_eq!(paths.len(), 7);
+    assert_eq!(paths.len(), 8);
     let mut operations = 0;
     for (path, item) in paths {
         for (method, _) in item.as_object().unwrap() {
@@ -34,7 +34,7 @@ async fn openapi_matches_the_router() {
             assert_ne!(body["error"]["message"], "no such route", "{method} {path}");
         }
     }
-    assert_eq!(operations, 9);
+    assert_eq!(operations, 10);
     let (status, body) = app.json(Method::GET, "/v1/undocumented", &token).await;
     assert_eq!(
         (status, body["error"]["message"].as_str()),

@@ -5,3 +5,4 @@ pub mod billing;
 pub mod health;
 pub mod openapi;
 pub mod sessions;
+pub mod webhooks;

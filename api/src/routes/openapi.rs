@@ -147,6 +147,20 @@ pub fn document() -> Value {
                     }))
                 }
             },
+            "/webhooks/stripe": {"post": {
+                "summary": "Stripe events (signed with Stripe-Signature)",
+                "parameters": [{"name": "Stripe-Signature", "in": "header", "required": true,
+                                "schema": {"type": "string"}}],
+                "requestBody": {"required": true, "content": {"application/json": {
+                    "schema": {"type": "object"}}}},
+                "responses": {
+                    "200": body("Receipt", "received; `outcome` says what it did"),
+                    "400": error("missing, malformed, wrong or stale signature, or not a Stripe event"),
+                    "413": error("event larger than 1 MiB"),
+                    "500": error("unexpected error; Stripe retries"),
+                    "503": error("database unavailable or webhooks not configured; Stripe retries")
+                }
+            }},
             "/v1/trash": {"get": {
                 "summary": "Soft-deleted sessions, newest first, with their purge time",
                 "security": security,
@@ -198,6 +212,11 @@ pub fn document() -> Value {
                         "deleted_at": {"type": "string", "format": "date-time", "nullable": true},
                         "purge_after": {"type": "string", "format": "date-time", "nullable": true}
                     }},
+                "Receipt": {"type": "object", "required": ["received", "outcome"], "properties": {
+                    "received": {"type": "boolean"},
+                    "outcome": {"type": "string", "enum": ["applied", "duplicate", "unknown_customer",
+                        "unknown_user", "ignored"]}
+                }},
                 "SessionPage": {"type": "object", "required": ["items", "next_cursor"], "properties": {
                     "items": {"type": "array", "items": {"$ref": "#/components/schemas/Session"}},
                     "next_cursor": {"type": "string", "nullable": true}

@@ -3,5 +3,6 @@
 pub mod prelude;
 
 pub mod api_tokens;
+pub mod stripe_events;
 pub mod synced_sessions;
 pub mod users;

@@ -1,0 +1,225 @@
+//! The Stripe events we act on, parsed from the webhook body.
+
+use chrono::{DateTime, TimeZone, Utc};
+use entity::SubscriptionStatus;
+use serde_json::Value;
+
+/// The envelope every Stripe event shares.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub id: String,
+    pub kind: String,
+    /// Whole seconds since the epoch.
+    pub created: i64,
+    pub action: Action,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// `checkout.session.completed`: the customer (and subscription) of our user.
+    LinkCustomer {
+        user_id: Option<i64>,
+        customer: Option<String>,
+        subscription: Option<String>,
+    },
+    /// `customer.subscription.created|updated|deleted`.
+    Subscription(Snapshot),
+    /// `customer.deleted`.
+    CustomerDeleted { customer: String },
+    /// Any other type: acknowledged and logged.
+    Unhandled,
+}
+
+/// A subscription's state as one event describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub customer: String,
+    pub subscription: String,
+    pub status: SubscriptionStatus,
+    /// Stripe's own status, kept for the logs when it is not one of ours.
+    pub stripe_status: String,
+    pub current_period_end: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a Stripe event: {0}")]
+pub struct MalformedEvent(pub String);
+
+/// Stripe's subscription statuses → ours. None of the extra ones grants Pro.
+///
+/// | Stripe | ours | why |
+/// |---|---|---|
+/// | trialing, active, past_due, canceled, unpaid | same | |
+/// | incomplete | none | first payment not made yet |
+/// | incomplete_expired | canceled | first payment never made; Stripe ended it |
+/// | paused | unpaid | trial ended without a payment method; no access until paid |
+/// | anything else | none | logged; the nearest status that grants nothing |
+pub fn map_status(stripe: &str) -> (SubscriptionStatus, bool) {
+    match stripe {
+        "trialing" => (SubscriptionStatus::Trialing, true),
+        "active" => (SubscriptionStatus::Active, true),
+        "past_due" => (SubscriptionStatus::PastDue, true),
+        "canceled" => (SubscriptionStatus::Canceled, true),
+        "unpaid" => (SubscriptionStatus::Unpaid, true),
+        "incomplete" => (SubscriptionStatus::None, true),
+        "incomplete_expired" => (SubscriptionStatus::Canceled, true),
+        "paused" => (SubscriptionStatus::Unpaid, true),
+        _ => (SubscriptionStatus::None, false),
+    }
+}
+
+/// Tie-break between events created in the same second: the later lifecycle stage wins.
+pub fn lifecycle_rank(status: SubscriptionStatus) -> u8 {
+    match status {
+        SubscriptionStatus::None => 0,
+        SubscriptionStatus::Trialing => 1,
+        SubscriptionStatus::Active => 2,
+        SubscriptionStatus::PastDue => 3,
+        SubscriptionStatus::Unpaid => 4,
+        SubscriptionStatus::Canceled => 5,
+    }
+}
+
+fn text(value: &Value, key: &str) -> Option<String> {
+    match value.get(key)? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        // Expanded objects carry their id.
+        Value::Object(o) => o.get("id").and_then(Value::as_str).map(str::to_owned),
+        _ => None,
+    }
+}
+
+fn timestamp(seconds: i64) -> Option<DateTime<Utc>> {
+    Utc.timestamp_opt(seconds, 0).single()
+}
+
+/// API 2025-03-31 and later put the period on each item: take the latest. Older versions
+/// have it on the subscription.
+fn period_end(subscription: &Value) -> Option<DateTime<Utc>> {
+    let from_items = subscription
+        .pointer("/items/data")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|item| item.get("current_period_end").and_then(Value::as_i64))
+        .max();
+    from_items
+        .or_else(|| {
+            subscription
+                .get("current_period_end")
+                .and_then(Value::as_i64)
+        })
+        .and_then(timestamp)
+}
+
+pub fn parse(body: &[u8]) -> Result<Event, MalformedEvent> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| MalformedEvent(format!("invalid JSON: {e}")))?;
+    let id = text(&value, "id").ok_or_else(|| MalformedEvent("no id".into()))?;
+    let kind = text(&value, "type").ok_or_else(|| MalformedEvent("no type".into()))?;
+    let created = value
+        .get("created")
+        .and_then(Value::as_i64)
+        .ok_or_else(|| MalformedEvent("no created".into()))?;
+    let object = value
+        .pointer("/data/object")
+        .ok_or_else(|| MalformedEvent("no data.object".into()))?;
+    let action = match kind.as_str() {
+        "checkout.session.completed" => Action::LinkCustomer {
+            user_id: text(object, "client_reference_id").and_then(|id| id.parse().ok()),
+            customer: text(object, "customer"),
+            subscription: text(object, "subscription"),
+        },
+        "customer.subscription.created"
+        | "customer.subscription.updated"
+        | "customer.subscription.deleted" => {
+            let customer = text(object, "customer")
+                .ok_or_else(|| MalformedEvent("subscription without customer".into()))?;
+            let subscription = text(object, "id")
+                .ok_or_else(|| MalformedEvent("subscription without id".into()))?;
+            let stripe_status = text(object, "status").unwrap_or_default();
+            let (status, known) = map_status(&stripe_status);
+            if !known {
+                tracing::warn!(event = %id, stripe_status, "unknown Stripe subscription status; stored as none");
+            }
+            Action::Subscription(Snapshot {
+                customer,
+                subscription,
+                status,
+                stripe_status,
+                current_period_end: period_end(object),
+            })
+        }
+        "customer.deleted" => Action::CustomerDeleted {
+            customer: text(object, "id")
+                .ok_or_else(|| MalformedEvent("customer without id".into()))?,
+        },
+        _ => Action::Unhandled,
+    };
+    Ok(Event {
+        id,
+        kind,
+        created,
+        action,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn subscription_event(object: Value) -> Vec<u8> {
+        json!({"id": "evt_1", "type": "customer.subscription.updated", "created": 100,
+               "data": {"object": object}})
+        .to_string()
+        .into_bytes()
+    }
+
+    #[test]
+    fn period_end_from_items_or_the_old_field() {
+        let basil = subscription_event(
+            json!({"id": "sub_1", "customer": "cus_1", "status": "active",
+            "items": {"data": [{"current_period_end": 200}, {"current_period_end": 300}]}}),
+        );
+        let old = subscription_event(
+            json!({"id": "sub_1", "customer": "cus_1", "status": "active",
+            "current_period_end": 250, "items": {"data": [{"id": "si_1"}]}}),
+        );
+        for (body, expected) in [(basil, 300), (old, 250)] {
+            let Action::Subscription(s) = parse(&body).unwrap().action else {
+                panic!("not a subscription")
+            };
+            assert_eq!(s.current_period_end, timestamp(expected));
+        }
+    }
+
+    #[test]
+    fn extra_stripe_statuses_never_grant_pro() {
+        for stripe in [
+            "incomplete",
+            "incomplete_expired",
+            "paused",
+            "something_new",
+        ] {
+            let (status, _) = map_status(stripe);
+            assert!(!matches!(
+                status,
+                SubscriptionStatus::Active
+                    | SubscriptionStatus::Trialing
+                    | SubscriptionStatus::PastDue
+            ));
+        }
+    }
+
+    #[test]
+    fn malformed_events_are_refused() {
+        for body in [
+            &b"not json"[..],
+            br#"{"type":"x"}"#,
+            br#"{"id":"evt","type":"x","created":1}"#,
+        ] {
+            assert!(parse(body).is_err());
+        }
+    }
+}
