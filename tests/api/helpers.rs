@@ -19,22 +19,24 @@ pub struct TestApp {
 }
 
 pub async fn spawn_app(backend: Backend) -> TestApp {
-    spawn_app_with(backend, Limits::default()).await
+    spawn_app_with(backend, |_| {}).await
 }
 
-pub async fn spawn_app_with(backend: Backend, limits: Limits) -> TestApp {
+/// Like `spawn_app`, with `configure` changing the settings first.
+pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Settings)) -> TestApp {
     let db = TestDb::new(backend).await;
-    let settings = Settings {
+    let mut settings = Settings {
         bind: "127.0.0.1:0".to_owned(),
         database_url: Some(db.url.clone()),
         db_max_connections: 5,
-        limits,
+        limits: Limits::default(),
         stripe: StripeSettings {
             webhook_secrets: vec![SECRET.to_owned(), OLD_SECRET.to_owned()],
             webhook_tolerance_secs: 300,
         },
         purge_every_secs: 0,
     };
+    configure(&mut settings);
     let app = Application::build(&settings).await.expect("build app");
     let address = format!("http://{}", app.local_addr().expect("addr"));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

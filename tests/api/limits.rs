@@ -149,11 +149,7 @@ async fn a_downgrade_keeps_sessions_readable_and_deletable(backend: Backend) {
 }
 
 async fn bad_input_is_answered_with_the_field_named(backend: Backend) {
-    let limits = api::Limits {
-        max_body_bytes: 2048,
-        ..Default::default()
-    };
-    let app = spawn_app_with(backend, limits).await;
+    let app = spawn_app_with(backend, |s| s.limits.max_body_bytes = 2048).await;
     let token = app.user("ann@example.com").await;
     let put = |id: &str| app.request(Method::PUT, &format!("/v1/sessions/{id}"), Some(&token));
 

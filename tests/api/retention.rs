@@ -3,12 +3,13 @@ use chrono::{Duration, Utc};
 use api::Limits;
 use api::service::retention::purge_expired;
 
-use crate::helpers::{TestApp, spawn_app};
+use crate::helpers::{TestApp, spawn_app, spawn_app_with};
 use crate::support::{self, Backend};
 
 crate::on_every_backend!(
     purges_exactly_what_is_past_each_window,
-    concurrent_purges_share_the_work
+    concurrent_purges_share_the_work,
+    the_server_purges_periodically_when_asked,
 );
 
 /// Inserts a session for `email`, deleted `deleted_ago` ago (or live when None).
@@ -115,4 +116,22 @@ async fn concurrent_purges_share_the_work(backend: Backend) {
     }
     assert_eq!(total, 120, "every row removed exactly once");
     assert_eq!(remaining(&app).await, vec!["keep"]);
+}
+
+async fn the_server_purges_periodically_when_asked(backend: Backend) {
+    let app = spawn_app_with(backend, |s| s.purge_every_secs = 1).await;
+    app.user("free@example.com").await;
+    session(&app, "free@example.com", "expired", Some(Duration::days(8))).await;
+    session(&app, "free@example.com", "recent", Some(Duration::days(1))).await;
+    // The task's first run is immediate, then every second; give it up to 20 s.
+    for _ in 0..200 {
+        if remaining(&app).await == vec!["recent"] {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!(
+        "the periodic purge did not run: {:?}",
+        remaining(&app).await
+    );
 }

@@ -94,7 +94,9 @@ pub async fn sync<C: ConnectionTrait>(
             active.device_name = Set(input.device_name);
             active.payload = Set(input.payload);
             active.updated_at = Set(stamp);
-            Ok(Synced::Updated(active.update(db).await?))
+            Ok(Synced::Updated(
+                active.update(db).await.map_err(purged_meanwhile)?,
+            ))
         }
         None => {
             ensure_room(db, &user, limits, now).await?;
@@ -170,7 +172,7 @@ pub async fn soft_delete<C: ConnectionTrait>(
     if session.deleted_at.is_none() {
         let mut active = session.into_active_model();
         active.deleted_at = Set(Some(now.fixed_offset()));
-        active.update(db).await?;
+        active.update(db).await.map_err(purged_meanwhile)?;
     }
     Ok(())
 }
@@ -217,5 +219,14 @@ pub async fn restore<C: ConnectionTrait>(
     let mut active = session.into_active_model();
     active.deleted_at = Set(None);
     active.updated_at = Set(now.fixed_offset());
-    Ok(active.update(db).await?)
+    active.update(db).await.map_err(purged_meanwhile)
+}
+
+/// The retention job may hard-delete a session between our read and our write: to the
+/// caller it is simply gone.
+fn purged_meanwhile(err: sea_orm::DbErr) -> ApiError {
+    match err {
+        sea_orm::DbErr::RecordNotUpdated => ApiError::NotFound("no such session"),
+        other => other.into(),
+    }
 }

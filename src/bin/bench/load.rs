@@ -1,0 +1,328 @@
+//! What every benchmark shares: a fresh PostgreSQL database, bulk population with progress,
+//! concurrent writers and readers, and latency percentiles.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement,
+    TransactionTrait,
+};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Common {
+    /// PostgreSQL server URL, without a database name.
+    #[arg(
+        long,
+        env = "BENCH_POSTGRES_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432"
+    )]
+    pub server: String,
+    /// Database to (re)create for the run; dropped at the end.
+    #[arg(long, default_value = "bench_billing")]
+    pub database: String,
+    #[arg(long, default_value_t = 1_000_000)]
+    pub users: i64,
+    #[arg(long, default_value_t = 5_000_000)]
+    pub sessions: i64,
+    /// Concurrent writers (UPDATE a user, INSERT a session, one transaction).
+    #[arg(long, default_value_t = 4)]
+    pub writers: usize,
+    /// Concurrent readers (SELECT a user, count their sessions).
+    #[arg(long, default_value_t = 2)]
+    pub readers: usize,
+    /// Seconds of traffic in the no-work window (the noise floor).
+    #[arg(long, default_value_t = 10)]
+    pub noise_window: u64,
+}
+
+pub async fn connect(url: &str, max: u32) -> Result<DatabaseConnection, String> {
+    let mut options = ConnectOptions::new(url.to_owned());
+    // Every connection opened up front: opening one mid-window would read as latency.
+    options
+        .max_connections(max)
+        .min_connections(max)
+        .connect_timeout(Duration::from_secs(10))
+        .sqlx_logging(false);
+    Database::connect(options)
+        .await
+        .map_err(|e| format!("cannot connect to {}: {e}", migration::connect::redact(url)))
+}
+
+/// A fresh database: returns its URL and a connection sized for the traffic.
+pub struct Bench {
+    pub url: String,
+    pub db: DatabaseConnection,
+    admin: DatabaseConnection,
+    name: String,
+}
+
+impl Bench {
+    pub async fn create(common: &Common) -> Result<Self, String> {
+        let server = common.server.trim_end_matches('/');
+        let name = common.database.clone();
+        if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!("--database {name:?}: letters, digits and _ only"));
+        }
+        let admin = connect(&format!("{server}/postgres"), 1).await?;
+        for sql in [
+            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            format!("CREATE DATABASE {name}"),
+        ] {
+            admin
+                .execute_unprepared(&sql)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let url = format!("{server}/{name}");
+        let db = connect(&url, (common.writers + common.readers + 2) as u32).await?;
+        Ok(Self {
+            url,
+            db,
+            admin,
+            name,
+        })
+    }
+
+    pub async fn drop_database(self) {
+        let _ = self.db.close().await;
+        let _ = self
+            .admin
+            .execute_unprepared(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .await;
+    }
+}
+
+/// What to put in the rows beyond the m005 columns.
+#[derive(Clone, Copy, Default)]
+pub struct Fill {
+    /// `users.stripe_customer_id = 'cus_<id>'` (needs m006).
+    pub customer_ids: bool,
+    /// This many sessions soft-deleted ten days ago (needs m006).
+    pub deleted_sessions: Option<i64>,
+}
+
+pub async fn populate(
+    db: &DatabaseConnection,
+    users: i64,
+    sessions: i64,
+    fill: Fill,
+) -> Result<(), String> {
+    let started = Instant::now();
+    let customer = if fill.customer_ids {
+        ", stripe_customer_id"
+    } else {
+        ""
+    };
+    let customer_value = if fill.customer_ids {
+        ", 'cus_' || g"
+    } else {
+        ""
+    };
+    let (deleted, deleted_value) = match fill.deleted_sessions {
+        Some(n) => (
+            ", deleted_at",
+            format!(", CASE WHEN g <= {n} THEN now() - interval '10 days' END"),
+        ),
+        None => ("", String::new()),
+    };
+    let users_sql = |from: i64, upto: i64| {
+        format!(
+            "INSERT INTO users (email, display_name{customer}) \
+             SELECT 'u' || g || '@bench.test', 'User ' || g{customer_value} \
+             FROM generate_series({from}, {upto}) g"
+        )
+    };
+    let sessions_sql = |from: i64, upto: i64| {
+        format!(
+            "INSERT INTO synced_sessions (user_id, client_id, device_name, payload{deleted}) \
+             SELECT 1 + (g % {users}), 'c' || g, 'device', repeat('x', 200){deleted_value} \
+             FROM generate_series({from}, {upto}) g"
+        )
+    };
+    for (table, total, batch, sql) in [
+        (
+            "users",
+            users,
+            100_000,
+            &users_sql as &dyn Fn(i64, i64) -> String,
+        ),
+        ("sessions", sessions, 500_000, &sessions_sql),
+    ] {
+        let mut done = 0;
+        while done < total {
+            let upto = (done + batch).min(total);
+            db.execute_unprepared(&sql(done + 1, upto))
+                .await
+                .map_err(|e| e.to_string())?;
+            done = upto;
+            eprintln!(
+                "populating {table}: {done}/{total} ({:.0}s)",
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    db.execute_unprepared("VACUUM ANALYZE")
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+pub struct Window {
+    pub outcome: Result<(), String>,
+    pub wall: Duration,
+    pub writers: Vec<Duration>,
+    pub readers: Vec<Duration>,
+}
+
+/// Runs traffic for `margin`, then `work` under traffic, then `margin` more.
+pub async fn measure(
+    db: &DatabaseConnection,
+    common: &Common,
+    margin: Duration,
+    work: impl std::future::Future<Output = Result<(), String>>,
+) -> Window {
+    let stop = Arc::new(AtomicBool::new(false));
+    let spawn = |i: usize, write: bool| {
+        tokio::spawn(traffic(
+            db.clone(),
+            stop.clone(),
+            common.users,
+            i as i64,
+            write,
+        ))
+    };
+    let writers: Vec<_> = (0..common.writers).map(|i| spawn(i, true)).collect();
+    let readers: Vec<_> = (0..common.readers).map(|i| spawn(i, false)).collect();
+    tokio::time::sleep(margin).await;
+    let started = Instant::now();
+    // Bounded: the benchmark stops by itself even if the work hangs.
+    let outcome = match tokio::time::timeout(Duration::from_secs(900), work).await {
+        Ok(result) => result,
+        Err(_) => Err("timed out after 900 s".to_owned()),
+    };
+    let wall = started.elapsed();
+    tokio::time::sleep(margin).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut window = Window {
+        outcome,
+        wall,
+        writers: Vec::new(),
+        readers: Vec::new(),
+    };
+    for handle in writers {
+        window.writers.extend(handle.await.unwrap_or_default());
+    }
+    for handle in readers {
+        window.readers.extend(handle.await.unwrap_or_default());
+    }
+    window
+}
+
+/// One client: writers update a user and add a session in one transaction; readers fetch a
+/// user and count their sessions. Returns each operation's latency (errors count too).
+async fn traffic(
+    db: DatabaseConnection,
+    stop: Arc<AtomicBool>,
+    users: i64,
+    seed: i64,
+    write: bool,
+) -> Vec<Duration> {
+    let mut latencies = Vec::new();
+    let mut id = 1 + (seed * 7919) % users;
+    let mut n = 0i64;
+    while !stop.load(Ordering::Relaxed) {
+        id = 1 + (id * 48271 + 11) % users;
+        n += 1;
+        let started = Instant::now();
+        let _ = if write {
+            async {
+                let txn = db.begin().await?;
+                txn.execute_raw(Statement::from_sql_and_values(
+                    DbBackend::Postgres,
+                    "UPDATE users SET display_name = $1 WHERE id = $2",
+                    [format!("w{seed}-{n}").into(), id.into()],
+                ))
+                .await?;
+                txn.execute_raw(Statement::from_sql_and_values(
+                    DbBackend::Postgres,
+                    "INSERT INTO synced_sessions (user_id, client_id, device_name, payload) \
+                     VALUES ($1, $2, 'bench', 'p')",
+                    [id.into(), format!("bench-{seed}-{n}").into()],
+                ))
+                .await?;
+                txn.commit().await
+            }
+            .await
+        } else {
+            async {
+                db.query_one_raw(Statement::from_sql_and_values(
+                    DbBackend::Postgres,
+                    "SELECT id, email FROM users WHERE id = $1",
+                    [id.into()],
+                ))
+                .await?;
+                db.query_one_raw(Statement::from_sql_and_values(
+                    DbBackend::Postgres,
+                    "SELECT count(*) FROM synced_sessions WHERE user_id = $1",
+                    [id.into()],
+                ))
+                .await
+                .map(|_| ())
+            }
+            .await
+        };
+        latencies.push(started.elapsed());
+    }
+    latencies
+}
+
+/// `p50/p99/max` in milliseconds.
+pub fn percentiles(samples: &[Duration]) -> String {
+    if samples.is_empty() {
+        return "-".to_owned();
+    }
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e3;
+    format!("{:.1}/{:.1}/{:.1}", at(0.5), at(0.99), at(1.0))
+}
+
+/// A warm-up (discarded), then the table header and the no-work window: the noise floor.
+pub async fn noise_floor(db: &DatabaseConnection, common: &Common, margin: Duration, name: &str) {
+    let _ = measure(db, common, margin, async { Ok(()) }).await;
+    header();
+    let floor = measure(db, common, margin, async {
+        tokio::time::sleep(Duration::from_secs(common.noise_window)).await;
+        Ok(())
+    })
+    .await;
+    report(name, &floor);
+}
+
+fn header() {
+    println!(
+        "\nwindow           outcome     wall     writers p50/p99/max ms      readers p50/p99/max ms"
+    );
+}
+
+pub fn report(name: &str, window: &Window) {
+    println!(
+        "{name:<16} {:<11} {:>6.2}s  {:<27} {}",
+        if window.outcome.is_ok() {
+            "ok"
+        } else {
+            "FAILED"
+        },
+        window.wall.as_secs_f64(),
+        percentiles(&window.writers),
+        percentiles(&window.readers),
+    );
+    if let Err(e) = &window.outcome {
+        println!("  error: {e}");
+    }
+}

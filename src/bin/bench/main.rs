@@ -1,0 +1,47 @@
+//! Benchmarks on PostgreSQL (results in README; never timed tests):
+//!
+//! * `bench m006`: the billing migration under live traffic, beside the card's SQL;
+//! * `bench webhooks`: Stripe webhook deliveries per second and their latency;
+//! * `bench purge`: the retention purge of soft-deleted sessions under live traffic.
+//!
+//! `cargo run --release --bin bench -- <m006|webhooks|purge> --help`
+
+mod load;
+mod m006;
+mod purge;
+mod webhooks;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(about = "Benchmarks of the billing schema and API on PostgreSQL")]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Subcommand, Debug)]
+enum Bench {
+    /// m006 under concurrent writers and readers, beside the card's SQL.
+    M006(m006::Args),
+    /// Stripe webhook deliveries per second with concurrent senders.
+    Webhooks(webhooks::Args),
+    /// The retention purge under concurrent writers and readers.
+    Purge(purge::Args),
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let result = match Cli::parse().bench {
+        Bench::M006(args) => m006::run(args).await,
+        Bench::Webhooks(args) => webhooks::run(args).await,
+        Bench::Purge(args) => purge::run(args).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
