@@ -318,3 +318,49 @@ async fn killed_at_any_statement_postgres_recovers() {
         }
     }
 }
+
+/// A long transaction holding `users`: the migrator retries within its budget, then says
+/// what blocks it; once the blocker commits, the same command finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_table_lock_is_retried_then_reported_postgres() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let t = TestDb::new(Backend::Postgres).await;
+    assert!(migration(&["up", "-n", "5"], Some(&t.url)).status.success());
+    let blocker = t.db.begin().await.expect("begin");
+    blocker
+        .execute_unprepared("LOCK TABLE users IN ACCESS SHARE MODE")
+        .await
+        .expect("lock users");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_migration"))
+        .args(["up", "-u", &t.url])
+        .env("MIGRATION_LOCK_TIMEOUT_MS", "20")
+        .env("MIGRATION_LOCK_ATTEMPTS", "3")
+        .output()
+        .expect("run migrator");
+    assert_clear_error(&out, "could not take the table lock");
+    let err = stderr(&out);
+    assert_eq!(err.matches("retrying in").count(), 2, "{err}");
+    assert!(err.contains("pg_stat_activity"), "{err}");
+    // Nothing half-done is left that a re-run cannot finish.
+    let retry = Command::new(env!("CARGO_BIN_EXE_migration"))
+        .args(["up", "-u", &t.url])
+        .env("MIGRATION_LOCK_TIMEOUT_MS", "20")
+        .env("MIGRATION_LOCK_ATTEMPTS", "100")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn migrator");
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    blocker.commit().await.expect("release");
+    let out = retry.wait_with_output().expect("wait");
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("retrying in"),
+        "the lock was held, so it must have retried: {err}"
+    );
+    assert!(
+        err.contains("Migration 'm006_billing_fields' has been applied"),
+        "{err}"
+    );
+}

@@ -71,7 +71,10 @@ async fn purges_exactly_what_is_past_each_window(backend: Backend) {
     .await
     .expect("purge");
     assert_eq!(purged.removed, 2);
-    assert_eq!(progress, vec![1, 2], "one progress line per batch");
+    // One progress call per batch of one row, oldest deletion first: pro-outside (removed),
+    // pro-inside and pro-at-8-days (kept: Pro keeps 30 days), free-outside (removed).
+    assert_eq!(progress, vec![1, 1, 1, 2]);
+    assert_eq!(purged.batches, 4);
     assert_eq!(
         remaining(&app).await,
         vec![

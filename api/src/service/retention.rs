@@ -1,16 +1,23 @@
 //! The retention job: hard-deletes sessions soft-deleted longer ago than their owner's tier
 //! keeps them (Free 7 days, Pro 30 by default), in bounded batches.
 //!
-//! Each batch is one short transaction: pick up to `batch` expired rows in `deleted_at` order
-//! (an index range scan on `idx_sessions_deleted_at`), locking them with `SKIP LOCKED` on
-//! PostgreSQL and MySQL so that several purgers at once take disjoint batches, then delete
-//! exactly those. The owner's tier comes from the SQL `user_tiers` view. A session restored
-//! meanwhile is either locked by us first (the restore waits, then finds it gone) or already
-//! live (we never select it).
+//! Each batch is one short transaction:
+//! 1. take the next `batch` soft-deleted rows older than the longest-possible cutoff, in
+//!    `(deleted_at, id)` order after a keyset cursor: an index range scan on
+//!    `idx_sessions_deleted_at` that locks only those session rows, with `SKIP LOCKED` on
+//!    PostgreSQL and MySQL so several purgers at once take disjoint rows;
+//! 2. look up their owners' tiers in the SQL `user_tiers` view, by primary key;
+//! 3. delete the rows past their owner's window, and move the cursor past the batch, so
+//!    sessions that must stay are not read again.
+//!
+//! Nothing reads all of `users`. A session restored meanwhile is either locked by us first (the
+//! restore then finds it gone, a 404) or already live (we never select it).
 
-use chrono::{DateTime, Utc};
-use entity::Tier;
+use std::collections::BTreeSet;
 use std::time::Duration;
+
+use chrono::{DateTime, FixedOffset, Utc};
+use entity::Tier;
 
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DbBackend, DbErr, IsolationLevel, SqliteTransactionMode,
@@ -43,30 +50,17 @@ pub async fn purge_expired(
             .unwrap_or(DateTime::<Utc>::MIN_UTC)
             .fixed_offset()
     };
-    let (free_cutoff, pro_cutoff) = (cutoff(Tier::Free), cutoff(Tier::Pro));
-    let later = free_cutoff.max(pro_cutoff);
-    let backend = db.get_database_backend();
-    let (p1, p2, p3, lock) = match backend {
-        DbBackend::Postgres => ("$1", "$2", "$3", " FOR UPDATE OF s SKIP LOCKED"),
-        DbBackend::MySql => ("?", "?", "?", " FOR UPDATE SKIP LOCKED"),
-        // SQLite runs one writer at a time: nothing to skip.
-        _ => ("?", "?", "?", ""),
+    let cutoffs = Cutoffs {
+        free: cutoff(Tier::Free),
+        pro: cutoff(Tier::Pro),
     };
-    let select = format!(
-        "SELECT s.id FROM synced_sessions s \
-         WHERE s.deleted_at IS NOT NULL AND s.deleted_at < {p1} \
-         AND ((s.deleted_at < {p2} AND s.user_id IN (SELECT user_id FROM user_tiers WHERE tier = 'free')) \
-           OR (s.deleted_at < {p3} AND s.user_id IN (SELECT user_id FROM user_tiers WHERE tier = 'pro'))) \
-         ORDER BY s.deleted_at LIMIT {}{lock}",
-        batch.max(1)
-    );
-    let values = [later.into(), free_cutoff.into(), pro_cutoff.into()];
+    let mut cursor: Option<Cursor> = None;
     let mut total = Purged::default();
     loop {
         let mut attempt = 0u32;
-        let removed = loop {
-            match purge_batch(db, &select, &values).await {
-                Ok(removed) => break removed,
+        let outcome = loop {
+            match purge_batch(db, &cutoffs, cursor.as_ref(), batch.max(1)).await {
+                Ok(outcome) => break outcome,
                 // Several purgers (and the API) touch the same rows and index pages: a deadlock
                 // or busy database is a reason to try the batch again, not to fail.
                 Err(err) if migration::step::is_lock_conflict(&err) && attempt < MAX_RETRIES => {
@@ -77,9 +71,10 @@ pub async fn purge_expired(
                 Err(err) => return Err(err),
             }
         };
-        let Some(removed) = removed else {
+        let Some((removed, next)) = outcome else {
             return Ok(total);
         };
+        cursor = Some(next);
         total.removed += removed;
         total.batches += 1;
         progress(total);
@@ -88,12 +83,25 @@ pub async fn purge_expired(
 
 const MAX_RETRIES: u32 = 20;
 
-/// One batch in one short transaction; `None` when nothing expired is left.
+struct Cutoffs {
+    free: DateTime<FixedOffset>,
+    pro: DateTime<FixedOffset>,
+}
+
+/// Where the previous batch ended: `(deleted_at, id)` of its last row.
+struct Cursor {
+    deleted_at: DateTime<FixedOffset>,
+    id: i64,
+}
+
+/// One batch in one short transaction: `None` when no candidate is left, else how many rows it
+/// deleted and where it ended.
 async fn purge_batch(
     db: &DatabaseConnection,
-    select: &str,
-    values: &[sea_orm::Value; 3],
-) -> Result<Option<u64>, DbErr> {
+    cutoffs: &Cutoffs,
+    cursor: Option<&Cursor>,
+    batch: u64,
+) -> Result<Option<(u64, Cursor)>, DbErr> {
     let backend = db.get_database_backend();
     let options = match backend {
         // Row locks without gap locks; SKIP LOCKED does the rest.
@@ -107,32 +115,95 @@ async fn purge_batch(
             ..Default::default()
         },
     };
+    let lock = match backend {
+        DbBackend::Postgres | DbBackend::MySql => " FOR UPDATE SKIP LOCKED",
+        // SQLite runs one writer at a time: nothing to skip.
+        _ => "",
+    };
+    let p = |n: usize| match backend {
+        DbBackend::Postgres => format!("${n}"),
+        _ => "?".to_owned(),
+    };
+    let oldest_kept = cutoffs.free.max(cutoffs.pro);
+    let (after, mut values): (String, Vec<sea_orm::Value>) = match cursor {
+        None => (String::new(), vec![oldest_kept.into()]),
+        Some(c) => (
+            format!(" AND (deleted_at, id) > ({}, {})", p(2), p(3)),
+            vec![oldest_kept.into(), c.deleted_at.into(), c.id.into()],
+        ),
+    };
+    let select = format!(
+        "SELECT id, user_id, deleted_at FROM synced_sessions \
+         WHERE deleted_at IS NOT NULL AND deleted_at < {}{after} \
+         ORDER BY deleted_at, id LIMIT {batch}{lock}",
+        p(1)
+    );
     let txn = db.begin_with_options(options).await?;
     let rows = txn
         .query_all_raw(Statement::from_sql_and_values(
             backend,
-            select,
-            values.clone(),
+            &select,
+            std::mem::take(&mut values),
         ))
         .await?;
-    let ids = rows
-        .iter()
-        .map(|row| row.try_get_by_index::<i64>(0))
-        .collect::<Result<Vec<_>, _>>()?;
-    if ids.is_empty() {
+    let mut candidates = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let id: i64 = row.try_get_by_index(0)?;
+        let user_id: i64 = row.try_get_by_index(1)?;
+        let deleted_at: DateTime<FixedOffset> = row.try_get_by_index(2)?;
+        candidates.push((id, user_id, deleted_at));
+    }
+    let Some(&(last_id, _, last_deleted_at)) = candidates.last() else {
         txn.commit().await?;
         return Ok(None);
-    }
-    let list = ids
+    };
+    let owners: BTreeSet<i64> = candidates.iter().map(|(_, user, _)| *user).collect();
+    let owner_list = owners
         .iter()
         .map(i64::to_string)
         .collect::<Vec<_>>()
         .join(", ");
-    let deleted = txn
-        .execute_unprepared(&format!(
-            "DELETE FROM synced_sessions WHERE id IN ({list}) AND deleted_at IS NOT NULL"
+    let tiers = txn
+        .query_all_raw(Statement::from_string(
+            backend,
+            format!("SELECT user_id, tier FROM user_tiers WHERE user_id IN ({owner_list})"),
         ))
         .await?;
+    let mut pro = BTreeSet::new();
+    for row in &tiers {
+        let tier: String = row.try_get_by_index(1)?;
+        if tier == "pro" {
+            pro.insert(row.try_get_by_index::<i64>(0)?);
+        }
+    }
+    let expired: Vec<String> = candidates
+        .iter()
+        .filter(|(_, user, deleted_at)| {
+            let cutoff = if pro.contains(user) {
+                cutoffs.pro
+            } else {
+                cutoffs.free
+            };
+            *deleted_at < cutoff
+        })
+        .map(|(id, _, _)| id.to_string())
+        .collect();
+    let mut removed = 0;
+    if !expired.is_empty() {
+        removed = txn
+            .execute_unprepared(&format!(
+                "DELETE FROM synced_sessions WHERE id IN ({}) AND deleted_at IS NOT NULL",
+                expired.join(", ")
+            ))
+            .await?
+            .rows_affected();
+    }
     txn.commit().await?;
-    Ok(Some(deleted.rows_affected()))
+    Ok(Some((
+        removed,
+        Cursor {
+            deleted_at: last_deleted_at,
+            id: last_id,
+        },
+    )))
 }
