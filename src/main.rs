@@ -39,12 +39,9 @@ enum Command {
         #[arg(long)]
         email: String,
     },
-    /// Hard-delete sessions soft-deleted longer ago than their tier's retention window.
-    PurgeDeleted {
-        /// Rows per batch (one short transaction each).
-        #[arg(long, default_value_t = api::service::retention::DEFAULT_BATCH)]
-        batch_size: u64,
-    },
+    /// Hard-delete sessions soft-deleted longer ago than their tier's retention window
+    /// (batch size and pause: --purge-batch-size, --purge-pause-ms).
+    PurgeDeleted,
 }
 
 #[tokio::main]
@@ -101,7 +98,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             println!("token (shown once): {token}");
             Ok(())
         }
-        Command::PurgeDeleted { batch_size } => purge(&settings, batch_size).await,
+        Command::PurgeDeleted => purge(&settings).await,
         Command::RevokeTokens { email } => {
             let db = migrated(&settings).await?;
             let email = Email::parse(&email).map_err(|e| e.to_string())?;
@@ -117,12 +114,11 @@ async fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
-async fn purge(settings: &Settings, batch_size: u64) -> Result<(), String> {
+async fn purge(settings: &Settings) -> Result<(), String> {
     let db = migrated(settings).await?;
     let purged = api::service::retention::purge_expired(
         &db,
         &settings.limits,
-        batch_size,
         chrono::Utc::now(),
         |so_far| {
             eprintln!(

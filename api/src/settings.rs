@@ -56,6 +56,12 @@ pub struct Limits {
     /// Largest page a list endpoint returns.
     #[arg(long, env = "MAX_PAGE_SIZE", default_value_t = 100)]
     pub max_page_size: u64,
+    /// Rows the retention purge deletes per batch (one short transaction each).
+    #[arg(long, env = "PURGE_BATCH_SIZE", default_value_t = 1000)]
+    pub purge_batch_size: u64,
+    /// Milliseconds the purge pauses between batches, to leave room for live traffic.
+    #[arg(long, env = "PURGE_PAUSE_MS", default_value_t = 0)]
+    pub purge_pause_ms: u64,
 }
 
 impl Limits {
@@ -76,6 +82,8 @@ impl Default for Limits {
             retention_days_pro: 30,
             max_body_bytes: 65_536,
             max_page_size: 100,
+            purge_batch_size: 1000,
+            purge_pause_ms: 0,
         }
     }
 }

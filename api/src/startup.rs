@@ -137,7 +137,6 @@ async fn purge_periodically(state: AppState, every: Duration) {
         let result = crate::service::retention::purge_expired(
             &state.db,
             &state.limits,
-            crate::service::retention::DEFAULT_BATCH,
             chrono::Utc::now(),
             |_| {},
         )

@@ -12,6 +12,13 @@ crate::on_every_backend!(
     the_server_purges_periodically_when_asked,
 );
 
+fn batches_of(purge_batch_size: u64) -> Limits {
+    Limits {
+        purge_batch_size,
+        ..Limits::default()
+    }
+}
+
 /// Inserts a session for `email`, deleted `deleted_ago` ago (or live when None).
 async fn session(app: &TestApp, email: &str, client_id: &str, deleted_ago: Option<Duration>) {
     let uid = app.user_id(email).await;
@@ -65,7 +72,7 @@ async fn purges_exactly_what_is_past_each_window(backend: Backend) {
     .await;
 
     let mut progress = Vec::new();
-    let purged = purge_expired(&app.db.db, &Limits::default(), 1, Utc::now(), |p| {
+    let purged = purge_expired(&app.db.db, &batches_of(1), Utc::now(), |p| {
         progress.push(p.removed)
     })
     .await
@@ -86,7 +93,7 @@ async fn purges_exactly_what_is_past_each_window(backend: Backend) {
         ]
     );
     // Again: nothing left to do.
-    let again = purge_expired(&app.db.db, &Limits::default(), 10, Utc::now(), |_| {})
+    let again = purge_expired(&app.db.db, &batches_of(10), Utc::now(), |_| {})
         .await
         .unwrap();
     assert_eq!(again.removed, 0);
@@ -108,9 +115,9 @@ async fn concurrent_purges_share_the_work(backend: Backend) {
     let runs: Vec<_> = (0..4)
         .map(|_| {
             let db = app.db.db.clone();
-            tokio::spawn(async move {
-                purge_expired(&db, &Limits::default(), 7, Utc::now(), |_| {}).await
-            })
+            tokio::spawn(
+                async move { purge_expired(&db, &batches_of(7), Utc::now(), |_| {}).await },
+            )
         })
         .collect();
     let mut total = 0;

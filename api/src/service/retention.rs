@@ -26,9 +26,6 @@ use sea_orm::{
 
 use crate::settings::Limits;
 
-/// Rows per batch unless told otherwise: short transactions, few locks at a time.
-pub const DEFAULT_BATCH: u64 = 1000;
-
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Purged {
     pub removed: u64,
@@ -39,7 +36,6 @@ pub struct Purged {
 pub async fn purge_expired(
     db: &DatabaseConnection,
     limits: &Limits,
-    batch: u64,
     now: DateTime<Utc>,
     mut progress: impl FnMut(Purged),
 ) -> Result<Purged, DbErr> {
@@ -54,12 +50,17 @@ pub async fn purge_expired(
         free: cutoff(Tier::Free),
         pro: cutoff(Tier::Pro),
     };
+    let batch = limits.purge_batch_size.max(1);
+    let pause = Duration::from_millis(limits.purge_pause_ms);
     let mut cursor: Option<Cursor> = None;
     let mut total = Purged::default();
     loop {
+        if total.batches > 0 && !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
         let mut attempt = 0u32;
         let outcome = loop {
-            match purge_batch(db, &cutoffs, cursor.as_ref(), batch.max(1)).await {
+            match purge_batch(db, &cutoffs, cursor.as_ref(), batch).await {
                 Ok(outcome) => break outcome,
                 // Several purgers (and the API) touch the same rows and index pages: a deadlock
                 // or busy database is a reason to try the batch again, not to fail.

@@ -16,8 +16,11 @@ pub struct Args {
     /// Soft-deleted sessions (ten days ago, past the Free window) among --sessions.
     #[arg(long, default_value_t = 1_000_000)]
     pub deleted: i64,
-    #[arg(long, default_value_t = api::service::retention::DEFAULT_BATCH)]
+    #[arg(long, default_value_t = 1000)]
     pub batch_size: u64,
+    /// Milliseconds between batches (PURGE_PAUSE_MS).
+    #[arg(long, default_value_t = 0)]
+    pub pause_ms: u64,
 }
 
 pub async fn run(args: Args) -> Result<(), String> {
@@ -34,25 +37,23 @@ pub async fn run(args: Args) -> Result<(), String> {
     load::noise_floor(db, common, margin, "no purge").await;
 
     let purger = load::connect(&bench.url, 2).await?;
-    let limits = api::Limits::default();
+    let limits = api::Limits {
+        purge_batch_size: args.batch_size,
+        purge_pause_ms: args.pause_ms,
+        ..api::Limits::default()
+    };
     let mut removed = 0;
     let started = Instant::now();
     let purge = load::measure(db, common, margin, async {
-        let purged = api::service::retention::purge_expired(
-            &purger,
-            &limits,
-            args.batch_size,
-            Utc::now(),
-            |p| {
-                if p.batches % 100 == 0 {
-                    eprintln!(
-                        "purged {} rows ({:.0}s)",
-                        p.removed,
-                        started.elapsed().as_secs_f64()
-                    );
-                }
-            },
-        )
+        let purged = api::service::retention::purge_expired(&purger, &limits, Utc::now(), |p| {
+            if p.batches % 100 == 0 {
+                eprintln!(
+                    "purged {} rows ({:.0}s)",
+                    p.removed,
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        })
         .await
         .map_err(|e| e.to_string())?;
         removed = purged.removed;
@@ -61,10 +62,11 @@ pub async fn run(args: Args) -> Result<(), String> {
     .await;
     load::report("purge", &purge);
     println!(
-        "purged {removed} rows in {:.1}s: {:.0} rows/s (batch {})",
+        "purged {removed} rows in {:.1}s: {:.0} rows/s (batch {}, pause {} ms)",
         purge.wall.as_secs_f64(),
         removed as f64 / purge.wall.as_secs_f64().max(1e-9),
-        args.batch_size
+        args.batch_size,
+        args.pause_ms
     );
     let _ = purger.close().await;
     bench.drop_database().await;
