@@ -126,7 +126,7 @@ async fn purge_batch(
         _ => "?".to_owned(),
     };
     let oldest_kept = cutoffs.free.max(cutoffs.pro);
-    let (after, mut values): (String, Vec<sea_orm::Value>) = match cursor {
+    let (after, values): (String, Vec<sea_orm::Value>) = match cursor {
         None => (String::new(), vec![oldest_kept.into()]),
         Some(c) => (
             format!(" AND (deleted_at, id) > ({}, {})", p(2), p(3)),
@@ -141,11 +141,7 @@ async fn purge_batch(
     );
     let txn = db.begin_with_options(options).await?;
     let rows = txn
-        .query_all_raw(Statement::from_sql_and_values(
-            backend,
-            &select,
-            std::mem::take(&mut values),
-        ))
+        .query_all_raw(Statement::from_sql_and_values(backend, &select, values))
         .await?;
     let mut candidates = Vec::with_capacity(rows.len());
     for row in &rows {

@@ -162,14 +162,21 @@ async fn link<C: ConnectionTrait>(
     }
 }
 
-/// `customer.deleted`: clear the Stripe fields, status `canceled`.
-async fn forget_customer<C: ConnectionTrait>(db: &C, customer: &str) -> Result<Outcome, ApiError> {
-    let Some(user) = users::Entity::find()
+/// The user linked to `customer`, row-locked until the transaction ends.
+async fn lock_user_of<C: ConnectionTrait>(
+    db: &C,
+    customer: &str,
+) -> Result<Option<users::Model>, ApiError> {
+    Ok(users::Entity::find()
         .filter(users::Column::StripeCustomerId.eq(customer))
         .lock_exclusive()
         .one(db)
-        .await?
-    else {
+        .await?)
+}
+
+/// `customer.deleted`: clear the Stripe fields, status `canceled`.
+async fn forget_customer<C: ConnectionTrait>(db: &C, customer: &str) -> Result<Outcome, ApiError> {
+    let Some(user) = lock_user_of(db, customer).await? else {
         return Ok(Outcome::UnknownCustomer);
     };
     let mut active = user.into_active_model();
@@ -200,12 +207,7 @@ fn key(event: &stripe_events::Model) -> Option<Key> {
 /// user has this customer.
 async fn recompute(db: &DatabaseConnection, customer: &str) -> Result<bool, ApiError> {
     let txn = db.begin().await?;
-    let Some(user) = users::Entity::find()
-        .filter(users::Column::StripeCustomerId.eq(customer))
-        .lock_exclusive()
-        .one(&txn)
-        .await?
-    else {
+    let Some(user) = lock_user_of(&txn, customer).await? else {
         txn.commit().await?;
         return Ok(false);
     };
