@@ -1,10 +1,10 @@
-//! m001-m006 on every backend, each test in a database of its own.
+//! m001-m008 on every backend, each test in a database of its own.
 
 mod support;
 
 use chrono::{Duration, Utc};
 use entity::{SubscriptionStatus, Tier, users};
-use migration::m006_billing_fields::{self as m006, SUBSCRIPTION_STATUSES};
+use migration::m006_billing_fields::SUBSCRIPTION_STATUSES;
 use migration::step::{self, Direction};
 use migration::{Migrator, MigratorTrait, SchemaManager};
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, ConnectionTrait, EntityTrait};
@@ -12,15 +12,13 @@ use support::schema::{snapshot, without_bookkeeping};
 use support::{Backend, TestDb};
 
 const M005: u32 = 5;
-/// Applies exactly one migration: m006, when the database is at m005.
-const JUST_M006: Option<u32> = Some(1);
 
 on_every_backend!(
     migrates_an_empty_database,
     keeps_existing_rows,
     constraint_admits_exactly_the_six_statuses,
     stripe_customer_id_is_unique_but_nulls_are_free,
-    down_restores_the_m005_schema_and_up_again_matches_a_clean_run,
+    down_restores_the_previous_schema_and_up_again_matches_a_clean_run,
     an_interrupted_up_or_down_finishes_when_run_again,
     rust_and_sql_agree_on_the_tier,
 );
@@ -181,66 +179,87 @@ async fn stripe_customer_id_is_unique_but_nulls_are_free(backend: Backend) {
     );
 }
 
-async fn down_restores_the_m005_schema_and_up_again_matches_a_clean_run(backend: Backend) {
-    let t = TestDb::new(backend).await;
-    Migrator::up(&t.db, Some(M005)).await.expect("up to m005");
-    let at_m005 = without_bookkeeping(snapshot(&t).await);
-    Migrator::up(&t.db, JUST_M006).await.expect("up");
-    let full = without_bookkeeping(snapshot(&t).await);
-    assert_ne!(at_m005, full);
+/// The migrations written for billing, each checked on its own by the two tests below.
+const BILLING_MIGRATIONS: [u32; 3] = [6, 7, 8];
 
-    Migrator::down(&t.db, Some(1)).await.expect("down");
-    assert_eq!(without_bookkeeping(snapshot(&t).await), at_m005);
-    Migrator::up(&t.db, JUST_M006).await.expect("up again");
-    assert_eq!(without_bookkeeping(snapshot(&t).await), full);
+/// Migration number `version` (1-based, as in its name), its name and its step plan.
+fn planned(
+    version: u32,
+    backend: sea_orm::DbBackend,
+    direction: Direction,
+) -> (String, Vec<step::Step>) {
+    let all = Migrator::planned();
+    let migration = &all[version as usize - 1];
+    (
+        migration.name().to_owned(),
+        migration.plan(backend, direction),
+    )
+}
+
+/// A database at the migration before `version`, its schema then, and its schema once
+/// `version` is applied (left applied).
+async fn before_and_after(backend: Backend, version: u32) -> (TestDb, Vec<String>, Vec<String>) {
+    let t = TestDb::new(backend).await;
+    Migrator::up(&t.db, Some(version - 1))
+        .await
+        .expect("up to the one before");
+    let before = without_bookkeeping(snapshot(&t).await);
+    Migrator::up(&t.db, Some(1)).await.expect("up");
+    let after = without_bookkeeping(snapshot(&t).await);
+    (t, before, after)
+}
+
+async fn down_restores_the_previous_schema_and_up_again_matches_a_clean_run(backend: Backend) {
+    for version in BILLING_MIGRATIONS {
+        let (t, before, after) = before_and_after(backend, version).await;
+        let (name, steps) = planned(version, t.db_backend(), Direction::Up);
+        // m008 has nothing to do on MySQL and SQLite; everything else changes the schema.
+        assert_eq!(before != after, !steps.is_empty(), "{name}");
+
+        Migrator::down(&t.db, Some(1)).await.expect("down");
+        assert_eq!(
+            without_bookkeeping(snapshot(&t).await),
+            before,
+            "{name} down"
+        );
+        Migrator::up(&t.db, Some(1)).await.expect("up again");
+        assert_eq!(
+            without_bookkeeping(snapshot(&t).await),
+            after,
+            "{name} up again"
+        );
+    }
 }
 
 /// A crash (or failed statement) after any step leaves a state from which `up` and `down`
 /// finish the job: the end state equals a clean run's.
 async fn an_interrupted_up_or_down_finishes_when_run_again(backend: Backend) {
-    let t = TestDb::new(backend).await;
-    Migrator::up(&t.db, Some(M005)).await.expect("up to m005");
-    let at_m005 = without_bookkeeping(snapshot(&t).await);
-    Migrator::up(&t.db, JUST_M006).await.expect("up");
-    let full = without_bookkeeping(snapshot(&t).await);
-    Migrator::down(&t.db, Some(1)).await.expect("down");
-
-    let manager = SchemaManager::new(&t.db);
-    let plan = |direction| {
-        use migration::step::Planned;
-        m006::Migration.plan(t.db_backend(), direction)
-    };
-    for k in 0..plan(Direction::Up).len() {
-        let partial: Vec<_> = plan(Direction::Up).into_iter().take(k).collect();
-        step::apply(&manager, "m006_billing_fields", Direction::Up, partial)
-            .await
-            .expect("partial up");
-        Migrator::up(&t.db, JUST_M006)
-            .await
-            .unwrap_or_else(|e| panic!("re-run up after {k} steps: {e}"));
-        assert_eq!(
-            without_bookkeeping(snapshot(&t).await),
-            full,
-            "up interrupted after {k} steps"
-        );
-
-        let partial_down: Vec<_> = plan(Direction::Down).into_iter().take(k).collect();
-        step::apply(
-            &manager,
-            "m006_billing_fields",
-            Direction::Down,
-            partial_down,
-        )
-        .await
-        .expect("partial down");
-        Migrator::down(&t.db, Some(1))
-            .await
-            .unwrap_or_else(|e| panic!("re-run down after {k} steps: {e}"));
-        assert_eq!(
-            without_bookkeeping(snapshot(&t).await),
-            at_m005,
-            "down interrupted after {k} steps"
-        );
+    for version in BILLING_MIGRATIONS {
+        let (t, before, after) = before_and_after(backend, version).await;
+        Migrator::down(&t.db, Some(1)).await.expect("down");
+        let manager = SchemaManager::new(&t.db);
+        let (name, up_steps) = planned(version, t.db_backend(), Direction::Up);
+        for k in 0..up_steps.len() {
+            for (direction, expected) in [(Direction::Up, &after), (Direction::Down, &before)] {
+                let (_, steps) = planned(version, t.db_backend(), direction);
+                let partial: Vec<_> = steps.into_iter().take(k).collect();
+                step::apply(&manager, &name, direction, partial)
+                    .await
+                    .expect("partial run");
+                let finished = match direction {
+                    Direction::Up => Migrator::up(&t.db, Some(1)).await,
+                    Direction::Down => Migrator::down(&t.db, Some(1)).await,
+                };
+                let direction = direction.as_str();
+                finished
+                    .unwrap_or_else(|e| panic!("{name}: re-run {direction} after {k} steps: {e}"));
+                assert_eq!(
+                    &without_bookkeeping(snapshot(&t).await),
+                    expected,
+                    "{name} {direction} interrupted after {k} steps"
+                );
+            }
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! The schema's history, `m001` to `m006`, and the migrator that applies it.
+//! The schema's history, `m001` to `m008`, and the migrator that applies it.
 //!
 //! Every migration is a list of re-runnable [`step::Step`]s (see `step.rs`); the CLI in
 //! `cli.rs` wraps SeaORM's runner with a database-wide lock, a dry run and readable errors.
@@ -25,6 +25,7 @@ mod m004_index_sessions_by_user;
 mod m005_add_user_display_name;
 pub mod m006_billing_fields;
 mod m007_stripe_events;
+mod m008_deleted_at_index_by_id;
 
 use step::{Direction, Planned};
 
@@ -45,6 +46,7 @@ impl Migrator {
             Box::new(m005_add_user_display_name::Migration),
             Box::new(m006_billing_fields::Migration),
             Box::new(m007_stripe_events::Migration),
+            Box::new(m008_deleted_at_index_by_id::Migration),
         ]
     }
 }

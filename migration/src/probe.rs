@@ -39,8 +39,16 @@ pub enum Probe {
         table: &'static str,
         present: bool,
     },
+    /// A valid index of this name exists on exactly these columns, in this order.
+    IndexOn {
+        table: &'static str,
+        index: &'static str,
+        columns: &'static [&'static str],
+    },
     /// Every one of these holds.
     All(Vec<Probe>),
+    /// At least one of these holds.
+    Any(Vec<Probe>),
 }
 
 impl Probe {
@@ -101,11 +109,11 @@ impl Probe {
             Probe::Table { table, present } => {
                 format!("skipped when table {table} {}", presence(present))
             }
-            Probe::All(probes) => probes
-                .iter()
-                .map(Probe::describe)
-                .collect::<Vec<_>>()
-                .join(" and "),
+            Probe::IndexOn { index, columns, .. } => {
+                format!("skipped when index {index} is on ({})", columns.join(", "))
+            }
+            Probe::All(probes) => joined(probes, " and "),
+            Probe::Any(probes) => joined(probes, " or "),
         }
     }
 
@@ -121,6 +129,22 @@ impl Probe {
                     }
                 }
                 return Ok(true);
+            }
+            Probe::Any(probes) => {
+                for probe in probes {
+                    if Box::pin(probe.holds(db)).await? {
+                        return Ok(true);
+                    }
+                }
+                return Ok(false);
+            }
+            Probe::IndexOn {
+                table,
+                index,
+                columns,
+            } => {
+                let found = index_columns(db, backend, table, index).await?;
+                return Ok(found.is_some_and(|found| found.iter().eq(columns.iter())));
             }
             Probe::Column {
                 table,
@@ -157,6 +181,20 @@ impl Probe {
         };
         Ok(found == present)
     }
+}
+
+/// "skipped when a and b": the conditions of several probes, under one "skipped when".
+fn joined(probes: &[Probe], conjunction: &str) -> String {
+    let conditions: Vec<String> = probes
+        .iter()
+        .map(|probe| {
+            let text = probe.describe();
+            text.strip_prefix("skipped when ")
+                .map(str::to_owned)
+                .unwrap_or(text)
+        })
+        .collect();
+    format!("skipped when {}", conditions.join(conjunction))
 }
 
 async fn exists<C: ConnectionTrait>(
@@ -219,6 +257,46 @@ async fn index_exists<C: ConnectionTrait>(
         _ => "SELECT 1 FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND name = ?",
     };
     exists(db, backend, sql, vec![table.into(), index.into()]).await
+}
+
+/// The columns of a valid index, in key order; `None` when there is no such index.
+async fn index_columns<C: ConnectionTrait>(
+    db: &C,
+    backend: DbBackend,
+    table: &str,
+    index: &str,
+) -> Result<Option<Vec<String>>, DbErr> {
+    let sql = match backend {
+        DbBackend::Postgres => {
+            "SELECT a.attname::text FROM pg_index i \
+             JOIN pg_class ic ON ic.oid = i.indexrelid \
+             JOIN pg_class tc ON tc.oid = i.indrelid \
+             JOIN pg_namespace n ON n.oid = ic.relnamespace \
+             CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, position) \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+             WHERE n.nspname = current_schema() AND tc.relname = $1 AND ic.relname = $2 \
+             AND i.indisvalid ORDER BY k.position"
+        }
+        DbBackend::MySql => {
+            "SELECT column_name FROM information_schema.statistics \
+             WHERE table_schema = DATABASE() AND table_name = ? AND index_name = ? \
+             ORDER BY seq_in_index"
+        }
+        _ => {
+            "SELECT p.name FROM sqlite_master m JOIN pragma_index_info(m.name) p \
+             WHERE m.type = 'index' AND m.tbl_name = ? AND m.name = ? ORDER BY p.seqno"
+        }
+    };
+    let stmt = Statement::from_sql_and_values(backend, sql, vec![table.into(), index.into()]);
+    let rows = db.query_all_raw(stmt).await?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let columns = rows
+        .iter()
+        .map(|row| row.try_get_by_index::<String>(0))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(columns))
 }
 
 async fn constraint_exists<C: ConnectionTrait>(

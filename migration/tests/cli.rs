@@ -154,6 +154,7 @@ async fn eight_migrators_at_once_all_succeed_and_each_migration_runs_once(backen
         "m005_add_user_display_name",
         "m006_billing_fields",
         "m007_stripe_events",
+        "m008_deleted_at_index_by_id",
     ] {
         let applied = format!("Migration '{name}' has been applied");
         assert_eq!(
@@ -165,7 +166,7 @@ async fn eight_migrators_at_once_all_succeed_and_each_migration_runs_once(backen
     assert!(all.contains("waiting for the migration lock"), "{all}");
     assert_eq!(
         t.texts("SELECT count(*) FROM seaql_migrations").await,
-        vec!["7"]
+        vec!["8"]
     );
 }
 
@@ -217,19 +218,33 @@ fn postgres_dry_run_is_lock_aware() {
     );
 }
 
-/// SIGKILL the migrator before every statement of m006 `up` and `down`, run it again, and
-/// compare with a clean run; existing rows must be untouched.
+/// SIGKILL the migrator before every statement of m006's and m008's `up` and `down`, run it
+/// again, and compare with a clean run; existing rows must be untouched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_at_any_statement_postgres_recovers() {
+    for (name, version) in [
+        ("m006_billing_fields", 6),
+        ("m008_deleted_at_index_by_id", 8),
+    ] {
+        killed_at_any_statement_of(name, version).await;
+    }
+}
+
+async fn killed_at_any_statement_of(name: &str, version: u32) {
+    let (before_it, with_it) = ((version - 1).to_string(), version.to_string());
     let reference = TestDb::new(Backend::Postgres).await;
     assert!(
-        migration(&["up", "-n", "5"], Some(&reference.url))
+        migration(&["up", "-n", &before_it], Some(&reference.url))
             .status
             .success()
     );
-    let at_m005 = without_bookkeeping(snapshot(&reference).await);
-    assert!(migration(&["up"], Some(&reference.url)).status.success());
-    let full = without_bookkeeping(snapshot(&reference).await);
+    let before = without_bookkeeping(snapshot(&reference).await);
+    assert!(
+        migration(&["up", "-n", "1"], Some(&reference.url))
+            .status
+            .success()
+    );
+    let after = without_bookkeeping(snapshot(&reference).await);
     let plan_len = |direction: &str| {
         let out = migration(
             &[
@@ -238,7 +253,7 @@ async fn killed_at_any_statement_postgres_recovers() {
                 "--backend",
                 "postgres",
                 "--migration",
-                "m006_billing_fields",
+                name,
             ],
             None,
         );
@@ -255,10 +270,15 @@ async fn killed_at_any_statement_postgres_recovers() {
     };
 
     for (direction, statements) in [("up", plan_len("up")), ("down", plan_len("down"))] {
-        assert!(statements >= 5, "{direction}: {statements}");
+        assert!(statements >= 5, "{name} {direction}: {statements}");
+        let mut reached = 0;
         for n in 0..statements {
             let t = TestDb::new(Backend::Postgres).await;
-            let target = if direction == "up" { "5" } else { "6" };
+            let target = if direction == "up" {
+                &before_it
+            } else {
+                &with_it
+            };
             assert!(
                 migration(&["up", "-n", target], Some(&t.url))
                     .status
@@ -268,54 +288,63 @@ async fn killed_at_any_statement_postgres_recovers() {
             t.exec("INSERT INTO synced_sessions (user_id, client_id, device_name, payload) SELECT id, 'c', 'd', 'p' || id FROM users").await;
             let checksum = "SELECT md5(string_agg(concat_ws('|', u.id, u.email, s.id, s.payload), ',' ORDER BY u.id, s.id)) \
                             FROM users u JOIN synced_sessions s ON s.user_id = u.id";
-            let before = t.texts(checksum).await;
+            let rows_before = t.texts(checksum).await;
 
-            let command = if direction == "up" {
-                vec!["up"]
-            } else {
-                vec!["down"]
-            };
+            // Exactly this one migration, each way.
+            let command = [direction, "-n", "1"];
             let mut child = Command::new(env!("CARGO_BIN_EXE_migration"))
-                .args(&command)
+                .args(command)
                 .args(["-u", &t.url])
-                .env(
-                    "MIGRATION_PAUSE_BEFORE",
-                    format!("m006_billing_fields:{direction}:{n}"),
-                )
+                .env("MIGRATION_PAUSE_BEFORE", format!("{name}:{direction}:{n}"))
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()
                 .expect("spawn");
             let reader = BufReader::new(child.stderr.take().expect("stderr"));
-            let mut paused = false;
+            let (mut paused, mut skipped_step) = (false, false);
             for line in reader.lines() {
-                if line.expect("read stderr").contains("paused before") {
+                let line = line.expect("read stderr");
+                if line.contains("paused before") {
                     paused = true;
                     break;
                 }
+                skipped_step |= line.contains("already done, skipped");
             }
-            assert!(paused, "{direction}: never reached statement {n}");
-            child.kill().expect("SIGKILL");
-            let _ = child.wait();
-
-            let rerun = migration(&[direction], Some(&t.url));
-            assert!(
-                rerun.status.success(),
-                "{direction} after kill at {n}: {}",
-                stderr(&rerun)
-            );
-            let expected = if direction == "up" { &full } else { &at_m005 };
+            if paused {
+                child.kill().expect("SIGKILL");
+                let _ = child.wait();
+                reached += 1;
+                let rerun = migration(&command, Some(&t.url));
+                assert!(
+                    rerun.status.success(),
+                    "{name} {direction} after kill at {n}: {}",
+                    stderr(&rerun)
+                );
+            } else {
+                // The statement belongs to a step whose probe says there is nothing to do
+                // (m008's cleanup of the other direction's leftovers): the run went past it.
+                let finished = child.wait().expect("wait");
+                assert!(
+                    finished.success() && skipped_step,
+                    "{name} {direction}: never reached statement {n}"
+                );
+            }
+            let expected = if direction == "up" { &after } else { &before };
             assert_eq!(
                 &without_bookkeeping(snapshot(&t).await),
                 expected,
-                "{direction} killed at {n}"
+                "{name} {direction} killed at {n}"
             );
             assert_eq!(
                 t.texts(checksum).await,
-                before,
-                "{direction} killed at {n} changed rows"
+                rows_before,
+                "{name} {direction} killed at {n} changed rows"
             );
         }
+        assert!(
+            reached + 1 >= statements,
+            "{name} {direction}: killed at only {reached} of {statements} statements"
+        );
     }
 }
 

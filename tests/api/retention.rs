@@ -1,13 +1,16 @@
-use chrono::{Duration, Utc};
+use chrono::{DateTime, Duration, FixedOffset, Utc};
+use sea_orm::{ConnectionTrait, DbBackend};
 
 use api::Limits;
-use api::service::retention::purge_expired;
+use api::service::retention::{Cursor, candidates, purge_expired};
 
 use crate::helpers::{TestApp, spawn_app, spawn_app_with};
 use crate::support::{self, Backend};
 
 crate::on_every_backend!(
     purges_exactly_what_is_past_each_window,
+    rows_sharing_one_timestamp_are_purged_across_batches,
+    purge_batches_are_read_in_index_order_without_a_sort,
     concurrent_purges_share_the_work,
     the_server_purges_periodically_when_asked,
 );
@@ -21,8 +24,17 @@ fn batches_of(purge_batch_size: u64) -> Limits {
 
 /// Inserts a session for `email`, deleted `deleted_ago` ago (or live when None).
 async fn session(app: &TestApp, email: &str, client_id: &str, deleted_ago: Option<Duration>) {
-    let uid = app.user_id(email).await;
     let deleted_at = deleted_ago.map(|ago| (Utc::now() - ago).fixed_offset());
+    session_deleted_at(app, email, client_id, deleted_at).await;
+}
+
+async fn session_deleted_at(
+    app: &TestApp,
+    email: &str,
+    client_id: &str,
+    deleted_at: Option<DateTime<FixedOffset>>,
+) {
+    let uid = app.user_id(email).await;
     let stmt = app.db.stmt(
         "INSERT INTO synced_sessions (user_id, client_id, device_name, payload, deleted_at) \
          VALUES ($1, $2, 'd', '{}', $3)",
@@ -97,6 +109,124 @@ async fn purges_exactly_what_is_past_each_window(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(again.removed, 0);
+}
+
+/// One `UPDATE ... SET deleted_at = now()` stamps every row with the same instant: the keyset
+/// cursor must step through such a tie by id, past the rows it keeps, without skipping any.
+async fn rows_sharing_one_timestamp_are_purged_across_batches(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.user("free@example.com").await;
+    app.user("pro@example.com").await;
+    app.set_subscription("pro@example.com", "active").await;
+    let stamp = (Utc::now() - Duration::days(10)).fixed_offset();
+    for i in 0..20 {
+        for owner in ["free", "pro"] {
+            let email = format!("{owner}@example.com");
+            session_deleted_at(&app, &email, &format!("{owner}-{i:02}"), Some(stamp)).await;
+        }
+    }
+    let purged = purge_expired(&app.db.db, &batches_of(7), Utc::now(), |_| {})
+        .await
+        .expect("purge");
+    assert_eq!(purged.removed, 20, "every Free row, past its 7 days");
+    assert_eq!(
+        purged.batches, 6,
+        "40 candidates in batches of 7, each read once"
+    );
+    let expected: Vec<String> = (0..20).map(|i| format!("pro-{i:02}")).collect();
+    assert_eq!(remaining(&app).await, expected, "Pro keeps 30 days");
+}
+
+/// The purge's batch query reads `idx_sessions_deleted_at` in its own order, bounded by the
+/// cursor, with no sort step, even inside a large tie (m008 on PostgreSQL; the index's
+/// implicit primary key on MySQL and SQLite).
+async fn purge_batches_are_read_in_index_order_without_a_sort(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.user("free@example.com").await;
+    let uid = app.user_id("free@example.com").await;
+    for chunk in 0..20 {
+        let rows: Vec<String> = (0..1000)
+            .map(|i| {
+                let n = chunk * 1000 + i;
+                // Every fourth row deleted, all at the same instant; the rest live.
+                let deleted = if n % 4 == 0 {
+                    "'2020-01-01 00:00:00'"
+                } else {
+                    "NULL"
+                };
+                format!("({uid}, 'c{n}', 'd', 'p', {deleted})")
+            })
+            .collect();
+        app.db
+            .exec(&format!(
+                "INSERT INTO synced_sessions (user_id, client_id, device_name, payload, deleted_at) \
+                 VALUES {}",
+                rows.join(", ")
+            ))
+            .await;
+    }
+    let db = &app.db.db;
+    let analyze = match backend {
+        Backend::Postgres => "ANALYZE synced_sessions",
+        Backend::MySql => "ANALYZE TABLE synced_sessions",
+        Backend::Sqlite => "ANALYZE",
+    };
+    db.execute_unprepared(analyze).await.expect("analyze");
+    let tie = DateTime::parse_from_rfc3339("2020-01-01T00:00:00Z").expect("timestamp");
+    let middle_id: i64 = app
+        .db
+        .texts("SELECT id FROM synced_sessions WHERE client_id = 'c10000'")
+        .await[0]
+        .parse()
+        .expect("id");
+    let cursor = Cursor {
+        deleted_at: tie,
+        id: middle_id,
+    };
+    let batch = candidates(
+        db.get_database_backend(),
+        Utc::now().fixed_offset(),
+        Some(&cursor),
+        100,
+    );
+    let explain = match backend {
+        Backend::MySql => "EXPLAIN FORMAT=JSON ",
+        Backend::Sqlite => "EXPLAIN QUERY PLAN ",
+        Backend::Postgres => "EXPLAIN ",
+    };
+    let plan_statement = sea_orm::Statement {
+        sql: format!("{explain}{}", batch.sql),
+        ..batch
+    };
+    let rows = db.query_all_raw(plan_statement).await.expect("explain");
+    let column = if backend == Backend::Sqlite { 3 } else { 0 };
+    let plan: String = rows
+        .iter()
+        .map(|row| row.try_get_by_index::<String>(column).expect("plan text"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(plan.contains("idx_sessions_deleted_at"), "{plan}");
+    match db.get_database_backend() {
+        DbBackend::Postgres => {
+            assert!(!plan.contains("Sort"), "{plan}");
+            assert!(
+                plan.contains("ROW(deleted_at, id) > ROW("),
+                "cursor is an index bound: {plan}"
+            );
+        }
+        DbBackend::MySql => {
+            let compact: String = plan.chars().filter(|c| !c.is_whitespace()).collect();
+            assert!(!compact.contains("filesort"), "{plan}");
+            assert!(
+                compact.contains(r#""used_key_parts":["deleted_at","id"]"#),
+                "cursor bounds both key parts: {plan}"
+            );
+        }
+        _ => {
+            assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+            assert!(!plan.contains("MULTI-INDEX"), "{plan}");
+        }
+    }
 }
 
 async fn concurrent_purges_share_the_work(backend: Backend) {

@@ -4,8 +4,9 @@
 //! Each batch is one short transaction:
 //! 1. take the next `batch` soft-deleted rows older than the longest-possible cutoff, in
 //!    `(deleted_at, id)` order after a keyset cursor: an index range scan on
-//!    `idx_sessions_deleted_at` that locks only those session rows, with `SKIP LOCKED` on
-//!    PostgreSQL and MySQL so several purgers at once take disjoint rows;
+//!    `idx_sessions_deleted_at` in the index's own order (no sort, see [`candidates`]) that
+//!    locks only those session rows, with `SKIP LOCKED` on PostgreSQL and MySQL so several
+//!    purgers at once take disjoint rows;
 //! 2. look up their owners' tiers in the SQL `user_tiers` view, by primary key;
 //! 3. delete the rows past their owner's window, and move the cursor past the batch, so
 //!    sessions that must stay are not read again.
@@ -90,9 +91,58 @@ struct Cutoffs {
 }
 
 /// Where the previous batch ended: `(deleted_at, id)` of its last row.
-struct Cursor {
-    deleted_at: DateTime<FixedOffset>,
-    id: i64,
+pub struct Cursor {
+    pub deleted_at: DateTime<FixedOffset>,
+    pub id: i64,
+}
+
+/// The next `batch` soft-deleted sessions older than `oldest_kept`, after `cursor`, in
+/// `(deleted_at, id)` order, locked. Written so that the order is the index's own on every
+/// backend (no sort, however many rows share a timestamp) and the cursor is an index bound:
+/// * PostgreSQL: a row comparison, which is one index condition on the `(deleted_at, id)`
+///   index (m008);
+/// * MySQL/MariaDB: the comparison spelled out, which their range optimizer turns into a range
+///   over `deleted_at` and the primary key InnoDB appends to every secondary index (a row
+///   comparison there bounds only `deleted_at`, re-reading every tied row each batch);
+/// * SQLite: a row comparison. The spelled-out form makes its planner merge two index scans
+///   and sort them. It bounds only `deleted_at` and filters ties by rowid, but SQLite removes
+///   a deleted row from the index at once, so a tie re-reads only the rows the purge keeps.
+pub fn candidates(
+    backend: DbBackend,
+    oldest_kept: DateTime<FixedOffset>,
+    cursor: Option<&Cursor>,
+    batch: u64,
+) -> Statement {
+    let (after, mut values): (&str, Vec<sea_orm::Value>) = match (backend, cursor) {
+        (_, None) => ("", vec![]),
+        (DbBackend::MySql, Some(c)) => (
+            " AND (deleted_at > ? OR (deleted_at = ? AND id > ?))",
+            vec![c.deleted_at.into(), c.deleted_at.into(), c.id.into()],
+        ),
+        (DbBackend::Postgres, Some(c)) => (
+            " AND (deleted_at, id) > ($2, $3)",
+            vec![c.deleted_at.into(), c.id.into()],
+        ),
+        (_, Some(c)) => (
+            " AND (deleted_at, id) > (?, ?)",
+            vec![c.deleted_at.into(), c.id.into()],
+        ),
+    };
+    values.insert(0, oldest_kept.into());
+    let (first, lock) = match backend {
+        // Row locks without gap locks (READ COMMITTED); SKIP LOCKED lets several purgers take
+        // disjoint rows.
+        DbBackend::Postgres => ("$1", " FOR UPDATE SKIP LOCKED"),
+        DbBackend::MySql => ("?", " FOR UPDATE SKIP LOCKED"),
+        // SQLite runs one writer at a time: nothing to skip.
+        _ => ("?", ""),
+    };
+    let sql = format!(
+        "SELECT id, user_id, deleted_at FROM synced_sessions \
+         WHERE deleted_at IS NOT NULL AND deleted_at < {first}{after} \
+         ORDER BY deleted_at, id LIMIT {batch}{lock}"
+    );
+    Statement::from_sql_and_values(backend, sql, values)
 }
 
 /// One batch in one short transaction: `None` when no candidate is left, else how many rows it
@@ -116,33 +166,10 @@ async fn purge_batch(
             ..Default::default()
         },
     };
-    let lock = match backend {
-        DbBackend::Postgres | DbBackend::MySql => " FOR UPDATE SKIP LOCKED",
-        // SQLite runs one writer at a time: nothing to skip.
-        _ => "",
-    };
-    let p = |n: usize| match backend {
-        DbBackend::Postgres => format!("${n}"),
-        _ => "?".to_owned(),
-    };
     let oldest_kept = cutoffs.free.max(cutoffs.pro);
-    let (after, values): (String, Vec<sea_orm::Value>) = match cursor {
-        None => (String::new(), vec![oldest_kept.into()]),
-        Some(c) => (
-            format!(" AND (deleted_at, id) > ({}, {})", p(2), p(3)),
-            vec![oldest_kept.into(), c.deleted_at.into(), c.id.into()],
-        ),
-    };
-    let select = format!(
-        "SELECT id, user_id, deleted_at FROM synced_sessions \
-         WHERE deleted_at IS NOT NULL AND deleted_at < {}{after} \
-         ORDER BY deleted_at, id LIMIT {batch}{lock}",
-        p(1)
-    );
+    let select = candidates(backend, oldest_kept, cursor, batch);
     let txn = db.begin_with_options(options).await?;
-    let rows = txn
-        .query_all_raw(Statement::from_sql_and_values(backend, &select, values))
-        .await?;
+    let rows = txn.query_all_raw(select).await?;
     let mut candidates = Vec::with_capacity(rows.len());
     for row in &rows {
         let id: i64 = row.try_get_by_index(0)?;
