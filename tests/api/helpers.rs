@@ -94,6 +94,11 @@ impl TestApp {
             .expect("request")
     }
 
+    /// Just the status code of an authenticated request.
+    pub async fn status(&self, method: Method, path: &str, token: &str) -> u16 {
+        self.send(method, path, token).await.status().as_u16()
+    }
+
     pub async fn json(&self, method: Method, path: &str, token: &str) -> (u16, Value) {
         let response = self.send(method, path, token).await;
         let status = response.status().as_u16();

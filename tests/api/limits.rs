@@ -102,7 +102,7 @@ async fn a_downgrade_keeps_sessions_readable_and_deletable(backend: Backend) {
     let (_, list) = app.json(Method::GET, "/v1/sessions", &token).await;
     assert_eq!(list["items"].as_array().unwrap().len(), 5);
     assert_eq!(
-        app.json(Method::GET, "/v1/sessions/s4", &token).await.0,
+        app.status(Method::GET, "/v1/sessions/s4", &token).await,
         200
     );
     assert_eq!(
@@ -113,37 +113,31 @@ async fn a_downgrade_keeps_sessions_readable_and_deletable(backend: Backend) {
     );
     assert_eq!(app.put_session(&token, "s5", "d").await.status(), 402);
     assert_eq!(
-        app.send(Method::DELETE, "/v1/sessions/s0", &token)
-            .await
-            .status(),
+        app.status(Method::DELETE, "/v1/sessions/s0", &token).await,
         204
     );
     // Four live sessions, then three: at or over the Free limit, no restore.
     assert_eq!(
-        app.json(Method::POST, "/v1/sessions/s0/restore", &token)
-            .await
-            .0,
+        app.status(Method::POST, "/v1/sessions/s0/restore", &token)
+            .await,
         402
     );
     app.send(Method::DELETE, "/v1/sessions/s1", &token).await;
     assert_eq!(
-        app.json(Method::POST, "/v1/sessions/s0/restore", &token)
-            .await
-            .0,
+        app.status(Method::POST, "/v1/sessions/s0/restore", &token)
+            .await,
         402
     );
     // Two live: room for exactly one more.
     app.send(Method::DELETE, "/v1/sessions/s2", &token).await;
     assert_eq!(
-        app.json(Method::POST, "/v1/sessions/s0/restore", &token)
-            .await
-            .0,
+        app.status(Method::POST, "/v1/sessions/s0/restore", &token)
+            .await,
         200
     );
     assert_eq!(
-        app.json(Method::POST, "/v1/sessions/s1/restore", &token)
-            .await
-            .0,
+        app.status(Method::POST, "/v1/sessions/s1/restore", &token)
+            .await,
         402
     );
 }

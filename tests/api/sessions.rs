@@ -99,25 +99,20 @@ async fn soft_delete_trash_and_restore(backend: Backend) {
     app.put_session(&token, "keep", "Chrome").await;
 
     assert_eq!(
-        app.send(Method::DELETE, "/v1/sessions/tab", &token)
-            .await
-            .status(),
+        app.status(Method::DELETE, "/v1/sessions/tab", &token).await,
         204
     );
     assert_eq!(
-        app.send(Method::DELETE, "/v1/sessions/tab", &token)
-            .await
-            .status(),
+        app.status(Method::DELETE, "/v1/sessions/tab", &token).await,
         204
     );
     assert_eq!(
-        app.send(Method::DELETE, "/v1/sessions/never", &token)
-            .await
-            .status(),
+        app.status(Method::DELETE, "/v1/sessions/never", &token)
+            .await,
         404
     );
     assert_eq!(
-        app.json(Method::GET, "/v1/sessions/tab", &token).await.0,
+        app.status(Method::GET, "/v1/sessions/tab", &token).await,
         404
     );
     let (_, live) = app.json(Method::GET, "/v1/sessions", &token).await;
@@ -146,16 +141,15 @@ async fn soft_delete_trash_and_restore(backend: Backend) {
     assert_eq!(status, 200);
     assert_eq!(restored["deleted_at"], serde_json::Value::Null);
     assert_eq!(
-        app.json(Method::GET, "/v1/sessions/tab", &token).await.0,
+        app.status(Method::GET, "/v1/sessions/tab", &token).await,
         200
     );
     let (_, trash) = app.json(Method::GET, "/v1/trash", &token).await;
     assert!(trash["items"].as_array().unwrap().is_empty());
     // Restoring a live session is a no-op.
     assert_eq!(
-        app.json(Method::POST, "/v1/sessions/tab/restore", &token)
-            .await
-            .0,
+        app.status(Method::POST, "/v1/sessions/tab/restore", &token)
+            .await,
         200
     );
 }
@@ -172,9 +166,8 @@ async fn restore_is_refused_after_the_retention_window(backend: Backend) {
     app.age_deletion("inside", 6).await;
     app.age_deletion("outside", 8).await;
     assert_eq!(
-        app.json(Method::POST, "/v1/sessions/inside/restore", &free)
-            .await
-            .0,
+        app.status(Method::POST, "/v1/sessions/inside/restore", &free)
+            .await,
         200
     );
     let (status, body) = app
@@ -195,15 +188,13 @@ async fn restore_is_refused_after_the_retention_window(backend: Backend) {
     app.age_deletion("p8", 8).await;
     app.age_deletion("p31", 31).await;
     assert_eq!(
-        app.json(Method::POST, "/v1/sessions/p8/restore", &pro)
-            .await
-            .0,
+        app.status(Method::POST, "/v1/sessions/p8/restore", &pro)
+            .await,
         200
     );
     assert_eq!(
-        app.json(Method::POST, "/v1/sessions/p31/restore", &pro)
-            .await
-            .0,
+        app.status(Method::POST, "/v1/sessions/p31/restore", &pro)
+            .await,
         410
     );
 }

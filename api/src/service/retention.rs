@@ -130,8 +130,7 @@ pub fn candidates(
     };
     values.insert(0, oldest_kept.into());
     let (first, lock) = match backend {
-        // Row locks without gap locks (READ COMMITTED); SKIP LOCKED lets several purgers take
-        // disjoint rows.
+        // SKIP LOCKED lets several purgers take disjoint rows.
         DbBackend::Postgres => ("$1", " FOR UPDATE SKIP LOCKED"),
         DbBackend::MySql => ("?", " FOR UPDATE SKIP LOCKED"),
         // SQLite runs one writer at a time: nothing to skip.
@@ -170,18 +169,18 @@ async fn purge_batch(
     let select = candidates(backend, oldest_kept, cursor, batch);
     let txn = db.begin_with_options(options).await?;
     let rows = txn.query_all_raw(select).await?;
-    let mut candidates = Vec::with_capacity(rows.len());
+    let mut taken = Vec::with_capacity(rows.len());
     for row in &rows {
         let id: i64 = row.try_get_by_index(0)?;
         let user_id: i64 = row.try_get_by_index(1)?;
         let deleted_at: DateTime<FixedOffset> = row.try_get_by_index(2)?;
-        candidates.push((id, user_id, deleted_at));
+        taken.push((id, user_id, deleted_at));
     }
-    let Some(&(last_id, _, last_deleted_at)) = candidates.last() else {
+    let Some(&(last_id, _, last_deleted_at)) = taken.last() else {
         txn.commit().await?;
         return Ok(None);
     };
-    let owners: BTreeSet<i64> = candidates.iter().map(|(_, user, _)| *user).collect();
+    let owners: BTreeSet<i64> = taken.iter().map(|(_, user, _)| *user).collect();
     let owner_list = owners
         .iter()
         .map(i64::to_string)
@@ -200,7 +199,7 @@ async fn purge_batch(
             pro.insert(row.try_get_by_index::<i64>(0)?);
         }
     }
-    let expired: Vec<String> = candidates
+    let expired: Vec<String> = taken
         .iter()
         .filter(|(_, user, deleted_at)| {
             let cutoff = if pro.contains(user) {
