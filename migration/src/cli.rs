@@ -43,6 +43,8 @@ pub struct Cli {
         long,
         global = true,
         env = "DATABASE_URL",
+        // The URL may hold a password: `--help` must not print the environment's value.
+        hide_env_values = true,
         help = "Database URL (default: the embedded SQLite file data/billing.sqlite)"
     )]
     pub database_url: Option<String>,
@@ -157,7 +159,8 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
     }
     let url = resolve_url(cli.database_url.as_deref())?;
     let timeout = Duration::from_secs(cli.connect_timeout.max(1));
-    let db = connect::open(&url, cli.database_schema.as_deref(), timeout, 4).await?;
+    let schema = connect::schema_or_unset(cli.database_schema.as_deref());
+    let db = connect::open(&url, schema, timeout, 4).await?;
     let result = run_with(&db, &url, &command).await;
     let _ = db.close().await;
     result
@@ -291,8 +294,10 @@ async fn check_history(db: &DatabaseConnection) -> Result<(), Failure> {
     )))
 }
 
+/// Reads the history without writing: no `seaql_migrations` is created where there is none
+/// (a read-only user or a read-only SQLite file must be able to ask).
 async fn print_status(db: &DatabaseConnection) -> Result<(), Failure> {
-    let migrations = Migrator::get_migration_with_status(db)
+    let migrations = Migrator::get_migration_with_status_read_only(db)
         .await
         .map_err(explain)?;
     for migration in migrations {
@@ -325,7 +330,7 @@ async fn print_sql_pending(db: &DatabaseConnection, args: &SqlArgs) -> Result<()
     let chosen: Vec<&dyn PlannedMigration> = if let Some(name) = &args.migration {
         vec![find(&all, name)?]
     } else {
-        let statuses = Migrator::get_migration_with_status(db)
+        let statuses = Migrator::get_migration_with_status_read_only(db)
             .await
             .map_err(explain)?;
         let wanted = match direction {

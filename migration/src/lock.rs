@@ -10,6 +10,7 @@
 //! `CREATE INDEX CONCURRENTLY` in the lock holder would wait for that snapshot forever.
 
 use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use sea_orm_migration::sea_orm::DbBackend;
@@ -94,10 +95,7 @@ impl MigrationLock {
             ),
             _ => match url.sqlite_file() {
                 Some(path) => {
-                    let lock_path = path.with_extension(match path.extension() {
-                        Some(ext) => format!("{}.migrate-lock", ext.to_string_lossy()),
-                        None => "migrate-lock".to_owned(),
-                    });
+                    let lock_path = sqlite_lock_path(path);
                     let file = File::options()
                         .create(true)
                         .truncate(false)
@@ -123,11 +121,20 @@ impl MigrationLock {
                 .fetch_one(conn)
                 .await
                 .map_err(failed),
-            Self::MySql(conn) => sqlx::query_scalar::<_, Option<i64>>(MYSQL_TRY_LOCK)
+            Self::MySql(conn) => match sqlx::query_scalar::<_, Option<i64>>(MYSQL_TRY_LOCK)
                 .fetch_one(conn)
                 .await
-                .map(|got| got == Some(1))
-                .map_err(failed),
+                .map_err(failed)?
+            {
+                Some(got) => Ok(got == 1),
+                // GET_LOCK answers NULL on an error (a NULL name: no database selected), which
+                // is not "someone else holds it".
+                None => Err(Failure(
+                    "taking the migration lock failed: GET_LOCK returned NULL \
+                     (is a database selected?)"
+                        .to_owned(),
+                )),
+            },
             Self::SqliteFile(file) => match file.try_lock() {
                 Ok(()) => Ok(true),
                 Err(std::fs::TryLockError::WouldBlock) => Ok(false),
@@ -165,5 +172,26 @@ impl MigrationLock {
             // The server drops the lock with the session anyway.
             tracing::warn!("releasing the migration lock failed ({err}); it ends with the session");
         }
+    }
+}
+
+/// `<database file>.migrate-lock` beside the database, wherever the migrator was started: the
+/// path is made absolute and free of symlinks, so that `sqlite:data/x.sqlite` run from the
+/// workspace and `sqlite:////abs/.../data/x.sqlite` run from elsewhere take the same lock.
+pub fn sqlite_lock_path(database: &Path) -> PathBuf {
+    let name = match database.file_name() {
+        Some(name) => format!("{}.migrate-lock", name.to_string_lossy()),
+        None => "migrate-lock".to_owned(),
+    };
+    // The database file exists by now (the pool opened it); its folder at least must.
+    let resolved = std::fs::canonicalize(database).ok().or_else(|| {
+        let parent = database.parent().filter(|p| !p.as_os_str().is_empty());
+        std::fs::canonicalize(parent.unwrap_or(Path::new(".")))
+            .ok()
+            .map(|dir| dir.join(database.file_name().unwrap_or_default()))
+    });
+    match resolved {
+        Some(file) => file.with_file_name(name),
+        None => database.with_file_name(name),
     }
 }

@@ -192,10 +192,11 @@ pub fn lock_timeout_sql(backend: DbBackend, timeout: Duration) -> Option<String>
             "SET LOCAL lock_timeout = '{}ms'",
             timeout.as_millis()
         )),
-        // MySQL counts metadata-lock waits in whole seconds; one second is its floor.
+        // MySQL counts metadata-lock waits in whole seconds: round up (never wait less than
+        // asked), one second at least.
         DbBackend::MySql => Some(format!(
             "SET SESSION lock_wait_timeout = {}",
-            std::cmp::max(timeout.as_secs(), 1)
+            timeout.as_millis().div_ceil(1000).max(1)
         )),
         // SQLite has one writer at a time and waits through its busy timeout.
         _ => None,
@@ -259,5 +260,33 @@ impl PauseHook<'_> {
                 std::thread::sleep(Duration::from_secs(3600));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mysql_lock_timeout_rounds_up_to_whole_seconds() {
+        for (ms, seconds) in [
+            (0, 1),
+            (1, 1),
+            (50, 1),
+            (1000, 1),
+            (1001, 2),
+            (1900, 2),
+            (2000, 2),
+        ] {
+            assert_eq!(
+                lock_timeout_sql(DbBackend::MySql, Duration::from_millis(ms)).as_deref(),
+                Some(format!("SET SESSION lock_wait_timeout = {seconds}").as_str()),
+                "{ms} ms"
+            );
+        }
+        assert_eq!(
+            lock_timeout_sql(DbBackend::Postgres, Duration::from_millis(1900)).as_deref(),
+            Some("SET LOCAL lock_timeout = '1900ms'")
+        );
     }
 }

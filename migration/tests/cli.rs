@@ -393,3 +393,212 @@ async fn a_held_table_lock_is_retried_then_reported_postgres() {
         "{err}"
     );
 }
+
+/// stdout and stderr together: a password must appear in neither.
+fn all_output(output: &Output) -> String {
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        stderr(output)
+    )
+}
+
+#[test]
+fn passwords_are_never_printed() {
+    // (URL, secrets it holds). Each fails in its own way: malformed, unreachable, refused.
+    let cases: &[(&str, &[&str])] = &[
+        ("postgres://root:s3cr/et@127.0.0.1:1/x", &["s3cr", "et@"]),
+        ("postgres://root:1234/x@127.0.0.1:1/x", &["1234"]),
+        (
+            "postgres://postgres@127.0.0.1:5432/no_such_db_here?password=hunter2",
+            &["hunter2"],
+        ),
+        (
+            "postgres://no_such_role@127.0.0.1:5432/postgres?sslpassword=keypass&password=hunter3",
+            &["keypass", "hunter3"],
+        ),
+        (
+            "postgres:no_such_role:hunter4@127.0.0.1:5432/x",
+            &["hunter4"],
+        ),
+        ("mysql://root:hunter5@127.0.0.1:3306/mysql", &["hunter5"]),
+        ("mariadb://root:hunter6@127.0.0.1:3306", &["hunter6"]),
+        ("postgres://u:p%40ss%2Fw@127.0.0.1:1/x", &["p%40ss", "p@ss"]),
+    ];
+    for (url, secrets) in cases {
+        let out = migration(&["status", "--connect-timeout", "1"], Some(url));
+        let text = all_output(&out);
+        assert_eq!(out.status.code(), Some(1), "{url}: {text}");
+        for secret in *secrets {
+            assert!(!text.contains(secret), "{url} printed {secret:?}:\n{text}");
+        }
+    }
+}
+
+#[test]
+fn help_hides_the_database_url_from_the_environment() {
+    for args in [&["--help"][..], &["status", "--help"], &["up", "--help"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_migration"))
+            .args(args)
+            .env("DATABASE_URL", "postgres://app:hunter2@h/db")
+            .output()
+            .expect("run migration --help");
+        let text = all_output(&out);
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("DATABASE_URL"), "{text}");
+        assert!(
+            !text.contains("hunter2"),
+            "{args:?} printed the password:\n{text}"
+        );
+    }
+}
+
+/// Another migrator (here: the test) holds the lock; the waiting message names the database
+/// without its password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_the_lock_does_not_print_the_password_postgres() {
+    use sea_orm::ConnectionTrait;
+    let t = TestDb::new(Backend::Postgres).await;
+    let holder = support::connect(&t.url).await;
+    holder
+        .execute_unprepared(
+            "SELECT pg_advisory_lock(hashtext('billing-migrator'), hashtext(current_database()))",
+        )
+        .await
+        .expect("hold the migrator lock");
+    let url = format!("{}?password=hunter2", t.url);
+    let out = Command::new(env!("CARGO_BIN_EXE_migration"))
+        .args(["up", "-u", &url])
+        .env("MIGRATION_LOCK_WAIT_SECS", "1")
+        .output()
+        .expect("run migrator");
+    let text = all_output(&out);
+    assert_clear_error(&out, "another migrator has held the migration lock");
+    assert!(text.contains("waiting for the migration lock on"), "{text}");
+    assert!(text.contains(&t.name), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+}
+
+on_every_backend!(status_and_sql_never_write);
+
+/// `status` and `sql` only read: on an empty database they leave no `seaql_migrations`.
+async fn status_and_sql_never_write(backend: Backend) {
+    let t = TestDb::new(backend).await;
+    let status = migration(&["status"], Some(&t.url));
+    assert!(status.status.success(), "{}", stderr(&status));
+    let listed = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert_eq!(listed.matches("Pending").count(), 8, "{listed}");
+    let sql = migration(&["sql"], Some(&t.url));
+    assert!(sql.status.success(), "{}", stderr(&sql));
+    assert!(
+        String::from_utf8_lossy(&sql.stdout).contains("-- m001_create_users up"),
+        "{}",
+        stderr(&sql)
+    );
+    assert_eq!(
+        snapshot(&t).await,
+        Vec::<String>::new(),
+        "status or sql wrote"
+    );
+}
+
+/// A read-only SQLite file (`mode=ro`, which holds even for root, who ignores file modes).
+#[test]
+fn status_reads_a_read_only_sqlite_file() {
+    let dir = std::env::temp_dir().join(format!("billing-ro-{}", support::random_name()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("db.sqlite");
+    let rw = format!("sqlite://{}?mode=rwc", file.display());
+    assert!(migration(&["up", "-n", "2"], Some(&rw)).status.success());
+    let ro = format!("sqlite://{}?mode=ro", file.display());
+    let out = migration(&["status"], Some(&ro));
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(listed.matches("Applied").count(), 2, "{listed}");
+    assert_eq!(listed.matches("Pending").count(), 6, "{listed}");
+    let sql = migration(&["sql"], Some(&ro));
+    assert!(sql.status.success(), "{}", stderr(&sql));
+    // Empty and read-only: nothing applied, and nothing created.
+    let empty = dir.join("empty.sqlite");
+    std::fs::File::create(&empty).unwrap();
+    let out = migration(
+        &["status"],
+        Some(&format!("sqlite://{}?mode=ro", empty.display())),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::metadata(&empty).unwrap().len(), 0, "status wrote");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn mysql_url_without_a_database_fails_at_once() {
+    let out = Command::new(env!("CARGO_BIN_EXE_migration"))
+        .args(["up", "-u", "mysql://root@127.0.0.1:3306"])
+        .env("MIGRATION_LOCK_WAIT_SECS", "1")
+        .output()
+        .expect("run migrator");
+    assert_clear_error(&out, "names no database");
+    assert!(!stderr(&out).contains("waiting"), "{}", stderr(&out));
+}
+
+/// `sqlite:////abs/...` from another working directory takes the lock beside the database:
+/// a migrator started elsewhere waits for the one holding it.
+#[test]
+fn sqlite_lock_is_beside_the_database_whatever_the_working_directory() {
+    let dir = std::env::temp_dir().join(format!("billing-lock-{}", support::random_name()));
+    let elsewhere = dir.join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let file = dir.join("db.sqlite");
+    let holder = std::fs::File::create(dir.join("db.sqlite.migrate-lock")).unwrap();
+    holder.lock().expect("hold the lock file");
+    let url = format!("sqlite:///{}?mode=rwc", file.display());
+    assert!(url.starts_with("sqlite:////"), "{url}");
+    let out = Command::new(env!("CARGO_BIN_EXE_migration"))
+        .args(["up", "-u", &url])
+        .current_dir(&elsewhere)
+        .env("MIGRATION_LOCK_WAIT_SECS", "1")
+        .output()
+        .expect("run migrator");
+    assert_clear_error(&out, "another migrator has held the migration lock");
+    let strays: Vec<_> = std::fs::read_dir(&elsewhere).unwrap().collect();
+    assert!(
+        strays.is_empty(),
+        "files made in the working directory: {strays:?}"
+    );
+    drop(holder);
+    let out = Command::new(env!("CARGO_BIN_EXE_migration"))
+        .args(["up", "-u", &url])
+        .current_dir(&elsewhere)
+        .output()
+        .expect("run migrator");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_schema_is_unset_postgres() {
+    let t = TestDb::new(Backend::Postgres).await;
+    let out = Command::new(env!("CARGO_BIN_EXE_migration"))
+        .args(["up", "--connect-timeout", "2", "-u", &t.url])
+        .env("DATABASE_SCHEMA", "")
+        .output()
+        .expect("run migrator");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        t.texts("SELECT count(*) FROM public.seaql_migrations")
+            .await,
+        vec!["8"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_schema_is_named_postgres() {
+    let t = TestDb::new(Backend::Postgres).await;
+    for command in ["status", "up"] {
+        let out = migration(
+            &[command, "--connect-timeout", "2", "-s", "no_such_schema"],
+            Some(&t.url),
+        );
+        assert_clear_error(&out, "schema \"no_such_schema\" does not exist");
+    }
+}
