@@ -201,7 +201,9 @@ async fn run_with(
         env_number(lock::LOCK_WAIT_ENV, lock::DEFAULT_LOCK_WAIT.as_secs()).map_err(explain)?,
     );
     let held = MigrationLock::acquire(url, max_wait).await?;
-    let result = change_schema(db, command).await.map_err(explain);
+    let result = lock::while_held(held.holder(), change_schema(db, command))
+        .await
+        .map_err(explain);
     held.release().await;
     result
 }

@@ -602,3 +602,169 @@ async fn a_missing_schema_is_named_postgres() {
         assert_clear_error(&out, "schema \"no_such_schema\" does not exist");
     }
 }
+
+/// A migrator started with `MIGRATION_PAUSE_BEFORE=pause`, once it says it paused there.
+/// A line on its stdin resumes it.
+fn spawn_paused(args: &[&str], url: &str, pause: &str) -> std::process::Child {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_migration"))
+        .args(args)
+        .args(["-u", url])
+        .env("MIGRATION_PAUSE_BEFORE", pause)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn migrator");
+    let mut reader = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        let read = reader.read_line(&mut line).expect("read stderr");
+        assert!(read > 0, "the migrator never paused at {pause}:\n{seen}");
+        seen.push_str(&line);
+        if line.contains("paused before") {
+            break;
+        }
+    }
+    // Hand the rest of stderr back for wait_with_output.
+    child.stderr = Some(reader.into_inner());
+    child
+}
+
+fn resume(child: &mut std::process::Child) {
+    use std::io::Write;
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(b"\n").expect("resume the migrator");
+}
+
+/// The number of sessions holding an advisory lock on this PostgreSQL database.
+async fn advisory_locks(t: &TestDb) -> Vec<String> {
+    t.texts(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .await
+}
+
+/// The issue's reproduction: with `idle_session_timeout` on the database, the idle lock
+/// connection was closed while the migrator worked, and with it the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lock_outlives_idle_session_timeout_postgres() {
+    let t = TestDb::new(Backend::Postgres).await;
+    // Only sessions opened from now on get it; the test's own were opened before.
+    t.exec(&format!(
+        "ALTER DATABASE {} SET idle_session_timeout = '1s'",
+        t.name
+    ))
+    .await;
+    let mut child = spawn_paused(&["up"], &t.url, "m001_create_users:up:0");
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let held = advisory_locks(&t).await;
+    resume(&mut child);
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(
+        held,
+        vec!["1"],
+        "the lock vanished while the migrator was paused"
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        t.texts("SELECT count(*) FROM seaql_migrations").await,
+        vec!["8"]
+    );
+}
+
+on_every_backend!(a_step_done_meanwhile_is_not_an_error);
+
+/// Another migrator (whose lock overlapped ours) or a person finishes a step between our
+/// probe and our statement: we fail on "already exists", ask the probe again, and go on.
+async fn a_step_done_meanwhile_is_not_an_error(backend: Backend) {
+    let t = TestDb::new(backend).await;
+    assert!(migration(&["up", "-n", "5"], Some(&t.url)).status.success());
+    let dialect = match backend {
+        Backend::Postgres => "postgres",
+        Backend::MySql => "mysql",
+        Backend::Sqlite => "sqlite",
+    };
+    let plan = migration(
+        &[
+            "sql",
+            "--backend",
+            dialect,
+            "--migration",
+            "m006_billing_fields",
+        ],
+        None,
+    );
+    let plan = String::from_utf8_lossy(&plan.stdout).into_owned();
+    let first_step: Vec<&str> = plan
+        .lines()
+        .skip_while(|l| !l.starts_with("-- step 1/"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-- step 2/"))
+        .filter(|l| !l.starts_with("BEGIN") && !l.starts_with("COMMIT") && !l.starts_with("SET "))
+        .collect();
+    assert!(!first_step.is_empty(), "{plan}");
+
+    let mut child = spawn_paused(&["up"], &t.url, "m006_billing_fields:up:0");
+    for sql in &first_step {
+        t.exec(sql.trim_end_matches(';')).await;
+    }
+    resume(&mut child);
+    let out = child.wait_with_output().expect("wait");
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("done meanwhile"), "{err}");
+    assert!(
+        err.contains("Migration 'm006_billing_fields' has been applied"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_lock_stops_the_migrator_before_its_next_step_postgres() {
+    a_lost_lock_stops_the_migrator(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_lock_stops_the_migrator_before_its_next_step_mysql() {
+    a_lost_lock_stops_the_migrator(Backend::MySql).await;
+}
+
+/// The lock's connection is killed (as a proxy, an idle timeout or an administrator would)
+/// while the migrator works: it finishes the step in hand, then stops with a clear error.
+async fn a_lost_lock_stops_the_migrator(backend: Backend) {
+    let t = TestDb::new(backend).await;
+    assert!(migration(&["up", "-n", "5"], Some(&t.url)).status.success());
+    let mut child = spawn_paused(&["up"], &t.url, "m006_billing_fields:up:0");
+    match backend {
+        Backend::Postgres => {
+            let killed = t
+                .texts(
+                    "SELECT pg_terminate_backend(pid)::text FROM pg_locks \
+                     WHERE locktype = 'advisory' AND granted AND database = \
+                     (SELECT oid FROM pg_database WHERE datname = current_database())",
+                )
+                .await;
+            assert_eq!(killed, vec!["true"]);
+        }
+        _ => {
+            let holder = t
+                .texts("SELECT IS_USED_LOCK(LEFT(CONCAT('billing-migrator:', DATABASE()), 64))")
+                .await;
+            assert_eq!(holder.len(), 1);
+            t.exec(&format!("KILL {}", holder[0])).await;
+        }
+    }
+    resume(&mut child);
+    let out = child.wait_with_output().expect("wait");
+    assert_clear_error(&out, "lost the migration lock");
+    let err = stderr(&out);
+    // Step 1 was under way when the lock went; step 2 never started.
+    assert!(
+        err.contains("resumed before m006_billing_fields:up:0"),
+        "{err}"
+    );
+    assert!(!err.contains("m006_billing_fields up step 2/"), "{err}");
+    assert!(!err.contains("has been applied"), "{err}");
+}
