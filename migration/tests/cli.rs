@@ -768,3 +768,144 @@ async fn a_lost_lock_stops_the_migrator(backend: Backend) {
     assert!(!err.contains("m006_billing_fields up step 2/"), "{err}");
     assert!(!err.contains("has been applied"), "{err}");
 }
+
+/// Copies the workspace's sources (no build output, no git, no local database).
+fn copy_sources(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("create copy");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("dir entry");
+        let name = entry.file_name();
+        if matches!(name.to_str(), Some("target" | ".git" | "data")) {
+            continue;
+        }
+        let kind = entry.file_type().expect("file type");
+        if kind.is_dir() {
+            copy_sources(&entry.path(), &to.join(&name));
+        } else if kind.is_file() {
+            std::fs::copy(entry.path(), to.join(&name)).expect("copy file");
+        }
+    }
+}
+
+/// `sea-orm-cli migrate generate` on a copy of the workspace keeps m001-m008 and adds a
+/// migration that builds and runs on every backend; the dry run says it cannot print it.
+/// Ignored by default: it builds the copy in a target folder of its own (minutes the first
+/// time) and needs sea-orm-cli 2.0.4. `.ci/run` runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "builds a copy of the workspace and needs sea-orm-cli; .ci/run runs it"]
+async fn sea_orm_cli_generate_adds_a_migration_that_builds_and_runs() {
+    use std::path::Path;
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace");
+    let copy = std::env::temp_dir().join(format!("billing-generate-{}", support::random_name()));
+    copy_sources(workspace, &copy);
+    let original_lib = std::fs::read_to_string(workspace.join("migration/src/lib.rs")).unwrap();
+
+    let out = Command::new("sea-orm-cli")
+        .args(["migrate", "generate", "add_gen_probe"])
+        .current_dir(&copy)
+        .output()
+        .expect("run sea-orm-cli (cargo install sea-orm-cli --version 2.0.4 --locked)");
+    assert!(out.status.success(), "{}", all_output(&out));
+    let src = copy.join("migration/src");
+    let generated = std::fs::read_dir(&src)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with("_add_gen_probe.rs"))
+        .expect("the generated migration file");
+    let name = generated
+        .file_stem()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+
+    // Every line of lib.rs is still there, in order, plus the two for the new migration.
+    let lib = std::fs::read_to_string(src.join("lib.rs")).unwrap();
+    let mut remaining = lib.lines();
+    for line in original_lib.lines() {
+        assert!(
+            remaining.any(|l| l == line),
+            "generate dropped or moved {line:?}:\n{lib}"
+        );
+    }
+    assert!(lib.contains(&format!("\nmod {name};\n")), "{lib}");
+    assert!(
+        lib.contains(&format!("Box::new({name}::Migration),\n        ]")),
+        "{lib}"
+    );
+
+    // The stock template's bodies are todo!(): fill them in as a user would.
+    let body = std::fs::read_to_string(&generated)
+        .unwrap()
+        .replace("_manager", "manager")
+        .replacen(
+            "todo!();",
+            "manager.create_table(Table::create().table(Alias::new(\"gen_probe\")).col(pk_auto(Alias::new(\"id\"))).to_owned()).await",
+            1,
+        )
+        .replacen(
+            "todo!();",
+            "manager.drop_table(Table::drop().table(Alias::new(\"gen_probe\")).to_owned()).await",
+            1,
+        );
+    std::fs::write(&generated, body).unwrap();
+
+    let target = Path::new(env!("CARGO_BIN_EXE_migration"))
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("sea-orm-cli-generate");
+    let build = Command::new(env!("CARGO"))
+        .args(["build", "--locked", "-p", "migration", "--bin", "migration"])
+        .current_dir(&copy)
+        .env("CARGO_TARGET_DIR", &target)
+        .status()
+        .expect("cargo build");
+    assert!(build.success(), "the generated migration does not build");
+    let bin = target.join("debug").join("migration");
+    let run = |args: &[&str], url: &str| {
+        Command::new(&bin)
+            .args(args)
+            .args(["-u", url])
+            .output()
+            .expect("run the copy's migrator")
+    };
+
+    for backend in [Backend::Postgres, Backend::MySql, Backend::Sqlite] {
+        let t = TestDb::new(backend).await;
+        let up = run(&["up"], &t.url);
+        let err = stderr(&up);
+        assert!(up.status.success(), "{backend:?}: {err}");
+        assert!(
+            err.contains(&format!("Migration '{name}' has been applied")),
+            "{backend:?}: {err}"
+        );
+        assert_eq!(t.texts("SELECT count(*) FROM gen_probe").await, vec!["0"]);
+        let status = String::from_utf8_lossy(&run(&["status"], &t.url).stdout).into_owned();
+        assert_eq!(status.matches("Applied").count(), 9, "{status}");
+        let down = run(&["down"], &t.url);
+        assert!(down.status.success(), "{backend:?}: {}", stderr(&down));
+        let status = String::from_utf8_lossy(&run(&["status"], &t.url).stdout).into_owned();
+        assert!(
+            status.contains(&name) && status.contains("Pending"),
+            "{status}"
+        );
+    }
+
+    let sql = Command::new(&bin)
+        .args(["sql", "--backend", "postgres"])
+        .output()
+        .expect("run the copy's dry run");
+    let printed = String::from_utf8_lossy(&sql.stdout);
+    assert_clear_error(&sql, &format!("cannot print the SQL of {name}"));
+    assert!(
+        printed.contains("-- m008_deleted_at_index_by_id up (postgres)"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains(&format!("-- {name} up (postgres): a plain MigrationTrait")),
+        "{printed}"
+    );
+    let _ = std::fs::remove_dir_all(&copy);
+}
