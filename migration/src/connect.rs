@@ -27,13 +27,23 @@ impl fmt::Display for Failure {
 impl std::error::Error for Failure {}
 
 /// A database URL that parsed, with a password-free form for messages.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct DatabaseUrl {
     raw: String,
     pub backend: DbBackend,
     /// The URL as [`redact`] shows it: safe to print.
     pub display: String,
     sqlite_file: Option<PathBuf>,
+}
+
+/// Shows the redacted form only: a `{:?}` in a log line must not print the password either.
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseUrl")
+            .field("backend", &self.backend)
+            .field("display", &self.display)
+            .finish_non_exhaustive()
+    }
 }
 
 impl DatabaseUrl {
@@ -393,6 +403,14 @@ mod tests {
                 assert!(!redacted.contains(secret), "{url:?} shows {secret:?}");
             }
         }
+    }
+
+    #[test]
+    fn debug_output_is_redacted() {
+        let url = DatabaseUrl::parse("postgres://u:hunter2@h/db?password=hunter3").unwrap();
+        let debug = format!("{url:?}");
+        assert!(!debug.contains("hunter"), "{debug}");
+        assert!(debug.contains("postgres://u@h/db"), "{debug}");
     }
 
     #[test]
