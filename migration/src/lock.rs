@@ -5,12 +5,14 @@
 //! * SQLite: an exclusive OS lock on `<database file>.migrate-lock`.
 //!
 //! The lock lives on a dedicated connection outside any pool, so no pool recycling can drop it,
-//! and the server releases it if the process dies. That connection sits idle while the
-//! migrations run, so its session opts out of the server's idle timeouts and keeps TCP alive;
-//! and since a proxy or an administrator can still close it, every step first checks that the
-//! lock is still held ([`verify_held`]) and stops with a clear error when it is not. We poll a *try*-lock instead of blocking in
+//! and the server releases it if the process dies. We poll a *try*-lock instead of blocking in
 //! `pg_advisory_lock`: a session blocked there holds a snapshot, and a concurrent
 //! `CREATE INDEX CONCURRENTLY` in the lock holder would wait for that snapshot forever.
+//!
+//! That connection sits idle while the migrations run, so its session opts out of the server's
+//! idle timeouts and keeps TCP alive. A proxy or an administrator can still close it, so every
+//! step first checks that the lock is still held ([`verify_held`]) and stops with a clear error
+//! when it is not: another migrator may have taken it.
 
 use std::cell::Cell;
 use std::fs::File;
@@ -68,8 +70,8 @@ const PG_SESSION: [&str; 5] = [
     "SET tcp_keepalives_count = 6",
 ];
 /// A year, the most both variables accept.
-const MYSQL_SESSION: [&str; 1] =
-    ["SET SESSION wait_timeout = 31536000, SESSION interactive_timeout = 31536000"];
+const MYSQL_SESSION: &str =
+    "SET SESSION wait_timeout = 31536000, SESSION interactive_timeout = 31536000";
 const PG_UNDEFINED_OBJECT: &str = "42704";
 
 const PG_HOLDS: &str = "SELECT EXISTS (SELECT 1 FROM pg_locks \
@@ -152,9 +154,10 @@ impl MigrationLock {
                 let mut conn = sqlx::MySqlConnection::connect(url.as_str())
                     .await
                     .map_err(unreachable)?;
-                for sql in MYSQL_SESSION {
-                    sqlx::query(sql).execute(&mut conn).await.map_err(setup)?;
-                }
+                sqlx::query(MYSQL_SESSION)
+                    .execute(&mut conn)
+                    .await
+                    .map_err(setup)?;
                 let id = sqlx::query_scalar::<_, u64>("SELECT CONNECTION_ID()")
                     .fetch_one(&mut conn)
                     .await
