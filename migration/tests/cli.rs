@@ -769,6 +769,61 @@ async fn a_lost_lock_stops_the_migrator(backend: Backend) {
     assert!(!err.contains("has been applied"), "{err}");
 }
 
+/// `mYYYYMMDD_HHMMSS_name`, the only module names `sea-orm-cli migrate generate` keeps.
+fn stock_shaped(module: &str) -> bool {
+    let bytes = module.as_bytes();
+    bytes.len() > 17
+        && bytes[0] == b'm'
+        && bytes[1..9].iter().all(u8::is_ascii_digit)
+        && bytes[9] == b'_'
+        && bytes[10..16].iter().all(u8::is_ascii_digit)
+        && bytes[16] == b'_'
+        && module[17..]
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// What `generate` does to lib.rs, checked without it (the test below runs it, in CI): it
+/// rebuilds the list from the first `vec![` to the last line ending in `]`, out of the `mod`
+/// lines of stock-shaped names. So those must be exactly the list, in order, and nothing may
+/// follow the list.
+#[test]
+fn lib_rs_keeps_the_shape_sea_orm_cli_generate_rewrites() {
+    let lib = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/lib.rs")).unwrap();
+    assert_eq!(lib.matches("vec![").count(), 1, "one vec! only, the list");
+    let list = &lib[lib.find("vec![").unwrap()..];
+    let list = &list[..list.rfind("]\n").expect("the list's closing bracket")];
+    let listed: Vec<&str> = list
+        .lines()
+        .skip(1)
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| {
+            line.trim()
+                .strip_prefix("Box::new(")
+                .and_then(|rest| rest.strip_suffix("::Migration),"))
+                .unwrap_or_else(|| panic!("not a migration line in the list: {line:?}"))
+        })
+        .collect();
+    let declared: Vec<&str> = lib
+        .lines()
+        .filter_map(|line| {
+            let line = line.trim_start_matches("pub ");
+            line.strip_prefix("mod ")?.strip_suffix(';')
+        })
+        .filter(|module| stock_shaped(module))
+        .collect();
+    assert_eq!(
+        listed, declared,
+        "the list and the stock-shaped `mod` lines differ"
+    );
+    use migration::MigratorTrait;
+    assert_eq!(
+        listed.len(),
+        migration::Migrator::migrations().len(),
+        "every migration is in the list"
+    );
+}
+
 /// Copies the workspace's sources (no build output, no git, no local database).
 fn copy_sources(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).expect("create copy");
