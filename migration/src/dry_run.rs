@@ -21,16 +21,17 @@ pub fn backend_name(backend: DbBackend) -> &'static str {
     }
 }
 
-/// Renders `migrations` (in the order given) for `backend`.
+/// Renders `migrations` (in the order given) for `backend`, naming the PostgreSQL `schema`.
 pub fn render(
     backend: DbBackend,
+    schema: &str,
     direction: Direction,
     migrations: &[&dyn PlannedMigration],
     settings: &LockSettings,
 ) -> String {
     let mut out = String::new();
     for migration in migrations {
-        let steps = migration.plan(backend, direction);
+        let steps = crate::step::plan_in(*migration, backend, schema, direction);
         let wrapped = migration
             .use_transaction()
             .unwrap_or(backend == DbBackend::Postgres);

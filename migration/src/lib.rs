@@ -1,6 +1,7 @@
 //! The schema's history, `m001` to `m008`, and the migrator that applies it.
 //!
-//! Every migration is a list of re-runnable [`step::Step`]s (see `step.rs`); the CLI in
+//! Every migration is a list of re-runnable [`step::Step`]s (see `step.rs`, which also says
+//! how to write a new migration); the CLI in
 //! `cli.rs` wraps SeaORM's runner with a database-wide lock, a dry run and readable errors.
 
 use std::path::PathBuf;
@@ -15,6 +16,7 @@ pub mod dry_run;
 pub mod idents;
 pub mod lock;
 pub mod probe;
+pub mod schema;
 pub mod settings;
 pub mod step;
 
@@ -70,7 +72,9 @@ pub(crate) async fn apply_planned<M>(
 where
     M: Planned + MigrationName,
 {
-    let steps = migration.plan(manager.get_database_backend(), direction);
+    let db = manager.get_connection();
+    let schema = schema::of(db).await?.unwrap_or_default();
+    let steps = step::plan_in(migration, db.get_database_backend(), &schema, direction);
     step::apply(manager, migration.name(), direction, steps).await
 }
 

@@ -6,7 +6,7 @@ mod support;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 
-use support::schema::{snapshot, without_bookkeeping};
+use support::schema::{snapshot, snapshot_in, without_bookkeeping};
 use support::{Backend, TestDb};
 
 fn migration(args: &[&str], url: Option<&str>) -> Output {
@@ -104,6 +104,7 @@ on_every_backend!(
     an_applied_migration_without_code_is_refused,
     eight_migrators_at_once_all_succeed_and_each_migration_runs_once,
     sql_prints_pending_migrations_without_running_them,
+    fresh_drops_views_that_depend_on_ours,
 );
 
 async fn m006_names_the_missing_tables(backend: Backend) {
@@ -392,4 +393,115 @@ async fn a_held_table_lock_is_retried_then_reported_postgres() {
         err.contains("Migration 'm006_billing_fields' has been applied"),
         "{err}"
     );
+}
+
+/// A user's own view on `user_tiers` must not stop `fresh` (stock `fresh` cascades).
+async fn fresh_drops_views_that_depend_on_ours(backend: Backend) {
+    let t = TestDb::new(backend).await;
+    assert!(migration(&["up"], Some(&t.url)).status.success());
+    t.exec("CREATE VIEW pro_users AS SELECT user_id FROM user_tiers WHERE tier = 'pro'")
+        .await;
+    let out = migration(&["fresh"], Some(&t.url));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let schema = snapshot(&t).await.join("\n");
+    assert!(schema.contains("user_tiers"), "{schema}");
+    assert!(!schema.contains("pro_users"), "{schema}");
+    assert_eq!(
+        t.texts("SELECT count(*) FROM seaql_migrations").await,
+        vec!["8"]
+    );
+}
+
+/// PostgreSQL's default `search_path` is `"$user", public`. A schema named after the role
+/// (here `postgres`) appearing after a full migration must not make `up` build a second copy
+/// there, nor drop anything in `public`: with no `-s`, everything is `public`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_named_after_the_role_changes_nothing_postgres() {
+    let t = TestDb::new(Backend::Postgres).await;
+    assert!(migration(&["up"], Some(&t.url)).status.success());
+    let before = snapshot(&t).await;
+    t.exec("CREATE SCHEMA postgres").await;
+    let out = migration(&["up"], Some(&t.url));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(snapshot(&t).await, before, "up changed public");
+    assert_eq!(snapshot_in(&t, "postgres").await, Vec::<String>::new());
+    let status = migration(&["status"], Some(&t.url));
+    let listed = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(listed.matches("Applied").count(), 8, "{listed}");
+}
+
+/// `-s other_schema`: up, status and down all work there and leave `public` alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chosen_schema_gets_everything_postgres() {
+    let reference = TestDb::new(Backend::Postgres).await;
+    assert!(migration(&["up"], Some(&reference.url)).status.success());
+    let expected = without_bookkeeping(snapshot(&reference).await);
+
+    let t = TestDb::new(Backend::Postgres).await;
+    t.exec("CREATE SCHEMA other_schema").await;
+    let up = migration(&["-s", "other_schema", "up"], Some(&t.url));
+    assert!(up.status.success(), "{}", stderr(&up));
+    assert_eq!(
+        without_bookkeeping(snapshot_in(&t, "other_schema").await),
+        expected
+    );
+    assert_eq!(snapshot(&t).await, Vec::<String>::new(), "public was touched");
+    let status = migration(&["-s", "other_schema", "status"], Some(&t.url));
+    let listed = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(listed.matches("Applied").count(), 8, "{listed}");
+    // Without -s, `public` has no migrations yet.
+    let public = migration(&["status"], Some(&t.url));
+    let listed = String::from_utf8_lossy(&public.stdout);
+    assert_eq!(listed.matches("Pending").count(), 8, "{listed}");
+
+    let down = migration(&["-s", "other_schema", "down", "-n", "8"], Some(&t.url));
+    assert!(down.status.success(), "{}", stderr(&down));
+    assert_eq!(
+        without_bookkeeping(snapshot_in(&t, "other_schema").await),
+        Vec::<String>::new()
+    );
+}
+
+/// Every object the PostgreSQL dry run names is qualified with the schema.
+#[test]
+fn postgres_dry_run_names_the_schema() {
+    for (args, schema) in [
+        (vec!["sql", "--backend", "postgres"], "public"),
+        (
+            vec!["-s", "tenant_1", "sql", "--backend", "postgres"],
+            "tenant_1",
+        ),
+        (vec!["sql", "down", "--backend", "postgres"], "public"),
+    ] {
+        let out = migration(&args, None);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let sql = String::from_utf8_lossy(&out.stdout);
+        for table in ["users", "synced_sessions", "api_tokens", "stripe_events"] {
+            assert!(
+                sql.contains(&format!("\"{schema}\".\"{table}\"")),
+                "{table} in {schema}: {sql}"
+            );
+        }
+        assert!(
+            sql.contains(&format!("\"{schema}\".\"user_tiers\"")),
+            "{sql}"
+        );
+        for line in sql.lines().filter(|l| !l.starts_with("--")) {
+            for object in [
+                "users",
+                "synced_sessions",
+                "api_tokens",
+                "stripe_events",
+                "user_tiers",
+            ] {
+                let bare = format!("\"{object}\"");
+                for (at, _) in line.match_indices(&bare) {
+                    assert!(
+                        line[..at].ends_with(&format!("\"{schema}\".")),
+                        "unqualified {bare}: {line}"
+                    );
+                }
+            }
+        }
+    }
 }
