@@ -330,6 +330,38 @@ mod postgres_only {
         assert_eq!(without_bookkeeping(snapshot(&t).await), full);
     }
 
+    /// The "drop an INVALID leftover" steps touch only our table in our schema: an INVALID
+    /// index of the same name elsewhere (here in another schema) survives a re-run of `up`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_invalid_index_of_the_same_name_elsewhere_is_left_alone() {
+        let t = migrated(Backend::Postgres).await;
+        let full = without_bookkeeping(snapshot(&t).await);
+        t.exec("CREATE SCHEMA archive").await;
+        t.exec("CREATE TABLE archive.users (stripe_customer_id text)")
+            .await;
+        t.exec(
+            "CREATE UNIQUE INDEX idx_users_stripe_customer ON archive.users (stripe_customer_id)",
+        )
+        .await;
+        t.exec(
+            "UPDATE pg_index SET indisvalid = false \
+             WHERE indexrelid = 'archive.idx_users_stripe_customer'::regclass",
+        )
+        .await;
+        t.exec("DELETE FROM seaql_migrations WHERE version = 'm006_billing_fields'")
+            .await;
+        Migrator::up(&t.db, None).await.expect("re-run up");
+        assert_eq!(without_bookkeeping(snapshot(&t).await), full);
+        assert_eq!(
+            t.texts(
+                "SELECT count(*) FROM pg_indexes \
+                 WHERE schemaname = 'archive' AND indexname = 'idx_users_stripe_customer'"
+            )
+            .await,
+            vec!["1"]
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn lookups_use_their_indexes() {
         let t = migrated(Backend::Postgres).await;

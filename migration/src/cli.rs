@@ -388,7 +388,10 @@ fn print_rendered(
     chosen: &[&dyn PlannedMigration],
 ) -> Result<(), Failure> {
     let settings = LockSettings::from_env().map_err(explain)?;
-    print!("{}", dry_run::render(backend, schema, direction, chosen, &settings));
+    print!(
+        "{}",
+        dry_run::render(backend, schema, direction, chosen, &settings)
+    );
     Ok(())
 }
 

@@ -58,7 +58,10 @@ impl Planned for Migration {
                         .foreign_key(
                             ForeignKey::create()
                                 .name("fk_sessions_user")
-                                .from(table(backend, SyncedSessions::Table), SyncedSessions::UserId)
+                                .from(
+                                    table(backend, SyncedSessions::Table),
+                                    SyncedSessions::UserId,
+                                )
                                 .to(table(backend, Users::Table), Users::Id)
                                 .on_delete(ForeignKeyAction::Cascade),
                         ),
@@ -87,7 +90,10 @@ impl Planned for Migration {
                         present: false,
                     },
                 )
-                .build(backend, Table::drop().table(table(backend, SyncedSessions::Table))),
+                .build(
+                    backend,
+                    Table::drop().table(table(backend, SyncedSessions::Table)),
+                ),
             ],
         }
     }

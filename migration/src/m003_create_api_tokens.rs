@@ -67,7 +67,10 @@ impl Planned for Migration {
                         present: false,
                     },
                 )
-                .build(backend, Table::drop().table(table(backend, ApiTokens::Table))),
+                .build(
+                    backend,
+                    Table::drop().table(table(backend, ApiTokens::Table)),
+                ),
             ],
         }
     }

@@ -40,7 +40,9 @@ impl Planned for Migration {
                 )
                 .build(
                     backend,
-                    Index::drop().name(INDEX).table(table(backend, SyncedSessions::Table)),
+                    Index::drop()
+                        .name(INDEX)
+                        .table(table(backend, SyncedSessions::Table)),
                 ),
             ],
         }

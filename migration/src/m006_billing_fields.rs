@@ -267,7 +267,10 @@ fn up(backend: DbBackend) -> Vec<Step> {
                 Mode::Online,
                 customer_index_done,
             )
-            .build(backend, customer_index(backend).concurrently().if_not_exists()),
+            .build(
+                backend,
+                customer_index(backend).concurrently().if_not_exists(),
+            ),
             Step::new(
                 "add synced_sessions.deleted_at",
                 Mode::LockTimed,
@@ -375,7 +378,12 @@ fn up(backend: DbBackend) -> Vec<Step> {
                     Mode::LockTimed,
                     Probe::column_present("users", column),
                 )
-                .build(backend, Table::alter().table(table(backend, Users::Table)).add_column(def))
+                .build(
+                    backend,
+                    Table::alter()
+                        .table(table(backend, Users::Table))
+                        .add_column(def),
+                )
             };
             vec![
                 add(
@@ -546,7 +554,9 @@ fn down(backend: DbBackend) -> Vec<Step> {
             )
             .build(
                 backend,
-                Index::drop().name(CUSTOMER_INDEX).table(table(backend, Users::Table)),
+                Index::drop()
+                    .name(CUSTOMER_INDEX)
+                    .table(table(backend, Users::Table)),
             ),
             Step::new(
                 "drop chk_subscription_status",
@@ -586,7 +596,9 @@ fn down(backend: DbBackend) -> Vec<Step> {
                 )
                 .build(
                     backend,
-                    Table::alter().table(table(backend, Users::Table)).drop_column(name),
+                    Table::alter()
+                        .table(table(backend, Users::Table))
+                        .drop_column(name),
                 )
             };
             vec![

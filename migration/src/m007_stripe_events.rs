@@ -118,7 +118,10 @@ impl Planned for Migration {
                         present: false,
                     },
                 )
-                .build(backend, Table::drop().table(table(backend, StripeEvents::Table))),
+                .build(
+                    backend,
+                    Table::drop().table(table(backend, StripeEvents::Table)),
+                ),
             ],
         }
     }

@@ -138,7 +138,9 @@ impl Probe {
                 collation,
             } => format!(
                 "skipped when {table}.{column} is {column_type}{}",
-                collation.map(|c| format!(" COLLATE {c}")).unwrap_or_default()
+                collation
+                    .map(|c| format!(" COLLATE {c}"))
+                    .unwrap_or_default()
             ),
             Probe::All(probes) => joined(probes, " and "),
             Probe::Any(probes) => joined(probes, " or "),
@@ -155,7 +157,11 @@ impl Probe {
     /// Whether the probe holds in `schema` (PostgreSQL; ignored elsewhere).
     pub async fn holds_in<C: ConnectionTrait>(&self, db: &C, schema: &str) -> Result<bool, DbErr> {
         let backend = db.get_database_backend();
-        let at = Catalog { db, backend, schema };
+        let at = Catalog {
+            db,
+            backend,
+            schema,
+        };
         let (found, present) = match self {
             Probe::Never => return Ok(false),
             Probe::All(probes) => {
@@ -215,20 +221,12 @@ impl Probe {
                 table,
                 name,
                 present,
-            } => (
-                at.constraint_exists(table, name, false).await?,
-                *present,
-            ),
-            Probe::ConstraintValidated { table, name } => (
-                at.constraint_exists(table, name, true).await?,
-                true,
-            ),
-            Probe::View { name, present } => {
-                (at.relation_exists(name, true).await?, *present)
+            } => (at.constraint_exists(table, name, false).await?, *present),
+            Probe::ConstraintValidated { table, name } => {
+                (at.constraint_exists(table, name, true).await?, true)
             }
-            Probe::Table { table, present } => {
-                (at.relation_exists(table, false).await?, *present)
-            }
+            Probe::View { name, present } => (at.relation_exists(name, true).await?, *present),
+            Probe::Table { table, present } => (at.relation_exists(table, false).await?, *present),
         };
         Ok(found == present)
     }

@@ -246,7 +246,7 @@ async fn killed_at_any_statement_of(name: &str, version: u32) {
             .success()
     );
     let after = without_bookkeeping(snapshot(&reference).await);
-    let plan_len = |direction: &str| {
+    let dry_run = |direction: &str| {
         let out = migration(
             &[
                 "sql",
@@ -258,19 +258,29 @@ async fn killed_at_any_statement_of(name: &str, version: u32) {
             ],
             None,
         );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| {
-                !l.starts_with("--")
-                    && !l.is_empty()
-                    && !l.starts_with("BEGIN")
-                    && !l.starts_with("COMMIT")
-                    && !l.starts_with("SET LOCAL")
-            })
-            .count()
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let is_statement = |l: &&str| {
+        !l.starts_with("--")
+            && !l.is_empty()
+            && !l.starts_with("BEGIN")
+            && !l.starts_with("COMMIT")
+            && !l.starts_with("SET LOCAL")
+    };
+    // Statements of the steps that only clean up after an interrupted run: on a clean run
+    // their probes skip them, so the pause hook never sees them.
+    let cleanup_len = |sql: &str| {
+        sql.split("-- step ")
+            .filter(|step| step.lines().next().is_some_and(|l| l.contains(" left by ")))
+            .map(|step| step.lines().skip(1).filter(is_statement).count())
+            .sum::<usize>()
+    };
+    let plan = |direction: &str| {
+        let sql = dry_run(direction);
+        (sql.lines().filter(is_statement).count(), cleanup_len(&sql))
     };
 
-    for (direction, statements) in [("up", plan_len("up")), ("down", plan_len("down"))] {
+    for (direction, (statements, cleanup)) in [("up", plan("up")), ("down", plan("down"))] {
         assert!(statements >= 5, "{name} {direction}: {statements}");
         let mut reached = 0;
         for n in 0..statements {
@@ -343,7 +353,7 @@ async fn killed_at_any_statement_of(name: &str, version: u32) {
             );
         }
         assert!(
-            reached + 1 >= statements,
+            reached + cleanup >= statements,
             "{name} {direction}: killed at only {reached} of {statements} statements"
         );
     }
@@ -445,7 +455,11 @@ async fn a_chosen_schema_gets_everything_postgres() {
         without_bookkeeping(snapshot_in(&t, "other_schema").await),
         expected
     );
-    assert_eq!(snapshot(&t).await, Vec::<String>::new(), "public was touched");
+    assert_eq!(
+        snapshot(&t).await,
+        Vec::<String>::new(),
+        "public was touched"
+    );
     let status = migration(&["-s", "other_schema", "status"], Some(&t.url));
     let listed = String::from_utf8_lossy(&status.stdout);
     assert_eq!(listed.matches("Applied").count(), 8, "{listed}");

@@ -67,7 +67,10 @@ pub async fn snapshot_in(t: &TestDb, schema: &str) -> Vec<String> {
         let prefix = format!("{schema}.");
         lines = lines
             .into_iter()
-            .map(|line| line.replace(&prefix, "").replace(&format!("\"{schema}\"."), ""))
+            .map(|line| {
+                line.replace(&prefix, "")
+                    .replace(&format!("\"{schema}\"."), "")
+            })
             .collect();
     }
     lines.sort();
