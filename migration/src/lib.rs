@@ -1,4 +1,4 @@
-//! The schema's history, `m001` to `m008`, and the migrator that applies it.
+//! The schema's history, `m001` to `m009`, and the migrator that applies it.
 //!
 //! Every migration is a list of re-runnable [`step::Step`]s (see `step.rs`, which also says
 //! how to write a new migration); the CLI in
@@ -28,6 +28,7 @@ mod m005_add_user_display_name;
 pub mod m006_billing_fields;
 mod m007_stripe_events;
 mod m008_deleted_at_index_by_id;
+mod m009_session_client_id_binary;
 
 use step::{Direction, Planned};
 
@@ -49,6 +50,7 @@ impl Migrator {
             Box::new(m006_billing_fields::Migration),
             Box::new(m007_stripe_events::Migration),
             Box::new(m008_deleted_at_index_by_id::Migration),
+            Box::new(m009_session_client_id_binary::Migration),
         ]
     }
 }

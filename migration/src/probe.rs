@@ -8,6 +8,14 @@
 
 use sea_orm_migration::sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement, Value};
 
+/// The collation a [`Probe::MySqlColumnType`] expects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MySqlCollation {
+    Named(&'static str),
+    /// The table's default, which a column created without a collation has.
+    TableDefault,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Probe {
     /// Always run (the statements are themselves idempotent, or nothing can tell).
@@ -54,12 +62,12 @@ pub enum Probe {
         index: &'static str,
     },
     /// MySQL/MariaDB: the column has exactly this `column_type` (`mediumtext`,
-    /// `varchar(100)`) and collation (`None` for types without one). Never holds elsewhere.
+    /// `varchar(100)`) and collation. Never holds elsewhere.
     MySqlColumnType {
         table: &'static str,
         column: &'static str,
         column_type: &'static str,
-        collation: Option<&'static str>,
+        collation: MySqlCollation,
     },
     /// Every one of these holds.
     All(Vec<Probe>),
@@ -136,12 +144,14 @@ impl Probe {
                 column,
                 column_type,
                 collation,
-            } => format!(
-                "skipped when {table}.{column} is {column_type}{}",
-                collation
-                    .map(|c| format!(" COLLATE {c}"))
-                    .unwrap_or_default()
-            ),
+            } => match collation {
+                MySqlCollation::Named(name) => {
+                    format!("skipped when {table}.{column} is {column_type} COLLATE {name}")
+                }
+                MySqlCollation::TableDefault => format!(
+                    "skipped when {table}.{column} is {column_type} in the table's collation"
+                ),
+            },
             Probe::All(probes) => joined(probes, " and "),
             Probe::Any(probes) => joined(probes, " or "),
         }
@@ -198,9 +208,13 @@ impl Probe {
                 collation,
             } => {
                 let found = at.mysql_column_type(table, column).await?;
-                return Ok(found.is_some_and(|(found_type, found_collation)| {
-                    found_type.eq_ignore_ascii_case(column_type)
-                        && found_collation.as_deref() == *collation
+                return Ok(found.is_some_and(|found| {
+                    let wanted = match collation {
+                        MySqlCollation::Named(name) => Some(*name),
+                        MySqlCollation::TableDefault => found.table_collation.as_deref(),
+                    };
+                    found.column_type.eq_ignore_ascii_case(column_type)
+                        && found.collation.as_deref() == wanted
                 }));
             }
             Probe::Column {
@@ -244,6 +258,12 @@ fn joined(probes: &[Probe], conjunction: &str) -> String {
         })
         .collect();
     format!("skipped when {}", conditions.join(conjunction))
+}
+
+struct MySqlColumn {
+    column_type: String,
+    collation: Option<String>,
+    table_collation: Option<String>,
 }
 
 /// The catalog of one schema, as the probes read it.
@@ -369,20 +389,27 @@ impl<C: ConnectionTrait> Catalog<'_, C> {
         &self,
         table: &str,
         column: &str,
-    ) -> Result<Option<(String, Option<String>)>, DbErr> {
+    ) -> Result<Option<MySqlColumn>, DbErr> {
         if self.backend != DbBackend::MySql {
             return Ok(None);
         }
         let stmt = self.statement(
-            "SELECT CAST(column_type AS CHAR) AS t, CAST(collation_name AS CHAR) AS c \
-             FROM information_schema.columns \
-             WHERE table_schema = DATABASE() AND table_name = ? AND column_name = ?",
+            "SELECT CAST(c.column_type AS CHAR) AS column_type, \
+             CAST(c.collation_name AS CHAR) AS collation, \
+             CAST(t.table_collation AS CHAR) AS table_collation \
+             FROM information_schema.columns c JOIN information_schema.tables t \
+             ON t.table_schema = c.table_schema AND t.table_name = c.table_name \
+             WHERE c.table_schema = DATABASE() AND c.table_name = ? AND c.column_name = ?",
             vec![table.into(), column.into()],
         );
         let Some(row) = self.db.query_one_raw(stmt).await? else {
             return Ok(None);
         };
-        Ok(Some((row.try_get("", "t")?, row.try_get("", "c")?)))
+        Ok(Some(MySqlColumn {
+            column_type: row.try_get("", "column_type")?,
+            collation: row.try_get("", "collation")?,
+            table_collation: row.try_get("", "table_collation")?,
+        }))
     }
 
     async fn constraint_exists(

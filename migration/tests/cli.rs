@@ -156,6 +156,7 @@ async fn eight_migrators_at_once_all_succeed_and_each_migration_runs_once(backen
         "m006_billing_fields",
         "m007_stripe_events",
         "m008_deleted_at_index_by_id",
+        "m009_session_client_id_binary",
     ] {
         let applied = format!("Migration '{name}' has been applied");
         assert_eq!(
@@ -167,7 +168,7 @@ async fn eight_migrators_at_once_all_succeed_and_each_migration_runs_once(backen
     assert!(all.contains("waiting for the migration lock"), "{all}");
     assert_eq!(
         t.texts("SELECT count(*) FROM seaql_migrations").await,
-        vec!["8"]
+        vec!["9"]
     );
 }
 
@@ -418,7 +419,7 @@ async fn fresh_drops_views_that_depend_on_ours(backend: Backend) {
     assert!(!schema.contains("pro_users"), "{schema}");
     assert_eq!(
         t.texts("SELECT count(*) FROM seaql_migrations").await,
-        vec!["8"]
+        vec!["9"]
     );
 }
 
@@ -437,7 +438,7 @@ async fn a_schema_named_after_the_role_changes_nothing_postgres() {
     assert_eq!(snapshot_in(&t, "postgres").await, Vec::<String>::new());
     let status = migration(&["status"], Some(&t.url));
     let listed = String::from_utf8_lossy(&status.stdout);
-    assert_eq!(listed.matches("Applied").count(), 8, "{listed}");
+    assert_eq!(listed.matches("Applied").count(), 9, "{listed}");
 }
 
 /// `-s other_schema`: up, status and down all work there and leave `public` alone.
@@ -462,13 +463,13 @@ async fn a_chosen_schema_gets_everything_postgres() {
     );
     let status = migration(&["-s", "other_schema", "status"], Some(&t.url));
     let listed = String::from_utf8_lossy(&status.stdout);
-    assert_eq!(listed.matches("Applied").count(), 8, "{listed}");
+    assert_eq!(listed.matches("Applied").count(), 9, "{listed}");
     // Without -s, `public` has no migrations yet.
     let public = migration(&["status"], Some(&t.url));
     let listed = String::from_utf8_lossy(&public.stdout);
-    assert_eq!(listed.matches("Pending").count(), 8, "{listed}");
+    assert_eq!(listed.matches("Pending").count(), 9, "{listed}");
 
-    let down = migration(&["-s", "other_schema", "down", "-n", "8"], Some(&t.url));
+    let down = migration(&["-s", "other_schema", "down", "-n", "9"], Some(&t.url));
     assert!(down.status.success(), "{}", stderr(&down));
     assert_eq!(
         without_bookkeeping(snapshot_in(&t, "other_schema").await),
