@@ -4,8 +4,8 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::{code, spawn_app, spawn_app_with};
-use crate::support::{self, Backend};
+use crate::helpers::{code, spawn_app, spawn_app_with, test_settings};
+use crate::support::{self, Backend, TestDb};
 
 crate::on_every_backend!(
     client_ids_differing_by_case_are_two_sessions,
@@ -94,5 +94,31 @@ async fn a_raised_body_cap_stores_payloads_over_64_kib(backend: Backend) {
         // The session kept its previous payload.
         let (_, stored) = app.json(Method::GET, "/v1/sessions/big", &token).await;
         assert_eq!(stored["payload"], json!(big));
+    }
+}
+
+/// The API opens the database as the migrator does: in `public` unless DATABASE_SCHEMA says
+/// otherwise, even when a schema named after the role (`postgres` here) exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_works_in_the_chosen_schema_postgres() {
+    let t = TestDb::new(Backend::Postgres).await;
+    t.exec("CREATE SCHEMA postgres").await;
+    t.exec("CREATE SCHEMA tenant").await;
+    for (chosen, expected) in [(None, "public"), (Some("tenant"), "tenant")] {
+        let mut settings = test_settings(&t.url);
+        settings.database_schema = chosen.map(str::to_owned);
+        let (db, url) = api::startup::open_database(&settings).await.expect("open");
+        migration::cli::migrate_up(&db, &url)
+            .await
+            .expect("migrate");
+        let _ = db.close().await;
+        let tables = |schema: &str| {
+            format!(
+                "SELECT count(*) FROM information_schema.tables \
+                 WHERE table_schema = '{schema}' AND table_name = 'synced_sessions'"
+            )
+        };
+        assert_eq!(t.texts(&tables(expected)).await, vec!["1"], "{expected}");
+        assert_eq!(t.texts(&tables("postgres")).await, vec!["0"]);
     }
 }
