@@ -36,10 +36,11 @@
 //! # `down`
 //!
 //! `down` restores m008's columns exactly: the table's default collation (written as no
-//! collation at all, as m002 did) and `TEXT`. Both copy or rebuild the same way as `up`. It
-//! fails, and changes nothing, while two sessions of a user differ only by the case of their
-//! `client_id` (the unique index would collide) or a payload is over 65,535 bytes (strict
-//! mode refuses to truncate); the database's error names the value.
+//! collation at all, as m002 did) and `TEXT`. Both copy or rebuild the same way as `up`. A
+//! step fails, with the database's error naming the value, while a payload is over 65,535
+//! bytes (strict mode refuses to truncate) or two sessions of a user differ only by the case
+//! of their `client_id` (the unique index would collide); once those rows are dealt with,
+//! `down` again finishes the job.
 //!
 //! # PostgreSQL and SQLite: nothing to do
 //!
