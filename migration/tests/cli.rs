@@ -517,6 +517,34 @@ fn postgres_dry_run_names_the_schema() {
                     );
                 }
             }
+            assert_names_schema(line, schema);
+        }
+    }
+}
+
+/// Whatever a statement names after `TABLE`, `ON`, `REFERENCES`, `FROM`, `VIEW`, `DROP INDEX`
+/// or `ALTER INDEX` is schema-qualified, so a new migration that forgets `schema::table` fails
+/// here. (`CREATE INDEX "name"` cannot be qualified: the index goes where its table is.)
+fn assert_names_schema(line: &str, schema: &str) {
+    let qualified = format!("\"{schema}\".");
+    for keyword in [
+        " TABLE ",
+        " ON ",
+        " REFERENCES ",
+        " FROM ",
+        " VIEW ",
+        "DROP INDEX ",
+        "ALTER INDEX ",
+    ] {
+        for (at, _) in line.match_indices(keyword) {
+            let mut rest = &line[at + keyword.len()..];
+            for noise in ["CONCURRENTLY ", "IF NOT EXISTS ", "IF EXISTS "] {
+                rest = rest.strip_prefix(noise).unwrap_or(rest);
+            }
+            assert!(
+                !rest.starts_with('"') || rest.starts_with(&qualified),
+                "unqualified name after {keyword:?}: {line}"
+            );
         }
     }
 }
