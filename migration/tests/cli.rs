@@ -469,6 +469,21 @@ async fn a_chosen_schema_gets_everything_postgres() {
     let listed = String::from_utf8_lossy(&public.stdout);
     assert_eq!(listed.matches("Pending").count(), 9, "{listed}");
 
+    // `fresh` drops views of the chosen schema only, cascading to views built on them.
+    t.exec("CREATE VIEW public.keep_me AS SELECT 1 AS x").await;
+    t.exec("CREATE VIEW other_schema.pro AS SELECT user_id FROM other_schema.user_tiers")
+        .await;
+    let fresh = migration(&["-s", "other_schema", "fresh"], Some(&t.url));
+    assert!(fresh.status.success(), "{}", stderr(&fresh));
+    assert_eq!(
+        t.texts(
+            "SELECT table_schema || '.' || table_name FROM information_schema.views \
+             WHERE table_schema IN ('public', 'other_schema') ORDER BY 1"
+        )
+        .await,
+        vec!["other_schema.user_tiers", "public.keep_me"]
+    );
+
     let down = migration(&["-s", "other_schema", "down", "-n", "9"], Some(&t.url));
     assert!(down.status.success(), "{}", stderr(&down));
     assert_eq!(
