@@ -1,8 +1,9 @@
 //! The schema's history, `m001` to `m009`, and the migrator that applies it.
 //!
 //! Every migration is a list of re-runnable [`step::Step`]s (see `step.rs`, which also says
-//! how to write a new migration); the CLI in
-//! `cli.rs` wraps SeaORM's runner with a database-wide lock, a dry run and readable errors.
+//! how to write a new migration); the CLI in `cli.rs` wraps SeaORM's runner with a
+//! database-wide lock, a dry run and readable errors. On PostgreSQL everything lives in one
+//! schema, `public` unless `-s` says otherwise (`schema.rs`).
 
 use std::path::PathBuf;
 use std::time::Duration;
