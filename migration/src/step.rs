@@ -25,7 +25,8 @@
 //!    backend and for how long (measured), and the backend quirks it works around.
 //! 6. Tests: add it to the lists in `tests/migrations.rs` (down restores the schema, an
 //!    interrupted run finishes) and, for a live-safety claim, to the kill test in
-//!    `migration/tests/cli.rs`.
+//!    `migration/tests/cli.rs`. A test there fails if its PostgreSQL SQL names a table
+//!    without the schema.
 
 use std::time::Duration;
 
