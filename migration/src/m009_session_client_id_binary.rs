@@ -25,7 +25,7 @@
 //!   So it runs `ALGORITHM=COPY, LOCK=SHARED`: reads go on, **writes to `synced_sessions`
 //!   wait for the whole copy**. Measured on rows of ~300 bytes under a writer: 2.8 s on
 //!   200,000 rows and 12.7 s on 1,000,000, and writes waited that long. On a large
-//!   table run `up` in a quiet window (or apply this step with an online schema-change tool
+//!   table, run `up` in a quiet window (or apply this step with an online schema-change tool
 //!   and let the probe skip it). It is a step of its own so that the online collation change
 //!   never waits behind it.
 //! * Each step is re-runnable: its probe reads the column's type and collation from
