@@ -8,8 +8,9 @@ pub async fn snapshot(t: &TestDb) -> Vec<String> {
     snapshot_in(t, "public").await
 }
 
-/// [`snapshot`] of one PostgreSQL schema, with the schema's name left out of the lines so two
-/// schemas can be compared. MySQL and SQLite have one schema per database: `schema` is ignored.
+/// [`snapshot`] of one PostgreSQL schema, with the schema's (or MySQL database's) name left out
+/// of the lines so two schemas or databases can be compared. MySQL and SQLite have one schema
+/// per database: `schema` is ignored.
 pub async fn snapshot_in(t: &TestDb, schema: &str) -> Vec<String> {
     let mut pg: Vec<String> = Vec::new();
     let queries: &[&str] = match t.backend {
@@ -63,16 +64,21 @@ pub async fn snapshot_in(t: &TestDb, schema: &str) -> Vec<String> {
     for sql in queries.iter().copied().chain(pg.iter().map(String::as_str)) {
         lines.extend(t.texts(sql).await);
     }
-    if t.backend == Backend::Postgres {
-        let prefix = format!("{schema}.");
-        lines = lines
-            .into_iter()
-            .map(|line| {
-                line.replace(&prefix, "")
-                    .replace(&format!("\"{schema}\"."), "")
-            })
-            .collect();
-    }
+    // Names qualified with the schema (PostgreSQL) or the database (MySQL view bodies) would
+    // keep two databases' snapshots from comparing equal.
+    let prefixes = match t.backend {
+        Backend::Postgres => vec![format!("{schema}."), format!("\"{schema}\".")],
+        Backend::MySql => vec![format!("`{}`.", t.name)],
+        Backend::Sqlite => Vec::new(),
+    };
+    lines = lines
+        .into_iter()
+        .map(|line| {
+            prefixes
+                .iter()
+                .fold(line, |line, prefix| line.replace(prefix, ""))
+        })
+        .collect();
     lines.sort();
     lines
 }
