@@ -221,8 +221,7 @@ fn postgres_dry_run_is_lock_aware() {
 }
 
 /// SIGKILL the migrator before every statement of m006's and m008's `up` and `down` (m009's on
-/// MySQL, below), run it
-/// again, and compare with a clean run; existing rows must be untouched.
+/// MySQL, below), run it again, and compare with a clean run; existing rows must be untouched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_at_any_statement_postgres_recovers() {
     for (name, version) in [
