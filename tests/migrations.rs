@@ -1,4 +1,4 @@
-//! m001-m008 on every backend, each test in a database of its own.
+//! m001-m009 on every backend, each test in a database of its own.
 
 mod support;
 
@@ -21,6 +21,7 @@ on_every_backend!(
     down_restores_the_previous_schema_and_up_again_matches_a_clean_run,
     an_interrupted_up_or_down_finishes_when_run_again,
     rust_and_sql_agree_on_the_tier,
+    client_ids_differing_by_case_are_two_sessions,
 );
 
 async fn migrated(backend: Backend) -> TestDb {
@@ -180,7 +181,7 @@ async fn stripe_customer_id_is_unique_but_nulls_are_free(backend: Backend) {
 }
 
 /// The migrations written for billing, each checked on its own by the two tests below.
-const BILLING_MIGRATIONS: [u32; 3] = [6, 7, 8];
+const BILLING_MIGRATIONS: [u32; 4] = [6, 7, 8, 9];
 
 /// Migration number `version` (1-based, as in its name), its name and its step plan.
 fn planned(
@@ -213,7 +214,8 @@ async fn down_restores_the_previous_schema_and_up_again_matches_a_clean_run(back
     for version in BILLING_MIGRATIONS {
         let (t, before, after) = before_and_after(backend, version).await;
         let (name, steps) = planned(version, t.db_backend(), Direction::Up);
-        // m008 has nothing to do on MySQL and SQLite; everything else changes the schema.
+        // m008 has nothing to do on MySQL and SQLite, m009 nothing on PostgreSQL and SQLite;
+        // everything else changes the schema.
         assert_eq!(before != after, !steps.is_empty(), "{name}");
 
         Migrator::down(&t.db, Some(1)).await.expect("down");
@@ -261,6 +263,45 @@ async fn an_interrupted_up_or_down_finishes_when_run_again(backend: Backend) {
             }
         }
     }
+}
+
+/// After m009, `Laptop` and `laptop` are two sessions of one user on every backend (MySQL
+/// compared them case-insensitively before), a payload over 65,535 bytes fits, and m009 kept
+/// the rows it found.
+async fn client_ids_differing_by_case_are_two_sessions(backend: Backend) {
+    let t = TestDb::new(backend).await;
+    Migrator::up(&t.db, Some(8)).await.expect("up to m008");
+    t.exec("INSERT INTO users (email) VALUES ('a@x.test')")
+        .await;
+    t.exec(
+        "INSERT INTO synced_sessions (user_id, client_id, device_name, payload) \
+         SELECT id, 'Laptop', 'd', 'kept' FROM users",
+    )
+    .await;
+    Migrator::up(&t.db, None).await.expect("m009");
+    let second = "INSERT INTO synced_sessions (user_id, client_id, device_name, payload) \
+                  SELECT id, 'laptop', 'd', 'other' FROM users";
+    t.db.execute_unprepared(second)
+        .await
+        .expect("laptop is another session than Laptop");
+    assert_eq!(
+        t.texts("SELECT payload FROM synced_sessions WHERE client_id = 'Laptop'")
+            .await,
+        vec!["kept"]
+    );
+    let large = format!(
+        "UPDATE synced_sessions SET payload = '{}' WHERE client_id = 'laptop'",
+        "x".repeat(70_000)
+    );
+    t.exec(&large).await;
+    assert_eq!(
+        t.texts(
+            "SELECT count(*) FROM synced_sessions \
+             WHERE client_id = 'laptop' AND length(payload) = 70000"
+        )
+        .await,
+        vec!["1"]
+    );
 }
 
 /// Every status crossed with every period-end position, read through the `user_tiers` view
@@ -328,6 +369,38 @@ mod postgres_only {
             .await;
         Migrator::up(&t.db, None).await.expect("re-run up");
         assert_eq!(without_bookkeeping(snapshot(&t).await), full);
+    }
+
+    /// The "drop an INVALID leftover" steps touch only our table in our schema: an INVALID
+    /// index of the same name elsewhere (here in another schema) survives a re-run of `up`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_invalid_index_of_the_same_name_elsewhere_is_left_alone() {
+        let t = migrated(Backend::Postgres).await;
+        let full = without_bookkeeping(snapshot(&t).await);
+        t.exec("CREATE SCHEMA archive").await;
+        t.exec("CREATE TABLE archive.users (stripe_customer_id text)")
+            .await;
+        t.exec(
+            "CREATE UNIQUE INDEX idx_users_stripe_customer ON archive.users (stripe_customer_id)",
+        )
+        .await;
+        t.exec(
+            "UPDATE pg_index SET indisvalid = false \
+             WHERE indexrelid = 'archive.idx_users_stripe_customer'::regclass",
+        )
+        .await;
+        t.exec("DELETE FROM seaql_migrations WHERE version = 'm006_billing_fields'")
+            .await;
+        Migrator::up(&t.db, None).await.expect("re-run up");
+        assert_eq!(without_bookkeeping(snapshot(&t).await), full);
+        assert_eq!(
+            t.texts(
+                "SELECT count(*) FROM pg_indexes \
+                 WHERE schemaname = 'archive' AND indexname = 'idx_users_stripe_customer'"
+            )
+            .await,
+            vec!["1"]
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,8 @@
 //! Request values parsed into types that cannot hold a bad value (parse, don't validate).
-//! Caps match the schema: `client_id` VARCHAR(100), `device_name` VARCHAR(255).
+//! Caps match the schema: `client_id` VARCHAR(100), `device_name` VARCHAR(255), `payload` as
+//! many bytes as its column holds on the backend in use ([`payload_capacity`]).
 
+use sea_orm::DbBackend;
 use serde::Deserialize;
 
 use crate::error::ApiError;
@@ -41,6 +43,20 @@ pub struct SyncRequest {
     pub payload: serde_json::Value,
 }
 
+/// The most bytes `synced_sessions.payload` can hold: `MEDIUMTEXT` on MySQL/MariaDB (m009),
+/// `text` on PostgreSQL (1 GB a value), and SQLite's default `SQLITE_MAX_LENGTH`.
+///
+/// The request body is capped separately (MAX_BODY_BYTES, 413). This cap is about what is
+/// stored, which is the payload re-serialised as compact JSON and can be longer than what was
+/// sent (`1e5` is stored as `100000.0`).
+pub fn payload_capacity(backend: DbBackend) -> usize {
+    match backend {
+        DbBackend::MySql => 16_777_215,
+        DbBackend::Postgres => 1_073_741_823,
+        _ => 1_000_000_000,
+    }
+}
+
 /// A sync request that passed every check.
 #[derive(Debug)]
 pub struct SessionInput {
@@ -52,7 +68,8 @@ pub struct SessionInput {
 impl SessionInput {
     pub const MAX_DEVICE_NAME: usize = 255;
 
-    pub fn parse(request: SyncRequest, max_payload_bytes: usize) -> Result<Self, ApiError> {
+    /// `capacity`: the most bytes the payload column stores ([`payload_capacity`]).
+    pub fn parse(request: SyncRequest, capacity: usize) -> Result<Self, ApiError> {
         let device_name = request.device_name.trim().to_owned();
         if device_name.is_empty() || device_name.chars().count() > Self::MAX_DEVICE_NAME {
             return Err(ApiError::invalid(
@@ -61,10 +78,14 @@ impl SessionInput {
             ));
         }
         let payload = serde_json::to_string(&request.payload).map_err(ApiError::internal)?;
-        if payload.len() > max_payload_bytes {
+        if payload.len() > capacity {
             return Err(ApiError::invalid(
                 "payload",
-                format!("payload must be at most {max_payload_bytes} bytes of JSON"),
+                format!(
+                    "payload is {} bytes as stored (compact JSON); this database stores at most \
+                     {capacity}",
+                    payload.len()
+                ),
             ));
         }
         Ok(Self {
@@ -149,6 +170,24 @@ mod tests {
         for bad in ["", "has space", "é", &"x".repeat(101), "a/b"] {
             assert!(ClientId::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    /// The cap is on the bytes stored, not the bytes sent: `[1e5]` (5 bytes) stores as
+    /// `[100000.0]` (10 bytes).
+    #[test]
+    fn payload_cap_counts_the_stored_form() {
+        let request = |payload: &str| SyncRequest {
+            device_name: "d".to_owned(),
+            payload: serde_json::from_str(payload).unwrap(),
+        };
+        let stored = SessionInput::parse(request("[1e5]"), 10).unwrap();
+        assert_eq!(stored.payload, "[100000.0]");
+        let refused = SessionInput::parse(request("[1e5]"), 9).unwrap_err();
+        assert!(
+            matches!(&refused, ApiError::Invalid { field, .. } if field == "payload"),
+            "{refused:?}"
+        );
+        assert!(payload_capacity(DbBackend::MySql) > 65_535);
     }
 
     #[test]

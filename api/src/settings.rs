@@ -10,6 +10,9 @@ pub struct Settings {
     /// Database URL (default: the embedded SQLite file data/billing.sqlite).
     #[arg(short = 'u', long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
+    /// PostgreSQL schema holding the tables (default: public), as for `migration -s`.
+    #[arg(short = 's', long, env = "DATABASE_SCHEMA")]
+    pub database_schema: Option<String>,
     /// Largest pool of database connections (SQLite always uses one writer).
     #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 10)]
     pub db_max_connections: u32,

@@ -75,7 +75,13 @@ pub async fn open_database(
     } else {
         settings.db_max_connections.max(1)
     };
-    let db = connect::open(&url, None, connect::DEFAULT_CONNECT_TIMEOUT, max).await?;
+    let db = connect::open(
+        &url,
+        settings.database_schema.as_deref(),
+        connect::DEFAULT_CONNECT_TIMEOUT,
+        max,
+    )
+    .await?;
     Ok((db, url))
 }
 

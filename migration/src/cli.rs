@@ -156,7 +156,9 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
     if let Command::Sql(args) = &command
         && let Some(name) = &args.backend
     {
-        return print_sql_offline(name, args);
+        let schema = connect::schema_or_unset(cli.database_schema.as_deref())
+            .unwrap_or(crate::schema::DEFAULT_SCHEMA);
+        return print_sql_offline(name, schema, args);
     }
     let url = resolve_url(cli.database_url.as_deref())?;
     let timeout = Duration::from_secs(cli.connect_timeout.max(1));
@@ -218,7 +220,9 @@ pub async fn change_schema(db: &DatabaseConnection, command: &Command) -> Result
         Command::Reset => Migrator::reset(db).await,
         Command::Fresh => {
             // SeaORM's `fresh` drops what it lists as tables; on MySQL that list includes views,
-            // which DROP TABLE refuses, and SQLite keeps them. Views go first.
+            // which DROP TABLE refuses, and SQLite keeps them. Views go first, with CASCADE on
+            // PostgreSQL (as stock `fresh` drops tables), so a user's view built on ours does
+            // not stop it.
             drop_views(db).await?;
             Migrator::fresh(db).await
         }
@@ -226,12 +230,13 @@ pub async fn change_schema(db: &DatabaseConnection, command: &Command) -> Result
     }
 }
 
+/// Drops every view of the migrations' schema (only that schema).
 async fn drop_views(db: &DatabaseConnection) -> Result<(), DbErr> {
     let backend = db.get_database_backend();
+    let schema = crate::schema::of(db).await?.unwrap_or_default();
     let list = match backend {
         DbBackend::Postgres => {
-            "SELECT table_name AS name FROM information_schema.views \
-             WHERE table_schema = current_schema()"
+            "SELECT table_name AS name FROM information_schema.views WHERE table_schema = $1"
         }
         DbBackend::MySql => {
             "SELECT table_name AS name FROM information_schema.views \
@@ -239,17 +244,31 @@ async fn drop_views(db: &DatabaseConnection) -> Result<(), DbErr> {
         }
         _ => "SELECT name FROM sqlite_master WHERE type = 'view'",
     };
+    let values = match backend {
+        DbBackend::Postgres => vec![schema.clone().into()],
+        _ => Vec::new(),
+    };
     let rows = db
-        .query_all_raw(Statement::from_string(backend, list))
+        .query_all_raw(Statement::from_sql_and_values(backend, list, values))
         .await?;
-    for row in rows {
-        let name: String = row.try_get("", "name")?;
-        let quoted = match backend {
-            DbBackend::MySql => format!("`{}`", name.replace('`', "``")),
-            _ => format!("\"{}\"", name.replace('"', "\"\"")),
-        };
+    let names = rows
+        .iter()
+        .map(|row| row.try_get::<String>("", "name"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let views: Vec<String> = crate::schema::planning_in(&schema, || {
+        names
+            .iter()
+            .map(|name| crate::schema::qualified(backend, name))
+            .collect()
+    });
+    let cascade = if backend == DbBackend::Postgres {
+        " CASCADE"
+    } else {
+        ""
+    };
+    for (name, view) in names.iter().zip(&views) {
         tracing::info!("Dropping view '{name}'");
-        db.execute_unprepared(&format!("DROP VIEW IF EXISTS {quoted}"))
+        db.execute_unprepared(&format!("DROP VIEW IF EXISTS {view}{cascade}"))
             .await?;
     }
     Ok(())
@@ -327,7 +346,7 @@ fn migration_names() -> Vec<String> {
         .collect()
 }
 
-fn print_sql_offline(backend_name: &str, args: &SqlArgs) -> Result<(), Failure> {
+fn print_sql_offline(backend_name: &str, schema: &str, args: &SqlArgs) -> Result<(), Failure> {
     let backend = crate::parse_backend(backend_name).ok_or_else(|| {
         Failure(format!(
             "unknown backend {backend_name:?}: use postgres, mysql or sqlite"
@@ -343,7 +362,7 @@ fn print_sql_offline(backend_name: &str, args: &SqlArgs) -> Result<(), Failure> 
     if direction == Direction::Down {
         chosen.reverse();
     }
-    print_rendered(backend, direction, &chosen)
+    print_rendered(backend, schema, direction, &chosen)
 }
 
 async fn print_sql_pending(db: &DatabaseConnection, args: &SqlArgs) -> Result<(), Failure> {
@@ -381,18 +400,23 @@ async fn print_sql_pending(db: &DatabaseConnection, args: &SqlArgs) -> Result<()
     if chosen.is_empty() {
         eprintln!("nothing to {}", direction.as_str());
     }
-    print_rendered(db.get_database_backend(), direction, &chosen)
+    let schema = crate::schema::of(db)
+        .await
+        .map_err(explain)?
+        .unwrap_or_default();
+    print_rendered(db.get_database_backend(), &schema, direction, &chosen)
 }
 
 /// Prints what can be printed; then, if a plain migration was among them, says so as an error:
 /// the SQL printed is not all that would run.
 fn print_rendered(
     backend: DbBackend,
+    schema: &str,
     direction: Direction,
     chosen: &[Listed<'_>],
 ) -> Result<(), Failure> {
     let settings = LockSettings::from_env().map_err(explain)?;
-    print!("{}", dry_run::render(backend, direction, chosen, &settings));
+    print!("{}", dry_run::render(backend, schema, direction, chosen, &settings));
     let plain: Vec<&str> = chosen
         .iter()
         .filter(|m| m.plan.is_none())

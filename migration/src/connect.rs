@@ -227,8 +227,13 @@ pub async fn open(
         .max_connections(max_connections)
         .sqlx_logging(false);
     let schema = schema_or_unset(schema).filter(|_| url.backend == DbBackend::Postgres);
-    if let Some(schema) = schema {
-        options.set_schema_search_path(schema.to_owned());
+    if url.backend == DbBackend::Postgres {
+        // Pinned to exactly one schema, `public` by default, as stock sea-orm-cli does: the
+        // server's default `"$user", public` would move unqualified names (SeaORM's
+        // `seaql_migrations`) into any schema named after the role. Quoted here so that
+        // SeaORM takes the name as it is (it splits unquoted names at commas).
+        let schema = schema.unwrap_or(crate::schema::DEFAULT_SCHEMA);
+        options.set_schema_search_path(format!("\"{}\"", schema.replace('"', "\"\"")));
     }
     let db = Database::connect(options)
         .await

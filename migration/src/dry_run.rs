@@ -29,10 +29,11 @@ pub struct Listed<'a> {
     pub plan: Option<&'a dyn PlannedMigration>,
 }
 
-/// Renders `migrations` (in the order given) for `backend`; a plain migration gets a comment
-/// saying its SQL cannot be shown.
+/// Renders `migrations` (in the order given) for `backend`, naming the PostgreSQL `schema`; a
+/// plain migration gets a comment saying its SQL cannot be shown.
 pub fn render(
     backend: DbBackend,
+    schema: &str,
     direction: Direction,
     migrations: &[Listed<'_>],
     settings: &LockSettings,
@@ -50,7 +51,7 @@ pub fn render(
             );
             continue;
         };
-        let steps = migration.plan(backend, direction);
+        let steps = crate::step::plan_in(migration, backend, schema, direction);
         let wrapped = migration
             .use_transaction()
             .unwrap_or(backend == DbBackend::Postgres);

@@ -10,6 +10,9 @@
 //! the end of this file, which keeps the shape that command looks for. To make it printable
 //! by `migration sql`, give it `impl step::Planned` and end the file with
 //! `crate::planned_migration!(Migration);` (see any `m00N_*.rs`).
+//!
+//! On PostgreSQL everything lives in one schema, `public` unless `-s` says otherwise
+//! (`schema.rs`); `step.rs` says how to write a step plan.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -23,6 +26,7 @@ pub mod dry_run;
 pub mod idents;
 pub mod lock;
 pub mod probe;
+pub mod schema;
 pub mod settings;
 pub mod step;
 
@@ -67,7 +71,9 @@ pub(crate) async fn apply_planned<M>(
 where
     M: Planned + MigrationName,
 {
-    let steps = migration.plan(manager.get_database_backend(), direction);
+    let db = manager.get_connection();
+    let schema = schema::of(db).await?.unwrap_or_default();
+    let steps = step::plan_in(migration, db.get_database_backend(), &schema, direction);
     step::apply(manager, migration.name(), direction, steps).await
 }
 
@@ -188,6 +194,8 @@ pub mod m00000000_000006_billing_fields;
 mod m00000000_000007_stripe_events;
 #[path = "m008_deleted_at_index_by_id.rs"]
 mod m00000000_000008_deleted_at_index_by_id;
+#[path = "m009_session_client_id_binary.rs"]
+mod m00000000_000009_session_client_id_binary;
 
 pub use m00000000_000006_billing_fields as m006_billing_fields;
 
@@ -207,6 +215,7 @@ impl MigratorTrait for Migrator {
             Box::new(m00000000_000006_billing_fields::Migration),
             Box::new(m00000000_000007_stripe_events::Migration),
             Box::new(m00000000_000008_deleted_at_index_by_id::Migration),
+            Box::new(m00000000_000009_session_client_id_binary::Migration),
         ]
     }
 }

@@ -5,6 +5,7 @@ use sea_orm_migration::sea_orm::DbBackend;
 
 use crate::idents::Users;
 use crate::probe::Probe;
+use crate::schema::table;
 use crate::step::{Direction, Mode, Planned, Step};
 
 #[derive(DeriveMigrationName)]
@@ -29,7 +30,7 @@ impl Planned for Migration {
                 .build(
                     backend,
                     Table::create()
-                        .table(Users::Table)
+                        .table(table(backend, Users::Table))
                         .col(
                             ColumnDef::new(Users::Id)
                                 .big_integer()
@@ -49,7 +50,7 @@ impl Planned for Migration {
             ],
             Direction::Down => vec![
                 Step::new("drop table users", Mode::Plain, absent)
-                    .build(backend, Table::drop().table(Users::Table)),
+                    .build(backend, Table::drop().table(table(backend, Users::Table))),
             ],
         }
     }

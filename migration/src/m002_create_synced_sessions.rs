@@ -6,6 +6,7 @@ use sea_orm_migration::sea_orm::DbBackend;
 
 use crate::idents::{SyncedSessions, Users};
 use crate::probe::Probe;
+use crate::schema::table;
 use crate::step::{Direction, Mode, Planned, Step};
 
 #[derive(DeriveMigrationName)]
@@ -28,7 +29,7 @@ impl Planned for Migration {
                 .build(
                     backend,
                     Table::create()
-                        .table(SyncedSessions::Table)
+                        .table(table(backend, SyncedSessions::Table))
                         .col(
                             ColumnDef::new(SyncedSessions::Id)
                                 .big_integer()
@@ -57,8 +58,11 @@ impl Planned for Migration {
                         .foreign_key(
                             ForeignKey::create()
                                 .name("fk_sessions_user")
-                                .from(SyncedSessions::Table, SyncedSessions::UserId)
-                                .to(Users::Table, Users::Id)
+                                .from(
+                                    table(backend, SyncedSessions::Table),
+                                    SyncedSessions::UserId,
+                                )
+                                .to(table(backend, Users::Table), Users::Id)
                                 .on_delete(ForeignKeyAction::Cascade),
                         ),
                 ),
@@ -71,7 +75,7 @@ impl Planned for Migration {
                     backend,
                     Index::create()
                         .name(CLIENT_ID_INDEX)
-                        .table(SyncedSessions::Table)
+                        .table(table(backend, SyncedSessions::Table))
                         .col(SyncedSessions::UserId)
                         .col(SyncedSessions::ClientId)
                         .unique(),
@@ -86,7 +90,10 @@ impl Planned for Migration {
                         present: false,
                     },
                 )
-                .build(backend, Table::drop().table(SyncedSessions::Table)),
+                .build(
+                    backend,
+                    Table::drop().table(table(backend, SyncedSessions::Table)),
+                ),
             ],
         }
     }

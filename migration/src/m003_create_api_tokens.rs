@@ -5,6 +5,7 @@ use sea_orm_migration::sea_orm::DbBackend;
 
 use crate::idents::{ApiTokens, Users};
 use crate::probe::Probe;
+use crate::schema::table;
 use crate::step::{Direction, Mode, Planned, Step};
 
 #[derive(DeriveMigrationName)]
@@ -25,7 +26,7 @@ impl Planned for Migration {
                 .build(
                     backend,
                     Table::create()
-                        .table(ApiTokens::Table)
+                        .table(table(backend, ApiTokens::Table))
                         .col(
                             ColumnDef::new(ApiTokens::Id)
                                 .big_integer()
@@ -51,8 +52,8 @@ impl Planned for Migration {
                         .foreign_key(
                             ForeignKey::create()
                                 .name("fk_api_tokens_user")
-                                .from(ApiTokens::Table, ApiTokens::UserId)
-                                .to(Users::Table, Users::Id)
+                                .from(table(backend, ApiTokens::Table), ApiTokens::UserId)
+                                .to(table(backend, Users::Table), Users::Id)
                                 .on_delete(ForeignKeyAction::Cascade),
                         ),
                 ),
@@ -66,7 +67,10 @@ impl Planned for Migration {
                         present: false,
                     },
                 )
-                .build(backend, Table::drop().table(ApiTokens::Table)),
+                .build(
+                    backend,
+                    Table::drop().table(table(backend, ApiTokens::Table)),
+                ),
             ],
         }
     }

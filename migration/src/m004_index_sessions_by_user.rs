@@ -6,6 +6,7 @@ use sea_orm_migration::sea_orm::DbBackend;
 
 use crate::idents::SyncedSessions;
 use crate::probe::Probe;
+use crate::schema::table;
 use crate::step::{Direction, Mode, Planned, Step};
 
 #[derive(DeriveMigrationName)]
@@ -26,7 +27,7 @@ impl Planned for Migration {
                     backend,
                     Index::create()
                         .name(INDEX)
-                        .table(SyncedSessions::Table)
+                        .table(table(backend, SyncedSessions::Table))
                         .col(SyncedSessions::UserId)
                         .col(SyncedSessions::Id),
                 ),
@@ -39,7 +40,9 @@ impl Planned for Migration {
                 )
                 .build(
                     backend,
-                    Index::drop().name(INDEX).table(SyncedSessions::Table),
+                    Index::drop()
+                        .name(INDEX)
+                        .table(table(backend, SyncedSessions::Table)),
                 ),
             ],
         }

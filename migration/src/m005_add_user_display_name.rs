@@ -5,6 +5,7 @@ use sea_orm_migration::sea_orm::DbBackend;
 
 use crate::idents::Users;
 use crate::probe::Probe;
+use crate::schema::table;
 use crate::step::{Direction, Mode, Planned, Step};
 
 #[derive(DeriveMigrationName)]
@@ -22,7 +23,7 @@ impl Planned for Migration {
                 .build(
                     backend,
                     Table::alter()
-                        .table(Users::Table)
+                        .table(table(backend, Users::Table))
                         .add_column(ColumnDef::new(Users::DisplayName).string_len(100).null()),
                 ),
             ],
@@ -35,7 +36,7 @@ impl Planned for Migration {
                 .build(
                     backend,
                     Table::alter()
-                        .table(Users::Table)
+                        .table(table(backend, Users::Table))
                         .drop_column(Users::DisplayName),
                 ),
             ],

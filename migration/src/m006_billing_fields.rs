@@ -27,8 +27,10 @@
 //!   write `NOT VALID` or `VALIDATE CONSTRAINT`, hence raw SQL there.
 //! * **Indexes are built `CONCURRENTLY`** on PostgreSQL (no write lock while 5M rows are read),
 //!   which cannot run inside a transaction: the other reason for `Some(false)`. An interrupted
-//!   concurrent build leaves an INVALID index; its probe only counts valid indexes, and the step
-//!   drops the leftover (`DROP INDEX CONCURRENTLY IF EXISTS`) before building again. On MySQL
+//!   concurrent build leaves an INVALID index; its probe only counts valid indexes, and a step
+//!   before it drops the leftover (`DROP INDEX CONCURRENTLY IF EXISTS "schema"."name"`), once its
+//!   probe has checked that an index of that name is invalid and on the expected table in the
+//!   migrations' schema. On MySQL
 //!   `ALGORITHM=INPLACE, LOCK=NONE` keeps writes flowing during the build.
 //! * **One index on `stripe_customer_id`**: the unique index serves the lookups. The card's
 //!   inline `UNIQUE` plus a plain index would maintain two identical b-trees on every write.
@@ -69,7 +71,8 @@ use sea_orm_migration::sea_orm::DbBackend;
 
 use crate::idents::{SyncedSessions, Users};
 use crate::probe::Probe;
-use crate::step::{Direction, Mode, Planned, Step};
+use crate::schema::{qualified, table};
+use crate::step::{Direction, Mode, Planned, Step, drop_invalid_leftover};
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -188,19 +191,19 @@ fn deleted_at() -> ColumnDef {
         .take()
 }
 
-fn customer_index() -> IndexCreateStatement {
+fn customer_index(backend: DbBackend) -> IndexCreateStatement {
     Index::create()
         .name(CUSTOMER_INDEX)
-        .table(Users::Table)
+        .table(table(backend, Users::Table))
         .col(Users::StripeCustomerId)
         .unique()
         .take()
 }
 
-fn deleted_at_index() -> IndexCreateStatement {
+fn deleted_at_index(backend: DbBackend) -> IndexCreateStatement {
     Index::create()
         .name(DELETED_AT_INDEX)
-        .table(SyncedSessions::Table)
+        .table(table(backend, SyncedSessions::Table))
         .col(SyncedSessions::DeletedAt)
         .take()
 }
@@ -230,15 +233,16 @@ fn up(backend: DbBackend) -> Vec<Step> {
             .build(
                 backend,
                 Table::alter()
-                    .table(Users::Table)
+                    .table(table(backend, Users::Table))
                     .add_column_if_not_exists(stripe_customer_id(backend))
                     .add_column_if_not_exists(subscription_id(backend))
                     .add_column_if_not_exists(subscription_status())
                     .add_column_if_not_exists(current_period_end()),
             )
             .raw(format!(
-                "ALTER TABLE \"users\" ADD CONSTRAINT \"{STATUS_CHECK}\" \
+                "ALTER TABLE {} ADD CONSTRAINT \"{STATUS_CHECK}\" \
                  CHECK (\"subscription_status\" IN ({})) NOT VALID",
+                qualified(backend, "users"),
                 status_list()
             )),
             Step::new(
@@ -250,8 +254,16 @@ fn up(backend: DbBackend) -> Vec<Step> {
                 },
             )
             .raw(format!(
-                "ALTER TABLE \"users\" VALIDATE CONSTRAINT \"{STATUS_CHECK}\""
+                "ALTER TABLE {} VALIDATE CONSTRAINT \"{STATUS_CHECK}\"",
+                qualified(backend, "users")
             )),
+            drop_invalid_leftover(
+                backend,
+                "drop an INVALID idx_users_stripe_customer left by an interrupted build",
+                Users::Table,
+                "users",
+                CUSTOMER_INDEX,
+            ),
             Step::new(
                 "build unique index idx_users_stripe_customer concurrently",
                 Mode::Online,
@@ -259,12 +271,8 @@ fn up(backend: DbBackend) -> Vec<Step> {
             )
             .build(
                 backend,
-                Index::drop()
-                    .name(CUSTOMER_INDEX)
-                    .if_exists()
-                    .concurrently(),
-            )
-            .build(backend, customer_index().concurrently().if_not_exists()),
+                customer_index(backend).concurrently().if_not_exists(),
+            ),
             Step::new(
                 "add synced_sessions.deleted_at",
                 Mode::LockTimed,
@@ -273,8 +281,15 @@ fn up(backend: DbBackend) -> Vec<Step> {
             .build(
                 backend,
                 Table::alter()
-                    .table(SyncedSessions::Table)
+                    .table(table(backend, SyncedSessions::Table))
                     .add_column_if_not_exists(deleted_at()),
+            ),
+            drop_invalid_leftover(
+                backend,
+                "drop an INVALID idx_sessions_deleted_at left by an interrupted build",
+                SyncedSessions::Table,
+                "synced_sessions",
+                DELETED_AT_INDEX,
             ),
             Step::new(
                 "build partial index idx_sessions_deleted_at concurrently",
@@ -283,14 +298,7 @@ fn up(backend: DbBackend) -> Vec<Step> {
             )
             .build(
                 backend,
-                Index::drop()
-                    .name(DELETED_AT_INDEX)
-                    .if_exists()
-                    .concurrently(),
-            )
-            .build(
-                backend,
-                deleted_at_index()
+                deleted_at_index(backend)
                     .concurrently()
                     .if_not_exists()
                     .and_where(Expr::col(SyncedSessions::DeletedAt).is_not_null()),
@@ -308,7 +316,7 @@ fn up(backend: DbBackend) -> Vec<Step> {
                 "{}, ALGORITHM=INSTANT",
                 backend.build(
                     Table::alter()
-                        .table(Users::Table)
+                        .table(table(backend, Users::Table))
                         .add_column(stripe_customer_id(backend))
                         .add_column(subscription_id(backend))
                         .add_column(subscription_status())
@@ -338,7 +346,7 @@ fn up(backend: DbBackend) -> Vec<Step> {
             )
             .raw(format!(
                 "{} ALGORITHM=INPLACE LOCK=NONE",
-                backend.build(&customer_index())
+                backend.build(&customer_index(backend))
             )),
             Step::new(
                 "add synced_sessions.deleted_at (ALGORITHM=INSTANT)",
@@ -349,7 +357,7 @@ fn up(backend: DbBackend) -> Vec<Step> {
                 "{}, ALGORITHM=INSTANT",
                 backend.build(
                     Table::alter()
-                        .table(SyncedSessions::Table)
+                        .table(table(backend, SyncedSessions::Table))
                         .add_column(deleted_at())
                 )
             )),
@@ -360,7 +368,7 @@ fn up(backend: DbBackend) -> Vec<Step> {
             )
             .raw(format!(
                 "{} ALGORITHM=INPLACE LOCK=NONE",
-                backend.build(&deleted_at_index())
+                backend.build(&deleted_at_index(backend))
             )),
             view_step,
         ],
@@ -372,7 +380,12 @@ fn up(backend: DbBackend) -> Vec<Step> {
                     Mode::LockTimed,
                     Probe::column_present("users", column),
                 )
-                .build(backend, Table::alter().table(Users::Table).add_column(def))
+                .build(
+                    backend,
+                    Table::alter()
+                        .table(table(backend, Users::Table))
+                        .add_column(def),
+                )
             };
             vec![
                 add(
@@ -405,7 +418,7 @@ fn up(backend: DbBackend) -> Vec<Step> {
                     Mode::LockTimed,
                     customer_index_done,
                 )
-                .build(backend, &customer_index()),
+                .build(backend, &customer_index(backend)),
                 Step::new(
                     "add synced_sessions.deleted_at",
                     Mode::LockTimed,
@@ -414,7 +427,7 @@ fn up(backend: DbBackend) -> Vec<Step> {
                 .build(
                     backend,
                     Table::alter()
-                        .table(SyncedSessions::Table)
+                        .table(table(backend, SyncedSessions::Table))
                         .add_column(deleted_at()),
                 ),
                 Step::new(
@@ -424,7 +437,7 @@ fn up(backend: DbBackend) -> Vec<Step> {
                 )
                 .build(
                     backend,
-                    deleted_at_index()
+                    deleted_at_index(backend)
                         .and_where(Expr::col(SyncedSessions::DeletedAt).is_not_null()),
                 ),
                 view_step,
@@ -442,7 +455,10 @@ fn down(backend: DbBackend) -> Vec<Step> {
             present: false,
         },
     )
-    .raw(format!("DROP VIEW IF EXISTS {}", quote(backend, TIER_VIEW)));
+    .raw(format!(
+        "DROP VIEW IF EXISTS {}",
+        qualified(backend, TIER_VIEW)
+    ));
     let deleted_index_gone = Probe::index_absent("synced_sessions", DELETED_AT_INDEX);
     let deleted_at_gone = Probe::column_absent("synced_sessions", "deleted_at");
     let customer_index_gone = Probe::index_absent("users", CUSTOMER_INDEX);
@@ -459,6 +475,7 @@ fn down(backend: DbBackend) -> Vec<Step> {
                 backend,
                 Index::drop()
                     .name(DELETED_AT_INDEX)
+                    .table(table(backend, SyncedSessions::Table))
                     .if_exists()
                     .concurrently(),
             ),
@@ -470,7 +487,7 @@ fn down(backend: DbBackend) -> Vec<Step> {
             .build(
                 backend,
                 Table::alter()
-                    .table(SyncedSessions::Table)
+                    .table(table(backend, SyncedSessions::Table))
                     .drop_column_if_exists(SyncedSessions::DeletedAt),
             ),
             Step::new(
@@ -482,6 +499,7 @@ fn down(backend: DbBackend) -> Vec<Step> {
                 backend,
                 Index::drop()
                     .name(CUSTOMER_INDEX)
+                    .table(table(backend, Users::Table))
                     .if_exists()
                     .concurrently(),
             ),
@@ -492,12 +510,13 @@ fn down(backend: DbBackend) -> Vec<Step> {
             )
             // sea-query's ALTER TABLE cannot drop a constraint.
             .raw(format!(
-                "ALTER TABLE \"users\" DROP CONSTRAINT IF EXISTS \"{STATUS_CHECK}\""
+                "ALTER TABLE {} DROP CONSTRAINT IF EXISTS \"{STATUS_CHECK}\"",
+                qualified(backend, "users")
             ))
             .build(
                 backend,
                 Table::alter()
-                    .table(Users::Table)
+                    .table(table(backend, Users::Table))
                     .drop_column_if_exists(Users::StripeCustomerId)
                     .drop_column_if_exists(Users::SubscriptionId)
                     .drop_column_if_exists(Users::SubscriptionStatus)
@@ -515,7 +534,7 @@ fn down(backend: DbBackend) -> Vec<Step> {
                 backend,
                 Index::drop()
                     .name(DELETED_AT_INDEX)
-                    .table(SyncedSessions::Table),
+                    .table(table(backend, SyncedSessions::Table)),
             ),
             Step::new(
                 "drop synced_sessions.deleted_at",
@@ -526,7 +545,7 @@ fn down(backend: DbBackend) -> Vec<Step> {
                 "{}, ALGORITHM=INSTANT",
                 backend.build(
                     Table::alter()
-                        .table(SyncedSessions::Table)
+                        .table(table(backend, SyncedSessions::Table))
                         .drop_column(SyncedSessions::DeletedAt)
                 )
             )),
@@ -537,7 +556,9 @@ fn down(backend: DbBackend) -> Vec<Step> {
             )
             .build(
                 backend,
-                Index::drop().name(CUSTOMER_INDEX).table(Users::Table),
+                Index::drop()
+                    .name(CUSTOMER_INDEX)
+                    .table(table(backend, Users::Table)),
             ),
             Step::new(
                 "drop chk_subscription_status",
@@ -560,7 +581,7 @@ fn down(backend: DbBackend) -> Vec<Step> {
                 "{}, ALGORITHM=INSTANT",
                 backend.build(
                     Table::alter()
-                        .table(Users::Table)
+                        .table(table(backend, Users::Table))
                         .drop_column(Users::StripeCustomerId)
                         .drop_column(Users::SubscriptionId)
                         .drop_column(Users::SubscriptionStatus)
@@ -577,7 +598,9 @@ fn down(backend: DbBackend) -> Vec<Step> {
                 )
                 .build(
                     backend,
-                    Table::alter().table(Users::Table).drop_column(name),
+                    Table::alter()
+                        .table(table(backend, Users::Table))
+                        .drop_column(name),
                 )
             };
             vec![
@@ -596,7 +619,7 @@ fn down(backend: DbBackend) -> Vec<Step> {
                 .build(
                     backend,
                     Table::alter()
-                        .table(SyncedSessions::Table)
+                        .table(table(backend, SyncedSessions::Table))
                         .drop_column(SyncedSessions::DeletedAt),
                 ),
                 Step::new(
@@ -630,13 +653,6 @@ fn down(backend: DbBackend) -> Vec<Step> {
     }
 }
 
-fn quote(backend: DbBackend, name: &str) -> String {
-    match backend {
-        DbBackend::MySql => format!("`{name}`"),
-        _ => format!("\"{name}\""),
-    }
-}
-
 /// `user_tiers(user_id, tier)`: the tier rule in SQL, the twin of `entity`'s `tier_at`.
 ///
 /// Pro while `active`/`trialing` and the period has not ended (or has no end); Pro while
@@ -667,7 +683,7 @@ fn tier_view_sql(backend: DbBackend) -> String {
          WHEN subscription_status = 'past_due' AND current_period_end IS NOT NULL \
          AND {in_grace} THEN 'pro' \
          ELSE 'free' END AS tier FROM {users}",
-        view = quote(backend, TIER_VIEW),
-        users = quote(backend, "users"),
+        view = qualified(backend, TIER_VIEW),
+        users = qualified(backend, "users"),
     )
 }

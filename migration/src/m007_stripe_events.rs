@@ -12,6 +12,7 @@ use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DbBackend;
 
 use crate::probe::Probe;
+use crate::schema::table;
 use crate::step::{Direction, Mode, Planned, Step};
 
 #[derive(DeriveMigrationName)]
@@ -35,12 +36,12 @@ const CUSTOMER_INDEX: &str = "idx_stripe_events_customer";
 /// Stripe ids are case-sensitive; MySQL's default collations are not, which would merge
 /// `evt_AbC` with `evt_abc`. There the whole table compares bytes.
 fn stripe_table(backend: DbBackend) -> TableCreateStatement {
-    let mut table = Table::create();
-    table.table(StripeEvents::Table);
+    let mut create = Table::create();
+    create.table(table(backend, StripeEvents::Table));
     if backend == DbBackend::MySql {
-        table.character_set("utf8mb4").collate("utf8mb4_bin");
+        create.character_set("utf8mb4").collate("utf8mb4_bin");
     }
-    table
+    create
 }
 
 impl Planned for Migration {
@@ -103,7 +104,7 @@ impl Planned for Migration {
                     backend,
                     Index::create()
                         .name(CUSTOMER_INDEX)
-                        .table(StripeEvents::Table)
+                        .table(table(backend, StripeEvents::Table))
                         .col(StripeEvents::CustomerId)
                         .col(StripeEvents::Created),
                 ),
@@ -117,7 +118,10 @@ impl Planned for Migration {
                         present: false,
                     },
                 )
-                .build(backend, Table::drop().table(StripeEvents::Table)),
+                .build(
+                    backend,
+                    Table::drop().table(table(backend, StripeEvents::Table)),
+                ),
             ],
         }
     }

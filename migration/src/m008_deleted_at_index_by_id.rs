@@ -18,7 +18,8 @@
 //! * **`CONCURRENTLY`** for the build and the drop: no lock that stops writes while the index
 //!   is read or removed. It cannot run in a transaction, hence `use_transaction() -> false`.
 //!   An interrupted concurrent build leaves an INVALID index; the build step's probe only
-//!   counts valid ones and drops any leftover before building again.
+//!   counts valid ones, and a step before it drops the leftover, once its probe has checked
+//!   that the index is invalid and on `synced_sessions` in our schema.
 //! * **The rename** takes only SHARE UPDATE EXCLUSIVE on the index (PostgreSQL 12+), which no
 //!   read or write conflicts with; it still runs lock-timed, like every catalog change here.
 //!   sea-query has no `ALTER INDEX ... RENAME`, hence raw SQL.
@@ -47,7 +48,8 @@ use sea_orm_migration::sea_orm::DbBackend;
 
 use crate::idents::SyncedSessions;
 use crate::probe::Probe;
-use crate::step::{Direction, Mode, Planned, Step};
+use crate::schema::{qualified, table};
+use crate::step::{Direction, Mode, Planned, Step, drop_invalid_leftover};
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -60,6 +62,7 @@ const TABLE: &str = "synced_sessions";
 struct Shape {
     columns: &'static [&'static str],
     building_as: &'static str,
+    drop_invalid: &'static str,
     build: &'static str,
     drop_old: &'static str,
     rename: &'static str,
@@ -69,6 +72,7 @@ struct Shape {
 const BY_ID: Shape = Shape {
     columns: &["deleted_at", "id"],
     building_as: "idx_sessions_deleted_at_by_id",
+    drop_invalid: "drop an INVALID idx_sessions_deleted_at_by_id left by an interrupted build",
     build: "build idx_sessions_deleted_at_by_id (deleted_at, id) concurrently",
     drop_old: "drop idx_sessions_deleted_at (deleted_at) concurrently",
     rename: "rename idx_sessions_deleted_at_by_id to idx_sessions_deleted_at",
@@ -78,6 +82,7 @@ const BY_ID: Shape = Shape {
 const ALONE: Shape = Shape {
     columns: &["deleted_at"],
     building_as: "idx_sessions_deleted_at_alone",
+    drop_invalid: "drop an INVALID idx_sessions_deleted_at_alone left by an interrupted build",
     build: "build idx_sessions_deleted_at_alone (deleted_at) concurrently",
     drop_old: "drop idx_sessions_deleted_at (deleted_at, id) concurrently",
     rename: "rename idx_sessions_deleted_at_alone to idx_sessions_deleted_at",
@@ -106,7 +111,7 @@ fn reshape(backend: DbBackend, target: &Shape, other: &Shape) -> Vec<Step> {
     };
     let mut build = Index::create()
         .name(target.building_as)
-        .table(SyncedSessions::Table)
+        .table(table(backend, SyncedSessions::Table))
         .col(SyncedSessions::DeletedAt)
         .take();
     if target.columns.contains(&"id") {
@@ -118,7 +123,11 @@ fn reshape(backend: DbBackend, target: &Shape, other: &Shape) -> Vec<Step> {
         .and_where(Expr::col(SyncedSessions::DeletedAt).is_not_null());
     let drop = |name: &str| {
         let mut statement = Index::drop();
-        statement.name(name).if_exists().concurrently();
+        statement
+            .name(name)
+            .table(table(backend, SyncedSessions::Table))
+            .if_exists()
+            .concurrently();
         statement
     };
     vec![
@@ -128,6 +137,13 @@ fn reshape(backend: DbBackend, target: &Shape, other: &Shape) -> Vec<Step> {
             Probe::index_absent(TABLE, other.building_as),
         )
         .build(backend, &drop(other.building_as)),
+        drop_invalid_leftover(
+            backend,
+            target.drop_invalid,
+            SyncedSessions::Table,
+            TABLE,
+            target.building_as,
+        ),
         Step::new(
             target.build,
             Mode::Online,
@@ -140,7 +156,6 @@ fn reshape(backend: DbBackend, target: &Shape, other: &Shape) -> Vec<Step> {
                 },
             ]),
         )
-        .build(backend, &drop(target.building_as))
         .build(backend, &build),
         Step::new(
             target.drop_old,
@@ -149,8 +164,8 @@ fn reshape(backend: DbBackend, target: &Shape, other: &Shape) -> Vec<Step> {
         )
         .build(backend, &drop(INDEX)),
         Step::new(target.rename, Mode::LockTimed, done()).raw(format!(
-            "ALTER INDEX \"{}\" RENAME TO \"{INDEX}\"",
-            target.building_as
+            "ALTER INDEX {} RENAME TO \"{INDEX}\"",
+            qualified(backend, target.building_as)
         )),
     ]
 }

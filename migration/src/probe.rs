@@ -1,11 +1,20 @@
 //! Questions a step asks the catalog before it runs: "is this already done?".
 //!
-//! Each probe reads the live catalog of the current schema (PostgreSQL `current_schema()`,
-//! MySQL `DATABASE()`, SQLite `main`). On PostgreSQL an index only counts as present when it is
+//! Each probe reads the live catalog of the migrations' schema (PostgreSQL: the schema chosen
+//! with `-s`, `public` by default, never `current_schema()`, which follows `search_path`; MySQL
+//! `DATABASE()`; SQLite `main`). On PostgreSQL an index only counts as present when it is
 //! valid: an interrupted `CREATE INDEX CONCURRENTLY` leaves an INVALID index behind, which the
 //! step must drop and build again.
 
 use sea_orm_migration::sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement, Value};
+
+/// The collation a [`Probe::MySqlColumnType`] expects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MySqlCollation {
+    Named(&'static str),
+    /// The table's default, which a column created without a collation has.
+    TableDefault,
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Probe {
@@ -44,6 +53,21 @@ pub enum Probe {
         table: &'static str,
         index: &'static str,
         columns: &'static [&'static str],
+    },
+    /// No INVALID index of this name is left on this table (PostgreSQL: an interrupted
+    /// `CREATE INDEX CONCURRENTLY`). Guards the step that drops such a leftover, so an index of
+    /// the same name anywhere else is never touched.
+    NoInvalidIndex {
+        table: &'static str,
+        index: &'static str,
+    },
+    /// MySQL/MariaDB: the column has exactly this `column_type` (`mediumtext`,
+    /// `varchar(100)`) and collation. Never holds elsewhere.
+    MySqlColumnType {
+        table: &'static str,
+        column: &'static str,
+        column_type: &'static str,
+        collation: MySqlCollation,
     },
     /// Every one of these holds.
     All(Vec<Probe>),
@@ -112,19 +136,47 @@ impl Probe {
             Probe::IndexOn { index, columns, .. } => {
                 format!("skipped when index {index} is on ({})", columns.join(", "))
             }
+            Probe::NoInvalidIndex { table, index } => {
+                format!("skipped unless an INVALID index {index} is left on {table}")
+            }
+            Probe::MySqlColumnType {
+                table,
+                column,
+                column_type,
+                collation,
+            } => match collation {
+                MySqlCollation::Named(name) => {
+                    format!("skipped when {table}.{column} is {column_type} COLLATE {name}")
+                }
+                MySqlCollation::TableDefault => format!(
+                    "skipped when {table}.{column} is {column_type} in the table's collation"
+                ),
+            },
             Probe::All(probes) => joined(probes, " and "),
             Probe::Any(probes) => joined(probes, " or "),
         }
     }
 
-    /// Whether the probe holds on the live database.
+    /// Whether the probe holds on the live database, in the schema of [`crate::schema::of`].
     pub async fn holds<C: ConnectionTrait>(&self, db: &C) -> Result<bool, DbErr> {
+        let schema = crate::schema::of(db).await?;
+        self.holds_in(db, schema.as_deref().unwrap_or_default())
+            .await
+    }
+
+    /// Whether the probe holds in `schema` (PostgreSQL; ignored elsewhere).
+    pub async fn holds_in<C: ConnectionTrait>(&self, db: &C, schema: &str) -> Result<bool, DbErr> {
         let backend = db.get_database_backend();
+        let at = Catalog {
+            db,
+            backend,
+            schema,
+        };
         let (found, present) = match self {
             Probe::Never => return Ok(false),
             Probe::All(probes) => {
                 for probe in probes {
-                    if !Box::pin(probe.holds(db)).await? {
+                    if !Box::pin(probe.holds_in(db, schema)).await? {
                         return Ok(false);
                     }
                 }
@@ -132,7 +184,7 @@ impl Probe {
             }
             Probe::Any(probes) => {
                 for probe in probes {
-                    if Box::pin(probe.holds(db)).await? {
+                    if Box::pin(probe.holds_in(db, schema)).await? {
                         return Ok(true);
                     }
                 }
@@ -143,41 +195,52 @@ impl Probe {
                 index,
                 columns,
             } => {
-                let found = index_columns(db, backend, table, index).await?;
+                let found = at.index_columns(table, index).await?;
                 return Ok(found.is_some_and(|found| found.iter().eq(columns.iter())));
+            }
+            Probe::NoInvalidIndex { table, index } => {
+                return Ok(!at.invalid_index_exists(table, index).await?);
+            }
+            Probe::MySqlColumnType {
+                table,
+                column,
+                column_type,
+                collation,
+            } => {
+                let found = at.mysql_column_type(table, column).await?;
+                return Ok(found.is_some_and(|found| {
+                    let wanted = match collation {
+                        MySqlCollation::Named(name) => Some(*name),
+                        MySqlCollation::TableDefault => found.table_collation.as_deref(),
+                    };
+                    found.column_type.eq_ignore_ascii_case(column_type)
+                        && found.collation.as_deref() == wanted
+                }));
             }
             Probe::Column {
                 table,
                 column,
                 present,
-            } => (column_exists(db, backend, table, column).await?, *present),
+            } => (at.column_exists(table, column).await?, *present),
             Probe::Index {
                 table,
                 index,
                 present,
             } => (
                 // Only a valid index counts as built; any index at all counts as not gone.
-                index_exists(db, backend, table, index, *present).await?,
+                at.index_exists(table, index, *present).await?,
                 *present,
             ),
             Probe::Constraint {
                 table,
                 name,
                 present,
-            } => (
-                constraint_exists(db, backend, table, name, false).await?,
-                *present,
-            ),
-            Probe::ConstraintValidated { table, name } => (
-                constraint_exists(db, backend, table, name, true).await?,
-                true,
-            ),
-            Probe::View { name, present } => {
-                (relation_exists(db, backend, name, true).await?, *present)
+            } => (at.constraint_exists(table, name, false).await?, *present),
+            Probe::ConstraintValidated { table, name } => {
+                (at.constraint_exists(table, name, true).await?, true)
             }
-            Probe::Table { table, present } => {
-                (relation_exists(db, backend, table, false).await?, *present)
-            }
+            Probe::View { name, present } => (at.relation_exists(name, true).await?, *present),
+            Probe::Table { table, present } => (at.relation_exists(table, false).await?, *present),
         };
         Ok(found == present)
     }
@@ -197,167 +260,211 @@ fn joined(probes: &[Probe], conjunction: &str) -> String {
     format!("skipped when {}", conditions.join(conjunction))
 }
 
-async fn exists<C: ConnectionTrait>(
-    db: &C,
-    backend: DbBackend,
-    sql: &str,
-    values: Vec<Value>,
-) -> Result<bool, DbErr> {
-    let stmt = Statement::from_sql_and_values(backend, sql, values);
-    Ok(db.query_one_raw(stmt).await?.is_some())
+struct MySqlColumn {
+    column_type: String,
+    collation: Option<String>,
+    table_collation: Option<String>,
 }
 
-async fn column_exists<C: ConnectionTrait>(
-    db: &C,
+/// The catalog of one schema, as the probes read it.
+struct Catalog<'a, C> {
+    db: &'a C,
     backend: DbBackend,
-    table: &str,
-    column: &str,
-) -> Result<bool, DbErr> {
-    let sql = match backend {
-        DbBackend::Postgres => {
-            "SELECT 1 FROM information_schema.columns \
-             WHERE table_schema = current_schema() AND table_name = $1 AND column_name = $2"
-        }
-        DbBackend::MySql => {
-            "SELECT 1 FROM information_schema.columns \
-             WHERE table_schema = DATABASE() AND table_name = ? AND column_name = ?"
-        }
-        _ => "SELECT 1 FROM pragma_table_info(?) WHERE name = ?",
-    };
-    exists(db, backend, sql, vec![table.into(), column.into()]).await
+    /// PostgreSQL only; bound as the last parameter of every PostgreSQL query.
+    schema: &'a str,
 }
 
-async fn index_exists<C: ConnectionTrait>(
-    db: &C,
-    backend: DbBackend,
-    table: &str,
-    index: &str,
-    valid_only: bool,
-) -> Result<bool, DbErr> {
-    let sql = match backend {
-        DbBackend::Postgres if valid_only => {
-            "SELECT 1 FROM pg_index i \
-             JOIN pg_class ic ON ic.oid = i.indexrelid \
-             JOIN pg_class tc ON tc.oid = i.indrelid \
-             JOIN pg_namespace n ON n.oid = ic.relnamespace \
-             WHERE n.nspname = current_schema() AND tc.relname = $1 AND ic.relname = $2 \
-             AND i.indisvalid"
+impl<C: ConnectionTrait> Catalog<'_, C> {
+    fn statement(&self, sql: &str, mut values: Vec<Value>) -> Statement {
+        if self.backend == DbBackend::Postgres {
+            values.push(self.schema.into());
         }
-        DbBackend::Postgres => {
-            "SELECT 1 FROM pg_index i \
-             JOIN pg_class ic ON ic.oid = i.indexrelid \
-             JOIN pg_class tc ON tc.oid = i.indrelid \
-             JOIN pg_namespace n ON n.oid = ic.relnamespace \
-             WHERE n.nspname = current_schema() AND tc.relname = $1 AND ic.relname = $2"
-        }
-        DbBackend::MySql => {
-            "SELECT 1 FROM information_schema.statistics \
-             WHERE table_schema = DATABASE() AND table_name = ? AND index_name = ? LIMIT 1"
-        }
-        _ => "SELECT 1 FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND name = ?",
-    };
-    exists(db, backend, sql, vec![table.into(), index.into()]).await
-}
-
-/// The columns of a valid index, in key order; `None` when there is no such index.
-async fn index_columns<C: ConnectionTrait>(
-    db: &C,
-    backend: DbBackend,
-    table: &str,
-    index: &str,
-) -> Result<Option<Vec<String>>, DbErr> {
-    let sql = match backend {
-        DbBackend::Postgres => {
-            "SELECT a.attname::text FROM pg_index i \
-             JOIN pg_class ic ON ic.oid = i.indexrelid \
-             JOIN pg_class tc ON tc.oid = i.indrelid \
-             JOIN pg_namespace n ON n.oid = ic.relnamespace \
-             CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, position) \
-             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
-             WHERE n.nspname = current_schema() AND tc.relname = $1 AND ic.relname = $2 \
-             AND i.indisvalid ORDER BY k.position"
-        }
-        DbBackend::MySql => {
-            "SELECT column_name FROM information_schema.statistics \
-             WHERE table_schema = DATABASE() AND table_name = ? AND index_name = ? \
-             ORDER BY seq_in_index"
-        }
-        _ => {
-            "SELECT p.name FROM sqlite_master m JOIN pragma_index_info(m.name) p \
-             WHERE m.type = 'index' AND m.tbl_name = ? AND m.name = ? ORDER BY p.seqno"
-        }
-    };
-    let stmt = Statement::from_sql_and_values(backend, sql, vec![table.into(), index.into()]);
-    let rows = db.query_all_raw(stmt).await?;
-    if rows.is_empty() {
-        return Ok(None);
+        Statement::from_sql_and_values(self.backend, sql, values)
     }
-    let columns = rows
-        .iter()
-        .map(|row| row.try_get_by_index::<String>(0))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Some(columns))
-}
 
-async fn constraint_exists<C: ConnectionTrait>(
-    db: &C,
-    backend: DbBackend,
-    table: &str,
-    name: &str,
-    validated: bool,
-) -> Result<bool, DbErr> {
-    let sql = match (backend, validated) {
-        (DbBackend::Postgres, false) => {
-            "SELECT 1 FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid \
-             JOIN pg_namespace n ON n.oid = t.relnamespace \
-             WHERE n.nspname = current_schema() AND t.relname = $1 AND c.conname = $2"
-        }
-        (DbBackend::Postgres, true) => {
-            "SELECT 1 FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid \
-             JOIN pg_namespace n ON n.oid = t.relnamespace \
-             WHERE n.nspname = current_schema() AND t.relname = $1 AND c.conname = $2 \
-             AND c.convalidated"
-        }
-        // MySQL and MariaDB validate a CHECK when they add it.
-        (DbBackend::MySql, _) => {
-            "SELECT 1 FROM information_schema.table_constraints \
-             WHERE constraint_schema = DATABASE() AND table_name = ? AND constraint_name = ?"
-        }
-        // SQLite keeps constraints in the table's CREATE text and validates on ADD COLUMN.
-        _ => {
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ? \
-             AND instr(sql, ?) > 0"
-        }
-    };
-    exists(db, backend, sql, vec![table.into(), name.into()]).await
-}
+    async fn exists(&self, sql: &str, values: Vec<Value>) -> Result<bool, DbErr> {
+        let stmt = self.statement(sql, values);
+        Ok(self.db.query_one_raw(stmt).await?.is_some())
+    }
 
-async fn relation_exists<C: ConnectionTrait>(
-    db: &C,
-    backend: DbBackend,
-    name: &str,
-    view: bool,
-) -> Result<bool, DbErr> {
-    let sql = match (backend, view) {
-        (DbBackend::Postgres, true) => {
-            "SELECT 1 FROM information_schema.views \
-             WHERE table_schema = current_schema() AND table_name = $1"
+    async fn column_exists(&self, table: &str, column: &str) -> Result<bool, DbErr> {
+        let sql = match self.backend {
+            DbBackend::Postgres => {
+                "SELECT 1 FROM information_schema.columns \
+                 WHERE table_name = $1 AND column_name = $2 AND table_schema = $3"
+            }
+            DbBackend::MySql => {
+                "SELECT 1 FROM information_schema.columns \
+                 WHERE table_schema = DATABASE() AND table_name = ? AND column_name = ?"
+            }
+            _ => "SELECT 1 FROM pragma_table_info(?) WHERE name = ?",
+        };
+        self.exists(sql, vec![table.into(), column.into()]).await
+    }
+
+    async fn index_exists(
+        &self,
+        table: &str,
+        index: &str,
+        valid_only: bool,
+    ) -> Result<bool, DbErr> {
+        let sql = match self.backend {
+            DbBackend::Postgres if valid_only => {
+                "SELECT 1 FROM pg_index i \
+                 JOIN pg_class ic ON ic.oid = i.indexrelid \
+                 JOIN pg_class tc ON tc.oid = i.indrelid \
+                 JOIN pg_namespace n ON n.oid = ic.relnamespace \
+                 WHERE tc.relname = $1 AND ic.relname = $2 AND n.nspname = $3 \
+                 AND i.indisvalid"
+            }
+            DbBackend::Postgres => {
+                "SELECT 1 FROM pg_index i \
+                 JOIN pg_class ic ON ic.oid = i.indexrelid \
+                 JOIN pg_class tc ON tc.oid = i.indrelid \
+                 JOIN pg_namespace n ON n.oid = ic.relnamespace \
+                 WHERE tc.relname = $1 AND ic.relname = $2 AND n.nspname = $3"
+            }
+            DbBackend::MySql => {
+                "SELECT 1 FROM information_schema.statistics \
+                 WHERE table_schema = DATABASE() AND table_name = ? AND index_name = ? LIMIT 1"
+            }
+            _ => "SELECT 1 FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND name = ?",
+        };
+        self.exists(sql, vec![table.into(), index.into()]).await
+    }
+
+    /// Whether `index` is an INVALID index on `table` (an interrupted concurrent build);
+    /// only PostgreSQL has those.
+    async fn invalid_index_exists(&self, table: &str, index: &str) -> Result<bool, DbErr> {
+        if self.backend != DbBackend::Postgres {
+            return Ok(false);
         }
-        (DbBackend::Postgres, false) => {
-            "SELECT 1 FROM information_schema.tables \
-             WHERE table_schema = current_schema() AND table_name = $1 \
-             AND table_type = 'BASE TABLE'"
+        let sql = "SELECT 1 FROM pg_index i \
+                   JOIN pg_class ic ON ic.oid = i.indexrelid \
+                   JOIN pg_class tc ON tc.oid = i.indrelid \
+                   JOIN pg_namespace n ON n.oid = ic.relnamespace \
+                   WHERE tc.relname = $1 AND ic.relname = $2 AND n.nspname = $3 \
+                   AND NOT i.indisvalid";
+        self.exists(sql, vec![table.into(), index.into()]).await
+    }
+
+    /// The columns of a valid index, in key order; `None` when there is no such index.
+    async fn index_columns(&self, table: &str, index: &str) -> Result<Option<Vec<String>>, DbErr> {
+        let sql = match self.backend {
+            DbBackend::Postgres => {
+                "SELECT a.attname::text FROM pg_index i \
+                 JOIN pg_class ic ON ic.oid = i.indexrelid \
+                 JOIN pg_class tc ON tc.oid = i.indrelid \
+                 JOIN pg_namespace n ON n.oid = ic.relnamespace \
+                 CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, position) \
+                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+                 WHERE tc.relname = $1 AND ic.relname = $2 AND n.nspname = $3 \
+                 AND i.indisvalid ORDER BY k.position"
+            }
+            DbBackend::MySql => {
+                "SELECT column_name FROM information_schema.statistics \
+                 WHERE table_schema = DATABASE() AND table_name = ? AND index_name = ? \
+                 ORDER BY seq_in_index"
+            }
+            _ => {
+                "SELECT p.name FROM sqlite_master m JOIN pragma_index_info(m.name) p \
+                 WHERE m.type = 'index' AND m.tbl_name = ? AND m.name = ? ORDER BY p.seqno"
+            }
+        };
+        let stmt = self.statement(sql, vec![table.into(), index.into()]);
+        let rows = self.db.query_all_raw(stmt).await?;
+        if rows.is_empty() {
+            return Ok(None);
         }
-        (DbBackend::MySql, true) => {
-            "SELECT 1 FROM information_schema.views \
-             WHERE table_schema = DATABASE() AND table_name = ?"
+        let columns = rows
+            .iter()
+            .map(|row| row.try_get_by_index::<String>(0))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(columns))
+    }
+
+    /// A column's type and collation as MySQL's catalog spells them (`mediumtext`,
+    /// `utf8mb4_bin`); `None` when there is no such column. Other backends: `None`.
+    async fn mysql_column_type(
+        &self,
+        table: &str,
+        column: &str,
+    ) -> Result<Option<MySqlColumn>, DbErr> {
+        if self.backend != DbBackend::MySql {
+            return Ok(None);
         }
-        (DbBackend::MySql, false) => {
-            "SELECT 1 FROM information_schema.tables \
-             WHERE table_schema = DATABASE() AND table_name = ? AND table_type = 'BASE TABLE'"
-        }
-        (_, true) => "SELECT 1 FROM sqlite_master WHERE type = 'view' AND name = ?",
-        (_, false) => "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
-    };
-    exists(db, backend, sql, vec![name.into()]).await
+        let stmt = self.statement(
+            "SELECT CAST(c.column_type AS CHAR) AS column_type, \
+             CAST(c.collation_name AS CHAR) AS collation, \
+             CAST(t.table_collation AS CHAR) AS table_collation \
+             FROM information_schema.columns c JOIN information_schema.tables t \
+             ON t.table_schema = c.table_schema AND t.table_name = c.table_name \
+             WHERE c.table_schema = DATABASE() AND c.table_name = ? AND c.column_name = ?",
+            vec![table.into(), column.into()],
+        );
+        let Some(row) = self.db.query_one_raw(stmt).await? else {
+            return Ok(None);
+        };
+        Ok(Some(MySqlColumn {
+            column_type: row.try_get("", "column_type")?,
+            collation: row.try_get("", "collation")?,
+            table_collation: row.try_get("", "table_collation")?,
+        }))
+    }
+
+    async fn constraint_exists(
+        &self,
+        table: &str,
+        name: &str,
+        validated: bool,
+    ) -> Result<bool, DbErr> {
+        let sql = match (self.backend, validated) {
+            (DbBackend::Postgres, false) => {
+                "SELECT 1 FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid \
+                 JOIN pg_namespace n ON n.oid = t.relnamespace \
+                 WHERE t.relname = $1 AND c.conname = $2 AND n.nspname = $3"
+            }
+            (DbBackend::Postgres, true) => {
+                "SELECT 1 FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid \
+                 JOIN pg_namespace n ON n.oid = t.relnamespace \
+                 WHERE t.relname = $1 AND c.conname = $2 AND n.nspname = $3 \
+                 AND c.convalidated"
+            }
+            // MySQL and MariaDB validate a CHECK when they add it.
+            (DbBackend::MySql, _) => {
+                "SELECT 1 FROM information_schema.table_constraints \
+                 WHERE constraint_schema = DATABASE() AND table_name = ? AND constraint_name = ?"
+            }
+            // SQLite keeps constraints in the table's CREATE text and validates on ADD COLUMN.
+            _ => {
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ? \
+                 AND instr(sql, ?) > 0"
+            }
+        };
+        self.exists(sql, vec![table.into(), name.into()]).await
+    }
+
+    async fn relation_exists(&self, name: &str, view: bool) -> Result<bool, DbErr> {
+        let sql = match (self.backend, view) {
+            (DbBackend::Postgres, true) => {
+                "SELECT 1 FROM information_schema.views \
+                 WHERE table_name = $1 AND table_schema = $2"
+            }
+            (DbBackend::Postgres, false) => {
+                "SELECT 1 FROM information_schema.tables \
+                 WHERE table_name = $1 AND table_schema = $2 AND table_type = 'BASE TABLE'"
+            }
+            (DbBackend::MySql, true) => {
+                "SELECT 1 FROM information_schema.views \
+                 WHERE table_schema = DATABASE() AND table_name = ?"
+            }
+            (DbBackend::MySql, false) => {
+                "SELECT 1 FROM information_schema.tables \
+                 WHERE table_schema = DATABASE() AND table_name = ? AND table_type = 'BASE TABLE'"
+            }
+            (_, true) => "SELECT 1 FROM sqlite_master WHERE type = 'view' AND name = ?",
+            (_, false) => "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+        };
+        self.exists(sql, vec![name.into()]).await
+    }
 }

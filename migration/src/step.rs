@@ -4,6 +4,31 @@
 //! that it has already happened ([`Probe`]), so running `up` or `down` again after a crash or a
 //! failed statement finishes the job instead of failing on "duplicate column". The same list is
 //! what `migration sql` prints, so the dry run shows exactly what would run.
+//!
+//! # How to write a migration
+//!
+//! 1. `sea-orm-cli migrate generate what_it_does` writes the file with
+//!    `#[derive(DeriveMigrationName)] pub struct Migration;` and lists it at the end of
+//!    `migrations()` in `lib.rs` (see there).
+//! 2. `impl Planned for Migration`: `plan(backend, direction)` returns the steps for that
+//!    backend, in order. Each [`Step`] has a summary (printed as it runs), a [`Mode`] (how its
+//!    locks are bounded) and a [`Probe`] that holds once the step's work is done, so a re-run
+//!    after a crash skips it. Build statements with sea-query (`.build(backend, &stmt)`) and
+//!    raw SQL only for what sea-query cannot say (`.raw(sql)`, with a comment saying why).
+//! 3. Name every table through `crate::schema::table(backend, Foo::Table)` in builders
+//!    (`Index::drop()` included: that is what puts the schema on the index) and
+//!    `crate::schema::qualified(backend, "foo")` in raw SQL. On PostgreSQL they write the
+//!    schema chosen with `-s` (default `public`); `plan` never needs to know it.
+//! 4. `crate::planned_migration!(Migration);` implements `MigrationTrait` from the plan (in
+//!    one transaction on PostgreSQL) and registers the plan for `migration sql`; write the
+//!    `impl` by hand for `use_transaction() -> Some(false)`, as m006 and m008 do for
+//!    `CONCURRENTLY`, and then call `crate::register_plan!(Migration);`.
+//! 5. The doc comment says why each step is shaped as it is: the lock it takes on each
+//!    backend and for how long (measured), and the backend quirks it works around.
+//! 6. Tests: add it to the lists in `tests/migrations.rs` (down restores the schema, an
+//!    interrupted run finishes) and, for a live-safety claim, to the kill test in
+//!    `migration/tests/cli.rs`. A test there fails if its PostgreSQL SQL names a table
+//!    without the schema.
 
 use std::time::Duration;
 
@@ -61,6 +86,35 @@ impl Step {
     }
 }
 
+/// PostgreSQL: drops an INVALID index named `index` that an interrupted `CREATE INDEX
+/// CONCURRENTLY` left on `table`, and nothing else: the probe checks that the index is on our
+/// table in our schema and invalid, and the statement names the schema. A valid index, or one
+/// of the same name on another table, is left alone.
+pub fn drop_invalid_leftover<T: IntoIden>(
+    backend: DbBackend,
+    summary: &'static str,
+    table: T,
+    table_name: &'static str,
+    index: &'static str,
+) -> Step {
+    Step::new(
+        summary,
+        Mode::Online,
+        Probe::NoInvalidIndex {
+            table: table_name,
+            index,
+        },
+    )
+    .build(
+        backend,
+        Index::drop()
+            .name(index)
+            .table(crate::schema::table(backend, table))
+            .if_exists()
+            .concurrently(),
+    )
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
     Up,
@@ -78,10 +132,23 @@ impl Direction {
 
 /// A migration whose `up` and `down` are step lists.
 pub trait Planned {
+    /// The steps for `backend`. Call it through [`plan_in`], which sets the schema that the
+    /// statements name; called directly, they name `public`.
     fn plan(&self, backend: DbBackend, direction: Direction) -> Vec<Step>;
 }
 
-/// Runs `steps` in order, skipping those already done.
+/// `migration`'s steps, naming the PostgreSQL schema `schema` (ignored elsewhere).
+pub fn plan_in<M: Planned + ?Sized>(
+    migration: &M,
+    backend: DbBackend,
+    schema: &str,
+    direction: Direction,
+) -> Vec<Step> {
+    crate::schema::planning_in(schema, || migration.plan(backend, direction))
+}
+
+/// Runs `steps` in order, skipping those already done. The probes read the schema the
+/// connection works in ([`crate::schema::of`]), which must be the one `steps` were planned in.
 pub async fn apply(
     manager: &SchemaManager<'_>,
     migration: &str,
@@ -89,13 +156,14 @@ pub async fn apply(
     steps: Vec<Step>,
 ) -> Result<(), DbErr> {
     let db = manager.get_connection();
+    let schema = crate::schema::of(db).await?.unwrap_or_default();
     let settings = LockSettings::from_env()?;
     let total = steps.len();
     let mut statement_index = 0usize;
     for (i, step) in steps.iter().enumerate() {
         let position = format!("{migration} {} step {}/{total}", direction.as_str(), i + 1);
         crate::lock::verify_held(db).await?;
-        if step.done_when.holds(db).await? {
+        if step.done_when.holds_in(db, &schema).await? {
             tracing::info!("{position}: {} (already done, skipped)", step.summary);
             statement_index += step.statements.len();
             continue;

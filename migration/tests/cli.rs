@@ -6,7 +6,7 @@ mod support;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 
-use support::schema::{snapshot, without_bookkeeping};
+use support::schema::{snapshot, snapshot_in, without_bookkeeping};
 use support::{Backend, TestDb};
 
 fn migration(args: &[&str], url: Option<&str>) -> Output {
@@ -18,6 +18,12 @@ fn migration(args: &[&str], url: Option<&str>) -> Output {
         cmd.args(["-u", url]);
     }
     cmd.output().expect("run migration binary")
+}
+
+/// How many migrations this build has: the counts below follow the list in `lib.rs`.
+fn migration_count() -> usize {
+    use migration::MigratorTrait;
+    migration::Migrator::migrations().len()
 }
 
 fn stderr(output: &Output) -> String {
@@ -104,6 +110,7 @@ on_every_backend!(
     an_applied_migration_without_code_is_refused,
     eight_migrators_at_once_all_succeed_and_each_migration_runs_once,
     sql_prints_pending_migrations_without_running_them,
+    fresh_drops_views_that_depend_on_ours,
 );
 
 async fn m006_names_the_missing_tables(backend: Backend) {
@@ -155,6 +162,7 @@ async fn eight_migrators_at_once_all_succeed_and_each_migration_runs_once(backen
         "m006_billing_fields",
         "m007_stripe_events",
         "m008_deleted_at_index_by_id",
+        "m009_session_client_id_binary",
     ] {
         let applied = format!("Migration '{name}' has been applied");
         assert_eq!(
@@ -166,7 +174,7 @@ async fn eight_migrators_at_once_all_succeed_and_each_migration_runs_once(backen
     assert!(all.contains("waiting for the migration lock"), "{all}");
     assert_eq!(
         t.texts("SELECT count(*) FROM seaql_migrations").await,
-        vec!["8"]
+        vec![migration_count().to_string()]
     );
 }
 
@@ -218,21 +226,32 @@ fn postgres_dry_run_is_lock_aware() {
     );
 }
 
-/// SIGKILL the migrator before every statement of m006's and m008's `up` and `down`, run it
-/// again, and compare with a clean run; existing rows must be untouched.
+/// SIGKILL the migrator before every statement of m006's and m008's `up` and `down` (m009's on
+/// MySQL, below), run it again, and compare with a clean run; existing rows must be untouched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_at_any_statement_postgres_recovers() {
     for (name, version) in [
         ("m006_billing_fields", 6),
         ("m008_deleted_at_index_by_id", 8),
     ] {
-        killed_at_any_statement_of(name, version).await;
+        killed_at_any_statement_of(Backend::Postgres, name, version).await;
     }
 }
 
-async fn killed_at_any_statement_of(name: &str, version: u32) {
+/// The same for m009 on MariaDB/MySQL, the one backend where it has steps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_at_any_statement_mysql_recovers() {
+    killed_at_any_statement_of(Backend::MySql, "m009_session_client_id_binary", 9).await;
+}
+
+async fn killed_at_any_statement_of(backend: Backend, name: &str, version: u32) {
     let (before_it, with_it) = ((version - 1).to_string(), version.to_string());
-    let reference = TestDb::new(Backend::Postgres).await;
+    let backend_name = match backend {
+        Backend::Postgres => "postgres",
+        Backend::MySql => "mysql",
+        Backend::Sqlite => "sqlite",
+    };
+    let reference = TestDb::new(backend).await;
     assert!(
         migration(&["up", "-n", &before_it], Some(&reference.url))
             .status
@@ -245,35 +264,46 @@ async fn killed_at_any_statement_of(name: &str, version: u32) {
             .success()
     );
     let after = without_bookkeeping(snapshot(&reference).await);
-    let plan_len = |direction: &str| {
+    let dry_run = |direction: &str| {
         let out = migration(
             &[
                 "sql",
                 direction,
                 "--backend",
-                "postgres",
+                backend_name,
                 "--migration",
                 name,
             ],
             None,
         );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| {
-                !l.starts_with("--")
-                    && !l.is_empty()
-                    && !l.starts_with("BEGIN")
-                    && !l.starts_with("COMMIT")
-                    && !l.starts_with("SET LOCAL")
-            })
-            .count()
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let is_statement = |l: &&str| {
+        !l.starts_with("--")
+            && !l.is_empty()
+            && !l.starts_with("BEGIN")
+            && !l.starts_with("COMMIT")
+            && !l.starts_with("SET LOCAL")
+            && !l.starts_with("SET SESSION")
+    };
+    // Statements of the steps that only clean up after an interrupted run: on a clean run
+    // their probes skip them, so the pause hook never sees them.
+    let cleanup_len = |sql: &str| {
+        sql.split("-- step ")
+            .filter(|step| step.lines().next().is_some_and(|l| l.contains(" left by ")))
+            .map(|step| step.lines().skip(1).filter(is_statement).count())
+            .sum::<usize>()
+    };
+    let plan = |direction: &str| {
+        let sql = dry_run(direction);
+        (sql.lines().filter(is_statement).count(), cleanup_len(&sql))
     };
 
-    for (direction, statements) in [("up", plan_len("up")), ("down", plan_len("down"))] {
-        assert!(statements >= 5, "{name} {direction}: {statements}");
+    for (direction, (statements, cleanup)) in [("up", plan("up")), ("down", plan("down"))] {
+        assert!(statements >= 2, "{name} {direction}: {statements}");
         let mut reached = 0;
         for n in 0..statements {
-            let t = TestDb::new(Backend::Postgres).await;
+            let t = TestDb::new(backend).await;
             let target = if direction == "up" {
                 &before_it
             } else {
@@ -284,10 +314,24 @@ async fn killed_at_any_statement_of(name: &str, version: u32) {
                     .status
                     .success()
             );
-            t.exec("INSERT INTO users (email) SELECT 'u' || g || '@x.test' FROM generate_series(1, 200) g").await;
-            t.exec("INSERT INTO synced_sessions (user_id, client_id, device_name, payload) SELECT id, 'c', 'd', 'p' || id FROM users").await;
-            let checksum = "SELECT md5(string_agg(concat_ws('|', u.id, u.email, s.id, s.payload), ',' ORDER BY u.id, s.id)) \
-                            FROM users u JOIN synced_sessions s ON s.user_id = u.id";
+            let (users, sessions, checksum) = match backend {
+                Backend::Postgres => (
+                    "INSERT INTO users (email) SELECT 'u' || g || '@x.test' FROM generate_series(1, 200) g",
+                    "INSERT INTO synced_sessions (user_id, client_id, device_name, payload) SELECT id, 'c', 'd', 'p' || id FROM users",
+                    "SELECT md5(string_agg(concat_ws('|', u.id, u.email, s.id, s.payload), ',' ORDER BY u.id, s.id)) \
+                     FROM users u JOIN synced_sessions s ON s.user_id = u.id",
+                ),
+                _ => (
+                    "INSERT INTO users (email) WITH RECURSIVE g(n) AS \
+                     (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 200) \
+                     SELECT concat('u', n, '@x.test') FROM g",
+                    "INSERT INTO synced_sessions (user_id, client_id, device_name, payload) SELECT id, 'c', 'd', concat('p', id) FROM users",
+                    "SELECT md5(group_concat(concat_ws('|', u.id, u.email, s.id, s.client_id, s.payload) \
+                     ORDER BY u.id, s.id SEPARATOR ',')) FROM users u JOIN synced_sessions s ON s.user_id = u.id",
+                ),
+            };
+            t.exec(users).await;
+            t.exec(sessions).await;
             let rows_before = t.texts(checksum).await;
 
             // Exactly this one migration, each way.
@@ -342,7 +386,7 @@ async fn killed_at_any_statement_of(name: &str, version: u32) {
             );
         }
         assert!(
-            reached + 1 >= statements,
+            reached + cleanup >= statements,
             "{name} {direction}: killed at only {reached} of {statements} statements"
         );
     }
@@ -487,7 +531,7 @@ async fn status_and_sql_never_write(backend: Backend) {
     let status = migration(&["status"], Some(&t.url));
     assert!(status.status.success(), "{}", stderr(&status));
     let listed = String::from_utf8_lossy(&status.stdout).into_owned();
-    assert_eq!(listed.matches("Pending").count(), 8, "{listed}");
+    assert_eq!(listed.matches("Pending").count(), migration_count(), "{listed}");
     let sql = migration(&["sql"], Some(&t.url));
     assert!(sql.status.success(), "{}", stderr(&sql));
     assert!(
@@ -515,7 +559,7 @@ fn status_reads_a_read_only_sqlite_file() {
     let listed = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(listed.matches("Applied").count(), 2, "{listed}");
-    assert_eq!(listed.matches("Pending").count(), 6, "{listed}");
+    assert_eq!(listed.matches("Pending").count(), migration_count() - 2, "{listed}");
     let sql = migration(&["sql"], Some(&ro));
     assert!(sql.status.success(), "{}", stderr(&sql));
     // Empty and read-only: nothing applied, and nothing created.
@@ -587,7 +631,7 @@ async fn an_empty_schema_is_unset_postgres() {
     assert_eq!(
         t.texts("SELECT count(*) FROM public.seaql_migrations")
             .await,
-        vec!["8"]
+        vec![migration_count().to_string()]
     );
 }
 
@@ -670,7 +714,7 @@ async fn the_lock_outlives_idle_session_timeout_postgres() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         t.texts("SELECT count(*) FROM seaql_migrations").await,
-        vec!["8"]
+        vec![migration_count().to_string()]
     );
 }
 
@@ -938,7 +982,7 @@ async fn sea_orm_cli_generate_adds_a_migration_that_builds_and_runs() {
         );
         assert_eq!(t.texts("SELECT count(*) FROM gen_probe").await, vec!["0"]);
         let status = String::from_utf8_lossy(&run(&["status"], &t.url).stdout).into_owned();
-        assert_eq!(status.matches("Applied").count(), 9, "{status}");
+        assert_eq!(status.matches("Applied").count(), migration_count() + 1, "{status}");
         let down = run(&["down"], &t.url);
         assert!(down.status.success(), "{backend:?}: {}", stderr(&down));
         let status = String::from_utf8_lossy(&run(&["status"], &t.url).stdout).into_owned();
@@ -963,4 +1007,165 @@ async fn sea_orm_cli_generate_adds_a_migration_that_builds_and_runs() {
         "{printed}"
     );
     let _ = std::fs::remove_dir_all(&copy);
+}
+
+/// A user's own view on `user_tiers` must not stop `fresh` (stock `fresh` cascades).
+async fn fresh_drops_views_that_depend_on_ours(backend: Backend) {
+    let t = TestDb::new(backend).await;
+    assert!(migration(&["up"], Some(&t.url)).status.success());
+    t.exec("CREATE VIEW pro_users AS SELECT user_id FROM user_tiers WHERE tier = 'pro'")
+        .await;
+    let out = migration(&["fresh"], Some(&t.url));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let schema = snapshot(&t).await.join("\n");
+    assert!(schema.contains("user_tiers"), "{schema}");
+    assert!(!schema.contains("pro_users"), "{schema}");
+    assert_eq!(
+        t.texts("SELECT count(*) FROM seaql_migrations").await,
+        vec![migration_count().to_string()]
+    );
+}
+
+/// PostgreSQL's default `search_path` is `"$user", public`. A schema named after the role
+/// (here `postgres`) appearing after a full migration must not make `up` build a second copy
+/// there, nor drop anything in `public`: with no `-s`, everything is `public`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_named_after_the_role_changes_nothing_postgres() {
+    let t = TestDb::new(Backend::Postgres).await;
+    assert!(migration(&["up"], Some(&t.url)).status.success());
+    let before = snapshot(&t).await;
+    t.exec("CREATE SCHEMA postgres").await;
+    let out = migration(&["up"], Some(&t.url));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(snapshot(&t).await, before, "up changed public");
+    assert_eq!(snapshot_in(&t, "postgres").await, Vec::<String>::new());
+    let status = migration(&["status"], Some(&t.url));
+    let listed = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(listed.matches("Applied").count(), migration_count(), "{listed}");
+}
+
+/// `-s other_schema`: up, status and down all work there and leave `public` alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chosen_schema_gets_everything_postgres() {
+    let reference = TestDb::new(Backend::Postgres).await;
+    assert!(migration(&["up"], Some(&reference.url)).status.success());
+    let expected = without_bookkeeping(snapshot(&reference).await);
+
+    let t = TestDb::new(Backend::Postgres).await;
+    t.exec("CREATE SCHEMA other_schema").await;
+    let up = migration(&["-s", "other_schema", "up"], Some(&t.url));
+    assert!(up.status.success(), "{}", stderr(&up));
+    assert_eq!(
+        without_bookkeeping(snapshot_in(&t, "other_schema").await),
+        expected
+    );
+    assert_eq!(
+        snapshot(&t).await,
+        Vec::<String>::new(),
+        "public was touched"
+    );
+    let status = migration(&["-s", "other_schema", "status"], Some(&t.url));
+    let listed = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(listed.matches("Applied").count(), migration_count(), "{listed}");
+    // Without -s, `public` has no migrations yet.
+    let public = migration(&["status"], Some(&t.url));
+    let listed = String::from_utf8_lossy(&public.stdout);
+    assert_eq!(listed.matches("Pending").count(), migration_count(), "{listed}");
+
+    // `fresh` drops views of the chosen schema only, cascading to views built on them.
+    t.exec("CREATE VIEW public.keep_me AS SELECT 1 AS x").await;
+    t.exec("CREATE VIEW other_schema.pro AS SELECT user_id FROM other_schema.user_tiers")
+        .await;
+    let fresh = migration(&["-s", "other_schema", "fresh"], Some(&t.url));
+    assert!(fresh.status.success(), "{}", stderr(&fresh));
+    assert_eq!(
+        t.texts(
+            "SELECT table_schema || '.' || table_name FROM information_schema.views \
+             WHERE table_schema IN ('public', 'other_schema') ORDER BY 1"
+        )
+        .await,
+        vec!["other_schema.user_tiers", "public.keep_me"]
+    );
+
+    let down = migration(
+        &["-s", "other_schema", "down", "-n", &migration_count().to_string()],
+        Some(&t.url),
+    );
+    assert!(down.status.success(), "{}", stderr(&down));
+    assert_eq!(
+        without_bookkeeping(snapshot_in(&t, "other_schema").await),
+        Vec::<String>::new()
+    );
+}
+
+/// Every object the PostgreSQL dry run names is qualified with the schema.
+#[test]
+fn postgres_dry_run_names_the_schema() {
+    for (args, schema) in [
+        (vec!["sql", "--backend", "postgres"], "public"),
+        (
+            vec!["-s", "tenant_1", "sql", "--backend", "postgres"],
+            "tenant_1",
+        ),
+        (vec!["sql", "down", "--backend", "postgres"], "public"),
+    ] {
+        let out = migration(&args, None);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let sql = String::from_utf8_lossy(&out.stdout);
+        for table in ["users", "synced_sessions", "api_tokens", "stripe_events"] {
+            assert!(
+                sql.contains(&format!("\"{schema}\".\"{table}\"")),
+                "{table} in {schema}: {sql}"
+            );
+        }
+        assert!(
+            sql.contains(&format!("\"{schema}\".\"user_tiers\"")),
+            "{sql}"
+        );
+        for line in sql.lines().filter(|l| !l.starts_with("--")) {
+            for object in [
+                "users",
+                "synced_sessions",
+                "api_tokens",
+                "stripe_events",
+                "user_tiers",
+            ] {
+                let bare = format!("\"{object}\"");
+                for (at, _) in line.match_indices(&bare) {
+                    assert!(
+                        line[..at].ends_with(&format!("\"{schema}\".")),
+                        "unqualified {bare}: {line}"
+                    );
+                }
+            }
+            assert_names_schema(line, schema);
+        }
+    }
+}
+
+/// Whatever a statement names after `TABLE`, `ON`, `REFERENCES`, `FROM`, `VIEW`, `DROP INDEX`
+/// or `ALTER INDEX` is schema-qualified, so a new migration that forgets `schema::table` fails
+/// here. (`CREATE INDEX "name"` cannot be qualified: the index goes where its table is.)
+fn assert_names_schema(line: &str, schema: &str) {
+    let qualified = format!("\"{schema}\".");
+    for keyword in [
+        " TABLE ",
+        " ON ",
+        " REFERENCES ",
+        " FROM ",
+        " VIEW ",
+        "DROP INDEX ",
+        "ALTER INDEX ",
+    ] {
+        for (at, _) in line.match_indices(keyword) {
+            let mut rest = &line[at + keyword.len()..];
+            for noise in ["CONCURRENTLY ", "IF NOT EXISTS ", "IF EXISTS "] {
+                rest = rest.strip_prefix(noise).unwrap_or(rest);
+            }
+            assert!(
+                !rest.starts_with('"') || rest.starts_with(&qualified),
+                "unqualified name after {keyword:?}: {line}"
+            );
+        }
+    }
 }

@@ -25,17 +25,7 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 /// Like `spawn_app`, with `configure` changing the settings first.
 pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Settings)) -> TestApp {
     let db = TestDb::new(backend).await;
-    let mut settings = Settings {
-        bind: "127.0.0.1:0".to_owned(),
-        database_url: Some(db.url.clone()),
-        db_max_connections: 5,
-        limits: Limits::default(),
-        stripe: StripeSettings {
-            webhook_secrets: vec![SECRET.to_owned(), OLD_SECRET.to_owned()],
-            webhook_tolerance_secs: 300,
-        },
-        purge_every_secs: 0,
-    };
+    let mut settings = test_settings(&db.url);
     configure(&mut settings);
     let app = Application::build(&settings).await.expect("build app");
     let address = format!("http://{}", app.local_addr().expect("addr"));
@@ -48,6 +38,22 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Settin
         db,
         client: Client::new(),
         stop: Some(stop),
+    }
+}
+
+/// The settings every test server starts from, for the database at `url`.
+pub fn test_settings(url: &str) -> Settings {
+    Settings {
+        bind: "127.0.0.1:0".to_owned(),
+        database_url: Some(url.to_owned()),
+        database_schema: None,
+        db_max_connections: 5,
+        limits: Limits::default(),
+        stripe: StripeSettings {
+            webhook_secrets: vec![SECRET.to_owned(), OLD_SECRET.to_owned()],
+            webhook_tolerance_secs: 300,
+        },
+        purge_every_secs: 0,
     }
 }
 

@@ -10,4 +10,5 @@ mod limits;
 mod openapi;
 mod retention;
 mod sessions;
+mod storage;
 mod stripe;

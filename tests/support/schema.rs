@@ -2,25 +2,41 @@
 
 use super::{Backend, TestDb};
 
-/// Columns, indexes, constraints and views of the test database, one line each.
+/// Columns (with type and collation), indexes, constraints and views of the test database, one
+/// line each; on PostgreSQL, of the `public` schema.
 pub async fn snapshot(t: &TestDb) -> Vec<String> {
+    snapshot_in(t, "public").await
+}
+
+/// [`snapshot`] of one PostgreSQL schema, with the schema's (or MySQL database's) name left out
+/// of the lines so two schemas or databases can be compared. MySQL and SQLite have one schema
+/// per database: `schema` is ignored.
+pub async fn snapshot_in(t: &TestDb, schema: &str) -> Vec<String> {
+    let mut pg: Vec<String> = Vec::new();
     let queries: &[&str] = match t.backend {
-        Backend::Postgres => &[
-            "SELECT concat_ws('|', 'column', table_name, column_name, data_type, is_nullable, \
-             column_default, character_maximum_length) FROM information_schema.columns \
-             WHERE table_schema = current_schema()",
-            "SELECT concat_ws('|', 'index', tablename, indexname, indexdef) FROM pg_indexes \
-             WHERE schemaname = current_schema()",
-            "SELECT concat_ws('|', 'constraint', conrelid::regclass::text, conname, \
-             pg_get_constraintdef(oid), convalidated) FROM pg_constraint \
-             WHERE connamespace = current_schema()::regnamespace",
-            "SELECT concat_ws('|', 'view', table_name, view_definition) \
-             FROM information_schema.views WHERE table_schema = current_schema()",
-        ],
+        Backend::Postgres => {
+            let quoted = format!("'{}'", schema.replace('\'', "''"));
+            pg = [
+                "SELECT concat_ws('|', 'column', table_name, column_name, data_type, is_nullable, \
+                 column_default, character_maximum_length, collation_name) \
+                 FROM information_schema.columns WHERE table_schema = SCHEMA",
+                "SELECT concat_ws('|', 'index', tablename, indexname, indexdef) FROM pg_indexes \
+                 WHERE schemaname = SCHEMA",
+                "SELECT concat_ws('|', 'constraint', c.conrelid::regclass::text, c.conname, \
+                 pg_get_constraintdef(c.oid), c.convalidated) FROM pg_constraint c \
+                 JOIN pg_namespace n ON n.oid = c.connamespace WHERE n.nspname = SCHEMA",
+                "SELECT concat_ws('|', 'view', table_name, view_definition) \
+                 FROM information_schema.views WHERE table_schema = SCHEMA",
+            ]
+            .iter()
+            .map(|sql| sql.replace("SCHEMA", &quoted))
+            .collect();
+            &[]
+        }
         Backend::MySql => &[
             "SELECT concat_ws('|', 'column', table_name, column_name, column_type, is_nullable, \
-             ifnull(column_default, 'NULL'), extra) FROM information_schema.columns \
-             WHERE table_schema = DATABASE()",
+             ifnull(column_default, 'NULL'), extra, ifnull(collation_name, '-')) \
+             FROM information_schema.columns WHERE table_schema = DATABASE()",
             "SELECT concat_ws('|', 'index', table_name, index_name, non_unique, seq_in_index, \
              column_name) FROM information_schema.statistics WHERE table_schema = DATABASE()",
             "SELECT concat_ws('|', 'constraint', t.table_name, t.constraint_name, \
@@ -45,9 +61,24 @@ pub async fn snapshot(t: &TestDb) -> Vec<String> {
         ],
     };
     let mut lines = Vec::new();
-    for sql in queries {
+    for sql in queries.iter().copied().chain(pg.iter().map(String::as_str)) {
         lines.extend(t.texts(sql).await);
     }
+    // Names qualified with the schema (PostgreSQL) or the database (MySQL view bodies) would
+    // keep two databases' snapshots from comparing equal.
+    let prefixes = match t.backend {
+        Backend::Postgres => vec![format!("{schema}."), format!("\"{schema}\".")],
+        Backend::MySql => vec![format!("`{}`.", t.name)],
+        Backend::Sqlite => Vec::new(),
+    };
+    lines = lines
+        .into_iter()
+        .map(|line| {
+            prefixes
+                .iter()
+                .fold(line, |line, prefix| line.replace(prefix, ""))
+        })
+        .collect();
     lines.sort();
     lines
 }

@@ -120,7 +120,7 @@ pub fn document() -> Value {
                         "409": error("the session is in the trash; restore it first"),
                         "413": error("body larger than MAX_BODY_BYTES"),
                         "415": error("Content-Type is not application/json"),
-                        "422": error("a field is missing, of the wrong type, or too long")
+                        "422": error("a field is missing, of the wrong type, or too long (payload: longer as stored than its column holds)")
                     }))
                 },
                 "delete": {
@@ -198,7 +198,7 @@ pub fn document() -> Value {
                     "required": ["device_name", "payload"],
                     "properties": {
                         "device_name": {"type": "string", "minLength": 1, "maxLength": 255},
-                        "payload": {"description": "any JSON value, at most MAX_BODY_BYTES"}
+                        "payload": {"description": "any JSON value; the body is capped by MAX_BODY_BYTES, and the payload as stored (compact JSON) by its column (16 MiB on MySQL)"}
                     }},
                 "Session": {"type": "object",
                     "required": ["client_id", "device_name", "payload", "created_at", "updated_at",

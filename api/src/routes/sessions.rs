@@ -8,7 +8,7 @@ use sea_orm::TransactionTrait;
 use serde::Serialize;
 
 use crate::auth::CurrentUser;
-use crate::domain::{ClientId, Page, PageQuery, SessionInput, SyncRequest};
+use crate::domain::{self, ClientId, Page, PageQuery, SessionInput, SyncRequest};
 use crate::error::ApiError;
 use crate::json::ApiJson;
 use crate::service::sessions::{self as service, Synced};
@@ -70,7 +70,8 @@ async fn sync(
     ApiJson(request): ApiJson<SyncRequest>,
 ) -> Result<(StatusCode, Json<SessionResponse>), ApiError> {
     let id = ClientId::parse(&client_id)?;
-    let input = SessionInput::parse(request, state.limits.max_body_bytes)?;
+    let capacity = domain::payload_capacity(state.db.get_database_backend());
+    let input = SessionInput::parse(request, capacity)?;
     let txn = state.db.begin().await?;
     let outcome = service::sync(&txn, user.id, &state.limits, &id, input, Utc::now()).await?;
     txn.commit().await?;

@@ -40,6 +40,7 @@ pub async fn run(args: Args) -> Result<(), String> {
     let settings = api::Settings {
         bind: "127.0.0.1:0".to_owned(),
         database_url: Some(bench.url.clone()),
+        database_schema: None,
         db_max_connections: 16,
         limits: api::Limits::default(),
         stripe: api::settings::StripeSettings {

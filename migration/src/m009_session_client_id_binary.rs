@@ -1,0 +1,160 @@
+//! MySQL/MariaDB: `synced_sessions.client_id` compares bytes (`utf8mb4_bin`), and `payload`
+//! holds up to 16 MiB (`MEDIUMTEXT`).
+//!
+//! # Why
+//!
+//! * **`client_id`** was created with the database's default collation, which on MySQL and
+//!   MariaDB ignores case: `PUT /v1/sessions/Laptop` then `PUT /v1/sessions/laptop` wrote
+//!   one session, the second device overwriting the first. PostgreSQL and SQLite compare
+//!   bytes, so there these were always two sessions. Rows that differ only by case cannot
+//!   exist yet (the unique index `(user_id, client_id)` made them collide), so the index
+//!   stays valid when it is rebuilt under the new collation.
+//! * **`payload`** was `TEXT`, 65,535 bytes on MySQL: a larger session answered 500 ("Data too
+//!   long"). `MEDIUMTEXT` holds 16,777,215 bytes, more than any body the API accepts. The API
+//!   also checks the stored size against the column's real limit, so a mismatch answers 413.
+//!
+//! # What it locks (MariaDB 10.11, measured; README has the figures)
+//!
+//! * **The collation change** runs `ALGORITHM=INPLACE, LOCK=NONE`: INSTANT is refused (the
+//!   unique index must be rebuilt), but the rebuild happens in place while reads and writes go
+//!   on. Measured under a writer: 187 ms on 200,000 rows and 2.7 s on 1,000,000, no write
+//!   slower than without the migration. Only the metadata lock at its start and end is
+//!   exclusive, and waiting for it is bounded by `lock_wait_timeout` (lock-timed step).
+//! * **`TEXT` → `MEDIUMTEXT`** can only copy the table: INSTANT, NOCOPY and INPLACE are all
+//!   refused ("Cannot change column type"), and MariaDB 10.11 refuses `LOCK=NONE` with COPY.
+//!   So it runs `ALGORITHM=COPY, LOCK=SHARED`: reads go on, **writes to `synced_sessions`
+//!   wait for the whole copy**. Measured on rows of ~300 bytes under a writer: 2.8 s on
+//!   200,000 rows and 12.7 s on 1,000,000, and writes waited that long. On a large
+//!   table, run `up` in a quiet window (or apply this step with an online schema-change tool
+//!   and let the probe skip it). It is a step of its own so that the online collation change
+//!   never waits behind it.
+//! * Each step is re-runnable: its probe reads the column's type and collation from
+//!   `information_schema.columns`, so a crash or a lock timeout half-way is finished by
+//!   running `up` (or `down`) again. MySQL DDL is not transactional, hence no wrapping
+//!   transaction.
+//!
+//! # `down`
+//!
+//! `down` restores m008's columns exactly: the table's default collation (written as no
+//! collation at all, as m002 did) and `TEXT`. Both copy or rebuild the same way as `up`. A
+//! step fails, with the database's error naming the value, while a payload is over 65,535
+//! bytes (strict mode refuses to truncate) or two sessions of a user differ only by the case
+//! of their `client_id` (the unique index would collide); once those rows are dealt with,
+//! `down` again finishes the job.
+//!
+//! # PostgreSQL and SQLite: nothing to do
+//!
+//! Their `varchar`/`text` compare bytes and `text` is unbounded (1 GB on PostgreSQL, SQLite's
+//! limit is a gigabyte too), so the migration has no steps there.
+
+use sea_orm_migration::prelude::*;
+use sea_orm_migration::sea_orm::DbBackend;
+
+use crate::idents::SyncedSessions;
+use crate::probe::{MySqlCollation, Probe};
+use crate::schema::table;
+use crate::step::{Direction, Mode, Planned, Step};
+
+#[derive(DeriveMigrationName)]
+pub struct Migration;
+
+const TABLE: &str = "synced_sessions";
+
+impl Planned for Migration {
+    fn plan(&self, backend: DbBackend, direction: Direction) -> Vec<Step> {
+        if backend != DbBackend::MySql {
+            return Vec::new();
+        }
+        let column = |name: &'static str, column_type, collation| Probe::MySqlColumnType {
+            table: TABLE,
+            column: name,
+            column_type,
+            collation,
+        };
+        // sea-query writes a column's character set and collation only after NOT NULL, where
+        // MySQL refuses CHARACTER SET; as part of the type it is accepted. ALGORITHM/LOCK
+        // clauses are appended as text, as in m006.
+        let client_id = |def: &mut ColumnDef, algorithm: &str| {
+            format!(
+                "{}, {algorithm}",
+                backend.build(
+                    Table::alter()
+                        .table(table(backend, SyncedSessions::Table))
+                        .modify_column(def.not_null())
+                )
+            )
+        };
+        let payload = |def: &mut ColumnDef| {
+            format!(
+                "{}, ALGORITHM=COPY, LOCK=SHARED",
+                backend.build(
+                    Table::alter()
+                        .table(table(backend, SyncedSessions::Table))
+                        .modify_column(def.not_null())
+                )
+            )
+        };
+        match direction {
+            Direction::Up => vec![
+                Step::new(
+                    "client_id COLLATE utf8mb4_bin (INPLACE, LOCK=NONE: rebuilds its index)",
+                    Mode::LockTimed,
+                    column(
+                        "client_id",
+                        "varchar(100)",
+                        MySqlCollation::Named("utf8mb4_bin"),
+                    ),
+                )
+                .raw(client_id(
+                    ColumnDef::new(SyncedSessions::ClientId).custom(Alias::new(
+                        "varchar(100) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
+                    )),
+                    "ALGORITHM=INPLACE, LOCK=NONE",
+                )),
+                Step::new(
+                    "payload MEDIUMTEXT (table copy, writes wait)",
+                    Mode::LockTimed,
+                    column("payload", "mediumtext", MySqlCollation::TableDefault),
+                )
+                .raw(payload(
+                    ColumnDef::new(SyncedSessions::Payload).custom(Alias::new("mediumtext")),
+                )),
+            ],
+            Direction::Down => vec![
+                Step::new(
+                    "payload TEXT (table copy, writes wait)",
+                    Mode::LockTimed,
+                    column("payload", "text", MySqlCollation::TableDefault),
+                )
+                .raw(payload(ColumnDef::new(SyncedSessions::Payload).text())),
+                Step::new(
+                    "client_id back to the table's collation (INPLACE, LOCK=NONE)",
+                    Mode::LockTimed,
+                    column("client_id", "varchar(100)", MySqlCollation::TableDefault),
+                )
+                .raw(client_id(
+                    ColumnDef::new(SyncedSessions::ClientId).string_len(100),
+                    "ALGORITHM=INPLACE, LOCK=NONE",
+                )),
+            ],
+        }
+    }
+}
+
+crate::register_plan!(Migration);
+
+#[async_trait::async_trait]
+impl MigrationTrait for Migration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        crate::apply_planned(self, manager, Direction::Up).await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        crate::apply_planned(self, manager, Direction::Down).await
+    }
+
+    /// MySQL DDL commits on its own; each step is re-runnable instead.
+    fn use_transaction(&self) -> Option<bool> {
+        Some(false)
+    }
+}

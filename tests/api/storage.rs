@@ -1,0 +1,124 @@
+//! What a session stores, byte for byte, on every backend: client ids that differ only by
+//! case, and payloads of every size the server accepts.
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::helpers::{code, spawn_app, spawn_app_with, test_settings};
+use crate::support::{self, Backend, TestDb};
+
+crate::on_every_backend!(
+    client_ids_differing_by_case_are_two_sessions,
+    a_body_under_the_cap_that_grows_when_stored_is_kept,
+    a_raised_body_cap_stores_payloads_over_64_kib,
+);
+
+async fn client_ids_differing_by_case_are_two_sessions(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let token = app.user("ann@example.com").await;
+    let put = |id: &'static str, device: &'static str| {
+        app.request(Method::PUT, &format!("/v1/sessions/{id}"), Some(&token))
+            .json(&json!({"device_name": device, "payload": {"from": device}}))
+            .send()
+    };
+    assert_eq!(put("Laptop", "work").await.unwrap().status(), 201);
+    assert_eq!(put("laptop", "home").await.unwrap().status(), 201);
+    for (id, device) in [("Laptop", "work"), ("laptop", "home")] {
+        let (status, body) = app
+            .json(Method::GET, &format!("/v1/sessions/{id}"), &token)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["client_id"], id, "{body}");
+        assert_eq!(body["payload"], json!({"from": device}), "{body}");
+    }
+    let (_, list) = app.json(Method::GET, "/v1/sessions", &token).await;
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(2), "{list}");
+}
+
+/// `1e5` is stored as `100000.0`: a body just under MAX_BODY_BYTES can be stored as more
+/// bytes than the cap. The server accepted the body, so it stores it (the column holds it).
+async fn a_body_under_the_cap_that_grows_when_stored_is_kept(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let cap = api::Limits::default().max_body_bytes;
+    let token = app.user("ann@example.com").await;
+    let prefix = r#"{"device_name":"d","payload":["#;
+    let numbers = (cap - prefix.len() - 2) / 4;
+    let body = format!("{prefix}{}]}}", vec!["1e5"; numbers].join(","));
+    assert!(body.len() <= cap && body.len() > cap - 8, "{}", body.len());
+    let stored_len = serde_json::to_string(&vec![100000.0; numbers])
+        .unwrap()
+        .len();
+    assert!(stored_len > cap, "the stored form must outgrow the cap");
+
+    let response = app
+        .request(Method::PUT, "/v1/sessions/grows", Some(&token))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let answer: Value = response.json().await.unwrap_or(Value::Null);
+    assert_eq!(status, 201, "{answer}");
+    let (status, stored) = app.json(Method::GET, "/v1/sessions/grows", &token).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        stored["payload"].as_array().map(Vec::len),
+        Some(numbers),
+        "payload changed"
+    );
+}
+
+/// MAX_BODY_BYTES raised past MySQL's old TEXT limit (65,535 bytes): stored on every backend;
+/// on MySQL, a payload past MEDIUMTEXT's 16 MiB is refused with our JSON error, not a 500.
+async fn a_raised_body_cap_stores_payloads_over_64_kib(backend: Backend) {
+    let app = spawn_app_with(backend, |s| s.limits.max_body_bytes = 20_000_000).await;
+    let token = app.user("ann@example.com").await;
+    let put = |payload: Value| {
+        app.request(Method::PUT, "/v1/sessions/big", Some(&token))
+            .json(&json!({"device_name": "d", "payload": payload}))
+            .send()
+    };
+    let big = "x".repeat(100_000);
+    assert_eq!(put(json!(big.clone())).await.unwrap().status(), 201);
+    let (_, stored) = app.json(Method::GET, "/v1/sessions/big", &token).await;
+    assert_eq!(stored["payload"], json!(big));
+
+    if backend == Backend::MySql {
+        let response = put(json!("y".repeat(16_777_216))).await.unwrap();
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        assert!(matches!(status, 413 | 422), "{status}: {body}");
+        assert_eq!(body["error"]["field"], "payload", "{body}");
+        assert!(!code(&body).is_empty(), "{body}");
+        // The session kept its previous payload.
+        let (_, stored) = app.json(Method::GET, "/v1/sessions/big", &token).await;
+        assert_eq!(stored["payload"], json!(big));
+    }
+}
+
+/// The API opens the database as the migrator does: in `public` unless DATABASE_SCHEMA says
+/// otherwise, even when a schema named after the role (`postgres` here) exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_works_in_the_chosen_schema_postgres() {
+    let t = TestDb::new(Backend::Postgres).await;
+    t.exec("CREATE SCHEMA postgres").await;
+    t.exec("CREATE SCHEMA tenant").await;
+    for (chosen, expected) in [(None, "public"), (Some("tenant"), "tenant")] {
+        let mut settings = test_settings(&t.url);
+        settings.database_schema = chosen.map(str::to_owned);
+        let (db, url) = api::startup::open_database(&settings).await.expect("open");
+        migration::cli::migrate_up(&db, &url)
+            .await
+            .expect("migrate");
+        let _ = db.close().await;
+        let tables = |schema: &str| {
+            format!(
+                "SELECT count(*) FROM information_schema.tables \
+                 WHERE table_schema = '{schema}' AND table_name = 'synced_sessions'"
+            )
+        };
+        assert_eq!(t.texts(&tables(expected)).await, vec!["1"], "{expected}");
+        assert_eq!(t.texts(&tables("postgres")).await, vec!["0"]);
+    }
+}
