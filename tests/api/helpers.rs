@@ -1,6 +1,7 @@
 //! `spawn_app`: a fresh database on the chosen backend and the API serving it on port 0.
 
 use api::settings::StripeSettings;
+use api::stripe::signature::WebhookSecrets;
 use api::{Application, Limits, Settings};
 use reqwest::{Client, Method, RequestBuilder, Response};
 use serde_json::{Value, json};
@@ -31,7 +32,8 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Settin
         db_max_connections: 5,
         limits: Limits::default(),
         stripe: StripeSettings {
-            webhook_secrets: vec![SECRET.to_owned(), OLD_SECRET.to_owned()],
+            webhook_secrets: WebhookSecrets::parse(&format!("{SECRET},{OLD_SECRET}"))
+                .expect("two secrets"),
             webhook_tolerance_secs: 300,
         },
         purge_every_secs: 0,

@@ -6,6 +6,7 @@ mod support;
 mod helpers;
 
 mod auth;
+mod binary;
 mod limits;
 mod openapi;
 mod retention;

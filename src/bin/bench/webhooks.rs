@@ -43,7 +43,8 @@ pub async fn run(args: Args) -> Result<(), String> {
         db_max_connections: 16,
         limits: api::Limits::default(),
         stripe: api::settings::StripeSettings {
-            webhook_secrets: vec![SECRET.to_owned()],
+            webhook_secrets: api::stripe::signature::WebhookSecrets::parse(SECRET)
+                .map_err(|e| e.to_string())?,
             webhook_tolerance_secs: 300,
         },
         purge_every_secs: 0,
