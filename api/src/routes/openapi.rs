@@ -114,10 +114,10 @@ pub fn document() -> Value {
                         "schema": {"$ref": "#/components/schemas/SyncRequest"}}}},
                     "responses": authed(json!({
                         "200": body("Session", "updated"),
-                        "201": body("Session", "created"),
+                        "201": body("Session", "created (also over a trashed session past its retention window)"),
                         "400": error("malformed JSON"),
                         "402": error("the Free plan's session limit is reached"),
-                        "409": error("the session is in the trash; restore it first"),
+                        "409": error("the session is in the trash, inside its retention window; restore it first"),
                         "413": error("body larger than MAX_BODY_BYTES"),
                         "415": error("Content-Type is not application/json"),
                         "422": error("a field is missing, of the wrong type, or too long")
@@ -162,7 +162,7 @@ pub fn document() -> Value {
                 }
             }},
             "/v1/trash": {"get": {
-                "summary": "Soft-deleted sessions, newest first, with their purge time",
+                "summary": "Soft-deleted sessions still inside the retention window, newest first, with their purge time",
                 "security": security,
                 "parameters": paging(),
                 "responses": authed(json!({

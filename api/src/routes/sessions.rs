@@ -11,7 +11,7 @@ use crate::auth::CurrentUser;
 use crate::domain::{ClientId, Page, PageQuery, SessionInput, SyncRequest};
 use crate::error::ApiError;
 use crate::json::ApiJson;
-use crate::service::sessions::{self as service, Synced};
+use crate::service::sessions::{self as service, Listing, Synced};
 use crate::startup::AppState;
 
 #[derive(Serialize)]
@@ -96,7 +96,7 @@ async fn list(
     Query(query): Query<PageQuery>,
 ) -> Result<Json<SessionPage>, ApiError> {
     let page = Page::parse(&query, state.limits.max_page_size)?;
-    let (rows, next) = service::list(&state.db, user.id, &page, false).await?;
+    let (rows, next) = service::list(&state.db, user.id, &page, Listing::Live).await?;
     Ok(Json(SessionPage {
         items: rows.into_iter().map(|s| respond(s, None)).collect(),
         next_cursor: next.map(|id| id.to_string()),
@@ -109,8 +109,10 @@ async fn trash(
     Query(query): Query<PageQuery>,
 ) -> Result<Json<SessionPage>, ApiError> {
     let page = Page::parse(&query, state.limits.max_page_size)?;
-    let (rows, next) = service::list(&state.db, user.id, &page, true).await?;
-    let tier = user.tier();
+    let now = Utc::now();
+    let tier = user.tier_at(now);
+    let listing = Listing::trash(tier, &state.limits, now);
+    let (rows, next) = service::list(&state.db, user.id, &page, listing).await?;
     Ok(Json(SessionPage {
         items: rows
             .into_iter()
