@@ -19,6 +19,23 @@ pub struct Settings {
     /// Largest pool of database connections (SQLite always uses one writer).
     #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 10)]
     pub db_max_connections: u32,
+    /// Milliseconds a statement waits for a lock another transaction holds before its request
+    /// answers 503 with Retry-After (MySQL rounds up to whole seconds).
+    #[arg(
+        long,
+        env = "DB_LOCK_TIMEOUT_MS",
+        default_value_t = 2000,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub db_lock_timeout_ms: u64,
+    /// Seconds a request may take in all before it is answered 503 with Retry-After.
+    #[arg(
+        long,
+        env = "REQUEST_TIMEOUT_SECS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub request_timeout_secs: u64,
     #[command(flatten)]
     pub limits: Limits,
     #[command(flatten)]
@@ -26,6 +43,16 @@ pub struct Settings {
     /// Run the retention purge every this many seconds inside the server (0: never).
     #[arg(long, env = "PURGE_EVERY_SECS", default_value_t = 0)]
     pub purge_every_secs: u64,
+}
+
+impl Settings {
+    pub fn lock_timeout(&self) -> Duration {
+        Duration::from_millis(self.db_lock_timeout_ms.max(1))
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs.max(1))
+    }
 }
 
 /// Stripe webhook verification.

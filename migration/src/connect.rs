@@ -124,6 +124,18 @@ pub async fn open(
     timeout: Duration,
     max_connections: u32,
 ) -> Result<DatabaseConnection, Failure> {
+    open_with(url, schema, timeout, max_connections, |_| {}).await
+}
+
+/// [`open`], with `tune` adding options of the caller's (the API bounds lock waits per
+/// connection) before the pool connects.
+pub async fn open_with(
+    url: &DatabaseUrl,
+    schema: Option<&str>,
+    timeout: Duration,
+    max_connections: u32,
+    tune: impl FnOnce(&mut ConnectOptions),
+) -> Result<DatabaseConnection, Failure> {
     if let Some(file) = url.sqlite_file() {
         // SQLite creates the file (with mode=rwc) but not the folder it lives in.
         if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -144,6 +156,7 @@ pub async fn open(
     if let (Some(schema), DbBackend::Postgres) = (schema, url.backend) {
         options.set_schema_search_path(schema.to_owned());
     }
+    tune(&mut options);
     Database::connect(options)
         .await
         .map_err(|err| explain_connect_error(url, timeout, &err))

@@ -30,6 +30,8 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Settin
         bind: "127.0.0.1:0".to_owned(),
         database_url: Some(db.url.clone()),
         db_max_connections: 5,
+        db_lock_timeout_ms: 2000,
+        request_timeout_secs: 30,
         limits: Limits::default(),
         stripe: StripeSettings {
             webhook_secrets: WebhookSecrets::parse(&format!("{SECRET},{OLD_SECRET}"))

@@ -7,6 +7,7 @@ mod helpers;
 
 mod auth;
 mod binary;
+mod busy;
 mod limits;
 mod openapi;
 mod retention;

@@ -51,7 +51,13 @@ fn authed(mut responses: Value) -> Value {
             "401".into(),
             error("missing, malformed or revoked bearer token"),
         );
-        map.insert("503".into(), error("the database is unavailable"));
+        map.insert(
+            "503".into(),
+            error(
+                "the database is unavailable or busy (a lock wait past DB_LOCK_TIMEOUT_MS), or \
+                 the request ran past REQUEST_TIMEOUT_SECS; retry after Retry-After seconds",
+            ),
+        );
         map.insert(
             "500".into(),
             error("unexpected error (logged; body is opaque)"),
@@ -73,8 +79,8 @@ pub fn document() -> Value {
             "/healthz": {"get": {
                 "summary": "Database reachability",
                 "responses": {
-                    "200": body("Health", "the database answers"),
-                    "503": body("Health", "the database does not answer")
+                    "200": body("Health", "the database answers (`reachable`), or every pooled connection is in use (`busy`)"),
+                    "503": body("Health", "the database does not answer (`unreachable`)")
                 }
             }},
             "/openapi.json": {"get": {
@@ -158,7 +164,7 @@ pub fn document() -> Value {
                     "400": error("missing, malformed, wrong or stale signature, or not a Stripe event"),
                     "413": error("event larger than 1 MiB"),
                     "500": error("unexpected error; Stripe retries"),
-                    "503": error("database unavailable or webhooks not configured; Stripe retries")
+                    "503": error("database unavailable or busy, request timed out, or webhooks not configured; Stripe retries")
                 }
             }},
             "/v1/trash": {"get": {
@@ -183,7 +189,7 @@ pub fn document() -> Value {
                 }},
                 "Health": {"type": "object", "required": ["status", "database"], "properties": {
                     "status": {"type": "string", "enum": ["ok", "unavailable"]},
-                    "database": {"type": "string", "enum": ["reachable", "unreachable"]}
+                    "database": {"type": "string", "enum": ["reachable", "busy", "unreachable"]}
                 }},
                 "Billing": {"type": "object",
                     "required": ["tier", "subscription_status", "current_period_end", "stripe_linked"],

@@ -41,6 +41,8 @@ pub async fn run(args: Args) -> Result<(), String> {
         bind: "127.0.0.1:0".to_owned(),
         database_url: Some(bench.url.clone()),
         db_max_connections: 16,
+        db_lock_timeout_ms: 2000,
+        request_timeout_secs: 30,
         limits: api::Limits::default(),
         stripe: api::settings::StripeSettings {
             webhook_secrets: api::stripe::signature::WebhookSecrets::parse(SECRET)
