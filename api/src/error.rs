@@ -41,7 +41,7 @@ pub enum ApiError {
     #[error(
         "another transaction holds what this request needs (DB_LOCK_TIMEOUT_MS ran out); retry shortly"
     )]
-    Busy(#[source] DbErr),
+    Busy(#[source] Option<DbErr>),
     #[error(
         "the request took longer than this server allows (REQUEST_TIMEOUT_SECS); retry shortly"
     )]
@@ -96,7 +96,7 @@ const RETRY_AFTER_SECS: &str = "1";
 impl From<DbErr> for ApiError {
     fn from(err: DbErr) -> Self {
         if migration::step::is_lock_conflict(&err) {
-            return ApiError::Busy(err);
+            return ApiError::Busy(Some(err));
         }
         match err {
             DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => ApiError::Unavailable(err),
@@ -128,7 +128,8 @@ impl IntoResponse for ApiError {
             ApiError::Unavailable(source) => {
                 tracing::error!(error = %source, "database unavailable")
             }
-            ApiError::Busy(source) => tracing::warn!(error = %source, "lock wait gave up"),
+            ApiError::Busy(Some(source)) => tracing::warn!(error = %source, "lock wait gave up"),
+            ApiError::Busy(None) => tracing::warn!("gave up waiting for the user's earlier writes"),
             ApiError::TimedOut => tracing::warn!("request timed out"),
             _ => {}
         }

@@ -20,6 +20,7 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use crate::error::ApiError;
 use crate::routes;
 use crate::settings::{Limits, Settings, StripeSettings};
+use crate::user_queue::UserQueue;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -28,6 +29,10 @@ pub struct AppState {
     pub stripe: Arc<StripeSettings>,
     /// How long a request may take in all.
     pub request_timeout: Duration,
+    /// How long a request waits for a lock (`DB_LOCK_TIMEOUT_MS`).
+    pub lock_timeout: Duration,
+    /// Each user's writes, one at a time.
+    pub user_queue: UserQueue,
 }
 
 /// Every route, with request ids, tracing, the body cap and the request timeout.
@@ -201,6 +206,8 @@ impl Application {
             limits: Arc::new(settings.limits.clone()),
             stripe: Arc::new(settings.stripe.clone()),
             request_timeout: settings.request_timeout(),
+            lock_timeout: settings.lock_timeout(),
+            user_queue: UserQueue::default(),
         };
         Ok(Self {
             listener,

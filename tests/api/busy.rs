@@ -95,9 +95,9 @@ async fn one_users_locked_row_does_not_stall_the_api(backend: Backend) {
             tokio::spawn(async move { request.send().await })
         })
         .collect();
-    // Until a pool's worth of them wait on A's row.
-    within("waiting for the syncs to queue on the lock", async {
-        while lock_waiters(&app).await < pool {
+    // Until one of them waits on A's row (the others queue without a connection).
+    within("waiting for a sync to wait on the lock", async {
+        while lock_waiters(&app).await < 1 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
@@ -182,18 +182,18 @@ async fn a_request_past_the_request_timeout_is_answered(backend: Backend) {
     assert_eq!(status, 201);
 }
 
-/// Every pooled connection waiting on one user's row: `/healthz` answers at once that the
-/// database is busy, with a 200 a load balancer keeps serving. Dropping the database (a real
-/// outage) makes it 503 `unreachable`.
-async fn healthz_tells_busy_from_down(backend: Backend) {
+/// However long the lock waits may be, one user's writes take one connection of the pool:
+/// the rest of it serves everyone else.
+async fn one_users_writes_take_one_connection(backend: Backend) {
     let app = spawn_app_with(backend, |settings| {
         settings.db_max_connections = 2;
         settings.db_lock_timeout_ms = 600_000;
+        settings.request_timeout_secs = 3;
     })
     .await;
     let a = app.user("a@example.com").await;
-    let a_id = app.user_id("a@example.com").await;
-    let held = hold_user_row(&app, a_id).await;
+    let b = app.user("b@example.com").await;
+    let held = hold_user_row(&app, app.user_id("a@example.com").await).await;
     let client = Client::new();
     let syncs: Vec<_> = (0..3)
         .map(|i| {
@@ -204,6 +204,48 @@ async fn healthz_tells_busy_from_down(backend: Backend) {
             tokio::spawn(async move { request.send().await })
         })
         .collect();
+    within("waiting for a sync to wait on the lock", async {
+        while lock_waiters(&app).await < 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let (status, page) = within("B's list", app.json(Method::GET, "/v1/sessions", &b)).await;
+    assert_eq!(status, 200, "{page}");
+    for sync in syncs {
+        let response = within("A's sync", sync)
+            .await
+            .expect("task")
+            .expect("response");
+        assert_retryable(response, "timeout").await;
+    }
+    held.rollback().await.expect("release");
+}
+
+/// Every pooled connection waiting on a held row: `/healthz` answers at once that the
+/// database is busy, with a 200 a load balancer keeps serving. Dropping the database (a real
+/// outage) makes it 503 `unreachable`.
+async fn healthz_tells_busy_from_down(backend: Backend) {
+    let app = spawn_app_with(backend, |settings| {
+        settings.db_max_connections = 2;
+        settings.db_lock_timeout_ms = 600_000;
+    })
+    .await;
+    // Two users' rows held: each one's syncs take one connection.
+    let client = Client::new();
+    let mut held = Vec::new();
+    let mut syncs = Vec::new();
+    for email in ["a@example.com", "c@example.com"] {
+        let token = app.user(email).await;
+        held.push(hold_user_row(&app, app.user_id(email).await).await);
+        for i in 0..2 {
+            let request = client
+                .put(format!("{}/v1/sessions/s{i}", app.address))
+                .bearer_auth(&token)
+                .json(&json!({"device_name": "d", "payload": {}}));
+            syncs.push(tokio::spawn(async move { request.send().await }));
+        }
+    }
     within("waiting for the syncs to take the pool", async {
         while lock_waiters(&app).await < 2 {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -220,9 +262,11 @@ async fn healthz_tells_busy_from_down(backend: Backend) {
     let body: Value = health.json().await.expect("JSON");
     assert_eq!(body["database"], "busy", "{body}");
 
-    held.rollback().await.expect("release");
+    for txn in held {
+        txn.rollback().await.expect("release");
+    }
     for sync in syncs {
-        let response = within("A's sync", sync)
+        let response = within("a sync", sync)
             .await
             .expect("task")
             .expect("response");
@@ -279,4 +323,5 @@ on_pooled_backends!(
     one_users_locked_row_does_not_stall_the_api,
     a_request_past_the_request_timeout_is_answered,
     healthz_tells_busy_from_down,
+    one_users_writes_take_one_connection,
 );

@@ -71,6 +71,7 @@ async fn sync(
 ) -> Result<(StatusCode, Json<SessionResponse>), ApiError> {
     let id = ClientId::parse(&client_id)?;
     let input = SessionInput::parse(request, state.limits.max_body_bytes)?;
+    let _turn = state.user_queue.turn(user.id, state.lock_timeout).await?;
     let txn = state.db.begin().await?;
     let outcome = service::sync(&txn, user.id, &state.limits, &id, input, Utc::now()).await?;
     txn.commit().await?;
@@ -133,6 +134,7 @@ async fn soft_delete(
     Path(client_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = ClientId::parse(&client_id)?;
+    let _turn = state.user_queue.turn(user.id, state.lock_timeout).await?;
     let txn = state.db.begin().await?;
     service::soft_delete(&txn, user.id, &id, Utc::now()).await?;
     txn.commit().await?;
@@ -145,6 +147,7 @@ async fn restore(
     Path(client_id): Path<String>,
 ) -> Result<Json<SessionResponse>, ApiError> {
     let id = ClientId::parse(&client_id)?;
+    let _turn = state.user_queue.turn(user.id, state.lock_timeout).await?;
     let txn = state.db.begin().await?;
     let session = service::restore(&txn, user.id, &state.limits, &id, Utc::now()).await?;
     txn.commit().await?;
