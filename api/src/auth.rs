@@ -84,8 +84,7 @@ impl FromRequestParts<AppState> for CurrentUser {
             .headers
             .get(AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(bearer_credentials)
             .filter(|secret| secret.starts_with(PREFIX))
             .ok_or(ApiError::Unauthorized)?;
         let found = api_tokens::Entity::find()
@@ -101,9 +100,41 @@ impl FromRequestParts<AppState> for CurrentUser {
     }
 }
 
+/// The credentials of an `Authorization: Bearer <token>` value. The scheme name is
+/// case-insensitive and may be followed by several spaces (RFC 9110 section 11.1).
+fn bearer_credentials(value: &str) -> Option<&str> {
+    let (scheme, credentials) = value.trim().split_once([' ', '\t'])?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| credentials.trim())
+        .filter(|credentials| !credentials.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for value in [
+            "Bearer bst_1",
+            "bearer bst_1",
+            "BEARER  bst_1",
+            " Bearer\tbst_1 ",
+        ] {
+            assert_eq!(bearer_credentials(value), Some("bst_1"), "{value:?}");
+        }
+        for value in [
+            "Basic bst_1",
+            "Bearer",
+            "Bearer ",
+            "Bearerbst_1",
+            "bst_1",
+            "",
+        ] {
+            assert_eq!(bearer_credentials(value), None, "{value:?}");
+        }
+    }
 
     #[test]
     fn tokens_are_long_random_and_hashed() {

@@ -13,11 +13,12 @@ use sea_orm_migration::sea_orm::{
     ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement,
 };
 
+use crate::Migrator;
 use crate::connect::{self, DatabaseUrl, Failure};
+use crate::dry_run::{self, Listed};
 use crate::lock::{self, MigrationLock};
 use crate::settings::{LockSettings, env_number};
 use crate::step::Direction;
-use crate::{Migrator, PlannedMigration, dry_run};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -43,6 +44,8 @@ pub struct Cli {
         long,
         global = true,
         env = "DATABASE_URL",
+        // The URL may hold a password: `--help` must not print the environment's value.
+        hide_env_values = true,
         help = "Database URL (default: the embedded SQLite file data/billing.sqlite)"
     )]
     pub database_url: Option<String>,
@@ -157,7 +160,8 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
     }
     let url = resolve_url(cli.database_url.as_deref())?;
     let timeout = Duration::from_secs(cli.connect_timeout.max(1));
-    let db = connect::open(&url, cli.database_schema.as_deref(), timeout, 4).await?;
+    let schema = connect::schema_or_unset(cli.database_schema.as_deref());
+    let db = connect::open(&url, schema, timeout, 4).await?;
     let result = run_with(&db, &url, &command).await;
     let _ = db.close().await;
     result
@@ -198,7 +202,9 @@ async fn run_with(
         env_number(lock::LOCK_WAIT_ENV, lock::DEFAULT_LOCK_WAIT.as_secs()).map_err(explain)?,
     );
     let held = MigrationLock::acquire(url, max_wait).await?;
-    let result = change_schema(db, command).await.map_err(explain);
+    let result = lock::while_held(held.holder(), change_schema(db, command))
+        .await
+        .map_err(explain);
     held.release().await;
     result
 }
@@ -269,7 +275,7 @@ async fn check_history(db: &DatabaseConnection) -> Result<(), Failure> {
         ))
         .await
         .map_err(explain)?;
-    let known: Vec<String> = Migrator::planned()
+    let known: Vec<String> = Migrator::migrations()
         .iter()
         .map(|m| m.name().to_owned())
         .collect();
@@ -291,8 +297,10 @@ async fn check_history(db: &DatabaseConnection) -> Result<(), Failure> {
     )))
 }
 
+/// Reads the history without writing: no `seaql_migrations` is created where there is none
+/// (a read-only user or a read-only SQLite file must be able to ask).
 async fn print_status(db: &DatabaseConnection) -> Result<(), Failure> {
-    let migrations = Migrator::get_migration_with_status(db)
+    let migrations = Migrator::get_migration_with_status_read_only(db)
         .await
         .map_err(explain)?;
     for migration in migrations {
@@ -301,16 +309,35 @@ async fn print_status(db: &DatabaseConnection) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Every migration, oldest first, with its step plan where it has one.
+fn listed(names: &[String]) -> Vec<Listed<'_>> {
+    names
+        .iter()
+        .map(|name| Listed {
+            name,
+            plan: crate::plan_of(name),
+        })
+        .collect()
+}
+
+fn migration_names() -> Vec<String> {
+    Migrator::migrations()
+        .iter()
+        .map(|m| m.name().to_owned())
+        .collect()
+}
+
 fn print_sql_offline(backend_name: &str, args: &SqlArgs) -> Result<(), Failure> {
     let backend = crate::parse_backend(backend_name).ok_or_else(|| {
         Failure(format!(
             "unknown backend {backend_name:?}: use postgres, mysql or sqlite"
         ))
     })?;
-    let all = Migrator::planned();
-    let mut chosen: Vec<&dyn PlannedMigration> = match &args.migration {
+    let names = migration_names();
+    let all = listed(&names);
+    let mut chosen = match &args.migration {
         Some(name) => vec![find(&all, name)?],
-        None => all.iter().map(|m| m.as_ref()).collect(),
+        None => all.clone(),
     };
     let direction = direction(args.direction);
     if direction == Direction::Down {
@@ -320,12 +347,13 @@ fn print_sql_offline(backend_name: &str, args: &SqlArgs) -> Result<(), Failure> 
 }
 
 async fn print_sql_pending(db: &DatabaseConnection, args: &SqlArgs) -> Result<(), Failure> {
-    let all = Migrator::planned();
+    let names = migration_names();
+    let all = listed(&names);
     let direction = direction(args.direction);
-    let chosen: Vec<&dyn PlannedMigration> = if let Some(name) = &args.migration {
+    let chosen = if let Some(name) = &args.migration {
         vec![find(&all, name)?]
     } else {
-        let statuses = Migrator::get_migration_with_status(db)
+        let statuses = Migrator::get_migration_with_status_read_only(db)
             .await
             .map_err(explain)?;
         let wanted = match direction {
@@ -337,10 +365,10 @@ async fn print_sql_pending(db: &DatabaseConnection, args: &SqlArgs) -> Result<()
             .filter(|m| m.status() == wanted)
             .map(|m| m.name().to_owned())
             .collect();
-        let mut chosen: Vec<&dyn PlannedMigration> = all
+        let mut chosen: Vec<Listed<'_>> = all
             .iter()
-            .map(|m| m.as_ref())
-            .filter(|m| names.iter().any(|n| n == m.name()))
+            .filter(|m| names.iter().any(|n| n == m.name))
+            .copied()
             .collect();
         if direction == Direction::Down {
             chosen.reverse();
@@ -356,30 +384,39 @@ async fn print_sql_pending(db: &DatabaseConnection, args: &SqlArgs) -> Result<()
     print_rendered(db.get_database_backend(), direction, &chosen)
 }
 
+/// Prints what can be printed; then, if a plain migration was among them, says so as an error:
+/// the SQL printed is not all that would run.
 fn print_rendered(
     backend: DbBackend,
     direction: Direction,
-    chosen: &[&dyn PlannedMigration],
+    chosen: &[Listed<'_>],
 ) -> Result<(), Failure> {
     let settings = LockSettings::from_env().map_err(explain)?;
     print!("{}", dry_run::render(backend, direction, chosen, &settings));
-    Ok(())
+    let plain: Vec<&str> = chosen
+        .iter()
+        .filter(|m| m.plan.is_none())
+        .map(|m| m.name)
+        .collect();
+    if plain.is_empty() {
+        return Ok(());
+    }
+    Err(Failure(format!(
+        "cannot print the SQL of {}: a plain MigrationTrait runs code, not a step plan, so its \
+         statements are known only when it runs (the other migrations' SQL is printed above). \
+         Give it a plan to make it printable (README: \"Adding a migration\")",
+        plain.join(", ")
+    )))
 }
 
-fn find<'a>(
-    all: &'a [Box<dyn PlannedMigration>],
-    name: &str,
-) -> Result<&'a dyn PlannedMigration, Failure> {
-    all.iter()
-        .find(|m| m.name() == name)
-        .map(|m| m.as_ref())
-        .ok_or_else(|| {
-            let names: Vec<&str> = all.iter().map(|m| m.name()).collect();
-            Failure(format!(
-                "no migration named {name:?}; known: {}",
-                names.join(", ")
-            ))
-        })
+fn find<'a>(all: &[Listed<'a>], name: &str) -> Result<Listed<'a>, Failure> {
+    all.iter().find(|m| m.name == name).copied().ok_or_else(|| {
+        let names: Vec<&str> = all.iter().map(|m| m.name).collect();
+        Failure(format!(
+            "no migration named {name:?}; known: {}",
+            names.join(", ")
+        ))
+    })
 }
 
 fn direction(direction: SqlDirection) -> Direction {

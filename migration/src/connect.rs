@@ -4,12 +4,14 @@
 //! all of them; here each becomes a [`Failure`] that says what is wrong and what to do.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
 use sea_orm_migration::sea_orm::sqlx;
 use sea_orm_migration::sea_orm::{
-    ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr, RuntimeErr,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, RuntimeErr,
+    Statement,
 };
 
 /// A user-facing error: one message, no backtrace.
@@ -25,51 +27,78 @@ impl fmt::Display for Failure {
 impl std::error::Error for Failure {}
 
 /// A database URL that parsed, with a password-free form for messages.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct DatabaseUrl {
     raw: String,
     pub backend: DbBackend,
-    /// `scheme://user@host:port/db` without the password, safe to print.
+    /// The URL as [`redact`] shows it: safe to print.
     pub display: String,
+    sqlite_file: Option<PathBuf>,
+}
+
+/// Shows the redacted form only: a `{:?}` in a log line must not print the password either.
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseUrl")
+            .field("backend", &self.backend)
+            .field("display", &self.display)
+            .finish_non_exhaustive()
+    }
 }
 
 impl DatabaseUrl {
     pub fn parse(raw: &str) -> Result<Self, Failure> {
         let raw = raw.trim();
+        let display = redact(raw);
         let scheme = raw.split_once(':').map(|(s, _)| s).unwrap_or("");
-        let (backend, checked) = match scheme {
-            "postgres" | "postgresql" => (
-                DbBackend::Postgres,
-                sqlx::postgres::PgConnectOptions::from_str(raw).map(|_| ()),
-            ),
-            "mysql" | "mariadb" => (
-                DbBackend::MySql,
-                sqlx::mysql::MySqlConnectOptions::from_str(&raw.replacen("mariadb:", "mysql:", 1))
-                    .map(|_| ()),
-            ),
-            "sqlite" => (
-                DbBackend::Sqlite,
-                sqlx::sqlite::SqliteConnectOptions::from_str(raw).map(|_| ()),
-            ),
+        // Only the scheme is renamed: a user or a database called `mariadb` keeps its name.
+        let raw = match scheme {
+            "mariadb" => format!("mysql{}", &raw[scheme.len()..]),
+            _ => raw.to_owned(),
+        };
+        let malformed = |err: sqlx::Error| {
+            Failure(format!(
+                "DATABASE_URL {display:?} is malformed: {}",
+                first_line(&err.to_string())
+            ))
+        };
+        let mut sqlite_file = None;
+        let backend = match scheme {
+            "postgres" | "postgresql" => {
+                sqlx::postgres::PgConnectOptions::from_str(&raw).map_err(malformed)?;
+                DbBackend::Postgres
+            }
+            "mysql" | "mariadb" => {
+                let options =
+                    sqlx::mysql::MySqlConnectOptions::from_str(&raw).map_err(malformed)?;
+                // Without one, DATABASE() is NULL: the lock name, the catalog probes and
+                // every table would have nowhere to go.
+                if options.get_database().is_none_or(str::is_empty) {
+                    return Err(Failure(format!(
+                        "DATABASE_URL {display:?} names no database: MySQL and MariaDB need one \
+                         at the end of the URL, e.g. mysql://user@127.0.0.1:3306/billing"
+                    )));
+                }
+                DbBackend::MySql
+            }
+            "sqlite" => {
+                let options =
+                    sqlx::sqlite::SqliteConnectOptions::from_str(&raw).map_err(malformed)?;
+                sqlite_file = file_behind(&raw, options.get_filename());
+                DbBackend::Sqlite
+            }
             _ => {
                 return Err(Failure(format!(
-                    "DATABASE_URL {:?} is not a database URL: it should start with postgres://, \
-                     mysql:// or sqlite:, e.g. postgres://user@127.0.0.1:5432/billing",
-                    redact(raw)
+                    "DATABASE_URL {display:?} is not a database URL: it should start with \
+                     postgres://, mysql:// or sqlite:, e.g. postgres://user@127.0.0.1:5432/billing"
                 )));
             }
         };
-        checked.map_err(|err| {
-            Failure(format!(
-                "DATABASE_URL {:?} is malformed: {}",
-                redact(raw),
-                first_line(&err.to_string())
-            ))
-        })?;
         Ok(Self {
-            raw: raw.replacen("mariadb:", "mysql:", 1),
+            raw,
             backend,
-            display: redact(raw),
+            display,
+            sqlite_file,
         })
     }
 
@@ -77,37 +106,93 @@ impl DatabaseUrl {
         &self.raw
     }
 
-    /// The SQLite file behind the URL, if it names one (not `:memory:`).
-    pub fn sqlite_file(&self) -> Option<std::path::PathBuf> {
-        if self.backend != DbBackend::Sqlite {
-            return None;
-        }
-        let rest = self
-            .raw
-            .trim_start_matches("sqlite:")
-            .trim_start_matches("//");
-        let path = rest.split('?').next().unwrap_or("");
-        if path.is_empty() || path.contains(":memory:") || rest.contains("mode=memory") {
-            return None;
-        }
-        Some(std::path::PathBuf::from(path))
+    /// The SQLite file behind the URL, as sqlx reads the URL, if it names one (not `:memory:`).
+    pub fn sqlite_file(&self) -> Option<&Path> {
+        self.sqlite_file.as_deref()
     }
 }
 
-/// `scheme://user:secret@host/db` → `scheme://user@host/db`.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+/// sqlx names an in-memory database `file:sqlx-in-memory-N` (for `:memory:`) or keeps the
+/// given name with `mode=memory`; neither is a file.
+fn file_behind(raw: &str, filename: &Path) -> Option<PathBuf> {
+    let in_memory = filename.as_os_str().is_empty()
+        || filename
+            .to_string_lossy()
+            .starts_with("file:sqlx-in-memory-")
+        || raw
+            .split_once('?')
+            .is_some_and(|(_, query)| query.split('&').any(|pair| pair == "mode=memory"));
+    (!in_memory).then(|| filename.to_path_buf())
+}
+
+/// Query parameters that carry a secret; sqlx reads `password` for PostgreSQL and MySQL.
+const SECRET_PARAMETERS: [&str; 2] = ["password", "sslpassword"];
+
+/// The one form in which a database URL is shown anywhere: the password and any
+/// `password`/`sslpassword` parameter dropped. A URL that does not parse with a host (or has an
+/// `@` after its host, the sign of a password that swallowed the rest) shows only its scheme.
+pub fn redact(raw: &str) -> String {
+    let raw = raw.trim();
+    let Ok(mut url) = url::Url::parse(raw) else {
+        return scheme_only(raw);
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{scheme}://{user}@{host}{path}")
-        }
-        None => url.to_owned(),
+    let sqlite = url.scheme() == "sqlite";
+    let after_host = format!(
+        "{}{}{}",
+        url.path(),
+        url.query().unwrap_or(""),
+        url.fragment().unwrap_or("")
+    );
+    if !sqlite && (!url.has_host() || after_host.contains('@')) {
+        return scheme_only(raw);
     }
+    let mut changed = false;
+    if url.password().is_some() {
+        changed |= url.set_password(None).is_ok();
+    }
+    let secret = |key: &str| {
+        SECRET_PARAMETERS
+            .iter()
+            .any(|s| key.eq_ignore_ascii_case(s))
+    };
+    if url.query_pairs().any(|(key, _)| secret(&key)) {
+        let kept: Vec<(String, String)> = url
+            .query_pairs()
+            .filter(|(key, _)| !secret(key))
+            .map(|(key, value)| (key.into_owned(), value.into_owned()))
+            .collect();
+        if kept.is_empty() {
+            url.set_query(None);
+        } else {
+            url.query_pairs_mut().clear().extend_pairs(kept);
+        }
+        changed = true;
+    }
+    // Unchanged URLs are shown as typed (the parser would re-encode a SQLite path).
+    if changed {
+        url.to_string()
+    } else {
+        raw.to_owned()
+    }
+}
+
+fn scheme_only(raw: &str) -> String {
+    match raw.split_once(':') {
+        Some((scheme, _))
+            if !scheme.is_empty()
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')) =>
+        {
+            format!("{scheme}:(rest hidden)")
+        }
+        _ => "(hidden)".to_owned(),
+    }
+}
+
+/// `DATABASE_SCHEMA=` (an empty line in a `.env` file) means "not set", like an absent one.
+pub fn schema_or_unset(given: Option<&str>) -> Option<&str> {
+    given.map(str::trim).filter(|schema| !schema.is_empty())
 }
 
 fn first_line(text: &str) -> &str {
@@ -153,13 +238,51 @@ pub async fn open_with(
         .acquire_timeout(timeout)
         .max_connections(max_connections)
         .sqlx_logging(false);
-    if let (Some(schema), DbBackend::Postgres) = (schema, url.backend) {
+    let schema = schema_or_unset(schema).filter(|_| url.backend == DbBackend::Postgres);
+    if let Some(schema) = schema {
         options.set_schema_search_path(schema.to_owned());
     }
     tune(&mut options);
-    Database::connect(options)
+    let db = Database::connect(options)
         .await
-        .map_err(|err| explain_connect_error(url, timeout, &err))
+        .map_err(|err| explain_connect_error(url, timeout, &err))?;
+    if let Some(schema) = schema {
+        require_schemas(&db, url, schema).await?;
+    }
+    Ok(db)
+}
+
+/// PostgreSQL accepts a `search_path` naming schemas that do not exist; every statement after
+/// that would fail with "no schema has been selected to create in".
+async fn require_schemas(
+    db: &DatabaseConnection,
+    url: &DatabaseUrl,
+    search_path: &str,
+) -> Result<(), Failure> {
+    for schema in search_path.split(',') {
+        let name = schema.trim().trim_matches('"');
+        let found = db
+            .query_one_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT 1 FROM pg_namespace WHERE nspname = $1",
+                [name.into()],
+            ))
+            .await
+            .map_err(|err| {
+                Failure(format!(
+                    "cannot look up schema {name:?} in {}: {err}",
+                    url.display
+                ))
+            })?;
+        if found.is_none() {
+            return Err(Failure(format!(
+                "schema {name:?} does not exist in {}: create it (CREATE SCHEMA ...) or fix \
+                 -s/--database-schema (DATABASE_SCHEMA)",
+                url.display
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Turns a connection error into the sentence a user needs.
@@ -219,13 +342,103 @@ pub fn explain_connect_error(url: &DatabaseUrl, timeout: Duration, err: &DbErr) 
 mod tests {
     use super::*;
 
+    /// (URL, what must be shown, secrets that must not appear).
+    const REDACTIONS: &[(&str, &str, &[&str])] = &[
+        (
+            "postgres://bob:hunter2@db:5432/app",
+            "postgres://bob@db:5432/app",
+            &["hunter2"],
+        ),
+        // A `/` in the password ends the authority early: the port does not parse.
+        (
+            "postgres://root:s3cr/et@host:1/x",
+            "postgres:(rest hidden)",
+            &["s3cr", "et@"],
+        ),
+        // A numeric password before the `/` reads as a port: the `@` left in the path tells.
+        (
+            "postgres://root:1234/x@host/db",
+            "postgres:(rest hidden)",
+            &["1234"],
+        ),
+        (
+            "postgres://app@db/app?sslmode=require&password=hunter2",
+            "postgres://app@db/app?sslmode=require",
+            &["hunter2"],
+        ),
+        (
+            "postgres://app@db/app?PASSWORD=hunter2&sslpassword=keypass",
+            "postgres://app@db/app",
+            &["hunter2", "keypass"],
+        ),
+        // No `//`: sqlx reads it, but there is no host to show.
+        (
+            "postgres:user:pw@host/db",
+            "postgres:(rest hidden)",
+            &["pw@"],
+        ),
+        ("mysql://u:p@h/db", "mysql://u@h/db", &[":p@"]),
+        (
+            "mariadb://u:p4ss@h:3306/db",
+            "mariadb://u@h:3306/db",
+            &["p4ss"],
+        ),
+        // Percent-encoded: neither form may show.
+        (
+            "postgres://u:p%40ss%2Fw@h/db",
+            "postgres://u@h/db",
+            &["p%40ss", "p@ss", "ss%2Fw"],
+        ),
+        (
+            "postgres://u:p@ss@h/db",
+            "postgres://u@h/db",
+            &["p@ss", "p%40ss"],
+        ),
+        ("sqlite://data/x.sqlite", "sqlite://data/x.sqlite", &[]),
+        (
+            "sqlite:////abs/my db.sqlite?mode=rwc",
+            "sqlite:////abs/my db.sqlite?mode=rwc",
+            &[],
+        ),
+        ("sqlite::memory:", "sqlite::memory:", &[]),
+        ("not a url", "(hidden)", &[]),
+        ("hunter2", "(hidden)", &["hunter2"]),
+        ("://u:hunter2@h", "(hidden)", &["hunter2"]),
+        ("redis://localhost", "redis://localhost", &[]),
+    ];
+
     #[test]
-    fn redacts_password() {
-        assert_eq!(
-            redact("postgres://bob:hunter2@db:5432/app"),
-            "postgres://bob@db:5432/app"
-        );
-        assert_eq!(redact("sqlite://data/x.sqlite"), "sqlite://data/x.sqlite");
+    fn redaction_table() {
+        for (url, shown, secrets) in REDACTIONS {
+            let redacted = redact(url);
+            assert_eq!(&redacted, shown, "redact({url:?})");
+            for secret in *secrets {
+                assert!(!redacted.contains(secret), "{url:?} shows {secret:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn debug_output_is_redacted() {
+        let url = DatabaseUrl::parse("postgres://u:hunter2@h/db?password=hunter3").unwrap();
+        let debug = format!("{url:?}");
+        assert!(!debug.contains("hunter"), "{debug}");
+        assert!(debug.contains("postgres://u@h/db"), "{debug}");
+    }
+
+    #[test]
+    fn messages_about_bad_urls_never_show_the_password() {
+        for url in [
+            "postgres://root:s3cr/et@host:1/x",
+            "postgres://me:s3cr@host:notaport/db",
+            "mysql://root:s3cr@127.0.0.1:3306",
+            "redis://u:s3cr@h",
+        ] {
+            let Err(failure) = DatabaseUrl::parse(url) else {
+                panic!("{url} parsed");
+            };
+            assert!(!failure.0.contains("s3cr"), "{failure}");
+        }
     }
 
     #[test]
@@ -236,13 +449,62 @@ mod tests {
     }
 
     #[test]
-    fn finds_sqlite_file() {
-        let url = DatabaseUrl::parse("sqlite://data/x.sqlite?mode=rwc").unwrap();
+    fn mariadb_is_renamed_in_the_scheme_only() {
+        let url = DatabaseUrl::parse("mariadb://mariadb:pw@h/mariadb").unwrap();
+        assert_eq!(url.as_str(), "mysql://mariadb:pw@h/mariadb");
+        assert_eq!(url.backend, DbBackend::MySql);
+        let url = DatabaseUrl::parse("mysql://mariadb:pw@h/db").unwrap();
+        assert_eq!(url.as_str(), "mysql://mariadb:pw@h/db");
+        let url = DatabaseUrl::parse("postgres://mariadb:pw@h/db").unwrap();
+        assert_eq!(url.as_str(), "postgres://mariadb:pw@h/db");
+    }
+
+    #[test]
+    fn mysql_without_a_database_is_refused() {
+        for url in ["mysql://root@127.0.0.1:3306", "mariadb://root@h:3306/"] {
+            let Err(failure) = DatabaseUrl::parse(url) else {
+                panic!("{url} parsed");
+            };
+            assert!(failure.0.contains("names no database"), "{failure}");
+        }
+        assert!(DatabaseUrl::parse("mysql://root@h:3306/billing").is_ok());
+    }
+
+    #[test]
+    fn finds_sqlite_file_as_sqlx_does() {
+        let file = |url: &str| {
+            DatabaseUrl::parse(url)
+                .unwrap()
+                .sqlite_file()
+                .map(Path::to_path_buf)
+        };
         assert_eq!(
-            url.sqlite_file().unwrap(),
-            std::path::Path::new("data/x.sqlite")
+            file("sqlite://data/x.sqlite?mode=rwc"),
+            Some(PathBuf::from("data/x.sqlite"))
         );
-        let memory = DatabaseUrl::parse("sqlite::memory:").unwrap();
-        assert_eq!(memory.sqlite_file(), None);
+        assert_eq!(
+            file("sqlite:data/x.sqlite"),
+            Some(PathBuf::from("data/x.sqlite"))
+        );
+        assert_eq!(
+            file("sqlite:///abs/x.sqlite"),
+            Some(PathBuf::from("/abs/x.sqlite"))
+        );
+        // Four slashes: "sqlite://" and then the absolute path "//abs/x.sqlite".
+        assert_eq!(
+            file("sqlite:////abs/x.sqlite?mode=rwc"),
+            Some(PathBuf::from("/abs/x.sqlite"))
+        );
+        assert_eq!(file("sqlite::memory:"), None);
+        assert_eq!(file("sqlite://?mode=memory"), None);
+        assert_eq!(file("sqlite://x.sqlite?mode=memory"), None);
+    }
+
+    #[test]
+    fn an_empty_schema_is_unset() {
+        assert_eq!(schema_or_unset(None), None);
+        assert_eq!(schema_or_unset(Some("")), None);
+        assert_eq!(schema_or_unset(Some("  ")), None);
+        assert_eq!(schema_or_unset(Some("billing")), Some("billing"));
     }
 }

@@ -21,15 +21,35 @@ pub fn backend_name(backend: DbBackend) -> &'static str {
     }
 }
 
-/// Renders `migrations` (in the order given) for `backend`.
+/// A migration as the dry run sees it: its name, and its step plan unless it is a plain
+/// `MigrationTrait` (whose `up` and `down` are code that can only be run, not printed).
+#[derive(Clone, Copy)]
+pub struct Listed<'a> {
+    pub name: &'a str,
+    pub plan: Option<&'a dyn PlannedMigration>,
+}
+
+/// Renders `migrations` (in the order given) for `backend`; a plain migration gets a comment
+/// saying its SQL cannot be shown.
 pub fn render(
     backend: DbBackend,
     direction: Direction,
-    migrations: &[&dyn PlannedMigration],
+    migrations: &[Listed<'_>],
     settings: &LockSettings,
 ) -> String {
     let mut out = String::new();
-    for migration in migrations {
+    for listed in migrations {
+        let Some(migration) = listed.plan else {
+            let _ = writeln!(
+                out,
+                "-- {} {} ({}): a plain MigrationTrait; its SQL cannot be printed before it \
+                 runs (its up/down are code, not a step plan)\n",
+                listed.name,
+                direction.as_str(),
+                backend_name(backend),
+            );
+            continue;
+        };
         let steps = migration.plan(backend, direction);
         let wrapped = migration
             .use_transaction()

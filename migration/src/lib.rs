@@ -1,7 +1,15 @@
-//! The schema's history, `m001` to `m008`, and the migrator that applies it.
+//! The schema's history and the migrator that applies it.
 //!
-//! Every migration is a list of re-runnable [`step::Step`]s (see `step.rs`); the CLI in
-//! `cli.rs` wraps SeaORM's runner with a database-wide lock, a dry run and readable errors.
+//! Most migrations are lists of re-runnable [`step::Step`]s (see `step.rs`), which the dry run
+//! can print; a plain `MigrationTrait` (what `sea-orm-cli migrate generate` writes) runs too.
+//! The CLI in `cli.rs` wraps SeaORM's runner with a database-wide lock, a dry run and readable
+//! errors.
+//!
+//! Adding a migration: `sea-orm-cli migrate generate NAME` (from the workspace root) writes
+//! `src/mYYYYMMDD_HHMMSS_NAME.rs` and adds its `mod` line and its line in `migrations()` at
+//! the end of this file, which keeps the shape that command looks for. To make it printable
+//! by `migration sql`, give it `impl step::Planned` and end the file with
+//! `crate::planned_migration!(Migration);` (see any `m00N_*.rs`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -18,45 +26,34 @@ pub mod probe;
 pub mod settings;
 pub mod step;
 
-mod m001_create_users;
-mod m002_create_synced_sessions;
-mod m003_create_api_tokens;
-mod m004_index_sessions_by_user;
-mod m005_add_user_display_name;
-pub mod m006_billing_fields;
-mod m007_stripe_events;
-mod m008_deleted_at_index_by_id;
-
 use step::{Direction, Planned};
+
+#[doc(hidden)]
+pub use inventory;
 
 /// A migration that SeaORM can run and `migration sql` can print.
 pub trait PlannedMigration: MigrationTrait + Planned {}
 impl<T: MigrationTrait + Planned> PlannedMigration for T {}
 
-pub struct Migrator;
+/// A planned migration's step plan, registered by [`register_plan!`] in its own file.
+pub struct PlanEntry(pub &'static dyn PlannedMigration);
+inventory::collect!(PlanEntry);
 
-impl Migrator {
-    /// Every migration, oldest first. The single list both the runner and the dry run read.
-    pub fn planned() -> Vec<Box<dyn PlannedMigration>> {
-        vec![
-            Box::new(m001_create_users::Migration),
-            Box::new(m002_create_synced_sessions::Migration),
-            Box::new(m003_create_api_tokens::Migration),
-            Box::new(m004_index_sessions_by_user::Migration),
-            Box::new(m005_add_user_display_name::Migration),
-            Box::new(m006_billing_fields::Migration),
-            Box::new(m007_stripe_events::Migration),
-            Box::new(m008_deleted_at_index_by_id::Migration),
-        ]
-    }
+/// The step plan of the migration called `name`, if it has one (a plain `MigrationTrait` has
+/// none: its `up` and `down` are code).
+pub fn plan_of(name: &str) -> Option<&'static dyn PlannedMigration> {
+    inventory::iter::<PlanEntry>
+        .into_iter()
+        .map(|entry| entry.0)
+        .find(|migration| migration.name() == name)
 }
 
-#[async_trait::async_trait]
-impl MigratorTrait for Migrator {
-    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        Self::planned()
-            .into_iter()
-            .map(|m| m as Box<dyn MigrationTrait>)
+impl Migrator {
+    /// The planned migrations, in the order of [`MigratorTrait::migrations`].
+    pub fn planned() -> Vec<&'static dyn PlannedMigration> {
+        Self::migrations()
+            .iter()
+            .filter_map(|migration| plan_of(migration.name()))
             .collect()
     }
 }
@@ -74,13 +71,24 @@ where
     step::apply(manager, migration.name(), direction, steps).await
 }
 
+/// Makes a planned migration's steps known to `migration sql` (what [`planned_migration!`]
+/// does too; a migration that writes its own `impl MigrationTrait` calls this).
+#[macro_export]
+macro_rules! register_plan {
+    ($migration:ident) => {
+        $crate::inventory::submit! { $crate::PlanEntry(&$migration) }
+    };
+}
+
 /// `impl MigrationTrait` for a migration whose `up`/`down` are its plan, run in SeaORM's
-/// default transaction mode.
+/// default transaction mode, and registered for the dry run.
 #[macro_export]
 macro_rules! planned_migration {
-    ($ty:ty) => {
+    ($migration:ident) => {
+        $crate::register_plan!($migration);
+
         #[sea_orm_migration::async_trait::async_trait]
-        impl sea_orm_migration::MigrationTrait for $ty {
+        impl sea_orm_migration::MigrationTrait for $migration {
             async fn up(
                 &self,
                 manager: &sea_orm_migration::SchemaManager,
@@ -158,5 +166,47 @@ pub fn parse_backend(name: &str) -> Option<DbBackend> {
         "mysql" | "mariadb" => Some(DbBackend::MySql),
         "sqlite" => Some(DbBackend::Sqlite),
         _ => None,
+    }
+}
+
+// m001-m008 predate sea-orm-cli's `mYYYYMMDD_HHMMSS_name` modules. `#[path]` keeps their files,
+// and with them the names recorded in seaql_migrations (a migration's name is its file's);
+// the module names take the shape `migrate generate` looks for, so that it keeps them.
+#[path = "m001_create_users.rs"]
+mod m00000000_000001_create_users;
+#[path = "m002_create_synced_sessions.rs"]
+mod m00000000_000002_create_synced_sessions;
+#[path = "m003_create_api_tokens.rs"]
+mod m00000000_000003_create_api_tokens;
+#[path = "m004_index_sessions_by_user.rs"]
+mod m00000000_000004_index_sessions_by_user;
+#[path = "m005_add_user_display_name.rs"]
+mod m00000000_000005_add_user_display_name;
+#[path = "m006_billing_fields.rs"]
+pub mod m00000000_000006_billing_fields;
+#[path = "m007_stripe_events.rs"]
+mod m00000000_000007_stripe_events;
+#[path = "m008_deleted_at_index_by_id.rs"]
+mod m00000000_000008_deleted_at_index_by_id;
+
+pub use m00000000_000006_billing_fields as m006_billing_fields;
+
+pub struct Migrator;
+
+// `sea-orm-cli migrate generate` rewrites everything from the `vec!` below to the last line
+// ending in a bracket: nothing may follow it. One line per migration, oldest first.
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m00000000_000001_create_users::Migration),
+            Box::new(m00000000_000002_create_synced_sessions::Migration),
+            Box::new(m00000000_000003_create_api_tokens::Migration),
+            Box::new(m00000000_000004_index_sessions_by_user::Migration),
+            Box::new(m00000000_000005_add_user_display_name::Migration),
+            Box::new(m00000000_000006_billing_fields::Migration),
+            Box::new(m00000000_000007_stripe_events::Migration),
+            Box::new(m00000000_000008_deleted_at_index_by_id::Migration),
+        ]
     }
 }

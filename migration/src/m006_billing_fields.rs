@@ -102,6 +102,8 @@ impl Planned for Migration {
     }
 }
 
+crate::register_plan!(Migration);
+
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {

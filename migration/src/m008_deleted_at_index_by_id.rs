@@ -155,6 +155,8 @@ fn reshape(backend: DbBackend, target: &Shape, other: &Shape) -> Vec<Step> {
     ]
 }
 
+crate::register_plan!(Migration);
+
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {

@@ -94,6 +94,7 @@ pub async fn apply(
     let mut statement_index = 0usize;
     for (i, step) in steps.iter().enumerate() {
         let position = format!("{migration} {} step {}/{total}", direction.as_str(), i + 1);
+        crate::lock::verify_held(db).await?;
         if step.done_when.holds(db).await? {
             tracing::info!("{position}: {} (already done, skipped)", step.summary);
             statement_index += step.statements.len();
@@ -105,18 +106,72 @@ pub async fn apply(
             direction,
             first_statement: statement_index,
         };
-        match step.mode {
-            Mode::Plain | Mode::Online => {
-                for (k, sql) in step.statements.iter().enumerate() {
-                    pause.check(k);
-                    db.execute_unprepared(sql).await?;
-                }
+        let outcome = match step.mode {
+            Mode::Plain | Mode::Online => run_plain(db, step, &pause).await,
+            Mode::LockTimed => run_lock_timed(db, step, &settings, &position, &pause).await,
+        };
+        if let Err(err) = outcome {
+            if !done_meanwhile(db, step, &err).await {
+                return Err(err);
             }
-            Mode::LockTimed => run_lock_timed(db, step, &settings, &position, &pause).await?,
+            tracing::warn!(
+                "{position}: done meanwhile by someone else ({}); carrying on",
+                err.to_string().lines().next().unwrap_or_default()
+            );
         }
         statement_index += step.statements.len();
     }
     Ok(())
+}
+
+async fn run_plain(
+    db: &SchemaManagerConnection<'_>,
+    step: &Step,
+    pause: &PauseHook<'_>,
+) -> Result<(), DbErr> {
+    for (k, sql) in step.statements.iter().enumerate() {
+        pause.check(k);
+        db.execute_unprepared(sql).await?;
+    }
+    Ok(())
+}
+
+/// A step that failed because what it creates "already exists" lost a race (to a migrator
+/// whose lock overlapped ours, or to a person at a SQL prompt): if its probe now says it is
+/// done, it is. The probe is asked again only then; a failed probe (PostgreSQL refuses
+/// queries in a transaction that already failed) keeps the step's own error.
+async fn done_meanwhile(db: &SchemaManagerConnection<'_>, step: &Step, err: &DbErr) -> bool {
+    step.done_when != Probe::Never
+        && is_already_exists(err)
+        && step.done_when.holds(db).await.unwrap_or(false)
+}
+
+/// PostgreSQL `42701` duplicate_column, `42P07` duplicate_table (indexes too), `42710`
+/// duplicate_object (constraints), `23505` (two sessions creating the same catalog row);
+/// MySQL/MariaDB 1050 (table), 1060 (column), 1061 (key), 1826 (constraint, MariaDB and
+/// foreign keys), 3822 (CHECK, MySQL); SQLite reports these in words only.
+pub fn is_already_exists(err: &DbErr) -> bool {
+    use sea_orm_migration::sea_orm::{RuntimeErr, sqlx::mysql::MySqlDatabaseError};
+    let (DbErr::Exec(RuntimeErr::SqlxError(e))
+    | DbErr::Query(RuntimeErr::SqlxError(e))
+    | DbErr::Conn(RuntimeErr::SqlxError(e))) = err
+    else {
+        return false;
+    };
+    let Some(db_err) = e.as_database_error() else {
+        return false;
+    };
+    if let Some(mysql) = db_err.try_downcast_ref::<MySqlDatabaseError>() {
+        return matches!(mysql.number(), 1050 | 1060 | 1061 | 1826 | 3822);
+    }
+    if matches!(
+        db_err.code().as_deref(),
+        Some("42701" | "42P07" | "42710" | "23505")
+    ) {
+        return true;
+    }
+    let message = db_err.message();
+    message.contains("already exists") || message.starts_with("duplicate column name")
 }
 
 async fn run_lock_timed(
@@ -129,6 +184,10 @@ async fn run_lock_timed(
     let backend = db.get_database_backend();
     let mut attempt = 1u32;
     loop {
+        if attempt > 1 {
+            // Retries can go on for a minute: the lock must still be ours for each.
+            crate::lock::verify_held(db).await?;
+        }
         let result = async {
             // One transaction pins one pooled connection, so the timeout below governs exactly
             // the statements that follow it.
@@ -192,10 +251,11 @@ pub fn lock_timeout_sql(backend: DbBackend, timeout: Duration) -> Option<String>
             "SET LOCAL lock_timeout = '{}ms'",
             timeout.as_millis()
         )),
-        // MySQL counts metadata-lock waits in whole seconds; one second is its floor.
+        // MySQL counts metadata-lock waits in whole seconds: round up (never wait less than
+        // asked), one second at least.
         DbBackend::MySql => Some(format!(
             "SET SESSION lock_wait_timeout = {}",
-            std::cmp::max(timeout.as_secs(), 1)
+            timeout.as_millis().div_ceil(1000).max(1)
         )),
         // SQLite has one writer at a time and waits through its busy timeout.
         _ => None,
@@ -235,7 +295,9 @@ pub fn is_lock_conflict(err: &DbErr) -> bool {
 ///
 /// `MIGRATION_PAUSE_BEFORE=<migration>:<up|down>:<n>` pauses before the n-th statement
 /// (counting from 0 across the whole migration), prints `paused before ...` on stderr and
-/// sleeps until killed. Unset, it costs one environment lookup per statement.
+/// sleeps until killed, or until a line arrives on stdin (tests that change the database
+/// under a paused migrator resume it that way; end of input keeps it asleep). Unset, it costs
+/// one environment lookup per statement.
 struct PauseHook<'a> {
     migration: &'a str,
     direction: Direction,
@@ -255,9 +317,45 @@ impl PauseHook<'_> {
         );
         if target == here {
             eprintln!("paused before {here}");
+            let mut line = String::new();
+            if std::io::stdin()
+                .read_line(&mut line)
+                .is_ok_and(|read| read > 0)
+            {
+                eprintln!("resumed before {here}");
+                return;
+            }
             loop {
                 std::thread::sleep(Duration::from_secs(3600));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mysql_lock_timeout_rounds_up_to_whole_seconds() {
+        for (ms, seconds) in [
+            (0, 1),
+            (1, 1),
+            (50, 1),
+            (1000, 1),
+            (1001, 2),
+            (1900, 2),
+            (2000, 2),
+        ] {
+            assert_eq!(
+                lock_timeout_sql(DbBackend::MySql, Duration::from_millis(ms)).as_deref(),
+                Some(format!("SET SESSION lock_wait_timeout = {seconds}").as_str()),
+                "{ms} ms"
+            );
+        }
+        assert_eq!(
+            lock_timeout_sql(DbBackend::Postgres, Duration::from_millis(1900)).as_deref(),
+            Some("SET LOCAL lock_timeout = '1900ms'")
+        );
     }
 }

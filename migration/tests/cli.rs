@@ -393,3 +393,574 @@ async fn a_held_table_lock_is_retried_then_reported_postgres() {
         "{err}"
     );
 }
+
+/// stdout and stderr together: a password must appear in neither.
+fn all_output(output: &Output) -> String {
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        stderr(output)
+    )
+}
+
+#[test]
+fn passwords_are_never_printed() {
+    // (URL, secrets it holds). Each fails in its own way: malformed, unreachable, refused.
+    let cases: &[(&str, &[&str])] = &[
+        ("postgres://root:s3cr/et@127.0.0.1:1/x", &["s3cr", "et@"]),
+        ("postgres://root:1234/x@127.0.0.1:1/x", &["1234"]),
+        (
+            "postgres://postgres@127.0.0.1:5432/no_such_db_here?password=hunter2",
+            &["hunter2"],
+        ),
+        (
+            "postgres://no_such_role@127.0.0.1:5432/postgres?sslpassword=keypass&password=hunter3",
+            &["keypass", "hunter3"],
+        ),
+        (
+            "postgres:no_such_role:hunter4@127.0.0.1:5432/x",
+            &["hunter4"],
+        ),
+        ("mysql://root:hunter5@127.0.0.1:3306/mysql", &["hunter5"]),
+        ("mariadb://root:hunter6@127.0.0.1:3306", &["hunter6"]),
+        ("postgres://u:p%40ss%2Fw@127.0.0.1:1/x", &["p%40ss", "p@ss"]),
+    ];
+    for (url, secrets) in cases {
+        let out = migration(&["status", "--connect-timeout", "1"], Some(url));
+        let text = all_output(&out);
+        assert_eq!(out.status.code(), Some(1), "{url}: {text}");
+        for secret in *secrets {
+            assert!(!text.contains(secret), "{url} printed {secret:?}:\n{text}");
+        }
+    }
+}
+
+#[test]
+fn help_hides_the_database_url_from_the_environment() {
+    for args in [&["--help"][..], &["status", "--help"], &["up", "--help"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_migration"))
+            .args(args)
+            .env("DATABASE_URL", "postgres://app:hunter2@h/db")
+            .output()
+            .expect("run migration --help");
+        let text = all_output(&out);
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("DATABASE_URL"), "{text}");
+        assert!(
+            !text.contains("hunter2"),
+            "{args:?} printed the password:\n{text}"
+        );
+    }
+}
+
+/// Another migrator (here: the test) holds the lock; the waiting message names the database
+/// without its password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_the_lock_does_not_print_the_password_postgres() {
+    use sea_orm::ConnectionTrait;
+    let t = TestDb::new(Backend::Postgres).await;
+    let holder = support::connect(&t.url).await;
+    holder
+        .execute_unprepared(
+            "SELECT pg_advisory_lock(hashtext('billing-migrator'), hashtext(current_database()))",
+        )
+        .await
+        .expect("hold the migrator lock");
+    let url = format!("{}?password=hunter2", t.url);
+    let out = Command::new(env!("CARGO_BIN_EXE_migration"))
+        .args(["up", "-u", &url])
+        .env("MIGRATION_LOCK_WAIT_SECS", "1")
+        .output()
+        .expect("run migrator");
+    let text = all_output(&out);
+    assert_clear_error(&out, "another migrator has held the migration lock");
+    assert!(text.contains("waiting for the migration lock on"), "{text}");
+    assert!(text.contains(&t.name), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+}
+
+on_every_backend!(status_and_sql_never_write);
+
+/// `status` and `sql` only read: on an empty database they leave no `seaql_migrations`.
+async fn status_and_sql_never_write(backend: Backend) {
+    let t = TestDb::new(backend).await;
+    let status = migration(&["status"], Some(&t.url));
+    assert!(status.status.success(), "{}", stderr(&status));
+    let listed = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert_eq!(listed.matches("Pending").count(), 8, "{listed}");
+    let sql = migration(&["sql"], Some(&t.url));
+    assert!(sql.status.success(), "{}", stderr(&sql));
+    assert!(
+        String::from_utf8_lossy(&sql.stdout).contains("-- m001_create_users up"),
+        "{}",
+        stderr(&sql)
+    );
+    assert_eq!(
+        snapshot(&t).await,
+        Vec::<String>::new(),
+        "status or sql wrote"
+    );
+}
+
+/// A read-only SQLite file (`mode=ro`, which holds even for root, who ignores file modes).
+#[test]
+fn status_reads_a_read_only_sqlite_file() {
+    let dir = std::env::temp_dir().join(format!("billing-ro-{}", support::random_name()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("db.sqlite");
+    let rw = format!("sqlite://{}?mode=rwc", file.display());
+    assert!(migration(&["up", "-n", "2"], Some(&rw)).status.success());
+    let ro = format!("sqlite://{}?mode=ro", file.display());
+    let out = migration(&["status"], Some(&ro));
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(listed.matches("Applied").count(), 2, "{listed}");
+    assert_eq!(listed.matches("Pending").count(), 6, "{listed}");
+    let sql = migration(&["sql"], Some(&ro));
+    assert!(sql.status.success(), "{}", stderr(&sql));
+    // Empty and read-only: nothing applied, and nothing created.
+    let empty = dir.join("empty.sqlite");
+    std::fs::File::create(&empty).unwrap();
+    let out = migration(
+        &["status"],
+        Some(&format!("sqlite://{}?mode=ro", empty.display())),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::metadata(&empty).unwrap().len(), 0, "status wrote");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn mysql_url_without_a_database_fails_at_once() {
+    let out = Command::new(env!("CARGO_BIN_EXE_migration"))
+        .args(["up", "-u", "mysql://root@127.0.0.1:3306"])
+        .env("MIGRATION_LOCK_WAIT_SECS", "1")
+        .output()
+        .expect("run migrator");
+    assert_clear_error(&out, "names no database");
+    assert!(!stderr(&out).contains("waiting"), "{}", stderr(&out));
+}
+
+/// `sqlite:////abs/...` from another working directory takes the lock beside the database:
+/// a migrator started elsewhere waits for the one holding it.
+#[test]
+fn sqlite_lock_is_beside_the_database_whatever_the_working_directory() {
+    let dir = std::env::temp_dir().join(format!("billing-lock-{}", support::random_name()));
+    let elsewhere = dir.join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let file = dir.join("db.sqlite");
+    let holder = std::fs::File::create(dir.join("db.sqlite.migrate-lock")).unwrap();
+    holder.lock().expect("hold the lock file");
+    let url = format!("sqlite:///{}?mode=rwc", file.display());
+    assert!(url.starts_with("sqlite:////"), "{url}");
+    let out = Command::new(env!("CARGO_BIN_EXE_migration"))
+        .args(["up", "-u", &url])
+        .current_dir(&elsewhere)
+        .env("MIGRATION_LOCK_WAIT_SECS", "1")
+        .output()
+        .expect("run migrator");
+    assert_clear_error(&out, "another migrator has held the migration lock");
+    let strays: Vec<_> = std::fs::read_dir(&elsewhere).unwrap().collect();
+    assert!(
+        strays.is_empty(),
+        "files made in the working directory: {strays:?}"
+    );
+    drop(holder);
+    let out = Command::new(env!("CARGO_BIN_EXE_migration"))
+        .args(["up", "-u", &url])
+        .current_dir(&elsewhere)
+        .output()
+        .expect("run migrator");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_schema_is_unset_postgres() {
+    let t = TestDb::new(Backend::Postgres).await;
+    let out = Command::new(env!("CARGO_BIN_EXE_migration"))
+        .args(["up", "--connect-timeout", "2", "-u", &t.url])
+        .env("DATABASE_SCHEMA", "")
+        .output()
+        .expect("run migrator");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        t.texts("SELECT count(*) FROM public.seaql_migrations")
+            .await,
+        vec!["8"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_schema_is_named_postgres() {
+    let t = TestDb::new(Backend::Postgres).await;
+    for command in ["status", "up"] {
+        let out = migration(
+            &[command, "--connect-timeout", "2", "-s", "no_such_schema"],
+            Some(&t.url),
+        );
+        assert_clear_error(&out, "schema \"no_such_schema\" does not exist");
+    }
+}
+
+/// A migrator started with `MIGRATION_PAUSE_BEFORE=pause`, once it says it paused there.
+/// A line on its stdin resumes it.
+fn spawn_paused(args: &[&str], url: &str, pause: &str) -> std::process::Child {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_migration"))
+        .args(args)
+        .args(["-u", url])
+        .env("MIGRATION_PAUSE_BEFORE", pause)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn migrator");
+    let mut reader = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        let read = reader.read_line(&mut line).expect("read stderr");
+        assert!(read > 0, "the migrator never paused at {pause}:\n{seen}");
+        seen.push_str(&line);
+        if line.contains("paused before") {
+            break;
+        }
+    }
+    // Hand the rest of stderr back for wait_with_output.
+    child.stderr = Some(reader.into_inner());
+    child
+}
+
+fn resume(child: &mut std::process::Child) {
+    use std::io::Write;
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(b"\n").expect("resume the migrator");
+}
+
+/// The number of sessions holding an advisory lock on this PostgreSQL database.
+async fn advisory_locks(t: &TestDb) -> Vec<String> {
+    t.texts(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .await
+}
+
+/// The issue's reproduction: with `idle_session_timeout` on the database, the idle lock
+/// connection was closed while the migrator worked, and with it the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lock_outlives_idle_session_timeout_postgres() {
+    let t = TestDb::new(Backend::Postgres).await;
+    // Only sessions opened from now on get it; the test's own were opened before.
+    t.exec(&format!(
+        "ALTER DATABASE {} SET idle_session_timeout = '1s'",
+        t.name
+    ))
+    .await;
+    let mut child = spawn_paused(&["up"], &t.url, "m001_create_users:up:0");
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let held = advisory_locks(&t).await;
+    resume(&mut child);
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(
+        held,
+        vec!["1"],
+        "the lock vanished while the migrator was paused"
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        t.texts("SELECT count(*) FROM seaql_migrations").await,
+        vec!["8"]
+    );
+}
+
+on_every_backend!(a_step_done_meanwhile_is_not_an_error);
+
+/// Another migrator (whose lock overlapped ours) or a person finishes a step between our
+/// probe and our statement: we fail on "already exists", ask the probe again, and go on.
+async fn a_step_done_meanwhile_is_not_an_error(backend: Backend) {
+    let t = TestDb::new(backend).await;
+    assert!(migration(&["up", "-n", "5"], Some(&t.url)).status.success());
+    let dialect = match backend {
+        Backend::Postgres => "postgres",
+        Backend::MySql => "mysql",
+        Backend::Sqlite => "sqlite",
+    };
+    let plan = migration(
+        &[
+            "sql",
+            "--backend",
+            dialect,
+            "--migration",
+            "m006_billing_fields",
+        ],
+        None,
+    );
+    let plan = String::from_utf8_lossy(&plan.stdout).into_owned();
+    let first_step: Vec<&str> = plan
+        .lines()
+        .skip_while(|l| !l.starts_with("-- step 1/"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-- step 2/"))
+        .filter(|l| !l.starts_with("BEGIN") && !l.starts_with("COMMIT") && !l.starts_with("SET "))
+        .collect();
+    assert!(!first_step.is_empty(), "{plan}");
+
+    let mut child = spawn_paused(&["up"], &t.url, "m006_billing_fields:up:0");
+    for sql in &first_step {
+        t.exec(sql.trim_end_matches(';')).await;
+    }
+    resume(&mut child);
+    let out = child.wait_with_output().expect("wait");
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("done meanwhile"), "{err}");
+    assert!(
+        err.contains("Migration 'm006_billing_fields' has been applied"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_lock_stops_the_migrator_before_its_next_step_postgres() {
+    a_lost_lock_stops_the_migrator(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_lock_stops_the_migrator_before_its_next_step_mysql() {
+    a_lost_lock_stops_the_migrator(Backend::MySql).await;
+}
+
+/// The lock's connection is killed (as a proxy, an idle timeout or an administrator would)
+/// while the migrator works: it finishes the step in hand, then stops with a clear error.
+async fn a_lost_lock_stops_the_migrator(backend: Backend) {
+    let t = TestDb::new(backend).await;
+    assert!(migration(&["up", "-n", "5"], Some(&t.url)).status.success());
+    let mut child = spawn_paused(&["up"], &t.url, "m006_billing_fields:up:0");
+    match backend {
+        Backend::Postgres => {
+            let killed = t
+                .texts(
+                    "SELECT pg_terminate_backend(pid)::text FROM pg_locks \
+                     WHERE locktype = 'advisory' AND granted AND database = \
+                     (SELECT oid FROM pg_database WHERE datname = current_database())",
+                )
+                .await;
+            assert_eq!(killed, vec!["true"]);
+        }
+        _ => {
+            let holder = t
+                .texts("SELECT IS_USED_LOCK(LEFT(CONCAT('billing-migrator:', DATABASE()), 64))")
+                .await;
+            assert_eq!(holder.len(), 1);
+            t.exec(&format!("KILL {}", holder[0])).await;
+        }
+    }
+    resume(&mut child);
+    let out = child.wait_with_output().expect("wait");
+    assert_clear_error(&out, "lost the migration lock");
+    let err = stderr(&out);
+    // Step 1 was under way when the lock went; step 2 never started.
+    assert!(
+        err.contains("resumed before m006_billing_fields:up:0"),
+        "{err}"
+    );
+    assert!(!err.contains("m006_billing_fields up step 2/"), "{err}");
+    assert!(!err.contains("has been applied"), "{err}");
+}
+
+/// `mYYYYMMDD_HHMMSS_name`, the only module names `sea-orm-cli migrate generate` keeps.
+fn stock_shaped(module: &str) -> bool {
+    let bytes = module.as_bytes();
+    bytes.len() > 17
+        && bytes[0] == b'm'
+        && bytes[1..9].iter().all(u8::is_ascii_digit)
+        && bytes[9] == b'_'
+        && bytes[10..16].iter().all(u8::is_ascii_digit)
+        && bytes[16] == b'_'
+        && module[17..]
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// What `generate` does to lib.rs, checked without it (the test below runs it, in CI): it
+/// rebuilds the list from the first `vec![` to the last line ending in `]`, out of the `mod`
+/// lines of stock-shaped names. So those must be exactly the list, in order, and nothing may
+/// follow the list.
+#[test]
+fn lib_rs_keeps_the_shape_sea_orm_cli_generate_rewrites() {
+    let lib = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/lib.rs")).unwrap();
+    assert_eq!(lib.matches("vec![").count(), 1, "one vec! only, the list");
+    let list = &lib[lib.find("vec![").unwrap()..];
+    let list = &list[..list.rfind("]\n").expect("the list's closing bracket")];
+    let listed: Vec<&str> = list
+        .lines()
+        .skip(1)
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| {
+            line.trim()
+                .strip_prefix("Box::new(")
+                .and_then(|rest| rest.strip_suffix("::Migration),"))
+                .unwrap_or_else(|| panic!("not a migration line in the list: {line:?}"))
+        })
+        .collect();
+    let declared: Vec<&str> = lib
+        .lines()
+        .filter_map(|line| {
+            let line = line.trim_start_matches("pub ");
+            line.strip_prefix("mod ")?.strip_suffix(';')
+        })
+        .filter(|module| stock_shaped(module))
+        .collect();
+    assert_eq!(
+        listed, declared,
+        "the list and the stock-shaped `mod` lines differ"
+    );
+    use migration::MigratorTrait;
+    assert_eq!(
+        listed.len(),
+        migration::Migrator::migrations().len(),
+        "every migration is in the list"
+    );
+}
+
+/// Copies the workspace's sources (no build output, no git, no local database).
+fn copy_sources(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("create copy");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("dir entry");
+        let name = entry.file_name();
+        if matches!(name.to_str(), Some("target" | ".git" | "data")) {
+            continue;
+        }
+        let kind = entry.file_type().expect("file type");
+        if kind.is_dir() {
+            copy_sources(&entry.path(), &to.join(&name));
+        } else if kind.is_file() {
+            std::fs::copy(entry.path(), to.join(&name)).expect("copy file");
+        }
+    }
+}
+
+/// `sea-orm-cli migrate generate` on a copy of the workspace keeps m001-m008 and adds a
+/// migration that builds and runs on every backend; the dry run says it cannot print it.
+/// Ignored by default: it builds the copy in a target folder of its own (minutes the first
+/// time) and needs sea-orm-cli 2.0.4. `.ci/run` runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "builds a copy of the workspace and needs sea-orm-cli; .ci/run runs it"]
+async fn sea_orm_cli_generate_adds_a_migration_that_builds_and_runs() {
+    use std::path::Path;
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace");
+    let copy = std::env::temp_dir().join(format!("billing-generate-{}", support::random_name()));
+    copy_sources(workspace, &copy);
+    let original_lib = std::fs::read_to_string(workspace.join("migration/src/lib.rs")).unwrap();
+
+    let out = Command::new("sea-orm-cli")
+        .args(["migrate", "generate", "add_gen_probe"])
+        .current_dir(&copy)
+        .output()
+        .expect("run sea-orm-cli (cargo install sea-orm-cli --version 2.0.4 --locked)");
+    assert!(out.status.success(), "{}", all_output(&out));
+    let src = copy.join("migration/src");
+    let generated = std::fs::read_dir(&src)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with("_add_gen_probe.rs"))
+        .expect("the generated migration file");
+    let name = generated
+        .file_stem()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+
+    // Every line of lib.rs is still there, in order, plus the two for the new migration.
+    let lib = std::fs::read_to_string(src.join("lib.rs")).unwrap();
+    let mut remaining = lib.lines();
+    for line in original_lib.lines() {
+        assert!(
+            remaining.any(|l| l == line),
+            "generate dropped or moved {line:?}:\n{lib}"
+        );
+    }
+    assert!(lib.contains(&format!("\nmod {name};\n")), "{lib}");
+    assert!(
+        lib.contains(&format!("Box::new({name}::Migration),\n        ]")),
+        "{lib}"
+    );
+
+    // The stock template's bodies are todo!(): fill them in as a user would.
+    let body = std::fs::read_to_string(&generated)
+        .unwrap()
+        .replace("_manager", "manager")
+        .replacen(
+            "todo!();",
+            "manager.create_table(Table::create().table(Alias::new(\"gen_probe\")).col(pk_auto(Alias::new(\"id\"))).to_owned()).await",
+            1,
+        )
+        .replacen(
+            "todo!();",
+            "manager.drop_table(Table::drop().table(Alias::new(\"gen_probe\")).to_owned()).await",
+            1,
+        );
+    std::fs::write(&generated, body).unwrap();
+
+    let target = Path::new(env!("CARGO_BIN_EXE_migration"))
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("sea-orm-cli-generate");
+    let build = Command::new(env!("CARGO"))
+        .args(["build", "--locked", "-p", "migration", "--bin", "migration"])
+        .current_dir(&copy)
+        .env("CARGO_TARGET_DIR", &target)
+        .status()
+        .expect("cargo build");
+    assert!(build.success(), "the generated migration does not build");
+    let bin = target.join("debug").join("migration");
+    let run = |args: &[&str], url: &str| {
+        Command::new(&bin)
+            .args(args)
+            .args(["-u", url])
+            .output()
+            .expect("run the copy's migrator")
+    };
+
+    for backend in [Backend::Postgres, Backend::MySql, Backend::Sqlite] {
+        let t = TestDb::new(backend).await;
+        let up = run(&["up"], &t.url);
+        let err = stderr(&up);
+        assert!(up.status.success(), "{backend:?}: {err}");
+        assert!(
+            err.contains(&format!("Migration '{name}' has been applied")),
+            "{backend:?}: {err}"
+        );
+        assert_eq!(t.texts("SELECT count(*) FROM gen_probe").await, vec!["0"]);
+        let status = String::from_utf8_lossy(&run(&["status"], &t.url).stdout).into_owned();
+        assert_eq!(status.matches("Applied").count(), 9, "{status}");
+        let down = run(&["down"], &t.url);
+        assert!(down.status.success(), "{backend:?}: {}", stderr(&down));
+        let status = String::from_utf8_lossy(&run(&["status"], &t.url).stdout).into_owned();
+        assert!(
+            status.contains(&name) && status.contains("Pending"),
+            "{status}"
+        );
+    }
+
+    let sql = Command::new(&bin)
+        .args(["sql", "--backend", "postgres"])
+        .output()
+        .expect("run the copy's dry run");
+    let printed = String::from_utf8_lossy(&sql.stdout);
+    assert_clear_error(&sql, &format!("cannot print the SQL of {name}"));
+    assert!(
+        printed.contains("-- m008_deleted_at_index_by_id up (postgres)"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains(&format!("-- {name} up (postgres): a plain MigrationTrait")),
+        "{printed}"
+    );
+    let _ = std::fs::remove_dir_all(&copy);
+}

@@ -38,6 +38,16 @@ async fn missing_malformed_and_revoked_tokens_get_401(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(basic.status(), 401);
+    // RFC 9110: the scheme name is case-insensitive.
+    for scheme in ["bearer", "BEARER"] {
+        let response = app
+            .request(Method::GET, "/v1/billing", None)
+            .header("authorization", format!("{scheme} {token}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{scheme}");
+    }
 
     let user = api::service::accounts::find_by_email(
         &app.db.db,

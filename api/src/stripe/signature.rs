@@ -83,6 +83,7 @@ pub fn verify<S: AsRef<str>>(
     let header = header.ok_or(SignatureError::Missing)?;
     let mut timestamp = None;
     let mut signatures = Vec::new();
+    let mut v1_entries = 0usize;
     for part in header.split(',') {
         let Some((key, value)) = part.trim().split_once('=') else {
             return Err(SignatureError::Malformed);
@@ -97,15 +98,19 @@ pub fn verify<S: AsRef<str>>(
             }
             "t" => return Err(SignatureError::Malformed),
             // A v1 entry that is not hex cannot match; others may still.
-            "v1" => signatures.extend(decode_hex(value)),
+            "v1" => {
+                v1_entries += 1;
+                signatures.extend(decode_hex(value));
+            }
             // v0 and future schemes are ignored, as Stripe's libraries do.
             _ => {}
         }
     }
     let timestamp = timestamp.ok_or(SignatureError::Malformed)?;
-    if signatures.is_empty() {
+    if v1_entries == 0 {
         return Err(SignatureError::Malformed);
     }
+    // An empty key is no secret at all: anyone can sign with it. Stripe's library refuses it too.
     let mut usable = secrets
         .iter()
         .map(AsRef::as_ref)
@@ -132,8 +137,10 @@ pub fn verify<S: AsRef<str>>(
     Ok(())
 }
 
+/// Lowercase hex only, as Stripe writes it: its library compares the hex text, so an uppercase
+/// copy of a valid signature does not match there, and must not here.
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
+    if !text.len().is_multiple_of(2) || text.bytes().any(|b| b.is_ascii_uppercase()) {
         return None;
     }
     (0..text.len())
