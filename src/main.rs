@@ -138,10 +138,7 @@ async fn purge(settings: &Settings) -> Result<(), String> {
 
 /// The database, migrated (a newcomer's first `create-user` works on a fresh clone).
 async fn migrated(settings: &Settings) -> Result<sea_orm::DatabaseConnection, String> {
-    let (db, url) = api::startup::open_database(settings)
-        .await
-        .map_err(|e| e.to_string())?;
-    migration::cli::migrate_up(&db, &url)
+    let (db, _) = api::startup::open_migrated(settings)
         .await
         .map_err(|e| e.to_string())?;
     Ok(db)

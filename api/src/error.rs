@@ -2,7 +2,9 @@
 //! `{"error": {"code": "...", "message": "...", "field": "..."?}}`.
 //!
 //! `code` is stable and meant for machines; `message` is for people. Database and unexpected
-//! errors are logged with their context and answered as an opaque 500.
+//! errors are logged with their context and answered as an opaque 500. What is worth retrying
+//! (an unreachable or busy database, a lock wait or request that ran out of time) is a 503
+//! with `Retry-After`.
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -36,6 +38,14 @@ pub enum ApiError {
     NotConfigured(&'static str),
     #[error("the database is unavailable")]
     Unavailable(#[source] DbErr),
+    #[error(
+        "another transaction holds what this request needs (DB_LOCK_TIMEOUT_MS ran out); retry shortly"
+    )]
+    Busy(#[source] Option<DbErr>),
+    #[error(
+        "the request took longer than this server allows (REQUEST_TIMEOUT_SECS); retry shortly"
+    )]
+    TimedOut,
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -70,14 +80,24 @@ impl ApiError {
             ApiError::InvalidSignature(_) => (StatusCode::BAD_REQUEST, "invalid_signature"),
             ApiError::NotConfigured(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_configured"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            ApiError::TimedOut => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
 }
 
-/// Connection-level failures mean "try again later"; anything else is our bug.
+/// Seconds a client is asked to wait before retrying a 503: about one lock wait.
+const RETRY_AFTER_SECS: &str = "1";
+
+/// Connection-level failures and lock conflicts (a lock wait past `lock_timeout` /
+/// `innodb_lock_wait_timeout` / SQLite's busy timeout, a deadlock) mean "try again later";
+/// anything else is our bug.
 impl From<DbErr> for ApiError {
     fn from(err: DbErr) -> Self {
+        if migration::step::is_lock_conflict(&err) {
+            return ApiError::Busy(Some(err));
+        }
         match err {
             DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => ApiError::Unavailable(err),
             other => ApiError::internal(other),
@@ -108,6 +128,9 @@ impl IntoResponse for ApiError {
             ApiError::Unavailable(source) => {
                 tracing::error!(error = %source, "database unavailable")
             }
+            ApiError::Busy(Some(source)) => tracing::warn!(error = %source, "lock wait gave up"),
+            ApiError::Busy(None) => tracing::warn!("gave up waiting for the user's earlier writes"),
+            ApiError::TimedOut => tracing::warn!("request timed out"),
             _ => {}
         }
         let field = match &self {
@@ -122,10 +145,18 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (status, Json(body)).into_response();
-        if status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        let headers = response.headers_mut();
+        match &self {
+            ApiError::Unauthorized => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::Unavailable(_) | ApiError::Busy(_) | ApiError::TimedOut => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from_static(RETRY_AFTER_SECS),
+                );
+            }
+            _ => {}
         }
         response
     }

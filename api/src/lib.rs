@@ -10,6 +10,7 @@ pub mod service;
 pub mod settings;
 pub mod startup;
 pub mod stripe;
+pub mod user_queue;
 
 pub use settings::{Limits, Settings};
 pub use startup::{AppState, Application};

@@ -1,6 +1,12 @@
 //! Every knob of the server, from flags or the environment (README lists them).
 
+use std::ffi::OsStr;
 use std::time::Duration;
+
+use clap::builder::TypedValueParser;
+use clap::error::ErrorKind;
+
+use crate::stripe::signature::WebhookSecrets;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct Settings {
@@ -8,7 +14,7 @@ pub struct Settings {
     #[arg(long, env = "BIND_ADDR", default_value = "127.0.0.1:8080")]
     pub bind: String,
     /// Database URL (default: the embedded SQLite file data/billing.sqlite).
-    #[arg(short = 'u', long, env = "DATABASE_URL")]
+    #[arg(short = 'u', long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// PostgreSQL schema holding the tables (default: public), as for `migration -s`.
     #[arg(short = 's', long, env = "DATABASE_SCHEMA")]
@@ -16,6 +22,23 @@ pub struct Settings {
     /// Largest pool of database connections (SQLite always uses one writer).
     #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 10)]
     pub db_max_connections: u32,
+    /// Milliseconds a statement waits for a lock another transaction holds before its request
+    /// answers 503 with Retry-After (MySQL rounds up to whole seconds).
+    #[arg(
+        long,
+        env = "DB_LOCK_TIMEOUT_MS",
+        default_value_t = 2000,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub db_lock_timeout_ms: u64,
+    /// Seconds a request may take in all before it is answered 503 with Retry-After.
+    #[arg(
+        long,
+        env = "REQUEST_TIMEOUT_SECS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub request_timeout_secs: u64,
     #[command(flatten)]
     pub limits: Limits,
     #[command(flatten)]
@@ -25,17 +48,32 @@ pub struct Settings {
     pub purge_every_secs: u64,
 }
 
+impl Settings {
+    pub fn lock_timeout(&self) -> Duration {
+        Duration::from_millis(self.db_lock_timeout_ms.max(1))
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs.max(1))
+    }
+}
+
 /// Stripe webhook verification.
 #[derive(clap::Args, Clone, Debug)]
 pub struct StripeSettings {
-    /// Webhook signing secrets (whsec_...); several while one is rotated. Comma-separated in
-    /// the environment.
+    /// Webhook signing secrets (whsec_...), comma-separated; several while one is rotated.
+    /// Empty: webhooks are off (the endpoint answers 503).
     #[arg(
-        long = "stripe-webhook-secret",
+        long = "stripe-webhook-secrets",
+        alias = "stripe-webhook-secret",
         env = "STRIPE_WEBHOOK_SECRETS",
-        value_delimiter = ','
+        hide_env_values = true,
+        value_name = "WHSEC,...",
+        value_parser = SecretsParser,
+        default_value = "",
+        hide_default_value = true
     )]
-    pub webhook_secrets: Vec<String>,
+    pub webhook_secrets: WebhookSecrets,
     /// Seconds a signature's timestamp may be away from now.
     #[arg(long, env = "STRIPE_WEBHOOK_TOLERANCE_SECS", default_value_t = 300)]
     pub webhook_tolerance_secs: u64,
@@ -94,8 +132,33 @@ impl Default for Limits {
 impl Default for StripeSettings {
     fn default() -> Self {
         Self {
-            webhook_secrets: Vec::new(),
+            webhook_secrets: WebhookSecrets::default(),
             webhook_tolerance_secs: 300,
         }
+    }
+}
+
+/// Parses the secrets list for clap without echoing it: clap's own "invalid value" message
+/// would print the secrets.
+#[derive(Clone)]
+struct SecretsParser;
+
+impl TypedValueParser for SecretsParser {
+    type Value = WebhookSecrets;
+
+    fn parse_ref(
+        &self,
+        _cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<WebhookSecrets, clap::Error> {
+        let text = value.to_str().ok_or_else(|| {
+            clap::Error::raw(
+                ErrorKind::InvalidUtf8,
+                "STRIPE_WEBHOOK_SECRETS is not valid UTF-8\n",
+            )
+        })?;
+        WebhookSecrets::parse(text)
+            .map_err(|err| clap::Error::raw(ErrorKind::ValueValidation, format!("{err}\n")))
     }
 }

@@ -6,10 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::Request;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use migration::connect::{self, DatabaseUrl, Failure};
-use sea_orm::{DatabaseConnection, DbBackend};
+use sea_orm::{ConnectOptions, DatabaseConnection, DbBackend, sqlx};
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -18,17 +20,25 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use crate::error::ApiError;
 use crate::routes;
 use crate::settings::{Limits, Settings, StripeSettings};
+use crate::user_queue::UserQueue;
 
 #[derive(Clone)]
 pub struct AppState {
     pub db: DatabaseConnection,
     pub limits: Arc<Limits>,
     pub stripe: Arc<StripeSettings>,
+    /// How long a request may take in all.
+    pub request_timeout: Duration,
+    /// How long a request waits for a lock (`DB_LOCK_TIMEOUT_MS`).
+    pub lock_timeout: Duration,
+    /// Each user's writes, one at a time.
+    pub user_queue: UserQueue,
 }
 
-/// Every route, with request ids, tracing and the body cap.
+/// Every route, with request ids, tracing, the body cap and the request timeout.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.limits.max_body_bytes;
+    let request_timeout = state.request_timeout;
     Router::new()
         .merge(routes::health::router())
         .merge(routes::openapi::router())
@@ -37,6 +47,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::webhooks::router())
         .fallback(|| async { ApiError::NotFound("no such route") })
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(request_timeout, time_limit))
         .layer(
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
@@ -63,11 +74,62 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Opens the database named by the settings (or the embedded SQLite default).
+/// A request that outlives its time is answered in our error shape; dropping it rolls back
+/// its transaction and returns its connection to the pool.
+async fn time_limit(
+    State(limit): State<Duration>,
+    request: Request<axum::body::Body>,
+    next: Next,
+) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::TimedOut.into_response(),
+    }
+}
+
+/// Opens the database named by the settings (or the embedded SQLite default), with every
+/// lock wait bounded by `DB_LOCK_TIMEOUT_MS`.
 pub async fn open_database(
     settings: &Settings,
 ) -> Result<(DatabaseConnection, DatabaseUrl), Failure> {
     let url = migration::cli::resolve_url(settings.database_url.as_deref())?;
+    let db = open_pool(&url, settings).await?;
+    Ok((db, url))
+}
+
+/// [`open_database`] after applying pending migrations under the migrator's lock.
+///
+/// On PostgreSQL and MySQL they run on connections of their own: each migration step bounds
+/// its own lock waits, and the API's bound would cut short what must wait longer (`CREATE
+/// INDEX CONCURRENTLY` waits for older transactions to end). SQLite's steps take no such
+/// waits, and a `:memory:` database exists only on its own pool.
+pub async fn open_migrated(
+    settings: &Settings,
+) -> Result<(DatabaseConnection, DatabaseUrl), Failure> {
+    let url = migration::cli::resolve_url(settings.database_url.as_deref())?;
+    if url.backend != DbBackend::Sqlite {
+        let migrator = connect::open(
+            &url,
+            settings.database_schema.as_deref(),
+            connect::DEFAULT_CONNECT_TIMEOUT,
+            MIGRATOR_CONNECTIONS,
+        )
+        .await?;
+        let migrated = migration::cli::migrate_up(&migrator, &url).await;
+        let _ = migrator.close().await;
+        migrated?;
+    }
+    let db = open_pool(&url, settings).await?;
+    if url.backend == DbBackend::Sqlite {
+        migration::cli::migrate_up(&db, &url).await?;
+    }
+    Ok((db, url))
+}
+
+/// As many as the `migration` command uses.
+const MIGRATOR_CONNECTIONS: u32 = 4;
+
+async fn open_pool(url: &DatabaseUrl, settings: &Settings) -> Result<DatabaseConnection, Failure> {
     // SQLite allows one writer at a time; a single connection makes requests queue instead
     // of failing with "database is locked".
     let max = if url.backend == DbBackend::Sqlite {
@@ -75,14 +137,54 @@ pub async fn open_database(
     } else {
         settings.db_max_connections.max(1)
     };
-    let db = connect::open(
-        &url,
+    let lock_timeout = settings.lock_timeout();
+    connect::open_with(
+        url,
         settings.database_schema.as_deref(),
         connect::DEFAULT_CONNECT_TIMEOUT,
         max,
+        |options| bound_lock_waits(options, url.backend, lock_timeout),
     )
-    .await?;
-    Ok((db, url))
+    .await
+}
+
+/// Sets the lock timeout on every connection of the pool as it opens, so no statement (in a
+/// request, a webhook or the purge) waits on another transaction's lock for longer. Without it
+/// one held row ties up a connection per request for that row until the pool is empty and
+/// every user waits.
+/// * PostgreSQL: `lock_timeout` as a startup option (no extra round trip).
+/// * MySQL/MariaDB: `innodb_lock_wait_timeout` (row locks) and `lock_wait_timeout` (metadata
+///   locks, e.g. behind a migration's DDL) for the session; both count whole seconds, so the
+///   value is rounded up.
+/// * SQLite: its busy timeout.
+fn bound_lock_waits(options: &mut ConnectOptions, backend: DbBackend, timeout: Duration) {
+    match backend {
+        DbBackend::Postgres => {
+            let millis = timeout.as_millis().to_string();
+            options
+                .map_sqlx_postgres_opts(move |pg| pg.options([("lock_timeout", millis.clone())]));
+        }
+        DbBackend::MySql => {
+            let seconds = timeout.as_millis().div_ceil(1000).max(1);
+            let sql = format!(
+                "SET SESSION innodb_lock_wait_timeout = {seconds}, lock_wait_timeout = {seconds}"
+            );
+            options.map_sqlx_mysql_pool_opts(move |pool| {
+                let sql = sql.clone();
+                pool.after_connect(move |conn, _| {
+                    let sql = sql.clone();
+                    Box::pin(async move {
+                        sqlx::Executor::execute(conn, sqlx::AssertSqlSafe(sql))
+                            .await
+                            .map(|_| ())
+                    })
+                })
+            });
+        }
+        _ => {
+            options.map_sqlx_sqlite_opts(move |sqlite| sqlite.busy_timeout(timeout));
+        }
+    }
 }
 
 pub struct Application {
@@ -95,8 +197,7 @@ pub struct Application {
 impl Application {
     /// Connects, applies pending migrations under the migrator's lock, and binds.
     pub async fn build(settings: &Settings) -> Result<Self, Failure> {
-        let (db, url) = open_database(settings).await?;
-        migration::cli::migrate_up(&db, &url).await?;
+        let (db, _) = open_migrated(settings).await?;
         let listener = TcpListener::bind(&settings.bind)
             .await
             .map_err(|e| Failure(format!("cannot listen on {}: {e}", settings.bind)))?;
@@ -104,6 +205,9 @@ impl Application {
             db,
             limits: Arc::new(settings.limits.clone()),
             stripe: Arc::new(settings.stripe.clone()),
+            request_timeout: settings.request_timeout(),
+            lock_timeout: settings.lock_timeout(),
+            user_queue: UserQueue::default(),
         };
         Ok(Self {
             listener,

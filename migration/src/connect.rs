@@ -209,6 +209,18 @@ pub async fn open(
     timeout: Duration,
     max_connections: u32,
 ) -> Result<DatabaseConnection, Failure> {
+    open_with(url, schema, timeout, max_connections, |_| {}).await
+}
+
+/// [`open`], with `tune` adding options of the caller's (the API bounds lock waits per
+/// connection) before the pool connects.
+pub async fn open_with(
+    url: &DatabaseUrl,
+    schema: Option<&str>,
+    timeout: Duration,
+    max_connections: u32,
+    tune: impl FnOnce(&mut ConnectOptions),
+) -> Result<DatabaseConnection, Failure> {
     if let Some(file) = url.sqlite_file() {
         // SQLite creates the file (with mode=rwc) but not the folder it lives in.
         if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -235,6 +247,7 @@ pub async fn open(
         let schema = schema.unwrap_or(crate::schema::DEFAULT_SCHEMA);
         options.set_schema_search_path(format!("\"{}\"", schema.replace('"', "\"\"")));
     }
+    tune(&mut options);
     let db = Database::connect(options)
         .await
         .map_err(|err| explain_connect_error(url, timeout, &err))?;

@@ -1,6 +1,7 @@
 //! `spawn_app`: a fresh database on the chosen backend and the API serving it on port 0.
 
 use api::settings::StripeSettings;
+use api::stripe::signature::WebhookSecrets;
 use api::{Application, Limits, Settings};
 use reqwest::{Client, Method, RequestBuilder, Response};
 use serde_json::{Value, json};
@@ -48,9 +49,12 @@ pub fn test_settings(url: &str) -> Settings {
         database_url: Some(url.to_owned()),
         database_schema: None,
         db_max_connections: 5,
+        db_lock_timeout_ms: 2000,
+        request_timeout_secs: 30,
         limits: Limits::default(),
         stripe: StripeSettings {
-            webhook_secrets: vec![SECRET.to_owned(), OLD_SECRET.to_owned()],
+            webhook_secrets: WebhookSecrets::parse(&format!("{SECRET},{OLD_SECRET}"))
+                .expect("two secrets"),
             webhook_tolerance_secs: 300,
         },
         purge_every_secs: 0,

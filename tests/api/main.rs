@@ -6,6 +6,8 @@ mod support;
 mod helpers;
 
 mod auth;
+mod binary;
+mod busy;
 mod limits;
 mod openapi;
 mod retention;

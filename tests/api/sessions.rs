@@ -11,6 +11,7 @@ crate::on_every_backend!(
     pages_walk_every_session_once_while_new_ones_arrive,
     soft_delete_trash_and_restore,
     restore_is_refused_after_the_retention_window,
+    an_expired_trashed_session_no_longer_blocks_its_client_id,
 );
 
 async fn sync_creates_then_updates_the_same_session(backend: Backend) {
@@ -197,4 +198,90 @@ async fn restore_is_refused_after_the_retention_window(backend: Backend) {
             .await,
         410
     );
+}
+
+fn client_ids(page: &serde_json::Value) -> Vec<String> {
+    page["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|s| s["client_id"].as_str().unwrap_or("").to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// With the purge off (the default) a session past its window stays in the table. It is gone
+/// for the user: not in the trash, not restorable, and its client id is free again. The
+/// window is the owner's tier's, as the purge reads it.
+async fn an_expired_trashed_session_no_longer_blocks_its_client_id(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let free = app.user("free@example.com").await;
+    for id in ["expired", "recent", "also-expired"] {
+        assert_eq!(app.put_session(&free, id, "old").await.status(), 201);
+        app.send(Method::DELETE, &format!("/v1/sessions/{id}"), &free)
+            .await;
+    }
+    app.age_deletion("expired", 8).await;
+    app.age_deletion("also-expired", 8).await;
+
+    // The trash lists only what can still be restored.
+    let (status, trash) = app.json(Method::GET, "/v1/trash", &free).await;
+    assert_eq!(status, 200, "{trash}");
+    assert_eq!(client_ids(&trash), vec!["recent"]);
+    let (_, one) = app.json(Method::GET, "/v1/trash?limit=1", &free).await;
+    assert_eq!(client_ids(&one), vec!["recent"]);
+    assert_eq!(one["next_cursor"], serde_json::Value::Null, "{one}");
+    let (status, body) = app
+        .json(Method::POST, "/v1/sessions/expired/restore", &free)
+        .await;
+    assert_eq!((status, code(&body)), (410, "retention_expired"));
+
+    // A sync over the expired row starts the session anew.
+    let response = app
+        .request(Method::PUT, "/v1/sessions/expired", Some(&free))
+        .json(&json!({"device_name": "new", "payload": {"fresh": true}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["device_name"], "new");
+    assert_eq!(body["payload"], json!({"fresh": true}));
+    assert_eq!(body["deleted_at"], serde_json::Value::Null);
+    let (_, live) = app.json(Method::GET, "/v1/sessions", &free).await;
+    assert_eq!(client_ids(&live), vec!["expired"]);
+    assert_eq!(
+        app.db
+            .texts("SELECT count(*) FROM synced_sessions WHERE client_id = 'expired'")
+            .await,
+        vec!["1"]
+    );
+    // One still inside its window keeps its client id until restored.
+    assert_eq!(app.put_session(&free, "recent", "x").await.status(), 409);
+
+    // It counts against the Free limit like a create.
+    app.put_session(&free, "two", "d").await;
+    app.put_session(&free, "three", "d").await;
+    assert_eq!(
+        app.put_session(&free, "also-expired", "d").await.status(),
+        402
+    );
+
+    // Pro keeps 30 days: eight days after deletion the session is still in the trash.
+    let pro = app.user("pro@example.com").await;
+    app.set_subscription("pro@example.com", "active").await;
+    app.put_session(&pro, "p8", "d").await;
+    app.put_session(&pro, "p31", "d").await;
+    for id in ["p8", "p31"] {
+        app.send(Method::DELETE, &format!("/v1/sessions/{id}"), &pro)
+            .await;
+    }
+    app.age_deletion("p8", 8).await;
+    app.age_deletion("p31", 31).await;
+    let (_, trash) = app.json(Method::GET, "/v1/trash", &pro).await;
+    assert_eq!(client_ids(&trash), vec!["p8"]);
+    assert_eq!(app.put_session(&pro, "p8", "d").await.status(), 409);
+    assert_eq!(app.put_session(&pro, "p31", "d").await.status(), 201);
 }

@@ -51,7 +51,13 @@ fn authed(mut responses: Value) -> Value {
             "401".into(),
             error("missing, malformed or revoked bearer token"),
         );
-        map.insert("503".into(), error("the database is unavailable"));
+        map.insert(
+            "503".into(),
+            error(
+                "the database is unavailable or busy (a lock wait past DB_LOCK_TIMEOUT_MS), or \
+                 the request ran past REQUEST_TIMEOUT_SECS; retry after Retry-After seconds",
+            ),
+        );
         map.insert(
             "500".into(),
             error("unexpected error (logged; body is opaque)"),
@@ -73,8 +79,8 @@ pub fn document() -> Value {
             "/healthz": {"get": {
                 "summary": "Database reachability",
                 "responses": {
-                    "200": body("Health", "the database answers"),
-                    "503": body("Health", "the database does not answer")
+                    "200": body("Health", "the database answers (`reachable`), or every pooled connection is in use (`busy`)"),
+                    "503": body("Health", "the database does not answer (`unreachable`)")
                 }
             }},
             "/openapi.json": {"get": {
@@ -114,10 +120,10 @@ pub fn document() -> Value {
                         "schema": {"$ref": "#/components/schemas/SyncRequest"}}}},
                     "responses": authed(json!({
                         "200": body("Session", "updated"),
-                        "201": body("Session", "created"),
+                        "201": body("Session", "created (also over a trashed session past its retention window)"),
                         "400": error("malformed JSON"),
                         "402": error("the Free plan's session limit is reached"),
-                        "409": error("the session is in the trash; restore it first"),
+                        "409": error("the session is in the trash, inside its retention window; restore it first"),
                         "413": error("body larger than MAX_BODY_BYTES"),
                         "415": error("Content-Type is not application/json"),
                         "422": error("a field is missing, of the wrong type, or too long (payload: longer as stored than its column holds)")
@@ -158,11 +164,11 @@ pub fn document() -> Value {
                     "400": error("missing, malformed, wrong or stale signature, or not a Stripe event"),
                     "413": error("event larger than 1 MiB"),
                     "500": error("unexpected error; Stripe retries"),
-                    "503": error("database unavailable or webhooks not configured; Stripe retries")
+                    "503": error("database unavailable or busy, request timed out, or webhooks not configured; Stripe retries")
                 }
             }},
             "/v1/trash": {"get": {
-                "summary": "Soft-deleted sessions, newest first, with their purge time",
+                "summary": "Soft-deleted sessions still inside the retention window, newest first, with their purge time",
                 "security": security,
                 "parameters": paging(),
                 "responses": authed(json!({
@@ -183,7 +189,7 @@ pub fn document() -> Value {
                 }},
                 "Health": {"type": "object", "required": ["status", "database"], "properties": {
                     "status": {"type": "string", "enum": ["ok", "unavailable"]},
-                    "database": {"type": "string", "enum": ["reachable", "unreachable"]}
+                    "database": {"type": "string", "enum": ["reachable", "busy", "unreachable"]}
                 }},
                 "Billing": {"type": "object",
                     "required": ["tier", "subscription_status", "current_period_end", "stripe_linked"],

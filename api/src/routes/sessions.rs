@@ -11,7 +11,7 @@ use crate::auth::CurrentUser;
 use crate::domain::{self, ClientId, Page, PageQuery, SessionInput, SyncRequest};
 use crate::error::ApiError;
 use crate::json::ApiJson;
-use crate::service::sessions::{self as service, Synced};
+use crate::service::sessions::{self as service, Listing, Synced};
 use crate::startup::AppState;
 
 #[derive(Serialize)]
@@ -72,6 +72,7 @@ async fn sync(
     let id = ClientId::parse(&client_id)?;
     let capacity = domain::payload_capacity(state.db.get_database_backend());
     let input = SessionInput::parse(request, capacity)?;
+    let _turn = state.user_queue.turn(user.id, state.lock_timeout).await?;
     let txn = state.db.begin().await?;
     let outcome = service::sync(&txn, user.id, &state.limits, &id, input, Utc::now()).await?;
     txn.commit().await?;
@@ -97,7 +98,7 @@ async fn list(
     Query(query): Query<PageQuery>,
 ) -> Result<Json<SessionPage>, ApiError> {
     let page = Page::parse(&query, state.limits.max_page_size)?;
-    let (rows, next) = service::list(&state.db, user.id, &page, false).await?;
+    let (rows, next) = service::list(&state.db, user.id, &page, Listing::Live).await?;
     Ok(Json(SessionPage {
         items: rows.into_iter().map(|s| respond(s, None)).collect(),
         next_cursor: next.map(|id| id.to_string()),
@@ -110,8 +111,10 @@ async fn trash(
     Query(query): Query<PageQuery>,
 ) -> Result<Json<SessionPage>, ApiError> {
     let page = Page::parse(&query, state.limits.max_page_size)?;
-    let (rows, next) = service::list(&state.db, user.id, &page, true).await?;
-    let tier = user.tier();
+    let now = Utc::now();
+    let tier = user.tier_at(now);
+    let listing = Listing::trash(tier, &state.limits, now);
+    let (rows, next) = service::list(&state.db, user.id, &page, listing).await?;
     Ok(Json(SessionPage {
         items: rows
             .into_iter()
@@ -132,6 +135,7 @@ async fn soft_delete(
     Path(client_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = ClientId::parse(&client_id)?;
+    let _turn = state.user_queue.turn(user.id, state.lock_timeout).await?;
     let txn = state.db.begin().await?;
     service::soft_delete(&txn, user.id, &id, Utc::now()).await?;
     txn.commit().await?;
@@ -144,6 +148,7 @@ async fn restore(
     Path(client_id): Path<String>,
 ) -> Result<Json<SessionResponse>, ApiError> {
     let id = ClientId::parse(&client_id)?;
+    let _turn = state.user_queue.turn(user.id, state.lock_timeout).await?;
     let txn = state.db.begin().await?;
     let session = service::restore(&txn, user.id, &state.limits, &id, Utc::now()).await?;
     txn.commit().await?;

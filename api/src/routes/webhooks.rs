@@ -51,7 +51,7 @@ async fn receive(
     signature::verify(
         header,
         &body,
-        &stripe.webhook_secrets,
+        stripe.webhook_secrets.as_slice(),
         Duration::from_secs(stripe.webhook_tolerance_secs),
         Utc::now().timestamp(),
     )

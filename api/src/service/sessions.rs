@@ -80,7 +80,25 @@ pub async fn sync<C: ConnectionTrait>(
 ) -> Result<Synced, ApiError> {
     let user = lock_user(db, user_id).await?;
     let stamp = now.fixed_offset();
-    match find(db, user.id, id).await? {
+    let tier = user.tier_at(now);
+    let found = match find(db, user.id, id).await? {
+        // Past its window the session is gone for the user, purged or not (the purge may be
+        // off, or behind): its client id starts a new session.
+        Some(trashed)
+            if trashed
+                .deleted_at
+                .is_some_and(|at| retention_expired(at, tier, limits, now)) =>
+        {
+            sessions::Entity::delete_many()
+                .filter(sessions::Column::Id.eq(trashed.id))
+                .filter(sessions::Column::DeletedAt.is_not_null())
+                .exec(db)
+                .await?;
+            None
+        }
+        found => found,
+    };
+    match found {
         Some(existing) if existing.deleted_at.is_some() => Err(ApiError::Conflict {
             code: "session_deleted",
             message: format!(
@@ -128,19 +146,42 @@ pub async fn get<C: ConnectionTrait>(
         .ok_or(ApiError::NotFound("no such session"))
 }
 
-/// A page of live (`trash = false`) or soft-deleted (`trash = true`) sessions, newest first.
-/// Returns the rows and the cursor for the next page, if there is one.
+/// Which of a user's sessions [`list`] pages through.
+pub enum Listing {
+    Live,
+    /// The trash: soft-deleted sessions still inside the owner's retention window.
+    Trash {
+        deleted_after: DateTime<FixedOffset>,
+    },
+}
+
+impl Listing {
+    /// The trash as a user of `tier` sees it at `now`.
+    pub fn trash(tier: Tier, limits: &Limits, now: DateTime<Utc>) -> Self {
+        let window =
+            chrono::Duration::from_std(limits.retention(tier)).unwrap_or(chrono::Duration::MAX);
+        let deleted_after = now
+            .checked_sub_signed(window)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC)
+            .fixed_offset();
+        Listing::Trash { deleted_after }
+    }
+}
+
+/// A page of sessions, newest first. Returns the rows and the cursor for the next page, if
+/// there is one. The window is filtered here, not after the page is cut, so pages stay full.
 pub async fn list<C: ConnectionTrait>(
     db: &C,
     user_id: i64,
     page: &Page,
-    trash: bool,
+    listing: Listing,
 ) -> Result<(Vec<sessions::Model>, Option<i64>), ApiError> {
     let mut query = sessions::Entity::find().filter(sessions::Column::UserId.eq(user_id));
-    query = if trash {
-        query.filter(sessions::Column::DeletedAt.is_not_null())
-    } else {
-        query.filter(sessions::Column::DeletedAt.is_null())
+    query = match listing {
+        Listing::Live => query.filter(sessions::Column::DeletedAt.is_null()),
+        Listing::Trash { deleted_after } => query
+            .filter(sessions::Column::DeletedAt.is_not_null())
+            .filter(sessions::Column::DeletedAt.gt(deleted_after)),
     };
     if let Some(before) = page.before_id {
         query = query.filter(sessions::Column::Id.lt(before));
@@ -188,6 +229,17 @@ pub fn purge_after(
     deleted_at.checked_add_signed(window).unwrap_or(deleted_at)
 }
 
+/// Whether a session deleted at `deleted_at` is past its tier's window at `now`: the purge
+/// may delete it, restore refuses it, the trash hides it.
+pub fn retention_expired(
+    deleted_at: DateTime<FixedOffset>,
+    tier: Tier,
+    limits: &Limits,
+    now: DateTime<Utc>,
+) -> bool {
+    purge_after(deleted_at, tier, limits) <= now
+}
+
 /// Brings a session back from the trash while its tier's retention window lasts.
 pub async fn restore<C: ConnectionTrait>(
     db: &C,
@@ -204,7 +256,7 @@ pub async fn restore<C: ConnectionTrait>(
         return Ok(session);
     };
     let tier = user.tier_at(now);
-    if purge_after(deleted_at, tier, limits) <= now {
+    if retention_expired(deleted_at, tier, limits, now) {
         return Err(ApiError::Gone {
             code: "retention_expired",
             message: format!(

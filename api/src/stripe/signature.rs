@@ -2,8 +2,10 @@
 //! `"{t}.{raw body}"` with the endpoint's signing secret, compared in constant time against
 //! every `v1` entry, with the timestamp within a tolerance (300 s by default).
 //!
-//! Several secrets may be configured while one is rotated; any of them may match.
+//! Several secrets may be configured while one is rotated; any of them may match. The empty
+//! key never does: anyone can sign with it.
 
+use std::fmt;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
@@ -21,11 +23,60 @@ pub enum SignatureError {
     Stale,
 }
 
-/// Checks `header` for `body`. `now` is seconds since the epoch.
-pub fn verify(
+/// The endpoint's signing secrets, as `STRIPE_WEBHOOK_SECRETS` lists them: comma-separated,
+/// each entry trimmed, none empty. Its `Debug` says how many there are, never what they are.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct WebhookSecrets(Vec<String>);
+
+/// Why a secrets list was refused. It names the entry by position: the list holds secrets.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "STRIPE_WEBHOOK_SECRETS (--stripe-webhook-secrets) has an empty entry (number {position} \
+     of {count}): remove the stray comma; list the secrets as whsec_new,whsec_old, or leave \
+     the variable empty to turn webhooks off"
+)]
+pub struct EmptySecret {
+    pub position: usize,
+    pub count: usize,
+}
+
+impl WebhookSecrets {
+    /// A blank list configures nothing (the endpoint answers 503); an empty entry in a
+    /// non-blank list (`whsec_a,`, `a,,b`, `a, ,b`) is a mistake, refused rather than guessed at.
+    pub fn parse(list: &str) -> Result<Self, EmptySecret> {
+        if list.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        let entries: Vec<&str> = list.split(',').map(str::trim).collect();
+        if let Some(index) = entries.iter().position(|entry| entry.is_empty()) {
+            return Err(EmptySecret {
+                position: index + 1,
+                count: entries.len(),
+            });
+        }
+        Ok(Self(entries.into_iter().map(str::to_owned).collect()))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn as_slice(&self) -> &[String] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for WebhookSecrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "WebhookSecrets({} redacted)", self.0.len())
+    }
+}
+
+/// Checks `header` for `body`. `now` is seconds since the epoch. Empty secrets are skipped.
+pub fn verify<S: AsRef<str>>(
     header: Option<&str>,
     body: &[u8],
-    secrets: &[String],
+    secrets: &[S],
     tolerance: Duration,
     now: i64,
 ) -> Result<(), SignatureError> {
@@ -60,7 +111,11 @@ pub fn verify(
         return Err(SignatureError::Malformed);
     }
     // An empty key is no secret at all: anyone can sign with it. Stripe's library refuses it too.
-    let matched = secrets.iter().filter(|s| !s.is_empty()).any(|secret| {
+    let mut usable = secrets
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|secret| !secret.is_empty());
+    let matched = usable.any(|secret| {
         let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
             return false;
         };
@@ -158,5 +213,47 @@ mod tests {
         let signature = header.split_once(",v1=").map(|(_, s)| s).unwrap();
         let several = format!("t=1000,v1={},v1={signature},v0=zz", "00".repeat(32));
         assert_eq!(ok(Some(&several), body, &["whsec_a"], 1_000), Ok(()));
+    }
+
+    #[test]
+    fn parses_the_secrets_list() {
+        let parsed = |list: &str| WebhookSecrets::parse(list).map(|s| s.as_slice().to_vec());
+        assert_eq!(parsed("whsec_a"), Ok(secrets(&["whsec_a"])));
+        assert_eq!(
+            parsed(" whsec_new , whsec_old\t"),
+            Ok(secrets(&["whsec_new", "whsec_old"]))
+        );
+        assert_eq!(parsed(""), Ok(vec![]));
+        assert_eq!(parsed("  "), Ok(vec![]));
+        for (list, position, count) in [
+            ("whsec_a,", 2, 2),
+            (",whsec_a", 1, 2),
+            ("whsec_a,,whsec_b", 2, 3),
+            ("whsec_a, ,whsec_b", 2, 3),
+            (",", 1, 2),
+        ] {
+            assert_eq!(
+                WebhookSecrets::parse(list),
+                Err(EmptySecret { position, count }),
+                "{list:?}"
+            );
+        }
+        let debug = format!("{:?}", WebhookSecrets::parse("whsec_a,whsec_b").unwrap());
+        assert!(!debug.contains("whsec"), "{debug}");
+    }
+
+    /// Anyone can compute an HMAC with the empty key: a configured empty secret must not
+    /// verify anything, even if it reaches `verify`.
+    #[test]
+    fn never_verifies_with_an_empty_key() {
+        let body = br#"{"id":"evt_forged"}"#;
+        let forged = sign(body, "", 1_000);
+        for configured in [&["whsec_a", ""][..], &[""], &[]] {
+            assert_eq!(
+                verify(Some(&forged), body, &secrets(configured), TOLERANCE, 1_000),
+                Err(SignatureError::NoMatch),
+                "{configured:?}"
+            );
+        }
     }
 }

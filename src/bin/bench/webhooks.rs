@@ -42,9 +42,12 @@ pub async fn run(args: Args) -> Result<(), String> {
         database_url: Some(bench.url.clone()),
         database_schema: None,
         db_max_connections: 16,
+        db_lock_timeout_ms: 2000,
+        request_timeout_secs: 30,
         limits: api::Limits::default(),
         stripe: api::settings::StripeSettings {
-            webhook_secrets: vec![SECRET.to_owned()],
+            webhook_secrets: api::stripe::signature::WebhookSecrets::parse(SECRET)
+                .map_err(|e| e.to_string())?,
             webhook_tolerance_secs: 300,
         },
         purge_every_secs: 0,

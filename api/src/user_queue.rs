@@ -1,0 +1,96 @@
+//! One write per user at a time on this instance.
+//!
+//! Every write of a user's sessions takes that user's row lock first (see
+//! `service::sessions`), so the database runs them one after another anyway. Queueing them here
+//! as well means they wait in memory, not on a pooled connection: however many requests one
+//! user sends, or however long someone holds their row, they occupy one connection of this
+//! instance and the rest of the pool keeps serving everyone else. The wait is bounded like a
+//! lock wait in the database, and answered the same way (503 `busy`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{Mutex as Turnstile, OwnedMutexGuard};
+
+use crate::error::ApiError;
+
+#[derive(Clone, Default)]
+pub struct UserQueue {
+    waiting: Arc<Mutex<HashMap<i64, Arc<Turnstile<()>>>>>,
+}
+
+/// The caller's turn; the next write of the same user starts when it is dropped.
+pub struct Turn {
+    queue: UserQueue,
+    user_id: i64,
+    guard: Option<OwnedMutexGuard<()>>,
+}
+
+impl UserQueue {
+    /// Waits at most `wait` for `user_id`'s earlier writes on this instance to finish.
+    pub async fn turn(&self, user_id: i64, wait: Duration) -> Result<Turn, ApiError> {
+        let turnstile = {
+            let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+            Arc::clone(waiting.entry(user_id).or_default())
+        };
+        let mut turn = Turn {
+            queue: self.clone(),
+            user_id,
+            guard: None,
+        };
+        match tokio::time::timeout(wait, turnstile.lock_owned()).await {
+            Ok(guard) => {
+                turn.guard = Some(guard);
+                Ok(turn)
+            }
+            // Dropping `turn` forgets the user if nobody else waits.
+            Err(_) => Err(ApiError::Busy(None)),
+        }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut waiting = self
+            .queue
+            .waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Only the map holds it: no one is waiting or writing.
+        if waiting
+            .get(&self.user_id)
+            .is_some_and(|turnstile| Arc::strong_count(turnstile) == 1)
+        {
+            waiting.remove(&self.user_id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn one_turn_per_user_and_nothing_left_behind() {
+        let queue = UserQueue::default();
+        let wait = Duration::from_millis(50);
+        let first = queue.turn(1, wait).await.expect("first turn");
+        let other_user = queue
+            .turn(2, wait)
+            .await
+            .expect("another user is not queued");
+        assert!(matches!(
+            queue.turn(1, wait).await,
+            Err(ApiError::Busy(None))
+        ));
+        drop(first);
+        let again = queue
+            .turn(1, wait)
+            .await
+            .expect("turn after the first ended");
+        drop((again, other_user));
+        assert!(queue.waiting.lock().unwrap().is_empty());
+    }
+}

@@ -1,0 +1,187 @@
+//! The `billing` binary as operators run it: configuration from the environment, `--help`,
+//! and how it refuses to start. Configuration parsing does not depend on the backend, so these
+//! run on SQLite.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::Value;
+
+use crate::helpers::event;
+use crate::support::{Backend, TestDb};
+
+/// `billing` with a clean environment: only the variables a test names.
+fn billing(vars: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_billing"));
+    command
+        .env_clear()
+        .env("RUST_LOG", "info,sqlx=warn")
+        .env("NO_COLOR", "1");
+    if let Ok(path) = std::env::var("PATH") {
+        command.env("PATH", path);
+    }
+    for (name, value) in vars {
+        command.env(name, value);
+    }
+    command
+}
+
+/// A running `billing serve`, killed when dropped.
+struct Server {
+    child: Child,
+    address: String,
+    _db: TestDb,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the server with `secrets` in `STRIPE_WEBHOOK_SECRETS`. `Ok` once it listens; `Err`
+/// with everything it printed when it exits instead.
+async fn serve(secrets: &str) -> Result<Server, String> {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let mut child = billing(&[
+        ("DATABASE_URL", db.url.as_str()),
+        ("BIND_ADDR", "127.0.0.1:0"),
+        ("STRIPE_WEBHOOK_SECRETS", secrets),
+    ])
+    .arg("serve")
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("run billing");
+    let stderr = child.stderr.take().expect("stderr");
+    let (lines, received) = mpsc::channel();
+    // Keeps reading after we stop listening: a closed pipe would break the server's logging.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let mut printed = String::new();
+    // Generous: this only catches a server that neither listens nor exits.
+    while let Ok(line) = received.recv_timeout(Duration::from_secs(120)) {
+        if let Some((_, address)) = line.split_once("listening on ") {
+            return Ok(Server {
+                address: address.trim().to_owned(),
+                child,
+                _db: db,
+            });
+        }
+        printed.push_str(&line);
+        printed.push('\n');
+    }
+    let status = child.wait().expect("wait for billing");
+    Err(format!("{status}\n{printed}"))
+}
+
+impl Server {
+    /// Delivers an event signed with `secret` (which may be empty: a forgery).
+    async fn deliver_signed_with(&self, secret: &str, id: &str) -> (u16, Value) {
+        let now = Utc::now().timestamp();
+        let body = event(id, "invoice.paid", now, Value::Null).to_string();
+        let signature = api::stripe::signature::sign(body.as_bytes(), secret, now);
+        let response = reqwest::Client::new()
+            .post(format!("{}/webhooks/stripe", self.address))
+            .header("content-type", "application/json")
+            .header("stripe-signature", signature)
+            .body(body)
+            .send()
+            .await
+            .expect("deliver");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+}
+
+/// A stray comma used to add the empty key, with which anyone can sign: the server must
+/// refuse to start, say why in one `error:` line, and not print the secrets.
+#[tokio::test]
+async fn an_empty_webhook_secret_entry_stops_the_server() {
+    for secrets in [
+        "whsec_real,",
+        ",whsec_real",
+        "whsec_real,,whsec_old",
+        "whsec_real,  ",
+    ] {
+        let refused = match serve(secrets).await {
+            Ok(server) => {
+                let forged = server.deliver_signed_with("", "evt_forged").await;
+                panic!("started with {secrets:?}; a forged event got {forged:?}");
+            }
+            Err(printed) => printed,
+        };
+        let errors: Vec<&str> = refused
+            .lines()
+            .filter(|l| l.starts_with("error:"))
+            .collect();
+        assert_eq!(errors.len(), 1, "{secrets:?}: {refused}");
+        assert!(errors[0].contains("STRIPE_WEBHOOK_SECRETS"), "{refused}");
+        assert!(errors[0].contains("empty"), "{refused}");
+        assert!(!refused.contains("whsec_real"), "{refused}");
+        assert!(!refused.contains("panicked"), "{refused}");
+    }
+}
+
+/// `"whsec_new, whsec_old"`: the space after the comma is not part of the secret.
+#[tokio::test]
+async fn rotation_works_with_spaces_around_the_entries() {
+    let server = serve(" whsec_new , whsec_old ")
+        .await
+        .expect("server starts");
+    for (secret, id) in [("whsec_new", "evt_new"), ("whsec_old", "evt_old")] {
+        let (status, body) = server.deliver_signed_with(secret, id).await;
+        assert_eq!(status, 200, "{secret}: {body}");
+    }
+    let (status, body) = server.deliver_signed_with("", "evt_forged").await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = server.deliver_signed_with(" whsec_old", "evt_spaced").await;
+    assert_eq!(status, 400);
+}
+
+/// An empty (or blank) variable means "not configured": the documented 503, and the empty
+/// key verifies nothing.
+#[tokio::test]
+async fn an_empty_secrets_variable_means_not_configured() {
+    for secrets in ["", "  "] {
+        let server = serve(secrets).await.expect("server starts");
+        let (status, body) = server.deliver_signed_with("", "evt_forged").await;
+        assert_eq!(status, 503, "{secrets:?}: {body}");
+        assert_eq!(body["error"]["code"], "not_configured", "{body}");
+    }
+}
+
+/// clap prints `[env: NAME=value]` in `--help`; for secrets it must print only the name.
+#[tokio::test]
+async fn help_does_not_print_secrets_from_the_environment() {
+    for args in [&["--help"][..], &["serve", "--help"], &["help", "serve"]] {
+        let output = billing(&[
+            ("DATABASE_URL", "postgres://app:hunter2@127.0.0.1:1/billing"),
+            ("STRIPE_WEBHOOK_SECRETS", "whsec_live_supersecret,whsec_old"),
+        ])
+        .args(args)
+        .output()
+        .expect("run billing --help");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(output.status.success(), "{args:?}: {text}");
+        for secret in ["hunter2", "whsec_live_supersecret", "whsec_old"] {
+            assert!(!text.contains(secret), "{args:?} printed {secret}:\n{text}");
+        }
+    }
+    // The top-level help still names the variables.
+    let output = billing(&[]).arg("--help").output().expect("run billing");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("DATABASE_URL"), "{text}");
+    assert!(text.contains("STRIPE_WEBHOOK_SECRETS"), "{text}");
+}
