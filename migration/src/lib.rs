@@ -26,6 +26,7 @@ mod m005_add_user_display_name;
 pub mod m006_billing_fields;
 mod m007_stripe_events;
 mod m008_deleted_at_index_by_id;
+pub mod m010_subscriptions;
 
 use step::{Direction, Planned};
 
@@ -47,6 +48,7 @@ impl Migrator {
             Box::new(m006_billing_fields::Migration),
             Box::new(m007_stripe_events::Migration),
             Box::new(m008_deleted_at_index_by_id::Migration),
+            Box::new(m010_subscriptions::Migration),
         ]
     }
 }

@@ -110,7 +110,7 @@ async fn trash(
 ) -> Result<Json<SessionPage>, ApiError> {
     let page = Page::parse(&query, state.limits.max_page_size)?;
     let (rows, next) = service::list(&state.db, user.id, &page, true).await?;
-    let tier = user.tier();
+    let tier = user.tier(&state.db).await?;
     Ok(Json(SessionPage {
         items: rows
             .into_iter()

@@ -54,7 +54,7 @@ async fn ensure_room<C: ConnectionTrait>(
     limits: &Limits,
     now: DateTime<Utc>,
 ) -> Result<(), ApiError> {
-    if user.tier_at(now) == Tier::Pro {
+    if user.tier_at(db, now).await? == Tier::Pro {
         return Ok(());
     }
     let live = live_count(db, user.id).await?;
@@ -203,7 +203,7 @@ pub async fn restore<C: ConnectionTrait>(
     let Some(deleted_at) = session.deleted_at else {
         return Ok(session);
     };
-    let tier = user.tier_at(now);
+    let tier = user.tier_at(db, now).await?;
     if purge_after(deleted_at, tier, limits) <= now {
         return Err(ApiError::Gone {
             code: "retention_expired",
