@@ -14,7 +14,8 @@
 //!   first customer's renewals still apply. A customer is never linked to a second user.
 //! * The user's `subscription_id`, `subscription_status` and `current_period_end` show the
 //!   subscription that decides the tier among all of the user's subscriptions
-//!   (`entity::decider`); `stripe_customer_id` is the customer linked last.
+//!   (`entity::decider`), and `stripe_customer_id` that subscription's customer (the customer
+//!   linked last while none of the user's customers has a subscription).
 //!
 //! # All or nothing
 //!
@@ -114,7 +115,8 @@ pub async fn apply_fetched_subscription(
 
 /// Links a Stripe customer to a user: never one customer to two users, and a user keeps every
 /// customer linked before (their subscriptions go on counting), so no paid subscription is
-/// orphaned. `users.stripe_customer_id` becomes this customer.
+/// orphaned. `users.stripe_customer_id` becomes this customer, unless a subscription of
+/// another of the user's customers decides the tier.
 pub async fn link_customer(
     db: &DatabaseConnection,
     user_id: i64,
@@ -419,7 +421,8 @@ enum IfNone {
 }
 
 /// Sets the user's billing columns to the subscription that decides the tier now, over every
-/// customer linked to them. Locks the user's row.
+/// customer linked to them, and `stripe_customer_id` to that subscription's customer (so the
+/// columns do not depend on the order checkouts arrived in). Locks the user's row.
 async fn refresh_user<C: ConnectionTrait>(
     db: &C,
     user_id: i64,
@@ -434,22 +437,34 @@ async fn refresh_user<C: ConnectionTrait>(
     };
     let rows = entity::subscriptions_of(db, user_id).await?;
     let standings: Vec<Standing> = rows.iter().map(Standing::from).collect();
-    let (subscription, status, period_end) = match decider(&standings, Utc::now()) {
+    let decides = decider(&standings, Utc::now());
+    let (customer, subscription, status, period_end) = match decides {
         Some(decides) => (
+            rows.iter()
+                .find(|row| Some(&row.subscription_id) == decides.subscription_id.as_ref())
+                .map(|row| row.customer_id.clone())
+                .or_else(|| user.stripe_customer_id.clone()),
             decides.subscription_id.clone(),
             decides.status,
             decides.current_period_end.map(|t| t.fixed_offset()),
         ),
-        None if if_none == IfNone::Cancel => (None, SubscriptionStatus::Canceled, None),
+        None if if_none == IfNone::Cancel => (
+            user.stripe_customer_id.clone(),
+            None,
+            SubscriptionStatus::Canceled,
+            None,
+        ),
         None => return Ok(()),
     };
-    if user.subscription_id == subscription
+    if user.stripe_customer_id == customer
+        && user.subscription_id == subscription
         && user.subscription_status == status.as_str()
         && user.current_period_end == period_end
     {
         return Ok(());
     }
     let mut active = user.into_active_model();
+    active.stripe_customer_id = Set(customer);
     active.subscription_id = Set(subscription);
     active.subscription_status = Set(status.into());
     active.current_period_end = Set(period_end);
