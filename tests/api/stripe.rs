@@ -771,7 +771,7 @@ async fn two_instances_receive_the_situations_at_once(backend: Backend) {
         let situation = situations(&format!("both{which}"), uid, now).swap_remove(which);
         for _ in 0..3 {
             for event in &situation.events {
-                let sender = if k % 2 == 0 { &first } else { &second }.clone();
+                let sender = if k.is_multiple_of(2) { &first } else { &second }.clone();
                 k += 1;
                 let event = event.clone();
                 deliveries.spawn(async move { sender.deliver(&event).await });
