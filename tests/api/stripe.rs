@@ -1046,3 +1046,102 @@ async fn a_delivery_killed_after_recording_is_applied_when_redelivered(backend: 
     );
     assert_eq!(tier_of(&app, uid).await, "free");
 }
+
+/// The delivery's database session is terminated while it waits for the user's row (locked
+/// by someone else): it answers 5xx, nothing of it stays, and Stripe's retry applies it
+/// (before: the retry answered `duplicate` and the user stayed `active`).
+async fn a_delivery_whose_session_is_killed_is_applied_when_redelivered(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.user("ann@example.com").await;
+    let uid = app.user_id("ann@example.com").await;
+    let now = Utc::now().timestamp();
+    let sender = Sender::of(&app);
+    let end = now + 86_400;
+    sender
+        .deliver(&checkout("evt_w0", now, uid, "cus_w", "sub_w"))
+        .await;
+    sender
+        .deliver(&subscription(
+            "evt_w1",
+            "created",
+            now + 1,
+            ("cus_w", "sub_w"),
+            "active",
+            end,
+            true,
+        ))
+        .await;
+    let past_due = subscription(
+        "evt_w2",
+        "updated",
+        now + 2,
+        ("cus_w", "sub_w"),
+        "past_due",
+        end,
+        true,
+    );
+
+    let holder = support::connect(&app.db.url).await;
+    let held = sea_orm::TransactionTrait::begin(&holder)
+        .await
+        .expect("begin");
+    sea_orm::ConnectionTrait::execute_unprepared(
+        &held,
+        &format!("SELECT id FROM users WHERE id = {uid} FOR UPDATE"),
+    )
+    .await
+    .expect("lock the user row");
+    let waiting = sender.clone();
+    let event = past_due.clone();
+    let delivery = tokio::spawn(async move { waiting.deliver(&event).await });
+
+    let (find, kill) = match backend {
+        Backend::Postgres => (
+            "SELECT pid::text FROM pg_stat_activity WHERE datname = current_database() \
+             AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()",
+            "SELECT pg_terminate_backend({})",
+        ),
+        _ => (
+            "SELECT p.id FROM information_schema.innodb_trx t \
+             JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id \
+             WHERE t.trx_state = 'LOCK WAIT' AND p.db = DATABASE()",
+            "KILL {}",
+        ),
+    };
+    let session = loop {
+        if let Some(id) = app.db.texts(find).await.into_iter().next() {
+            break id;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    app.db.exec(&kill.replace("{}", &session)).await;
+    let (status, _) = delivery.await.expect("delivery");
+    assert!(status >= 500, "a failed delivery must be retried: {status}");
+    held.rollback().await.expect("release");
+
+    assert_eq!(
+        app.db
+            .texts("SELECT count(*) FROM stripe_events WHERE id = 'evt_w2'")
+            .await,
+        vec!["0"]
+    );
+    assert_eq!(sender.deliver(&past_due).await, (200, "applied".to_owned()));
+    assert_eq!(
+        app.billing_row("ann@example.com").await,
+        "cus_w|sub_w|past_due|set"
+    );
+    assert_eq!(
+        sender.deliver(&past_due).await,
+        (200, "duplicate".to_owned())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_whose_session_is_killed_is_applied_when_redelivered_postgres() {
+    a_delivery_whose_session_is_killed_is_applied_when_redelivered(Backend::Postgres).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_whose_session_is_killed_is_applied_when_redelivered_mysql() {
+    a_delivery_whose_session_is_killed_is_applied_when_redelivered(Backend::MySql).await
+}
