@@ -1145,3 +1145,126 @@ async fn a_delivery_whose_session_is_killed_is_applied_when_redelivered_postgres
 async fn a_delivery_whose_session_is_killed_is_applied_when_redelivered_mysql() {
     a_delivery_whose_session_is_killed_is_applied_when_redelivered(Backend::MySql).await
 }
+
+crate::on_every_backend!(fetched_snapshots_go_through_the_same_rule_as_events);
+
+/// The interface `stripe-sync` writes through: a fetched snapshot counts as an event created
+/// at the fetch; the same state fetched again changes nothing and records nothing; links obey
+/// the one-user-per-customer rule.
+async fn fetched_snapshots_go_through_the_same_rule_as_events(backend: Backend) {
+    use api::service::stripe_sync::{
+        LinkOutcome, Outcome, apply_fetched_subscription, link_customer, user_of_customer,
+    };
+    let app = spawn_app(backend).await;
+    let db = &app.db.db;
+    app.user("ann@example.com").await;
+    app.user("bob@example.com").await;
+    let (ann, bob) = (
+        app.user_id("ann@example.com").await,
+        app.user_id("bob@example.com").await,
+    );
+    let link = |user, customer: &'static str| link_customer(db, user, customer);
+    assert_eq!(link(ann, "cus_f").await.unwrap(), LinkOutcome::Linked);
+    assert_eq!(
+        link(ann, "cus_f").await.unwrap(),
+        LinkOutcome::AlreadyLinked
+    );
+    assert_eq!(
+        link(bob, "cus_f").await.unwrap(),
+        LinkOutcome::LinkedToAnotherUser
+    );
+    assert_eq!(
+        link(999_999, "cus_z").await.unwrap(),
+        LinkOutcome::UnknownUser
+    );
+    assert_eq!(user_of_customer(db, "cus_f").await.unwrap(), Some(ann));
+    assert_eq!(user_of_customer(db, "cus_z").await.unwrap(), None);
+
+    let now = Utc::now().timestamp();
+    let end = now + 30 * 86_400;
+    let object = |status: &str| {
+        serde_json::json!({"id": "sub_f", "object": "subscription", "customer": "cus_f",
+            "status": status, "items": {"object": "list", "data": [
+                {"id": "si_1", "current_period_end": end}]}})
+    };
+    let active =
+        api::stripe::event::snapshot_from_subscription(&object("active")).expect("snapshot");
+    assert_eq!(
+        apply_fetched_subscription(db, &active, now).await.unwrap(),
+        Outcome::Applied
+    );
+    assert_eq!(
+        app.billing_row("ann@example.com").await,
+        "cus_f|sub_f|active|set"
+    );
+    let stamp = "SELECT concat(u.updated_at, '|', s.created) FROM users u \
+                 JOIN stripe_subscriptions s ON s.subscription_id = 'sub_f' \
+                 WHERE u.email = 'ann@example.com'";
+    let before = app.db.texts(stamp).await;
+    for at in [now, now + 60] {
+        assert_eq!(
+            apply_fetched_subscription(db, &active, at).await.unwrap(),
+            Outcome::Duplicate
+        );
+    }
+    // The user's row is untouched; only the snapshot's key moved to the later fetch.
+    let after = app.db.texts(stamp).await;
+    assert_eq!(
+        after[0].split('|').next(),
+        before[0].split('|').next(),
+        "users row rewritten"
+    );
+    assert_eq!(
+        after[0].split('|').nth(1),
+        Some((now + 60).to_string().as_str())
+    );
+    assert_eq!(
+        app.db.texts("SELECT count(*) FROM stripe_events").await,
+        vec!["0"]
+    );
+
+    // An event created before the fetch cannot roll it back; one created after applies.
+    let sender = Sender::of(&app);
+    let older = subscription(
+        "evt_f1",
+        "updated",
+        now + 30,
+        ("cus_f", "sub_f"),
+        "past_due",
+        end,
+        true,
+    );
+    assert_eq!(sender.deliver(&older).await, (200, "applied".to_owned()));
+    assert_eq!(
+        app.billing_row("ann@example.com").await,
+        "cus_f|sub_f|active|set"
+    );
+    let newer = subscription(
+        "evt_f2",
+        "deleted",
+        now + 61,
+        ("cus_f", "sub_f"),
+        "canceled",
+        end,
+        true,
+    );
+    sender.deliver(&newer).await;
+    assert_eq!(
+        app.billing_row("ann@example.com").await,
+        "cus_f|sub_f|canceled|set"
+    );
+
+    // A deleted customer is never linked again.
+    sender
+        .deliver(&event(
+            "evt_f3",
+            "customer.deleted",
+            now + 70,
+            serde_json::json!({"id": "cus_gone", "object": "customer"}),
+        ))
+        .await;
+    assert_eq!(
+        link(bob, "cus_gone").await.unwrap(),
+        LinkOutcome::CustomerDeleted
+    );
+}
