@@ -1,9 +1,9 @@
-//! m001-m009 on every backend, each test in a database of its own.
+//! m001-m010 on every backend, each test in a database of its own.
 
 mod support;
 
 use chrono::{Duration, Utc};
-use entity::{SubscriptionStatus, Tier, users};
+use entity::{SubscriptionStatus, Tier, stripe_customers, stripe_subscriptions, users};
 use migration::m006_billing_fields::SUBSCRIPTION_STATUSES;
 use migration::step::{self, Direction};
 use migration::{Migrator, MigratorTrait, SchemaManager};
@@ -22,6 +22,8 @@ on_every_backend!(
     an_interrupted_up_or_down_finishes_when_run_again,
     rust_and_sql_agree_on_the_tier,
     client_ids_differing_by_case_are_two_sessions,
+    rust_and_sql_agree_over_several_subscriptions,
+    m010_backfills_customers_and_each_subscriptions_latest_snapshot,
 );
 
 async fn migrated(backend: Backend) -> TestDb {
@@ -181,16 +183,25 @@ async fn stripe_customer_id_is_unique_but_nulls_are_free(backend: Backend) {
 }
 
 /// The migrations written for billing, each checked on its own by the two tests below.
-const BILLING_MIGRATIONS: [u32; 4] = [6, 7, 8, 9];
+const BILLING_MIGRATIONS: [u32; 5] = [6, 7, 8, 9, 10];
 
-/// Migration number `version` (1-based, as in its name), its name and its step plan.
+/// Where migration number `version` (as in its name, `mNNN_...`) stands in the list, 0-based.
+fn position(version: u32) -> usize {
+    let prefix = format!("m{version:03}_");
+    Migrator::planned()
+        .iter()
+        .position(|m| m.name().starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no migration {prefix}"))
+}
+
+/// Migration number `version`, its name and its step plan.
 fn planned(
     version: u32,
     backend: sea_orm::DbBackend,
     direction: Direction,
 ) -> (String, Vec<step::Step>) {
     let all = Migrator::planned();
-    let migration = &all[version as usize - 1];
+    let migration = &all[position(version)];
     (
         migration.name().to_owned(),
         migration.plan(backend, direction),
@@ -201,7 +212,7 @@ fn planned(
 /// `version` is applied (left applied).
 async fn before_and_after(backend: Backend, version: u32) -> (TestDb, Vec<String>, Vec<String>) {
     let t = TestDb::new(backend).await;
-    Migrator::up(&t.db, Some(version - 1))
+    Migrator::up(&t.db, Some(position(version) as u32))
         .await
         .expect("up to the one before");
     let before = without_bookkeeping(snapshot(&t).await);
@@ -305,14 +316,15 @@ async fn client_ids_differing_by_case_are_two_sessions(backend: Backend) {
 }
 
 /// Every status crossed with every period-end position, read through the `user_tiers` view
-/// and through `users::Model::tier()`.
+/// and through `users::Model::tier_at()`.
 async fn rust_and_sql_agree_on_the_tier(backend: Backend) {
     let t = migrated(backend).await;
     let now = Utc::now();
     let positions = [
         ("null", None),
         ("future", Some(now + Duration::days(3))),
-        ("within_grace", Some(now - Duration::days(2))),
+        ("within_renewal_grace", Some(now - Duration::days(1))),
+        ("within_past_due_grace", Some(now - Duration::days(5))),
         ("beyond_grace", Some(now - Duration::days(9))),
     ];
     for status in SubscriptionStatus::ALL {
@@ -329,27 +341,207 @@ async fn rust_and_sql_agree_on_the_tier(backend: Backend) {
         }
     }
     let models = users::Entity::find().all(&t.db).await.expect("load users");
-    assert_eq!(models.len(), 24);
+    assert_eq!(models.len(), 30);
     let mut pro = 0;
     for model in models {
-        let sql_tier = t
-            .texts(&format!(
-                "SELECT tier FROM user_tiers WHERE user_id = {}",
-                model.id
-            ))
-            .await;
-        let rust_tier = model.tier();
+        let (sql_tier, _) = sql_tiers(&t, model.id).await;
+        let rust_tier = model.tier_at(&t.db, Utc::now()).await.expect("tier");
         assert_eq!(
             sql_tier,
-            vec![rust_tier.as_str()],
+            rust_tier.as_str(),
             "{} {:?}",
             model.email,
             model.current_period_end
         );
         pro += usize::from(rust_tier == Tier::Pro);
     }
-    // active and trialing: null and future; past_due: future and within grace.
-    assert_eq!(pro, 6);
+    // active and trialing: null, future and within the renewal grace; past_due: future and
+    // both graces.
+    assert_eq!(pro, 9);
+}
+
+/// `(tier, retention_tier)` of one user, from the view.
+async fn sql_tiers(t: &TestDb, user_id: i64) -> (String, String) {
+    let rows = t
+        .texts(&format!(
+            "SELECT concat(tier, '|', retention_tier) FROM user_tiers WHERE user_id = {user_id}"
+        ))
+        .await;
+    assert_eq!(rows.len(), 1, "user {user_id}");
+    let (tier, retention) = rows[0].split_once('|').expect("two columns");
+    (tier.to_owned(), retention.to_owned())
+}
+
+/// Users with two subscriptions (under one customer or two, one possibly deleted), every
+/// status and period-end position for the first crossed with a few for the second. Several
+/// positions are a clock moved past a subscription's period end: the columns name the
+/// subscription that decided before, and the tier must come from the other one.
+async fn rust_and_sql_agree_over_several_subscriptions(backend: Backend) {
+    let t = migrated(backend).await;
+    let now = Utc::now();
+    let days = |d: i64| Some((now + Duration::days(d)).fixed_offset());
+    let positions = [
+        None,
+        days(3),
+        days(-1),
+        days(-2).map(|e| e - Duration::hours(22)),
+        days(-5),
+        days(-9),
+        days(-12),
+    ];
+    use SubscriptionStatus as S;
+    let seconds = [
+        (S::Active, days(-4)),
+        (S::PastDue, days(-1)),
+        (S::Canceled, days(20)),
+        (S::Trialing, None),
+    ];
+    let mut n = 0;
+    let mut pro = 0;
+    let mut retention_pro = 0;
+    for status in SubscriptionStatus::ALL {
+        for end in positions {
+            for (second_status, second_end) in seconds {
+                for layout in ["one_customer", "two_customers", "second_deleted"] {
+                    n += 1;
+                    let user = users::ActiveModel {
+                        email: Set(format!("u{n}@x.test")),
+                        // The columns as an earlier write left them: the first subscription.
+                        subscription_id: Set(Some(format!("sub_{n}_a"))),
+                        subscription_status: Set(status.into()),
+                        current_period_end: Set(end),
+                        stripe_customer_id: Set(Some(format!("cus_{n}_a"))),
+                        ..Default::default()
+                    }
+                    .insert(&t.db)
+                    .await
+                    .expect("user");
+                    let second_customer = match layout {
+                        "one_customer" => format!("cus_{n}_a"),
+                        _ => format!("cus_{n}_b"),
+                    };
+                    for (customer, deleted) in [
+                        (format!("cus_{n}_a"), false),
+                        (format!("cus_{n}_b"), layout == "second_deleted"),
+                    ] {
+                        stripe_customers::ActiveModel {
+                            customer_id: Set(customer),
+                            user_id: Set(Some(user.id)),
+                            deleted_at: Set(deleted.then(|| now.fixed_offset())),
+                            created_at: Set(now.fixed_offset()),
+                        }
+                        .insert(&t.db)
+                        .await
+                        .expect("customer");
+                    }
+                    for (id, customer, status, end) in [
+                        (format!("sub_{n}_a"), format!("cus_{n}_a"), status, end),
+                        (
+                            format!("sub_{n}_b"),
+                            second_customer,
+                            second_status,
+                            second_end,
+                        ),
+                    ] {
+                        stripe_subscriptions::ActiveModel {
+                            subscription_id: Set(id),
+                            customer_id: Set(customer),
+                            status: Set(status.into()),
+                            current_period_end: Set(end),
+                            created: Set(1),
+                            lifecycle_rank: Set(0),
+                            updated_at: Set(now.fixed_offset()),
+                        }
+                        .insert(&t.db)
+                        .await
+                        .expect("subscription");
+                    }
+                    let (sql_tier, sql_retention) = sql_tiers(&t, user.id).await;
+                    let billing = user.billing_at(&t.db, Utc::now()).await.expect("billing");
+                    let case =
+                        format!("{status} {end:?} + {second_status} {second_end:?} ({layout})");
+                    assert_eq!(sql_tier, billing.tier.as_str(), "tier: {case}");
+                    assert_eq!(
+                        sql_retention,
+                        billing.retention_tier.as_str(),
+                        "retention tier: {case}"
+                    );
+                    pro += usize::from(billing.tier == Tier::Pro);
+                    retention_pro += usize::from(billing.retention_tier == Tier::Pro);
+                }
+            }
+        }
+    }
+    // Both outcomes occur, and the purge's tier is never narrower than the tier.
+    assert!(pro > 0 && pro < n, "{pro} of {n}");
+    assert!(retention_pro > pro, "{retention_pro} vs {pro}");
+}
+
+/// The view's renewal grace is a number frozen in m010; the Rust rule's must equal it.
+#[test]
+fn the_renewal_grace_is_the_same_in_sql_and_rust() {
+    assert_eq!(
+        i64::from(migration::m010_subscriptions::RENEWAL_GRACE_DAYS),
+        entity::RENEWAL_GRACE_DAYS
+    );
+}
+
+/// Users who paid before m010: their customer is linked, each subscription gets its latest
+/// snapshot from the stored events (whatever order they were stored in), and a subscription
+/// no event describes comes from the user's columns.
+async fn m010_backfills_customers_and_each_subscriptions_latest_snapshot(backend: Backend) {
+    let t = TestDb::new(backend).await;
+    Migrator::up(&t.db, Some(position(10) as u32))
+        .await
+        .expect("up to m010");
+    t.exec(
+        "INSERT INTO users (email, stripe_customer_id, subscription_id, subscription_status) \
+         VALUES ('a@x.test', 'cus_a', 'sub_2', 'canceled'), \
+         ('b@x.test', 'cus_b', 'sub_hand', 'active'), ('c@x.test', NULL, NULL, 'none')",
+    )
+    .await;
+    t.exec(
+        "INSERT INTO stripe_events (id, event_type, created, customer_id, subscription_id, status) \
+         VALUES ('evt_3', 'customer.subscription.deleted', 300, 'cus_a', 'sub_2', 'canceled'), \
+         ('evt_1', 'customer.subscription.created', 100, 'cus_a', 'sub_1', 'active'), \
+         ('evt_2', 'customer.subscription.created', 200, 'cus_a', 'sub_2', 'active'), \
+         ('evt_0', 'customer.subscription.created', 100, 'cus_a', 'sub_1', 'trialing'), \
+         ('evt_4', 'customer.subscription.created', 50, 'cus_gone', 'sub_9', 'active'), \
+         ('evt_5', 'customer.deleted', 60, 'cus_gone', NULL, NULL)",
+    )
+    .await;
+    Migrator::up(&t.db, None).await.expect("m010");
+    assert_eq!(
+        t.texts(
+            "SELECT concat(subscription_id, '|', customer_id, '|', status, '|', created, '|', \
+             lifecycle_rank) FROM stripe_subscriptions ORDER BY subscription_id"
+        )
+        .await,
+        vec![
+            "sub_1|cus_a|active|100|2",
+            "sub_2|cus_a|canceled|300|5",
+            "sub_9|cus_gone|active|50|2",
+            "sub_hand|cus_b|active|0|2",
+        ]
+    );
+    assert_eq!(
+        t.texts(
+            "SELECT concat(c.customer_id, '|', coalesce(u.email, '-'), '|', \
+             CASE WHEN c.deleted_at IS NULL THEN 'live' ELSE 'deleted' END) \
+             FROM stripe_customers c LEFT JOIN users u ON u.id = c.user_id ORDER BY c.customer_id"
+        )
+        .await,
+        vec![
+            "cus_a|a@x.test|live",
+            "cus_b|b@x.test|live",
+            "cus_gone|-|deleted"
+        ]
+    );
+    // sub_1 is still active: the user the columns showed as canceled is Pro.
+    let tiers = t
+        .texts("SELECT tier FROM user_tiers ORDER BY user_id")
+        .await;
+    assert_eq!(tiers, vec!["pro", "pro", "free"]);
 }
 
 mod postgres_only {
@@ -358,7 +550,11 @@ mod postgres_only {
     /// An interrupted CREATE INDEX CONCURRENTLY leaves an INVALID index; `up` rebuilds it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_invalid_index_left_by_an_interrupted_build_is_rebuilt() {
-        let t = migrated(Backend::Postgres).await;
+        // Up to m006 only: m006's view step re-creates its own view, which m010 replaces.
+        let t = TestDb::new(Backend::Postgres).await;
+        Migrator::up(&t.db, Some(position(6) as u32 + 1))
+            .await
+            .expect("up to m006");
         let full = without_bookkeeping(snapshot(&t).await);
         t.exec(
             "UPDATE pg_index SET indisvalid = false \
@@ -367,7 +563,7 @@ mod postgres_only {
         .await;
         t.exec("DELETE FROM seaql_migrations WHERE version = 'm006_billing_fields'")
             .await;
-        Migrator::up(&t.db, None).await.expect("re-run up");
+        Migrator::up(&t.db, Some(1)).await.expect("re-run up");
         assert_eq!(without_bookkeeping(snapshot(&t).await), full);
     }
 

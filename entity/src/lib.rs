@@ -7,10 +7,18 @@
 #[rustfmt::skip]
 mod _entities;
 
-pub use _entities::{api_tokens, prelude, stripe_events, synced_sessions, users};
+pub use _entities::{
+    api_tokens, prelude, stripe_customers, stripe_events, stripe_subscriptions, synced_sessions,
+    users,
+};
 
+mod billing;
 mod subscription_status;
 mod tier;
 
+pub use billing::{Billing, subscriptions_of};
 pub use subscription_status::{SubscriptionStatus, UnknownSubscriptionStatus};
-pub use tier::{GRACE_PERIOD_DAYS, Tier, tier_for};
+pub use tier::{
+    GRACE_PERIOD_DAYS, RENEWAL_GRACE_DAYS, Standing, Tier, compare, decider, retention_tier_over,
+    tier_for, tier_over,
+};

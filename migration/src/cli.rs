@@ -416,7 +416,10 @@ fn print_rendered(
     chosen: &[Listed<'_>],
 ) -> Result<(), Failure> {
     let settings = LockSettings::from_env().map_err(explain)?;
-    print!("{}", dry_run::render(backend, schema, direction, chosen, &settings));
+    print!(
+        "{}",
+        dry_run::render(backend, schema, direction, chosen, &settings)
+    );
     let plain: Vec<&str> = chosen
         .iter()
         .filter(|m| m.plan.is_none())

@@ -196,8 +196,11 @@ mod m00000000_000007_stripe_events;
 mod m00000000_000008_deleted_at_index_by_id;
 #[path = "m009_session_client_id_binary.rs"]
 mod m00000000_000009_session_client_id_binary;
+#[path = "m010_subscriptions.rs"]
+pub mod m00000000_000010_subscriptions;
 
 pub use m00000000_000006_billing_fields as m006_billing_fields;
+pub use m00000000_000010_subscriptions as m010_subscriptions;
 
 pub struct Migrator;
 
@@ -216,6 +219,7 @@ impl MigratorTrait for Migrator {
             Box::new(m00000000_000007_stripe_events::Migration),
             Box::new(m00000000_000008_deleted_at_index_by_id::Migration),
             Box::new(m00000000_000009_session_client_id_binary::Migration),
+            Box::new(m00000000_000010_subscriptions::Migration),
         ]
     }
 }

@@ -657,7 +657,7 @@ fn down(backend: DbBackend) -> Vec<Step> {
 ///
 /// Pro while `active`/`trialing` and the period has not ended (or has no end); Pro while
 /// `past_due` and less than GRACE_DAYS past the period end; Free otherwise.
-fn tier_view_sql(backend: DbBackend) -> String {
+pub(crate) fn tier_view_sql(backend: DbBackend) -> String {
     let (create, not_ended, in_grace) = match backend {
         DbBackend::Postgres => (
             "CREATE OR REPLACE VIEW",

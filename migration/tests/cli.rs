@@ -163,6 +163,7 @@ async fn eight_migrators_at_once_all_succeed_and_each_migration_runs_once(backen
         "m007_stripe_events",
         "m008_deleted_at_index_by_id",
         "m009_session_client_id_binary",
+        "m010_subscriptions",
     ] {
         let applied = format!("Migration '{name}' has been applied");
         assert_eq!(
@@ -531,7 +532,11 @@ async fn status_and_sql_never_write(backend: Backend) {
     let status = migration(&["status"], Some(&t.url));
     assert!(status.status.success(), "{}", stderr(&status));
     let listed = String::from_utf8_lossy(&status.stdout).into_owned();
-    assert_eq!(listed.matches("Pending").count(), migration_count(), "{listed}");
+    assert_eq!(
+        listed.matches("Pending").count(),
+        migration_count(),
+        "{listed}"
+    );
     let sql = migration(&["sql"], Some(&t.url));
     assert!(sql.status.success(), "{}", stderr(&sql));
     assert!(
@@ -559,7 +564,11 @@ fn status_reads_a_read_only_sqlite_file() {
     let listed = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(listed.matches("Applied").count(), 2, "{listed}");
-    assert_eq!(listed.matches("Pending").count(), migration_count() - 2, "{listed}");
+    assert_eq!(
+        listed.matches("Pending").count(),
+        migration_count() - 2,
+        "{listed}"
+    );
     let sql = migration(&["sql"], Some(&ro));
     assert!(sql.status.success(), "{}", stderr(&sql));
     // Empty and read-only: nothing applied, and nothing created.
@@ -982,7 +991,11 @@ async fn sea_orm_cli_generate_adds_a_migration_that_builds_and_runs() {
         );
         assert_eq!(t.texts("SELECT count(*) FROM gen_probe").await, vec!["0"]);
         let status = String::from_utf8_lossy(&run(&["status"], &t.url).stdout).into_owned();
-        assert_eq!(status.matches("Applied").count(), migration_count() + 1, "{status}");
+        assert_eq!(
+            status.matches("Applied").count(),
+            migration_count() + 1,
+            "{status}"
+        );
         let down = run(&["down"], &t.url);
         assert!(down.status.success(), "{backend:?}: {}", stderr(&down));
         let status = String::from_utf8_lossy(&run(&["status"], &t.url).stdout).into_owned();
@@ -1041,7 +1054,11 @@ async fn a_schema_named_after_the_role_changes_nothing_postgres() {
     assert_eq!(snapshot_in(&t, "postgres").await, Vec::<String>::new());
     let status = migration(&["status"], Some(&t.url));
     let listed = String::from_utf8_lossy(&status.stdout);
-    assert_eq!(listed.matches("Applied").count(), migration_count(), "{listed}");
+    assert_eq!(
+        listed.matches("Applied").count(),
+        migration_count(),
+        "{listed}"
+    );
 }
 
 /// `-s other_schema`: up, status and down all work there and leave `public` alone.
@@ -1066,11 +1083,19 @@ async fn a_chosen_schema_gets_everything_postgres() {
     );
     let status = migration(&["-s", "other_schema", "status"], Some(&t.url));
     let listed = String::from_utf8_lossy(&status.stdout);
-    assert_eq!(listed.matches("Applied").count(), migration_count(), "{listed}");
+    assert_eq!(
+        listed.matches("Applied").count(),
+        migration_count(),
+        "{listed}"
+    );
     // Without -s, `public` has no migrations yet.
     let public = migration(&["status"], Some(&t.url));
     let listed = String::from_utf8_lossy(&public.stdout);
-    assert_eq!(listed.matches("Pending").count(), migration_count(), "{listed}");
+    assert_eq!(
+        listed.matches("Pending").count(),
+        migration_count(),
+        "{listed}"
+    );
 
     // `fresh` drops views of the chosen schema only, cascading to views built on them.
     t.exec("CREATE VIEW public.keep_me AS SELECT 1 AS x").await;
@@ -1088,7 +1113,13 @@ async fn a_chosen_schema_gets_everything_postgres() {
     );
 
     let down = migration(
-        &["-s", "other_schema", "down", "-n", &migration_count().to_string()],
+        &[
+            "-s",
+            "other_schema",
+            "down",
+            "-n",
+            &migration_count().to_string(),
+        ],
         Some(&t.url),
     );
     assert!(down.status.success(), "{}", stderr(&down));

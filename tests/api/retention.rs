@@ -13,6 +13,7 @@ crate::on_every_backend!(
     purge_batches_are_read_in_index_order_without_a_sort,
     concurrent_purges_share_the_work,
     the_server_purges_periodically_when_asked,
+    a_renewal_later_than_the_grace_finds_the_trash_pro_keeps,
 );
 
 fn batches_of(purge_batch_size: u64) -> Limits {
@@ -274,4 +275,73 @@ async fn the_server_purges_periodically_when_asked(backend: Backend) {
         "the periodic purge did not run: {:?}",
         remaining(&app).await
     );
+}
+
+/// Stripe's renewal can arrive after `current_period_end`. Within the renewal grace the user is
+/// still Pro; past it they are Free, but the purge keeps Pro's window as long as they held
+/// Pro at any moment of the grace, so a renewal a little later still finds their trash.
+/// (Before: Free the instant the period ended, and sessions trashed 8-30 days ago were gone.)
+async fn a_renewal_later_than_the_grace_finds_the_trash_pro_keeps(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let day = Duration::days(1);
+    let now = Utc::now();
+    // (email, period ended this long ago, tier now, trash kept as Pro's)
+    let cases = [
+        ("in-grace@example.com", day, "pro", true),
+        ("just-past@example.com", day * 4, "free", true),
+        ("long-past@example.com", day * 7, "free", false),
+    ];
+    for (email, ended, _, _) in cases {
+        app.user(email).await;
+        let stmt = app.db.stmt(
+            "UPDATE users SET subscription_status = 'active', current_period_end = $1 \
+             WHERE email = $2",
+            vec![(now - ended).fixed_offset().into(), email.into()],
+        );
+        sea_orm::ConnectionTrait::execute_raw(&app.db.db, stmt)
+            .await
+            .expect("lapse");
+        session(&app, email, &format!("{email}-trashed"), Some(day * 10)).await;
+    }
+    // The same through Stripe: a subscription whose period ended 4 days ago.
+    app.user("stripe@example.com").await;
+    let uid = app.user_id("stripe@example.com").await;
+    let t = now.timestamp();
+    app.deliver_event(&crate::helpers::checkout(
+        "evt_r0", t, uid, "cus_r", "sub_r",
+    ))
+    .await;
+    app.deliver_event(&crate::helpers::subscription(
+        "evt_r1",
+        "updated",
+        t,
+        ("cus_r", "sub_r"),
+        "active",
+        (now - day * 4).timestamp(),
+        true,
+    ))
+    .await;
+    session(&app, "stripe@example.com", "stripe-trashed", Some(day * 10)).await;
+
+    for (email, _, tier, _) in cases {
+        let uid = app.user_id(email).await;
+        let tiers = app
+            .db
+            .texts(&format!(
+                "SELECT tier FROM user_tiers WHERE user_id = {uid}"
+            ))
+            .await;
+        assert_eq!(tiers, vec![tier], "{email}");
+    }
+    purge_expired(&app.db.db, &batches_of(10), Utc::now(), |_| {})
+        .await
+        .expect("purge");
+    let mut kept: Vec<String> = cases
+        .iter()
+        .filter(|(_, _, _, kept)| *kept)
+        .map(|(email, _, _, _)| format!("{email}-trashed"))
+        .collect();
+    kept.push("stripe-trashed".to_owned());
+    kept.sort();
+    assert_eq!(remaining(&app).await, kept);
 }

@@ -1,9 +1,11 @@
+use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use chrono::{DateTime, FixedOffset};
+use chrono::{DateTime, FixedOffset, Utc};
 use serde::Serialize;
 
 use crate::auth::CurrentUser;
+use crate::error::ApiError;
 use crate::startup::AppState;
 
 #[derive(Serialize)]
@@ -18,11 +20,24 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/v1/billing", get(billing))
 }
 
-async fn billing(CurrentUser(user): CurrentUser) -> Json<BillingResponse> {
-    Json(BillingResponse {
-        tier: user.tier().as_str(),
+/// The tier and the subscription that decides it, computed now over all of the user's
+/// subscriptions: the stored columns may name one whose period has ended since.
+async fn billing(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+) -> Result<Json<BillingResponse>, ApiError> {
+    let billing = user.billing_at(&state.db, Utc::now()).await?;
+    let (subscription_status, current_period_end) = match billing.decider {
+        Some(decides) => (
+            decides.status.as_str().to_owned(),
+            decides.current_period_end.map(|t| t.fixed_offset()),
+        ),
+        None => (user.subscription_status, user.current_period_end),
+    };
+    Ok(Json(BillingResponse {
+        tier: billing.tier.as_str(),
         stripe_linked: user.stripe_customer_id.is_some(),
-        current_period_end: user.current_period_end,
-        subscription_status: user.subscription_status,
-    })
+        current_period_end,
+        subscription_status,
+    }))
 }

@@ -155,6 +155,10 @@ pub fn document() -> Value {
             },
             "/webhooks/stripe": {"post": {
                 "summary": "Stripe events (signed with Stripe-Signature)",
+                "description": "Acts on checkout.session.completed, customer.subscription.created, \
+                    .updated, .deleted, .paused and .resumed, and customer.deleted; acknowledges \
+                    any other type. Recording and applying an event are one transaction: a 5xx \
+                    leaves nothing behind, and Stripe's retry applies the event.",
                 "parameters": [{"name": "Stripe-Signature", "in": "header", "required": true,
                                 "schema": {"type": "string"}}],
                 "requestBody": {"required": true, "content": {"application/json": {
@@ -163,8 +167,8 @@ pub fn document() -> Value {
                     "200": body("Receipt", "received; `outcome` says what it did"),
                     "400": error("missing, malformed, wrong or stale signature, or not a Stripe event"),
                     "413": error("event larger than 1 MiB"),
-                    "500": error("unexpected error; Stripe retries"),
-                    "503": error("database unavailable or busy, request timed out, or webhooks not configured; Stripe retries")
+                    "500": error("unexpected error, nothing recorded; Stripe retries"),
+                    "503": error("database unavailable or busy, request timed out, or webhooks not configured, nothing recorded; Stripe retries")
                 }
             }},
             "/v1/trash": {"get": {
@@ -196,8 +200,10 @@ pub fn document() -> Value {
                     "properties": {
                         "tier": {"type": "string", "enum": ["free", "pro"]},
                         "subscription_status": {"type": "string",
+                            "description": "of the subscription that decides the tier now, among all of the user's",
                             "enum": ["none", "trialing", "active", "past_due", "canceled", "unpaid"]},
-                        "current_period_end": {"type": "string", "format": "date-time", "nullable": true},
+                        "current_period_end": {"type": "string", "format": "date-time", "nullable": true,
+                            "description": "of the same subscription"},
                         "stripe_linked": {"type": "boolean"}
                     }},
                 "SyncRequest": {"type": "object", "additionalProperties": false,

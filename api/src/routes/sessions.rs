@@ -112,7 +112,7 @@ async fn trash(
 ) -> Result<Json<SessionPage>, ApiError> {
     let page = Page::parse(&query, state.limits.max_page_size)?;
     let now = Utc::now();
-    let tier = user.tier_at(now);
+    let tier = service::retention_tier(&state.db, &user, now).await?;
     let listing = Listing::trash(tier, &state.limits, now);
     let (rows, next) = service::list(&state.db, user.id, &page, listing).await?;
     Ok(Json(SessionPage {

@@ -7,7 +7,9 @@
 //!    `idx_sessions_deleted_at` in the index's own order (no sort, see [`candidates`]) that
 //!    locks only those session rows, with `SKIP LOCKED` on PostgreSQL and MySQL so several
 //!    purgers at once take disjoint rows;
-//! 2. look up their owners' tiers in the SQL `user_tiers` view, by primary key;
+//! 2. look up their owners' retention tiers in the SQL `user_tiers` view, by primary key:
+//!    Pro when the owner held Pro at any moment of the renewal grace (`retention_tier`, m010),
+//!    so a renewal that arrives later than the grace still finds the trash Pro keeps;
 //! 3. delete the rows past their owner's window, and move the cursor past the batch, so
 //!    sessions that must stay are not read again.
 //!
@@ -189,7 +191,9 @@ async fn purge_batch(
     let tiers = txn
         .query_all_raw(Statement::from_string(
             backend,
-            format!("SELECT user_id, tier FROM user_tiers WHERE user_id IN ({owner_list})"),
+            format!(
+                "SELECT user_id, retention_tier FROM user_tiers WHERE user_id IN ({owner_list})"
+            ),
         ))
         .await?;
     let mut pro = BTreeSet::new();

@@ -54,7 +54,7 @@ async fn ensure_room<C: ConnectionTrait>(
     limits: &Limits,
     now: DateTime<Utc>,
 ) -> Result<(), ApiError> {
-    if user.tier_at(now) == Tier::Pro {
+    if user.tier_at(db, now).await? == Tier::Pro {
         return Ok(());
     }
     let live = live_count(db, user.id).await?;
@@ -80,7 +80,7 @@ pub async fn sync<C: ConnectionTrait>(
 ) -> Result<Synced, ApiError> {
     let user = lock_user(db, user_id).await?;
     let stamp = now.fixed_offset();
-    let tier = user.tier_at(now);
+    let tier = retention_tier(db, &user, now).await?;
     let found = match find(db, user.id, id).await? {
         // Past its window the session is gone for the user, purged or not (the purge may be
         // off, or behind): its client id starts a new session.
@@ -229,6 +229,17 @@ pub fn purge_after(
     deleted_at.checked_add_signed(window).unwrap_or(deleted_at)
 }
 
+/// The tier whose window a trashed session keeps: the purge's (`retention_tier`: Pro when the
+/// user held Pro at any moment of the renewal grace). Restore, the trash listing and a PUT over
+/// an expired row all use it, so none of them treats as gone a row the purge still keeps.
+pub async fn retention_tier<C: ConnectionTrait>(
+    db: &C,
+    user: &users::Model,
+    now: DateTime<Utc>,
+) -> Result<Tier, ApiError> {
+    Ok(user.billing_at(db, now).await?.retention_tier)
+}
+
 /// Whether a session deleted at `deleted_at` is past its tier's window at `now`: the purge
 /// may delete it, restore refuses it, the trash hides it.
 pub fn retention_expired(
@@ -255,7 +266,7 @@ pub async fn restore<C: ConnectionTrait>(
     let Some(deleted_at) = session.deleted_at else {
         return Ok(session);
     };
-    let tier = user.tier_at(now);
+    let tier = retention_tier(db, &user, now).await?;
     if retention_expired(deleted_at, tier, limits, now) {
         return Err(ApiError::Gone {
             code: "retention_expired",

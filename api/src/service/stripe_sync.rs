@@ -1,33 +1,60 @@
-//! Applying Stripe events to the billing columns, idempotently and in any order.
+//! Applying Stripe events to the billing state, idempotently, in any order, all or nothing.
 //!
-//! Every event is recorded in `stripe_events` (its id is the primary key, so a second delivery
-//! is recognised and changes nothing). A subscription event keeps the snapshot it carries. The
-//! user's `subscription_id`, `subscription_status` and `current_period_end` are then
-//! *recomputed* as the snapshot with the greatest key `(created, lifecycle rank, period end)`
-//! among all of that customer's events. So a late, older event never rolls the state back.
-//! Events that arrive before checkout links the customer are applied when it does. Two
-//! same-second events resolve the same way whichever comes first: the later lifecycle stage
-//! wins.
+//! # State
 //!
-//! Concurrency: recording commits first; the recompute then runs in a transaction of its own
-//! that locks the user row. An event committed at the same time as a link is therefore seen
-//! by one recompute or the other, and concurrent recomputes end in the same state as
-//! sequential ones.
+//! * `stripe_events`: every event delivered (its id is the primary key, so a second delivery
+//!   is recognised and changes nothing).
+//! * `stripe_subscriptions`: the latest snapshot of each subscription. A snapshot replaces the
+//!   stored one only when its key `(created, lifecycle rank, period end)` is greater, so a late,
+//!   older event never rolls a subscription back, a duplicate changes nothing, and two
+//!   same-second events resolve the same way whichever comes first (the later lifecycle stage
+//!   wins). Snapshots of customers no user has yet are kept and count once checkout links them.
+//! * `stripe_customers`: every customer we have heard of and the user it is linked to. A user
+//!   keeps every customer they ever checked out with, so a second checkout orphans nothing: the
+//!   first customer's renewals still apply. A customer is never linked to a second user.
+//! * The user's `subscription_id`, `subscription_status` and `current_period_end` show the
+//!   subscription that decides the tier among all of the user's subscriptions
+//!   (`entity::decider`), and `stripe_customer_id` that subscription's customer (the customer
+//!   linked last while none of the user's customers has a subscription).
+//!
+//! # All or nothing
+//!
+//! Recording an event and applying it happen in one transaction: if anything fails half-way
+//! (the connection drops, the lock wait is cancelled, the process dies) nothing is recorded,
+//! the delivery answers 5xx and Stripe's retry applies it. Nothing in here relies on a unique
+//! violation inside the transaction (PostgreSQL would abort the whole transaction): rows are
+//! looked up first, and the one violation a concurrent twin can still cause makes the whole
+//! transaction start again, like a deadlock does.
+//!
+//! # Concurrency
+//!
+//! Every delivery locks its customer's row first, then the user's row: deliveries for one
+//! customer run one after the other, and whichever of two deliveries for one user (through two
+//! customers) locks the user last reads what the other committed (read committed on
+//! PostgreSQL and MySQL; SQLite runs one writer at a time). Concurrent deliveries therefore end
+//! in the state sequential ones would.
 
-use chrono::{DateTime, FixedOffset, Utc};
-use entity::{SubscriptionStatus, stripe_events, users};
+use std::time::Duration;
+
+use chrono::Utc;
+use entity::{
+    Standing, SubscriptionStatus, decider, stripe_customers, stripe_events, stripe_subscriptions,
+    users,
+};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
-    EntityTrait, IntoActiveModel, PaginatorTrait, QueryFilter, QuerySelect, SqlErr,
+    DatabaseTransaction, DbBackend, DbErr, EntityTrait, IntoActiveModel, IsolationLevel,
+    QueryFilter, QueryOrder, QuerySelect, SqlErr, SqliteTransactionMode, TransactionOptions,
     TransactionTrait,
 };
 
 use crate::error::ApiError;
-use crate::stripe::event::{Action, Event, lifecycle_rank};
+use crate::stripe::event::{Action, Event, Snapshot, lifecycle_rank};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Applied,
+    /// Delivered before; or, for a fetched snapshot, nothing changed.
     Duplicate,
     /// Kept; applied once checkout links the customer to a user.
     UnknownCustomer,
@@ -47,39 +74,203 @@ impl Outcome {
     }
 }
 
-pub async fn process(db: &DatabaseConnection, event: &Event) -> Result<Outcome, ApiError> {
-    let txn = db.begin().await?;
-    if !record(&txn, event).await? {
-        return Ok(Outcome::Duplicate);
-    }
-    let (customer, outcome) = match &event.action {
-        Action::Unhandled => (None, Outcome::Ignored),
-        Action::Subscription(snapshot) => (Some(snapshot.customer.clone()), Outcome::Applied),
-        Action::LinkCustomer {
-            user_id,
-            customer,
-            subscription,
-        } => match (user_id, customer) {
-            (Some(user_id), Some(customer)) => {
-                let outcome = link(&txn, *user_id, customer, subscription.as_deref()).await?;
-                (Some(customer.clone()), outcome)
-            }
-            _ => (None, Outcome::UnknownUser),
-        },
-        Action::CustomerDeleted { customer } => (None, forget_customer(&txn, customer).await?),
-    };
-    txn.commit().await?;
-    if let Some(customer) = customer
-        && outcome == Outcome::Applied
-        && !recompute(db, &customer).await?
-    {
-        return Ok(Outcome::UnknownCustomer);
-    }
-    Ok(outcome)
+/// What linking a customer to a user did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkOutcome {
+    Linked,
+    AlreadyLinked,
+    /// Refused: a customer belongs to one user.
+    LinkedToAnotherUser,
+    UnknownUser,
+    /// Refused: Stripe has deleted this customer.
+    CustomerDeleted,
 }
 
-/// Stores the event; false when it was stored before (a repeated delivery).
-async fn record<C: ConnectionTrait>(db: &C, event: &Event) -> Result<bool, ApiError> {
+/// Records and applies one webhook event, in one transaction.
+pub async fn process(db: &DatabaseConnection, event: &Event) -> Result<Outcome, ApiError> {
+    match retrying(db, Job::Event(event)).await? {
+        Done::Outcome(outcome) => Ok(outcome),
+        Done::Link(_) => unreachable_job(),
+    }
+}
+
+/// Applies a subscription's state as fetched from Stripe's API at `observed_at` (seconds since
+/// the epoch): ordered exactly like a webhook event created at that instant, through the same
+/// per-subscription rule; idempotent (the same snapshot twice changes nothing, and a second run
+/// with nothing changed at Stripe writes nothing and grows no history).
+///
+/// Nothing is recorded in `stripe_events`. When the state equals the stored one, only the
+/// stored snapshot's key moves to `observed_at` (so an event created before the fetch still
+/// cannot roll it back) and the answer is [`Outcome::Duplicate`]; the user's row is untouched.
+pub async fn apply_fetched_subscription(
+    db: &DatabaseConnection,
+    snapshot: &Snapshot,
+    observed_at: i64,
+) -> Result<Outcome, ApiError> {
+    match retrying(db, Job::Fetched(snapshot, observed_at)).await? {
+        Done::Outcome(outcome) => Ok(outcome),
+        Done::Link(_) => unreachable_job(),
+    }
+}
+
+/// Links a Stripe customer to a user: never one customer to two users, and a user keeps every
+/// customer linked before (their subscriptions go on counting), so no paid subscription is
+/// orphaned. `users.stripe_customer_id` becomes this customer, unless a subscription of
+/// another of the user's customers decides the tier.
+pub async fn link_customer(
+    db: &DatabaseConnection,
+    user_id: i64,
+    customer: &str,
+) -> Result<LinkOutcome, ApiError> {
+    match retrying(db, Job::Link(user_id, customer)).await? {
+        Done::Link(outcome) => Ok(outcome),
+        Done::Outcome(_) => unreachable_job(),
+    }
+}
+
+/// The user a customer is linked to, if any.
+pub async fn user_of_customer(
+    db: &DatabaseConnection,
+    customer: &str,
+) -> Result<Option<i64>, ApiError> {
+    Ok(stripe_customers::Entity::find_by_id(customer)
+        .one(db)
+        .await?
+        .and_then(|c| c.user_id))
+}
+
+/// Attempts before a deadlock or a concurrent twin's insert becomes an error (5xx: Stripe
+/// retries later).
+const ATTEMPTS: u32 = 5;
+
+/// One unit of work, run in a transaction of its own by [`retrying`].
+enum Job<'a> {
+    Event(&'a Event),
+    Fetched(&'a Snapshot, i64),
+    Link(i64, &'a str),
+}
+
+enum Done {
+    Outcome(Outcome),
+    Link(LinkOutcome),
+}
+
+/// Each public function asks for one kind of [`Job`] and gets its kind of [`Done`] back.
+fn unreachable_job<T>() -> Result<T, ApiError> {
+    Err(ApiError::internal(std::io::Error::other(
+        "Stripe sync job answered with the wrong kind of result",
+    )))
+}
+
+async fn run(txn: &DatabaseTransaction, job: &Job<'_>) -> Result<Done, DbErr> {
+    Ok(match *job {
+        Job::Event(event) => Done::Outcome(process_in(txn, event).await?),
+        Job::Fetched(snapshot, observed_at) => {
+            let (kept, outcome) = apply_snapshot(txn, snapshot, observed_at).await?;
+            Done::Outcome(match (kept, outcome) {
+                (Kept::Unchanged | Kept::Stale, Outcome::Applied) => Outcome::Duplicate,
+                (_, outcome) => outcome,
+            })
+        }
+        Job::Link(user_id, customer) => Done::Link(link(txn, user_id, customer, None).await?),
+    })
+}
+
+/// Runs `job` in a transaction, from the start again when it conflicts with a concurrent one.
+/// Every job is idempotent, so a repeat is safe.
+async fn retrying(db: &DatabaseConnection, job: Job<'_>) -> Result<Done, DbErr> {
+    let mut attempt = 1;
+    loop {
+        let txn = db
+            .begin_with_options(options(db.get_database_backend()))
+            .await?;
+        let result = match run(&txn, &job).await {
+            Ok(done) => txn.commit().await.map(|()| done),
+            Err(err) => {
+                // Best effort: the connection may be gone, and the error that matters is `err`.
+                let _ = txn.rollback().await;
+                Err(err)
+            }
+        };
+        match result {
+            Err(err) if attempt < ATTEMPTS && worth_retrying(&err) => {
+                tracing::debug!(error = %err, attempt, "Stripe write conflicted; retrying");
+                tokio::time::sleep(Duration::from_millis(10 * u64::from(attempt))).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn options(backend: DbBackend) -> TransactionOptions {
+    match backend {
+        // Each statement sees what committed before it, in particular after a lock wait.
+        DbBackend::Postgres | DbBackend::MySql => TransactionOptions {
+            isolation_level: Some(IsolationLevel::ReadCommitted),
+            ..Default::default()
+        },
+        // Take the write lock up front: a read-then-write transaction cannot be upgraded once
+        // another writer has begun.
+        _ => TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..Default::default()
+        },
+    }
+}
+
+fn worth_retrying(err: &DbErr) -> bool {
+    migration::step::is_lock_conflict(err)
+        || matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
+}
+
+async fn process_in(txn: &DatabaseTransaction, event: &Event) -> Result<Outcome, DbErr> {
+    if !record(txn, event).await? {
+        return Ok(Outcome::Duplicate);
+    }
+    pause_after_record(&event.id).await;
+    match &event.action {
+        Action::Unhandled => Ok(Outcome::Ignored),
+        Action::Subscription(snapshot) => Ok(apply_snapshot(txn, snapshot, event.created).await?.1),
+        Action::LinkCustomer {
+            user_id: Some(user_id),
+            customer: Some(customer),
+            subscription,
+        } => Ok(
+            match link(txn, *user_id, customer, subscription.as_deref()).await? {
+                LinkOutcome::Linked | LinkOutcome::AlreadyLinked => Outcome::Applied,
+                LinkOutcome::UnknownUser => Outcome::UnknownUser,
+                LinkOutcome::LinkedToAnotherUser | LinkOutcome::CustomerDeleted => Outcome::Ignored,
+            },
+        ),
+        Action::LinkCustomer { .. } => Ok(Outcome::UnknownUser),
+        Action::CustomerDeleted { customer } => forget_customer(txn, customer).await,
+    }
+}
+
+/// Test-only fault injection: with `WEBHOOK_PAUSE_AFTER_RECORD=1` a delivery stops between
+/// recording the event and applying it, transaction open, and says so on stderr, so a test can
+/// SIGKILL the server there. Unset, it costs one environment lookup per delivery.
+async fn pause_after_record(event: &str) {
+    if std::env::var("WEBHOOK_PAUSE_AFTER_RECORD").as_deref() != Ok("1") {
+        return;
+    }
+    eprintln!("paused after recording {event}");
+    loop {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+}
+
+/// Stores the event; false when it was stored before (a repeated delivery). A concurrent
+/// twin's insert shows as a unique violation, which restarts the transaction.
+async fn record<C: ConnectionTrait>(db: &C, event: &Event) -> Result<bool, DbErr> {
+    if stripe_events::Entity::find_by_id(event.id.as_str())
+        .one(db)
+        .await?
+        .is_some()
+    {
+        return Ok(false);
+    }
     let (customer, subscription, status, period_end) = match &event.action {
         Action::Subscription(s) => (
             Some(s.customer.clone()),
@@ -95,7 +286,7 @@ async fn record<C: ConnectionTrait>(db: &C, event: &Event) -> Result<bool, ApiEr
         Action::CustomerDeleted { customer } => (Some(customer.clone()), None, None, None),
         Action::Unhandled => (None, None, None, None),
     };
-    let inserted = stripe_events::ActiveModel {
+    stripe_events::ActiveModel {
         id: Set(event.id.clone()),
         event_type: Set(event.kind.clone()),
         created: Set(event.created),
@@ -106,33 +297,210 @@ async fn record<C: ConnectionTrait>(db: &C, event: &Event) -> Result<bool, ApiEr
         received_at: Set(Utc::now().fixed_offset()),
     }
     .insert(db)
-    .await;
-    match inserted {
-        Ok(_) => Ok(true),
-        Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
-            Ok(false)
-        }
-        Err(err) => Err(err.into()),
-    }
+    .await?;
+    Ok(true)
 }
 
+/// The customer's row, created if new, locked until the transaction ends: the point where
+/// deliveries for one customer queue up.
+async fn lock_customer<C: ConnectionTrait>(
+    db: &C,
+    customer: &str,
+) -> Result<stripe_customers::Model, DbErr> {
+    let found = stripe_customers::Entity::find_by_id(customer)
+        .lock_exclusive()
+        .one(db)
+        .await?;
+    if let Some(found) = found {
+        return Ok(found);
+    }
+    stripe_customers::ActiveModel {
+        customer_id: Set(customer.to_owned()),
+        user_id: Set(None),
+        deleted_at: Set(None),
+        created_at: Set(Utc::now().fixed_offset()),
+    }
+    .insert(db)
+    .await
+}
+
+/// The user a live customer is linked to.
+fn linked_user(customer: &stripe_customers::Model) -> Option<i64> {
+    customer.user_id.filter(|_| customer.deleted_at.is_none())
+}
+
+/// What storing a snapshot did to its subscription's row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kept {
+    /// New subscription, or a newer snapshot with a different state.
+    Changed,
+    /// Newer, same state: only the key moved.
+    Unchanged,
+    /// Not newer than the stored snapshot (a duplicate or a late, older one).
+    Stale,
+}
+
+/// A snapshot's order among its subscription's snapshots.
+type Key = (i64, u8, Option<chrono::DateTime<chrono::FixedOffset>>);
+
+async fn apply_snapshot<C: ConnectionTrait>(
+    db: &C,
+    snapshot: &Snapshot,
+    created: i64,
+) -> Result<(Kept, Outcome), DbErr> {
+    let customer = lock_customer(db, &snapshot.customer).await?;
+    let kept = keep_snapshot(db, snapshot, created).await?;
+    let Some(user_id) = linked_user(&customer) else {
+        return Ok((kept, Outcome::UnknownCustomer));
+    };
+    if kept == Kept::Changed {
+        refresh_user(db, user_id, IfNone::Keep).await?;
+    }
+    Ok((kept, Outcome::Applied))
+}
+
+/// Stores `snapshot` as its subscription's state if its key is greater than the stored one's.
+async fn keep_snapshot<C: ConnectionTrait>(
+    db: &C,
+    snapshot: &Snapshot,
+    created: i64,
+) -> Result<Kept, DbErr> {
+    let period_end = snapshot.current_period_end.map(|t| t.fixed_offset());
+    let rank = lifecycle_rank(snapshot.status);
+    let incoming: Key = (created, rank, period_end);
+    let stored = stripe_subscriptions::Entity::find_by_id(snapshot.subscription.as_str())
+        .lock_exclusive()
+        .one(db)
+        .await?;
+    let now = Utc::now().fixed_offset();
+    let Some(stored) = stored else {
+        stripe_subscriptions::ActiveModel {
+            subscription_id: Set(snapshot.subscription.clone()),
+            customer_id: Set(snapshot.customer.clone()),
+            status: Set(snapshot.status.as_str().to_owned()),
+            current_period_end: Set(period_end),
+            created: Set(created),
+            lifecycle_rank: Set(i16::from(rank)),
+            updated_at: Set(now),
+        }
+        .insert(db)
+        .await?;
+        return Ok(Kept::Changed);
+    };
+    let stored_key: Key = (
+        stored.created,
+        u8::try_from(stored.lifecycle_rank).unwrap_or(u8::MAX),
+        stored.current_period_end,
+    );
+    if incoming <= stored_key {
+        return Ok(Kept::Stale);
+    }
+    let same_state =
+        stored.status == snapshot.status.as_str() && stored.current_period_end == period_end;
+    let mut row = stored.into_active_model();
+    row.created = Set(created);
+    row.lifecycle_rank = Set(i16::from(rank));
+    if same_state {
+        row.update(db).await?;
+        return Ok(Kept::Unchanged);
+    }
+    row.status = Set(snapshot.status.as_str().to_owned());
+    row.current_period_end = Set(period_end);
+    row.updated_at = Set(now);
+    row.update(db).await?;
+    Ok(Kept::Changed)
+}
+
+/// What the user's columns become when none of their customers has a subscription.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum IfNone {
+    /// Leave them (set by hand, or checkout's subscription not described yet).
+    Keep,
+    /// `customer.deleted`: no subscription, status `canceled`.
+    Cancel,
+}
+
+/// Sets the user's billing columns to the subscription that decides the tier now, over every
+/// customer linked to them, and `stripe_customer_id` to that subscription's customer (so the
+/// columns do not depend on the order checkouts arrived in). Locks the user's row.
+async fn refresh_user<C: ConnectionTrait>(
+    db: &C,
+    user_id: i64,
+    if_none: IfNone,
+) -> Result<(), DbErr> {
+    let Some(user) = users::Entity::find_by_id(user_id)
+        .lock_exclusive()
+        .one(db)
+        .await?
+    else {
+        return Ok(());
+    };
+    let rows = entity::subscriptions_of(db, user_id).await?;
+    let standings: Vec<Standing> = rows.iter().map(Standing::from).collect();
+    let decides = decider(&standings, Utc::now());
+    let (customer, subscription, status, period_end) = match decides {
+        Some(decides) => (
+            rows.iter()
+                .find(|row| Some(&row.subscription_id) == decides.subscription_id.as_ref())
+                .map(|row| row.customer_id.clone())
+                .or_else(|| user.stripe_customer_id.clone()),
+            decides.subscription_id.clone(),
+            decides.status,
+            decides.current_period_end.map(|t| t.fixed_offset()),
+        ),
+        None if if_none == IfNone::Cancel => (
+            user.stripe_customer_id.clone(),
+            None,
+            SubscriptionStatus::Canceled,
+            None,
+        ),
+        None => return Ok(()),
+    };
+    if user.stripe_customer_id == customer
+        && user.subscription_id == subscription
+        && user.subscription_status == status.as_str()
+        && user.current_period_end == period_end
+    {
+        return Ok(());
+    }
+    let mut active = user.into_active_model();
+    active.stripe_customer_id = Set(customer);
+    active.subscription_id = Set(subscription);
+    active.subscription_status = Set(status.into());
+    active.current_period_end = Set(period_end);
+    active.updated_at = Set(Utc::now().fixed_offset());
+    active.update(db).await?;
+    Ok(())
+}
+
+/// Checkout completed: link `customer` to `user_id` under the rules of [`link_customer`].
+/// `subscription` (checkout's) names the user's subscription until an event describes one.
 async fn link<C: ConnectionTrait>(
     db: &C,
     user_id: i64,
     customer: &str,
     subscription: Option<&str>,
-) -> Result<Outcome, ApiError> {
-    let deleted = stripe_events::Entity::find()
-        .filter(stripe_events::Column::CustomerId.eq(customer))
-        .filter(stripe_events::Column::EventType.eq("customer.deleted"))
-        .count(db)
-        .await?;
-    if deleted > 0 {
+) -> Result<LinkOutcome, DbErr> {
+    let row = lock_customer(db, customer).await?;
+    if row.deleted_at.is_some() {
         tracing::info!(
             customer,
             "checkout for a customer Stripe has since deleted; not linked"
         );
-        return Ok(Outcome::Ignored);
+        return Ok(LinkOutcome::CustomerDeleted);
+    }
+    match row.user_id {
+        Some(owner) if owner == user_id => return Ok(LinkOutcome::AlreadyLinked),
+        Some(owner) => {
+            tracing::warn!(
+                user_id,
+                owner,
+                customer,
+                "customer already linked to another user; not linked"
+            );
+            return Ok(LinkOutcome::LinkedToAnotherUser);
+        }
+        None => {}
     }
     let Some(user) = users::Entity::find_by_id(user_id)
         .lock_exclusive()
@@ -140,94 +508,83 @@ async fn link<C: ConnectionTrait>(
         .await?
     else {
         tracing::warn!(user_id, customer, "checkout names a user we do not have");
-        return Ok(Outcome::UnknownUser);
+        return Ok(LinkOutcome::UnknownUser);
     };
+    // Checked, not left to the unique index: a violation would abort the transaction on
+    // PostgreSQL and take the event's record with it.
+    let claimed = users::Entity::find()
+        .filter(users::Column::StripeCustomerId.eq(customer))
+        .filter(users::Column::Id.ne(user_id))
+        .one(db)
+        .await?;
+    if let Some(other) = claimed {
+        tracing::warn!(
+            user_id,
+            owner = other.id,
+            customer,
+            "customer already linked to another user; not linked"
+        );
+        return Ok(LinkOutcome::LinkedToAnotherUser);
+    }
+    if let Some(previous) = &user.stripe_customer_id
+        && previous != customer
+    {
+        tracing::info!(
+            user_id,
+            previous,
+            customer,
+            "user linked to a second Stripe customer; both count"
+        );
+    }
+    let mut linked = row.into_active_model();
+    linked.user_id = Set(Some(user_id));
+    linked.update(db).await?;
     let mut active = user.clone().into_active_model();
     active.stripe_customer_id = Set(Some(customer.to_owned()));
-    if user.subscription_id.is_none() {
-        active.subscription_id = Set(subscription.map(str::to_owned));
+    if user.subscription_id.is_none()
+        && let Some(subscription) = subscription
+    {
+        active.subscription_id = Set(Some(subscription.to_owned()));
     }
-    active.updated_at = Set(Utc::now().fixed_offset());
-    match active.update(db).await {
-        Ok(_) => Ok(Outcome::Applied),
-        Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
-            tracing::warn!(
-                user_id,
-                customer,
-                "customer already linked to another user; not linked"
-            );
-            Ok(Outcome::Ignored)
-        }
-        Err(err) => Err(err.into()),
-    }
-}
-
-/// The user linked to `customer`, row-locked until the transaction ends.
-async fn lock_user_of<C: ConnectionTrait>(
-    db: &C,
-    customer: &str,
-) -> Result<Option<users::Model>, ApiError> {
-    Ok(users::Entity::find()
-        .filter(users::Column::StripeCustomerId.eq(customer))
-        .lock_exclusive()
-        .one(db)
-        .await?)
-}
-
-/// `customer.deleted`: clear the Stripe fields, status `canceled`.
-async fn forget_customer<C: ConnectionTrait>(db: &C, customer: &str) -> Result<Outcome, ApiError> {
-    let Some(user) = lock_user_of(db, customer).await? else {
-        return Ok(Outcome::UnknownCustomer);
-    };
-    let mut active = user.into_active_model();
-    active.stripe_customer_id = Set(None);
-    active.subscription_id = Set(None);
-    active.current_period_end = Set(None);
-    active.subscription_status = Set(SubscriptionStatus::Canceled.into());
     active.updated_at = Set(Utc::now().fixed_offset());
     active.update(db).await?;
-    Ok(Outcome::Applied)
+    refresh_user(db, user_id, IfNone::Keep).await?;
+    Ok(LinkOutcome::Linked)
 }
 
-/// `(created, lifecycle rank, period end, event id)`: the last part only makes equal keys
-/// deterministic.
-type Key = (i64, u8, Option<DateTime<FixedOffset>>, String);
-
-fn key(event: &stripe_events::Model) -> Option<Key> {
-    let status: SubscriptionStatus = event.status.as_deref()?.parse().ok()?;
-    Some((
-        event.created,
-        lifecycle_rank(status),
-        event.current_period_end,
-        event.id.clone(),
-    ))
-}
-
-/// Sets the user's subscription fields from the customer's latest snapshot. False when no
-/// user has this customer.
-async fn recompute(db: &DatabaseConnection, customer: &str) -> Result<bool, ApiError> {
-    let txn = db.begin().await?;
-    let Some(user) = lock_user_of(&txn, customer).await? else {
-        txn.commit().await?;
-        return Ok(false);
-    };
-    let events = stripe_events::Entity::find()
-        .filter(stripe_events::Column::CustomerId.eq(customer))
-        .filter(stripe_events::Column::Status.is_not_null())
-        .all(&txn)
-        .await?;
-    let latest = events
-        .into_iter()
-        .filter_map(|e| key(&e).map(|k| (k, e)))
-        .max_by(|(a, _), (b, _)| a.cmp(b));
-    if let Some((_, latest)) = latest {
-        let mut active = user.into_active_model();
-        active.subscription_id = Set(latest.subscription_id);
-        active.subscription_status = Set(latest.status.unwrap_or_else(|| "none".to_owned()));
-        active.current_period_end = Set(latest.current_period_end);
-        active.updated_at = Set(Utc::now().fixed_offset());
-        active.update(&txn).await?;
+/// `customer.deleted`: the customer's subscriptions stop counting and it is never linked
+/// again. The user's columns fall back to their other customers, or to `canceled`.
+async fn forget_customer<C: ConnectionTrait>(db: &C, customer: &str) -> Result<Outcome, DbErr> {
+    let row = lock_customer(db, customer).await?;
+    let user_id = linked_user(&row);
+    if row.deleted_at.is_none() {
+        let mut deleted = row.into_active_model();
+        deleted.deleted_at = Set(Some(Utc::now().fixed_offset()));
+        deleted.update(db).await?;
     }
-    txn.commit().await?;
-    Ok(true)
+    let Some(user_id) = user_id else {
+        return Ok(Outcome::UnknownCustomer);
+    };
+    let Some(user) = users::Entity::find_by_id(user_id)
+        .lock_exclusive()
+        .one(db)
+        .await?
+    else {
+        return Ok(Outcome::UnknownCustomer);
+    };
+    if user.stripe_customer_id.as_deref() == Some(customer) {
+        let other = stripe_customers::Entity::find()
+            .filter(stripe_customers::Column::UserId.eq(user_id))
+            .filter(stripe_customers::Column::DeletedAt.is_null())
+            .order_by_desc(stripe_customers::Column::CreatedAt)
+            .order_by_desc(stripe_customers::Column::CustomerId)
+            .one(db)
+            .await?;
+        let mut active = user.into_active_model();
+        active.stripe_customer_id = Set(other.map(|c| c.customer_id));
+        active.updated_at = Set(Utc::now().fixed_offset());
+        active.update(db).await?;
+    }
+    refresh_user(db, user_id, IfNone::Cancel).await?;
+    Ok(Outcome::Applied)
 }

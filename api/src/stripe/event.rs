@@ -22,7 +22,7 @@ pub enum Action {
         customer: Option<String>,
         subscription: Option<String>,
     },
-    /// `customer.subscription.created|updated|deleted`.
+    /// `customer.subscription.created|updated|deleted|paused|resumed`.
     Subscription(Snapshot),
     /// `customer.deleted`.
     CustomerDeleted { customer: String },
@@ -112,6 +112,24 @@ fn period_end(subscription: &Value) -> Option<DateTime<Utc>> {
         .and_then(timestamp)
 }
 
+/// A Stripe subscription object (as in events' `data.object` and in `GET /v1/subscriptions`)
+/// as the snapshot we keep. A status we do not know maps to `none` (see [`map_status`]).
+pub fn snapshot_from_subscription(object: &Value) -> Result<Snapshot, MalformedEvent> {
+    let customer = text(object, "customer")
+        .ok_or_else(|| MalformedEvent("subscription without customer".into()))?;
+    let subscription =
+        text(object, "id").ok_or_else(|| MalformedEvent("subscription without id".into()))?;
+    let stripe_status = text(object, "status").unwrap_or_default();
+    let (status, _) = map_status(&stripe_status);
+    Ok(Snapshot {
+        customer,
+        subscription,
+        status,
+        stripe_status,
+        current_period_end: period_end(object),
+    })
+}
+
 pub fn parse(body: &[u8]) -> Result<Event, MalformedEvent> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| MalformedEvent(format!("invalid JSON: {e}")))?;
@@ -132,23 +150,15 @@ pub fn parse(body: &[u8]) -> Result<Event, MalformedEvent> {
         },
         "customer.subscription.created"
         | "customer.subscription.updated"
-        | "customer.subscription.deleted" => {
-            let customer = text(object, "customer")
-                .ok_or_else(|| MalformedEvent("subscription without customer".into()))?;
-            let subscription = text(object, "id")
-                .ok_or_else(|| MalformedEvent("subscription without id".into()))?;
-            let stripe_status = text(object, "status").unwrap_or_default();
-            let (status, known) = map_status(&stripe_status);
-            if !known {
-                tracing::warn!(event = %id, stripe_status, "unknown Stripe subscription status; stored as none");
+        | "customer.subscription.deleted"
+        // Pausing and resuming change the status; the event carries the whole subscription.
+        | "customer.subscription.paused"
+        | "customer.subscription.resumed" => {
+            let snapshot = snapshot_from_subscription(object)?;
+            if !map_status(&snapshot.stripe_status).1 {
+                tracing::warn!(event = %id, stripe_status = snapshot.stripe_status, "unknown Stripe subscription status; stored as none");
             }
-            Action::Subscription(Snapshot {
-                customer,
-                subscription,
-                status,
-                stripe_status,
-                current_period_end: period_end(object),
-            })
+            Action::Subscription(snapshot)
         }
         "customer.deleted" => Action::CustomerDeleted {
             customer: text(object, "id")

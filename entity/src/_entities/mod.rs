@@ -3,6 +3,8 @@
 pub mod prelude;
 
 pub mod api_tokens;
+pub mod stripe_customers;
 pub mod stripe_events;
+pub mod stripe_subscriptions;
 pub mod synced_sessions;
 pub mod users;

@@ -23,6 +23,8 @@ pub struct Model {
 pub enum Relation {
     #[sea_orm(has_many = "super::api_tokens::Entity")]
     ApiTokens,
+    #[sea_orm(has_many = "super::stripe_customers::Entity")]
+    StripeCustomers,
     #[sea_orm(has_many = "super::synced_sessions::Entity")]
     SyncedSessions,
 }
@@ -30,6 +32,12 @@ pub enum Relation {
 impl Related<super::api_tokens::Entity> for Entity {
     fn to() -> RelationDef {
         Relation::ApiTokens.def()
+    }
+}
+
+impl Related<super::stripe_customers::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::StripeCustomers.def()
     }
 }
 

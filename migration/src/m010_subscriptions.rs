@@ -1,0 +1,441 @@
+//! `stripe_customers` and `stripe_subscriptions`: billing state per subscription, and every
+//! customer a user has had; `user_tiers` reads them at query time.
+//!
+//! Until now the user's billing columns were the newest snapshot among all of the customer's
+//! events, whichever subscription it described, and a second checkout re-pointed the user to
+//! the new customer, orphaning the old one. Now:
+//!
+//! * `stripe_customers(customer_id, user_id, deleted_at)`: every customer we have heard of, and
+//!   the user it is linked to (never two users: the customer is the primary key). A user keeps
+//!   every customer they ever checked out with. The row is also the lock every delivery for that
+//!   customer takes first, so deliveries for one customer serialize.
+//! * `stripe_subscriptions`: the latest snapshot of each subscription and its ordering key
+//!   `(created, lifecycle_rank, current_period_end)`.
+//! * `user_tiers` gains `retention_tier` and computes both over all of the user's
+//!   subscriptions at read time (periods end without events, so the winner can change with the
+//!   clock alone). `active`/`trialing` now keep Pro for [`RENEWAL_GRACE_DAYS`] after the period
+//!   end, because Stripe's renewal event can arrive late.
+//!
+//! # Why each step is shaped as it is
+//!
+//! * **No wrapping transaction** (`use_transaction() -> Some(false)`), as in m006: each step
+//!   commits on its own, so no lock is held across steps.
+//! * **`stripe_customers` references `users`.** On PostgreSQL a new foreign key takes SHARE ROW
+//!   EXCLUSIVE on `users` (writers wait for the catalog update, readers do not), on MySQL a
+//!   metadata lock: the `CREATE TABLE` therefore runs lock-timed, retried with backoff when a
+//!   long transaction holds `users`. `stripe_subscriptions` has no foreign key (snapshots may
+//!   name customers no user has yet), so its creation touches no table in use.
+//! * **Indexes are built with their tables**, not `CONCURRENTLY`: the tables are new and empty
+//!   and nothing reads them until this migration has finished, so the build takes a lock no
+//!   one else wants, for an instant. (PostgreSQL's `CONCURRENTLY` on an empty table would only
+//!   add two waits for every running transaction.)
+//! * **The backfill is one `INSERT ... SELECT` per source, not batched.** It writes only to
+//!   the new tables, which no one else reads or writes yet, and reads `users` and
+//!   `stripe_events` without locking them on PostgreSQL and SQLite (MySQL's `INSERT ...
+//!   SELECT` takes shared row locks on the rows it reads for the statement's duration: writes
+//!   to those rows wait, reads go on; a users table the size of the m006 benchmark's is read
+//!   in seconds). Every insert skips rows already present (`NOT EXISTS`), so a re-run after a
+//!   crash finishes the job and never overwrites a snapshot applied since.
+//!   - Customers: every `users.stripe_customer_id` (linked), then every customer named by an
+//!     event (unlinked), then `deleted_at` for those Stripe has deleted.
+//!   - Subscriptions: the latest snapshot of each subscription among the stored events (the
+//!     same key the application uses, by a window function: PostgreSQL, MariaDB 10.2+, MySQL
+//!     8 and SQLite 3.25+ have `ROW_NUMBER()`), then a user's current subscription that no
+//!     event describes (set by hand, say), with key `created = 0` so any event wins over it.
+//! * **The view is replaced lock-timed.** Replacing a view takes ACCESS EXCLUSIVE on it
+//!   (PostgreSQL) or a metadata lock (MySQL), so queued readers would wait behind us.
+//!   PostgreSQL's `CREATE OR REPLACE VIEW` may add columns at the end but not remove them, so
+//!   `down` drops and recreates m006's view in one transaction; SQLite has no `OR REPLACE`,
+//!   so there both directions drop and create in one transaction.
+//!
+//! # Backend quirks designed around
+//!
+//! * **MySQL compares strings case-insensitively by default**; Stripe ids are case-sensitive,
+//!   so both tables compare bytes (`utf8mb4_bin`), as `stripe_events` does.
+//! * **SQLite** stores timestamps as RFC 3339 text; the view compares them with `julianday()`.
+
+use sea_orm_migration::prelude::*;
+use sea_orm_migration::sea_orm::DbBackend;
+
+use crate::idents::Users;
+use crate::probe::Probe;
+use crate::schema::{qualified, table};
+use crate::step::{Direction, Mode, Planned, Step};
+
+#[derive(DeriveMigrationName)]
+pub struct Migration;
+
+/// Days `active`/`trialing` keep Pro after `current_period_end`, waiting for the renewal.
+/// Frozen here (the view cannot read the environment); `entity`'s `RENEWAL_GRACE_DAYS` must
+/// equal it, which a test checks.
+pub const RENEWAL_GRACE_DAYS: u32 = 3;
+/// m006's grace for `past_due`, frozen as m006 wrote it.
+const PAST_DUE_GRACE_DAYS: u32 = 7;
+
+const VIEW: &str = "user_tiers";
+const CUSTOMERS: &str = "stripe_customers";
+const SUBSCRIPTIONS: &str = "stripe_subscriptions";
+const CUSTOMERS_BY_USER: &str = "idx_stripe_customers_user";
+const SUBSCRIPTIONS_BY_CUSTOMER: &str = "idx_stripe_subscriptions_customer";
+
+#[derive(DeriveIden, Clone, Copy)]
+enum StripeCustomers {
+    Table,
+    CustomerId,
+    UserId,
+    DeletedAt,
+    CreatedAt,
+}
+
+#[derive(DeriveIden, Clone, Copy)]
+enum StripeSubscriptions {
+    Table,
+    SubscriptionId,
+    CustomerId,
+    Status,
+    CurrentPeriodEnd,
+    Created,
+    LifecycleRank,
+    UpdatedAt,
+}
+
+impl Planned for Migration {
+    fn plan(&self, backend: DbBackend, direction: Direction) -> Vec<Step> {
+        match direction {
+            Direction::Up => up(backend),
+            Direction::Down => down(backend),
+        }
+    }
+}
+
+crate::register_plan!(Migration);
+
+#[async_trait::async_trait]
+impl MigrationTrait for Migration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        crate::require_tables(manager, self.name(), &["users", "stripe_events"]).await?;
+        crate::apply_planned(self, manager, Direction::Up).await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        crate::apply_planned(self, manager, Direction::Down).await
+    }
+
+    fn use_transaction(&self) -> Option<bool> {
+        Some(false)
+    }
+}
+
+/// A table whose text columns compare bytes on MySQL (see the module comment).
+fn stripe_table<T: IntoIden>(backend: DbBackend, name: T) -> TableCreateStatement {
+    let mut create = Table::create();
+    create.table(table(backend, name));
+    if backend == DbBackend::MySql {
+        create.character_set("utf8mb4").collate("utf8mb4_bin");
+    }
+    create
+}
+
+fn create_customers(backend: DbBackend) -> TableCreateStatement {
+    stripe_table(backend, StripeCustomers::Table)
+        .col(
+            ColumnDef::new(StripeCustomers::CustomerId)
+                .string_len(255)
+                .not_null()
+                .primary_key(),
+        )
+        // NULL until checkout links the customer to one of our users.
+        .col(ColumnDef::new(StripeCustomers::UserId).big_integer().null())
+        // Stripe deleted the customer: its subscriptions no longer count, and it is never
+        // linked again.
+        .col(
+            ColumnDef::new(StripeCustomers::DeletedAt)
+                .timestamp_with_time_zone()
+                .null(),
+        )
+        .col(crate::created_at(StripeCustomers::CreatedAt))
+        .foreign_key(
+            ForeignKey::create()
+                .name("fk_stripe_customers_user")
+                .from(
+                    table(backend, StripeCustomers::Table),
+                    StripeCustomers::UserId,
+                )
+                .to(table(backend, Users::Table), Users::Id)
+                .on_delete(ForeignKeyAction::Cascade),
+        )
+        .take()
+}
+
+fn create_subscriptions(backend: DbBackend) -> TableCreateStatement {
+    stripe_table(backend, StripeSubscriptions::Table)
+        .col(
+            ColumnDef::new(StripeSubscriptions::SubscriptionId)
+                .string_len(255)
+                .not_null()
+                .primary_key(),
+        )
+        .col(
+            ColumnDef::new(StripeSubscriptions::CustomerId)
+                .string_len(255)
+                .not_null(),
+        )
+        .col(
+            ColumnDef::new(StripeSubscriptions::Status)
+                .string_len(50)
+                .not_null(),
+        )
+        .col(
+            ColumnDef::new(StripeSubscriptions::CurrentPeriodEnd)
+                .timestamp_with_time_zone()
+                .null(),
+        )
+        // The ordering key of the snapshot kept: Stripe's `created` (seconds), then the
+        // lifecycle rank of its status, then the period end.
+        .col(
+            ColumnDef::new(StripeSubscriptions::Created)
+                .big_integer()
+                .not_null(),
+        )
+        .col(
+            ColumnDef::new(StripeSubscriptions::LifecycleRank)
+                .small_integer()
+                .not_null(),
+        )
+        .col(crate::created_at(StripeSubscriptions::UpdatedAt))
+        .take()
+}
+
+fn table_present(table: &'static str) -> Probe {
+    Probe::Table {
+        table,
+        present: true,
+    }
+}
+
+fn table_absent(table: &'static str) -> Probe {
+    Probe::Table {
+        table,
+        present: false,
+    }
+}
+
+fn up(backend: DbBackend) -> Vec<Step> {
+    vec![
+        Step::new(
+            "create table stripe_customers (foreign key to users)",
+            Mode::LockTimed,
+            table_present(CUSTOMERS),
+        )
+        .build(backend, &create_customers(backend)),
+        Step::new(
+            "index stripe_customers by user",
+            Mode::Plain,
+            Probe::index_present(CUSTOMERS, CUSTOMERS_BY_USER),
+        )
+        .build(
+            backend,
+            Index::create()
+                .name(CUSTOMERS_BY_USER)
+                .table(table(backend, StripeCustomers::Table))
+                .col(StripeCustomers::UserId),
+        ),
+        Step::new(
+            "create table stripe_subscriptions",
+            Mode::Plain,
+            table_present(SUBSCRIPTIONS),
+        )
+        .build(backend, &create_subscriptions(backend)),
+        Step::new(
+            "index stripe_subscriptions by customer",
+            Mode::Plain,
+            Probe::index_present(SUBSCRIPTIONS, SUBSCRIPTIONS_BY_CUSTOMER),
+        )
+        .build(
+            backend,
+            Index::create()
+                .name(SUBSCRIPTIONS_BY_CUSTOMER)
+                .table(table(backend, StripeSubscriptions::Table))
+                .col(StripeSubscriptions::CustomerId),
+        ),
+        // Raw SQL: sea-query cannot say INSERT ... SELECT ... WHERE NOT EXISTS over a window
+        // function portably.
+        Step::new(
+            "backfill stripe_customers from users and stripe_events",
+            Mode::Plain,
+            Probe::Never,
+        )
+        .raw(format!(
+            "INSERT INTO {customers} (customer_id, user_id) \
+             SELECT u.stripe_customer_id, u.id FROM {users} u \
+             WHERE u.stripe_customer_id IS NOT NULL AND NOT EXISTS \
+             (SELECT 1 FROM {customers} c WHERE c.customer_id = u.stripe_customer_id)",
+            customers = qualified(backend, CUSTOMERS),
+            users = qualified(backend, "users"),
+        ))
+        .raw(format!(
+            "INSERT INTO {customers} (customer_id) \
+             SELECT DISTINCT e.customer_id FROM {events} e \
+             WHERE e.customer_id IS NOT NULL AND NOT EXISTS \
+             (SELECT 1 FROM {customers} c WHERE c.customer_id = e.customer_id)",
+            customers = qualified(backend, CUSTOMERS),
+            events = qualified(backend, "stripe_events"),
+        ))
+        .raw(format!(
+            "UPDATE {customers} SET deleted_at = CURRENT_TIMESTAMP \
+             WHERE deleted_at IS NULL AND customer_id IN \
+             (SELECT e.customer_id FROM {events} e WHERE e.event_type = 'customer.deleted')",
+            customers = qualified(backend, CUSTOMERS),
+            events = qualified(backend, "stripe_events"),
+        )),
+        Step::new(
+            "backfill stripe_subscriptions from stripe_events and users",
+            Mode::Plain,
+            Probe::Never,
+        )
+        .raw(latest_snapshots_sql(backend))
+        .raw(format!(
+            "INSERT INTO {subscriptions} \
+             (subscription_id, customer_id, status, current_period_end, created, lifecycle_rank) \
+             SELECT u.subscription_id, u.stripe_customer_id, u.subscription_status, \
+             u.current_period_end, 0, {rank} FROM {users} u \
+             WHERE u.subscription_id IS NOT NULL AND u.stripe_customer_id IS NOT NULL \
+             AND u.subscription_status <> 'none' AND NOT EXISTS \
+             (SELECT 1 FROM {subscriptions} s WHERE s.subscription_id = u.subscription_id)",
+            rank = rank_sql("u.subscription_status"),
+            subscriptions = qualified(backend, SUBSCRIPTIONS),
+            users = qualified(backend, "users"),
+        )),
+        replace_view(backend, &tier_view_sql(backend)),
+    ]
+}
+
+fn down(backend: DbBackend) -> Vec<Step> {
+    vec![
+        replace_view(backend, &crate::m006_billing_fields::tier_view_sql(backend)),
+        Step::new(
+            "drop table stripe_subscriptions",
+            Mode::Plain,
+            table_absent(SUBSCRIPTIONS),
+        )
+        .build(
+            backend,
+            Table::drop()
+                .table(table(backend, StripeSubscriptions::Table))
+                .if_exists(),
+        ),
+        Step::new(
+            "drop table stripe_customers (foreign key to users)",
+            Mode::LockTimed,
+            table_absent(CUSTOMERS),
+        )
+        .build(
+            backend,
+            Table::drop()
+                .table(table(backend, StripeCustomers::Table))
+                .if_exists(),
+        ),
+    ]
+}
+
+/// Replaces `user_tiers` in one lock-timed transaction. MySQL replaces in place; PostgreSQL
+/// and SQLite drop and create, which their transactional DDL makes atomic (readers never see
+/// the view missing).
+fn replace_view(backend: DbBackend, create: &str) -> Step {
+    let step = Step::new("replace view user_tiers", Mode::LockTimed, Probe::Never);
+    match backend {
+        DbBackend::MySql => step.raw(create),
+        _ => step
+            .raw(format!("DROP VIEW IF EXISTS {}", qualified(backend, VIEW)))
+            .raw(create),
+    }
+}
+
+/// `lifecycle_rank` of the application (`api::stripe::event::lifecycle_rank`), in SQL.
+fn rank_sql(status: &str) -> String {
+    format!(
+        "CASE {status} WHEN 'trialing' THEN 1 WHEN 'active' THEN 2 WHEN 'past_due' THEN 3 \
+         WHEN 'unpaid' THEN 4 WHEN 'canceled' THEN 5 ELSE 0 END"
+    )
+}
+
+/// Each subscription's greatest `(created, rank, period end, event id)` among the stored
+/// events. A missing period end orders below any instant, as `None < Some` does in Rust.
+fn latest_snapshots_sql(backend: DbBackend) -> String {
+    let rank = rank_sql("e.status");
+    format!(
+        "INSERT INTO {subscriptions} \
+         (subscription_id, customer_id, status, current_period_end, created, lifecycle_rank) \
+         SELECT l.subscription_id, l.customer_id, l.status, l.current_period_end, l.created, \
+         l.lifecycle_rank FROM (SELECT e.subscription_id, e.customer_id, e.status, \
+         e.current_period_end, e.created, {rank} AS lifecycle_rank, \
+         ROW_NUMBER() OVER (PARTITION BY e.subscription_id ORDER BY e.created DESC, {rank} DESC, \
+         CASE WHEN e.current_period_end IS NULL THEN 0 ELSE 1 END DESC, \
+         e.current_period_end DESC, e.id DESC) AS pick \
+         FROM {events} e WHERE e.subscription_id IS NOT NULL \
+         AND e.customer_id IS NOT NULL AND e.status IS NOT NULL) l \
+         WHERE l.pick = 1 AND NOT EXISTS \
+         (SELECT 1 FROM {subscriptions} s WHERE s.subscription_id = l.subscription_id)",
+        subscriptions = qualified(backend, SUBSCRIPTIONS),
+        events = qualified(backend, "stripe_events"),
+    )
+}
+
+/// `{end} + days > now`, per backend.
+fn ends_after_now(backend: DbBackend, end: &str, days: u32) -> String {
+    match backend {
+        DbBackend::Postgres => format!("{end} + interval '{days} days' > now()"),
+        DbBackend::MySql => format!("{end} + INTERVAL {days} DAY > CURRENT_TIMESTAMP"),
+        _ => format!("julianday({end}) + {days} > julianday('now')"),
+    }
+}
+
+/// Whether a subscription in `status` with period end `end` grants Pro `offset_days` before
+/// now. The rule of `entity::tier_for`.
+fn grants_pro(backend: DbBackend, status: &str, end: &str, offset_days: u32) -> String {
+    format!(
+        "(({status} IN ('active', 'trialing') AND ({end} IS NULL OR {renewal})) \
+         OR ({status} = 'past_due' AND {end} IS NOT NULL AND {past_due}))",
+        renewal = ends_after_now(backend, end, RENEWAL_GRACE_DAYS + offset_days),
+        past_due = ends_after_now(backend, end, PAST_DUE_GRACE_DAYS + offset_days),
+    )
+}
+
+/// Pro when the user's own columns or any subscription of a customer linked to them (and not
+/// deleted) grants Pro `offset_days` before now.
+fn pro_over_subscriptions(backend: DbBackend, offset_days: u32) -> String {
+    format!(
+        "CASE WHEN {own} OR EXISTS (SELECT 1 FROM {customers} c \
+         JOIN {subscriptions} s ON s.customer_id = c.customer_id \
+         WHERE c.user_id = u.id AND c.deleted_at IS NULL AND {theirs}) \
+         THEN 'pro' ELSE 'free' END",
+        own = grants_pro(
+            backend,
+            "u.subscription_status",
+            "u.current_period_end",
+            offset_days
+        ),
+        theirs = grants_pro(backend, "s.status", "s.current_period_end", offset_days),
+        customers = qualified(backend, CUSTOMERS),
+        subscriptions = qualified(backend, SUBSCRIPTIONS),
+    )
+}
+
+/// `user_tiers(user_id, tier, retention_tier)`: `tier` is the tier now; `retention_tier` is
+/// Pro when the user held Pro at any moment of the last RENEWAL_GRACE_DAYS (a grant only ever
+/// ends, so that is the tier as it stood then), which the purge applies so that a renewal
+/// later than the grace still finds the trash as Pro keeps it.
+fn tier_view_sql(backend: DbBackend) -> String {
+    let create = match backend {
+        DbBackend::MySql => "CREATE OR REPLACE VIEW",
+        _ => "CREATE VIEW",
+    };
+    format!(
+        "{create} {view} AS SELECT u.id AS user_id, {tier} AS tier, {retention} AS retention_tier \
+         FROM {users} u",
+        view = qualified(backend, VIEW),
+        tier = pro_over_subscriptions(backend, 0),
+        retention = pro_over_subscriptions(backend, RENEWAL_GRACE_DAYS),
+        users = qualified(backend, "users"),
+    )
+}
