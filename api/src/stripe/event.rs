@@ -112,6 +112,23 @@ fn period_end(subscription: &Value) -> Option<DateTime<Utc>> {
         .and_then(timestamp)
 }
 
+/// A Stripe subscription object (an event's `data.object`, or an item of
+/// `GET /v1/subscriptions`) as a snapshot. An unknown status maps to `none` (see `map_status`).
+pub fn snapshot_from_subscription(object: &Value) -> Result<Snapshot, MalformedEvent> {
+    let customer = text(object, "customer")
+        .ok_or_else(|| MalformedEvent("subscription without customer".into()))?;
+    let subscription =
+        text(object, "id").ok_or_else(|| MalformedEvent("subscription without id".into()))?;
+    let stripe_status = text(object, "status").unwrap_or_default();
+    Ok(Snapshot {
+        customer,
+        subscription,
+        status: map_status(&stripe_status).0,
+        stripe_status,
+        current_period_end: period_end(object),
+    })
+}
+
 pub fn parse(body: &[u8]) -> Result<Event, MalformedEvent> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| MalformedEvent(format!("invalid JSON: {e}")))?;
@@ -133,22 +150,11 @@ pub fn parse(body: &[u8]) -> Result<Event, MalformedEvent> {
         "customer.subscription.created"
         | "customer.subscription.updated"
         | "customer.subscription.deleted" => {
-            let customer = text(object, "customer")
-                .ok_or_else(|| MalformedEvent("subscription without customer".into()))?;
-            let subscription = text(object, "id")
-                .ok_or_else(|| MalformedEvent("subscription without id".into()))?;
-            let stripe_status = text(object, "status").unwrap_or_default();
-            let (status, known) = map_status(&stripe_status);
-            if !known {
-                tracing::warn!(event = %id, stripe_status, "unknown Stripe subscription status; stored as none");
+            let snapshot = snapshot_from_subscription(object)?;
+            if !map_status(&snapshot.stripe_status).1 {
+                tracing::warn!(event = %id, stripe_status = snapshot.stripe_status, "unknown Stripe subscription status; stored as none");
             }
-            Action::Subscription(Snapshot {
-                customer,
-                subscription,
-                status,
-                stripe_status,
-                current_period_end: period_end(object),
-            })
+            Action::Subscription(snapshot)
         }
         "customer.deleted" => Action::CustomerDeleted {
             customer: text(object, "id")
