@@ -3,6 +3,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod fake_stripe;
 mod helpers;
 
 mod auth;
@@ -11,3 +12,4 @@ mod openapi;
 mod retention;
 mod sessions;
 mod stripe;
+mod stripe_sync_command;

@@ -3,4 +3,7 @@
 pub mod accounts;
 pub mod retention;
 pub mod sessions;
+pub mod stripe_backfill;
+// SEAM: stand-ins for H3's write path; deleted at merge.
+pub mod stripe_seam;
 pub mod stripe_sync;
