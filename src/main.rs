@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use api::Settings;
 use api::domain::Email;
-use api::service::accounts;
+use api::service::{accounts, stripe_backfill};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
@@ -42,6 +42,9 @@ enum Command {
     /// Hard-delete sessions soft-deleted longer ago than their tier's retention window
     /// (batch size and pause: --purge-batch-size, --purge-pause-ms).
     PurgeDeleted,
+    /// Backfill and repair customer links and billing columns from Stripe's API
+    /// (STRIPE_API_KEY; README, "stripe-sync").
+    StripeSync(stripe_backfill::SyncArgs),
 }
 
 #[tokio::main]
@@ -99,6 +102,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::PurgeDeleted => purge(&settings).await,
+        Command::StripeSync(args) => stripe_sync(&settings, &args).await,
         Command::RevokeTokens { email } => {
             let db = migrated(&settings).await?;
             let email = Email::parse(&email).map_err(|e| e.to_string())?;
@@ -133,6 +137,33 @@ async fn purge(settings: &Settings) -> Result<(), String> {
         "removed {} session(s) soft-deleted past their retention window (Free {} days, Pro {} days)",
         purged.removed, settings.limits.retention_days_free, settings.limits.retention_days_pro
     );
+    Ok(())
+}
+
+async fn stripe_sync(settings: &Settings, args: &stripe_backfill::SyncArgs) -> Result<(), String> {
+    // A missing key or a bad flag fails before the database is opened.
+    let mut client = args.client().map_err(|e| e.to_string())?;
+    let db = migrated(settings).await?;
+    let tally = stripe_backfill::sync(
+        &db,
+        &mut client,
+        args.customer.as_deref(),
+        |note| match note {
+            stripe_backfill::Note::Progress(tally) => eprintln!("stripe-sync: {tally}"),
+            stripe_backfill::Note::Customer { customer, detail } => {
+                eprintln!("stripe-sync: customer {customer}: {detail}")
+            }
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    println!("stripe-sync: {tally}");
+    if tally.failed > 0 {
+        return Err(format!(
+            "stripe-sync: {} customer(s) or subscription(s) failed (see above); the rest is synced",
+            tally.failed
+        ));
+    }
     Ok(())
 }
 

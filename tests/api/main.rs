@@ -3,6 +3,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod fake_stripe;
 mod helpers;
 
 mod auth;
@@ -14,3 +15,4 @@ mod retention;
 mod sessions;
 mod storage;
 mod stripe;
+mod stripe_sync_command;

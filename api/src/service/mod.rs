@@ -3,4 +3,5 @@
 pub mod accounts;
 pub mod retention;
 pub mod sessions;
+pub mod stripe_backfill;
 pub mod stripe_sync;

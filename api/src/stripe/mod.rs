@@ -1,4 +1,6 @@
-//! Stripe webhooks: signature verification and the events we act on.
+//! Stripe: webhook signature verification, the events we act on, and a client for the API
+//! reads of `stripe-sync`.
 
+pub mod client;
 pub mod event;
 pub mod signature;

@@ -1,0 +1,531 @@
+//! `billing stripe-sync`: brings the links between users and Stripe customers, and the billing
+//! columns, back to what Stripe says. For right after m006 on an existing user base, after
+//! missed webhooks, and nightly as a safety net (README, "stripe-sync").
+//!
+//! Stripe is read through its list endpoints only (all customers, then all subscriptions with
+//! `status=all`, 100 a page), so a million customers cost about twenty thousand requests, not
+//! millions. Every customer is read before anything is written: a rejected key fails on the
+//! first request with nothing changed, and the e-mail match sees every customer that shares
+//! an address.
+//!
+//! Linking, for a customer no user has yet: the user its `metadata.user_id` names; failing
+//! that, the one user whose e-mail equals the customer's, when no other customer has that
+//! e-mail and the user has no customer yet. Both sides are compared lower-cased in Rust:
+//! database collations disagree (SQLite's `lower()` only folds ASCII, MariaDB's depend on
+//! the column). Anything less certain is left alone and counted.
+//!
+//! Writes go through the webhook's own path (`stripe_sync`): a subscription fetched at time t counts
+//! as an event created at t, so a webhook created later still wins, an older one cannot roll
+//! it back, and a snapshot already stored changes nothing.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use entity::users;
+use sea_orm::{DatabaseConnection, EntityTrait, QuerySelect};
+use serde_json::Value;
+
+use crate::error::ApiError;
+use crate::service::stripe_sync::{self, LinkOutcome, Outcome};
+use crate::stripe::client::{ApiKey, Listing, StripeClient, StripeError};
+use crate::stripe::event::snapshot_from_subscription;
+
+/// `billing stripe-sync` flags. The key is read from the environment in preference; it is
+/// never shown (`hide_env_values`, and `ApiKey` has no readable `Debug`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct SyncArgs {
+    /// Stripe secret key (sk_...), or a restricted key (rk_...) that may read customers and
+    /// subscriptions. Prefer the environment: a flag shows in the process list.
+    #[arg(
+        long = "stripe-api-key",
+        env = "STRIPE_API_KEY",
+        hide_env_values = true
+    )]
+    pub api_key: Option<ApiKey>,
+    /// Stripe's API root.
+    #[arg(
+        long = "stripe-api-base",
+        env = "STRIPE_API_BASE",
+        default_value = "https://api.stripe.com"
+    )]
+    pub api_base: String,
+    /// Sync one customer only (cus_...): its link and its subscriptions.
+    #[arg(long, value_name = "CUSTOMER_ID")]
+    pub customer: Option<String>,
+    /// Requests per second to Stripe, retries included (Stripe allows 25 in test mode,
+    /// 100 live).
+    #[arg(
+        long,
+        env = "STRIPE_MAX_REQUESTS_PER_SEC",
+        default_value_t = 20,
+        value_parser = clap::value_parser!(u32).range(1..=1000)
+    )]
+    pub max_requests_per_sec: u32,
+}
+
+impl SyncArgs {
+    /// The client, once the flags are known to be usable (before the database is touched).
+    pub fn client(&self) -> Result<StripeClient, SyncError> {
+        let key = self
+            .api_key
+            .clone()
+            .filter(|key| !key.is_empty())
+            .ok_or(SyncError::NoKey)?;
+        if let Some(customer) = &self.customer
+            && !is_customer_id(customer)
+        {
+            return Err(SyncError::BadCustomer(customer.clone()));
+        }
+        Ok(StripeClient::new(
+            &self.api_base,
+            key,
+            self.max_requests_per_sec,
+        )?)
+    }
+}
+
+fn is_customer_id(id: &str) -> bool {
+    id.len() <= 255
+        && id.strip_prefix("cus_").is_some_and(|rest| {
+            !rest.is_empty() && rest.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(
+        "STRIPE_API_KEY is not set: a Stripe secret key (sk_...) or a restricted key (rk_...) \
+         that may read customers and subscriptions"
+    )]
+    NoKey,
+    #[error("--customer {0:?} is not a Stripe customer id (cus_...)")]
+    BadCustomer(String),
+    #[error(transparent)]
+    Stripe(#[from] StripeError),
+    #[error("database: {0}")]
+    Database(#[from] ApiError),
+}
+
+/// What a run found and did. `failed` counts customers and subscriptions that could not be
+/// written; the run goes on past them.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Tally {
+    pub customers_seen: u64,
+    pub already_linked: u64,
+    pub linked_by_metadata: u64,
+    pub linked_by_email: u64,
+    pub ambiguous: u64,
+    pub unmatched: u64,
+    pub subscriptions_seen: u64,
+    pub updated: u64,
+    pub unchanged: u64,
+    /// Subscriptions of customers no user is linked to.
+    pub skipped: u64,
+    pub failed: u64,
+}
+
+impl fmt::Display for Tally {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} customer(s) seen: {} already linked, {} linked by metadata.user_id, \
+             {} linked by e-mail, {} ambiguous, {} unmatched; {} subscription(s) seen: \
+             {} updated, {} unchanged, {} skipped (customer not linked); {} failed",
+            self.customers_seen,
+            self.already_linked,
+            self.linked_by_metadata,
+            self.linked_by_email,
+            self.ambiguous,
+            self.unmatched,
+            self.subscriptions_seen,
+            self.updated,
+            self.unchanged,
+            self.skipped,
+            self.failed
+        )
+    }
+}
+
+/// What a run has to say while it goes.
+pub enum Note<'a> {
+    /// The counts so far (every few seconds, and after each phase).
+    Progress(&'a Tally),
+    /// A customer left alone, or a write that failed: one line for support.
+    Customer { customer: &'a str, detail: String },
+}
+
+/// Syncs every customer, or only `only`.
+pub async fn sync(
+    db: &DatabaseConnection,
+    client: &mut StripeClient,
+    only: Option<&str>,
+    mut note: impl FnMut(Note<'_>),
+) -> Result<Tally, SyncError> {
+    let mut run = Run {
+        db,
+        tally: Tally::default(),
+        users_of: HashMap::new(),
+        linked_users: HashSet::new(),
+        progress: Throttle::default(),
+        note: &mut note,
+    };
+    match only {
+        Some(customer) => run.one(client, customer).await?,
+        None => run.all(client).await?,
+    }
+    Ok(run.tally)
+}
+
+/// A Stripe customer as linking needs it.
+struct Customer {
+    id: String,
+    /// Trimmed and lower-cased.
+    email: Option<String>,
+    metadata_user: Option<String>,
+}
+
+impl Customer {
+    fn from_object(object: &Value) -> Option<Self> {
+        fn text(v: Option<&Value>) -> Option<&str> {
+            v.and_then(Value::as_str).map(str::trim)
+        }
+        Some(Self {
+            id: text(object.get("id"))?.to_owned(),
+            email: text(object.get("email"))
+                .filter(|e| !e.is_empty())
+                .map(str::to_lowercase),
+            metadata_user: text(object.pointer("/metadata/user_id"))
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned),
+        })
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Via {
+    Metadata,
+    Email,
+}
+
+struct Run<'a, N: FnMut(Note<'_>)> {
+    db: &'a DatabaseConnection,
+    tally: Tally,
+    /// Customer → its user, for every customer looked at (None: not linked).
+    users_of: HashMap<String, Option<i64>>,
+    /// Users who have a customer; e-mail never links a second one to them.
+    linked_users: HashSet<i64>,
+    progress: Throttle,
+    note: &'a mut N,
+}
+
+impl<N: FnMut(Note<'_>)> Run<'_, N> {
+    async fn all(&mut self, client: &mut StripeClient) -> Result<(), SyncError> {
+        let mut unlinked = Vec::new();
+        let mut emails_at_stripe: HashMap<String, u32> = HashMap::new();
+        let mut customers = client.list("/v1/customers", &[]);
+        while let Some(page) = customers.next(client).await? {
+            for object in &page.data {
+                let Some(customer) = Customer::from_object(object) else {
+                    continue;
+                };
+                self.tally.customers_seen += 1;
+                if let Some(email) = &customer.email {
+                    *emails_at_stripe.entry(email.clone()).or_default() += 1;
+                }
+                match stripe_sync::user_of_customer(self.db, &customer.id).await? {
+                    Some(user) => self.matched(&customer.id, user),
+                    None => unlinked.push(customer),
+                }
+            }
+            self.progress(false);
+        }
+        let users_by_email = if unlinked.iter().any(|c| c.metadata_user.is_none()) {
+            users_by_email(self.db).await?
+        } else {
+            HashMap::new()
+        };
+        // Explicit links first, so that which customer gets a user does not depend on the
+        // order Stripe lists them in.
+        let (by_metadata, rest): (Vec<_>, Vec<_>) = unlinked
+            .into_iter()
+            .partition(|c| c.metadata_user.is_some());
+        for customer in &by_metadata {
+            self.link_by_metadata(customer).await;
+        }
+        for customer in &rest {
+            match self.email_match(customer, &emails_at_stripe, &users_by_email) {
+                Ok(user) => self.link(customer, user, Via::Email).await,
+                Err(None) => self.unmatched(&customer.id),
+                Err(Some(why)) => self.ambiguous(&customer.id, why),
+            }
+        }
+        self.progress(true);
+        let subscriptions = client.list("/v1/subscriptions", &[("status", "all")]);
+        self.apply(client, subscriptions).await
+    }
+
+    async fn one(&mut self, client: &mut StripeClient, id: &str) -> Result<(), SyncError> {
+        let object = client.get(&format!("/v1/customers/{id}")).await?;
+        self.tally.customers_seen += 1;
+        let deleted = object.get("deleted").and_then(Value::as_bool) == Some(true);
+        match stripe_sync::user_of_customer(self.db, id).await? {
+            Some(user) => self.matched(id, user),
+            None if deleted => self.left_alone(id, "deleted at Stripe; not linked".to_owned()),
+            None => match Customer::from_object(&object) {
+                Some(customer) if customer.metadata_user.is_some() => {
+                    self.link_by_metadata(&customer).await
+                }
+                _ => self.left_alone(
+                    id,
+                    "not linked: no metadata.user_id (a run without --customer also links by \
+                     e-mail)"
+                        .to_owned(),
+                ),
+            },
+        }
+        self.progress(true);
+        let subscriptions =
+            client.list("/v1/subscriptions", &[("customer", id), ("status", "all")]);
+        self.apply(client, subscriptions).await
+    }
+
+    fn matched(&mut self, customer: &str, user: i64) {
+        self.tally.already_linked += 1;
+        self.linked_users.insert(user);
+        self.users_of.insert(customer.to_owned(), Some(user));
+    }
+
+    fn unmatched(&mut self, customer: &str) {
+        self.tally.unmatched += 1;
+        self.users_of.insert(customer.to_owned(), None);
+    }
+
+    fn left_alone(&mut self, customer: &str, detail: String) {
+        self.unmatched(customer);
+        (self.note)(Note::Customer { customer, detail });
+    }
+
+    fn ambiguous(&mut self, customer: &str, why: String) {
+        self.tally.ambiguous += 1;
+        self.users_of.insert(customer.to_owned(), None);
+        (self.note)(Note::Customer {
+            customer,
+            detail: format!("not linked: {why}"),
+        });
+    }
+
+    async fn link_by_metadata(&mut self, customer: &Customer) {
+        let raw = customer.metadata_user.as_deref().unwrap_or_default();
+        match raw.parse::<i64>() {
+            Ok(user) => self.link(customer, user, Via::Metadata).await,
+            Err(_) => self.ambiguous(
+                &customer.id,
+                format!("metadata.user_id {raw:?} is not a user id"),
+            ),
+        }
+    }
+
+    /// The one user the customer's e-mail names, or why there is none: `Err(None)` when no
+    /// user has it, `Err(Some(reason))` when more than one candidate does.
+    fn email_match(
+        &self,
+        customer: &Customer,
+        emails_at_stripe: &HashMap<String, u32>,
+        users_by_email: &HashMap<String, Vec<i64>>,
+    ) -> Result<i64, Option<String>> {
+        let email = customer.email.as_deref().ok_or(None)?;
+        let users = users_by_email.get(email).map_or(&[][..], Vec::as_slice);
+        let customers = emails_at_stripe.get(email).copied().unwrap_or(1);
+        match users {
+            [] => Err(None),
+            _ if customers > 1 => Err(Some(format!(
+                "{customers} Stripe customers have its e-mail"
+            ))),
+            [user] if self.linked_users.contains(user) => Err(Some(format!(
+                "the user with its e-mail (id {user}) already has another customer"
+            ))),
+            [user] => Ok(*user),
+            several => Err(Some(format!("{} users have its e-mail", several.len()))),
+        }
+    }
+
+    async fn link(&mut self, customer: &Customer, user: i64, via: Via) {
+        let id = customer.id.as_str();
+        let outcome = match stripe_sync::link_customer(self.db, user, id).await {
+            Ok(outcome) => outcome,
+            Err(err) => {
+                self.tally.failed += 1;
+                self.users_of.insert(id.to_owned(), None);
+                (self.note)(Note::Customer {
+                    customer: id,
+                    detail: format!("linking to user {user} failed: {err}"),
+                });
+                return;
+            }
+        };
+        if matches!(outcome, LinkOutcome::Linked) {
+            match via {
+                Via::Metadata => self.tally.linked_by_metadata += 1,
+                Via::Email => self.tally.linked_by_email += 1,
+            }
+            self.linked_users.insert(user);
+            self.users_of.insert(id.to_owned(), Some(user));
+        } else if matches!(outcome, LinkOutcome::AlreadyLinked) {
+            // Linked by a webhook since the customer was read.
+            self.matched(id, user);
+        } else if matches!(outcome, LinkOutcome::UnknownUser) {
+            self.left_alone(id, format!("not linked: no user has id {user}"));
+        } else if matches!(outcome, LinkOutcome::LinkedToAnotherUser) {
+            self.ambiguous(id, format!("linked to another user than {user} meanwhile"));
+            // Its subscriptions still belong to whoever has it now.
+            if let Ok(owner) = stripe_sync::user_of_customer(self.db, id).await {
+                self.users_of.insert(id.to_owned(), owner);
+            }
+        } else {
+            self.ambiguous(
+                id,
+                format!("user {user} may not take this customer (it has another one)"),
+            );
+        }
+    }
+
+    /// Applies every subscription of `listing` whose customer has a user.
+    async fn apply(
+        &mut self,
+        client: &mut StripeClient,
+        mut listing: Listing,
+    ) -> Result<(), SyncError> {
+        while let Some(page) = listing.next(client).await? {
+            for object in &page.data {
+                self.tally.subscriptions_seen += 1;
+                let snapshot = match snapshot_from_subscription(object) {
+                    Ok(snapshot) => snapshot,
+                    Err(err) => {
+                        self.tally.failed += 1;
+                        let customer = object.get("customer").and_then(Value::as_str);
+                        let id = object.get("id").and_then(Value::as_str).unwrap_or("?");
+                        (self.note)(Note::Customer {
+                            customer: customer.unwrap_or("?"),
+                            detail: format!("subscription {id} not applied: {}", err.0),
+                        });
+                        continue;
+                    }
+                };
+                let user = match self.users_of.get(&snapshot.customer) {
+                    Some(user) => *user,
+                    // Created, or linked by a webhook, after the customers were read.
+                    None => {
+                        let user =
+                            stripe_sync::user_of_customer(self.db, &snapshot.customer).await?;
+                        self.users_of.insert(snapshot.customer.clone(), user);
+                        user
+                    }
+                };
+                if user.is_none() {
+                    self.tally.skipped += 1;
+                    continue;
+                }
+                match stripe_sync::apply_fetched_subscription(self.db, &snapshot, page.fetched_at)
+                    .await
+                {
+                    Ok(Outcome::Applied) => self.tally.updated += 1,
+                    Ok(Outcome::Duplicate) => self.tally.unchanged += 1,
+                    Ok(_) => self.tally.skipped += 1,
+                    Err(err) => {
+                        self.tally.failed += 1;
+                        (self.note)(Note::Customer {
+                            customer: &snapshot.customer,
+                            detail: format!(
+                                "subscription {} not applied: {err}",
+                                snapshot.subscription
+                            ),
+                        });
+                    }
+                }
+            }
+            self.progress(false);
+        }
+        self.progress(true);
+        Ok(())
+    }
+
+    fn progress(&mut self, always: bool) {
+        if self.progress.due(always) {
+            (self.note)(Note::Progress(&self.tally));
+        }
+    }
+}
+
+/// Every user by lower-cased e-mail (several when rows differ only in case).
+async fn users_by_email(db: &DatabaseConnection) -> Result<HashMap<String, Vec<i64>>, ApiError> {
+    let rows: Vec<(i64, String)> = users::Entity::find()
+        .select_only()
+        .column(users::Column::Id)
+        .column(users::Column::Email)
+        .into_tuple()
+        .all(db)
+        .await?;
+    let mut by_email: HashMap<String, Vec<i64>> = HashMap::new();
+    for (id, email) in rows {
+        by_email
+            .entry(email.trim().to_lowercase())
+            .or_default()
+            .push(id);
+    }
+    Ok(by_email)
+}
+
+/// Progress every few seconds, not every page.
+#[derive(Default)]
+struct Throttle {
+    last: Option<Instant>,
+}
+
+impl Throttle {
+    const EVERY: Duration = Duration::from_secs(2);
+
+    fn due(&mut self, always: bool) -> bool {
+        let now = Instant::now();
+        let due = always || self.last.is_none_or(|last| now - last >= Self::EVERY);
+        if due {
+            self.last = Some(now);
+        }
+        due
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn customer_ids_are_checked_before_they_reach_a_url() {
+        assert!(is_customer_id("cus_QXg1o8vcGmoR32"));
+        for bad in [
+            "",
+            "cus_",
+            "sub_1",
+            "cus_1/../../v1/charges",
+            "cus_1?x=1",
+            "cus 1",
+        ] {
+            assert!(!is_customer_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn customers_are_read_with_emails_folded_beyond_ascii() {
+        let customer = Customer::from_object(&json!({
+            "id": "cus_1", "object": "customer", "email": " ÉVA@Example.COM ",
+            "metadata": {"user_id": " 42 "}
+        }))
+        .unwrap();
+        assert_eq!(customer.email.as_deref(), Some("éva@example.com"));
+        assert_eq!(customer.metadata_user.as_deref(), Some("42"));
+        let bare =
+            Customer::from_object(&json!({"id": "cus_2", "email": null, "metadata": {}})).unwrap();
+        assert_eq!((bare.email, bare.metadata_user), (None, None));
+    }
+}

@@ -1,0 +1,474 @@
+//! `billing stripe-sync` as users run it (the binary, against an in-process Stripe), on every
+//! backend.
+
+use std::process::Command;
+
+use chrono::Utc;
+use entity::users;
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait, QueryOrder};
+
+use crate::fake_stripe::{FakeStripe, Fault, customer, subscription};
+use crate::helpers::{TestApp, checkout, spawn_app};
+use crate::support::{self, Backend};
+
+crate::on_every_backend!(
+    links_and_repairs_then_a_second_run_changes_nothing,
+    rate_limits_and_server_errors_are_retried,
+    a_rejected_key_changes_nothing_and_is_never_shown,
+    one_customer_with_the_customer_flag,
+);
+
+const KEY: &str = "sk_test_51SyncKeyThatMustNeverBePrinted";
+
+struct Output {
+    success: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl Output {
+    /// The number before `what` in the summary line, e.g. `count("updated")`.
+    fn count(&self, what: &str) -> u64 {
+        let summary = self
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("stripe-sync: "))
+            .unwrap_or_else(|| panic!("no summary on stdout: {}", self.stdout));
+        let words: Vec<&str> = summary.split([' ', ',', ';', ':']).collect();
+        let at = words
+            .iter()
+            .position(|w| *w == what)
+            .unwrap_or_else(|| panic!("{what:?} not in {summary}"));
+        words[..at]
+            .iter()
+            .rev()
+            .find_map(|w| w.parse().ok())
+            .unwrap_or_else(|| panic!("no count before {what:?} in {summary}"))
+    }
+
+    fn assert_key_not_shown(&self) {
+        for (name, text) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
+            assert!(!text.contains(KEY), "the key is in {name}: {text}");
+            assert!(
+                !text.contains("NeverBePrinted"),
+                "part of the key in {name}"
+            );
+        }
+    }
+}
+
+/// Runs `billing stripe-sync ARGS` on the app's database against `stripe`.
+async fn stripe_sync(
+    app: &TestApp,
+    stripe: &FakeStripe,
+    key: Option<&str>,
+    args: &[&str],
+) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_billing"));
+    command
+        .arg("stripe-sync")
+        .args(args)
+        .env("DATABASE_URL", &app.db.url)
+        .env("STRIPE_API_BASE", &stripe.base)
+        // The most verbose logging: the key must not show even there.
+        .env("RUST_LOG", "trace,sqlx=warn")
+        .env_remove("STRIPE_MAX_REQUESTS_PER_SEC");
+    match key {
+        Some(key) => command.env("STRIPE_API_KEY", key),
+        None => command.env_remove("STRIPE_API_KEY"),
+    };
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("join")
+        .expect("run billing stripe-sync");
+    let output = Output {
+        success: output.status.success(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    };
+    output.assert_key_not_shown();
+    output
+}
+
+/// Every user row, and how many events the history holds.
+async fn state(app: &TestApp) -> (Vec<users::Model>, String) {
+    let users = users::Entity::find()
+        .order_by_asc(users::Column::Id)
+        .all(&app.db.db)
+        .await
+        .expect("users");
+    let events = app.db.texts("SELECT count(*) FROM stripe_events").await;
+    (users, events.join(""))
+}
+
+/// A user whose e-mail is stored as given (rows from before e-mails were lower-cased).
+async fn raw_user(app: &TestApp, email: &str) {
+    let now = Utc::now().fixed_offset();
+    users::ActiveModel {
+        email: Set(email.to_owned()),
+        created_at: Set(now),
+        updated_at: Set(now),
+        ..Default::default()
+    }
+    .insert(&app.db.db)
+    .await
+    .expect("insert user");
+}
+
+/// A user linked to `customer` the way checkout links them, with an active subscription.
+async fn linked_user(app: &TestApp, email: &str, customer: &str, sub: &str) {
+    app.user(email).await;
+    let uid = app.user_id(email).await;
+    let then = Utc::now().timestamp() - 86_400;
+    let (status, body) = app
+        .deliver_event(&checkout(
+            &format!("evt_co_{sub}"),
+            then,
+            uid,
+            customer,
+            sub,
+        ))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = app
+        .deliver_event(&crate::helpers::subscription(
+            &format!("evt_created_{sub}"),
+            "created",
+            then,
+            (customer, sub),
+            "active",
+            then + 30 * 86_400,
+            true,
+        ))
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+fn requests_to<'a>(log: &'a [String], path: &str) -> Vec<&'a String> {
+    log.iter()
+        .filter(|r| r.split('?').next() == Some(&format!("GET {path}")))
+        .collect()
+}
+
+async fn links_and_repairs_then_a_second_run_changes_nothing(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let stripe = FakeStripe::start(KEY, 2).await;
+    let period_end = Utc::now().timestamp() + 20 * 86_400;
+
+    // Linked by checkout; the webhook that made it past_due was missed.
+    linked_user(&app, "linked@example.com", "cus_linked", "sub_linked").await;
+    stripe.add_customer(customer("cus_linked", Some("accounts@corp.example"), None));
+    // A second customer with that user's e-mail: the user already has one, so not linked.
+    stripe.add_customer(customer("cus_second", Some("Linked@example.com"), None));
+    stripe.put_subscription(subscription(
+        "sub_linked",
+        "cus_linked",
+        "past_due",
+        period_end,
+    ));
+    // Named by metadata.user_id, whatever its e-mail says.
+    app.user("meta@example.com").await;
+    let meta = app.user_id("meta@example.com").await.to_string();
+    stripe.add_customer(customer("cus_meta", Some("other@example.com"), Some(&meta)));
+    stripe.put_subscription(subscription("sub_meta", "cus_meta", "active", period_end));
+    // The one user and the one customer with this e-mail, in another case (beyond ASCII).
+    app.user("éva@example.com").await;
+    stripe.add_customer(customer("cus_eva", Some("ÉVA@Example.com"), None));
+    stripe.put_subscription(subscription("sub_eva", "cus_eva", "trialing", period_end));
+    // Canceled: only listed with status=all.
+    app.user("gone@example.com").await;
+    stripe.add_customer(customer("cus_gone", Some("Gone@Example.com"), None));
+    stripe.put_subscription(subscription("sub_gone", "cus_gone", "canceled", period_end));
+    // Two customers share an e-mail: neither is linked.
+    app.user("dup@example.com").await;
+    stripe.add_customer(customer("cus_dup1", Some("dup@example.com"), None));
+    stripe.add_customer(customer("cus_dup2", Some("DUP@example.com"), None));
+    stripe.put_subscription(subscription("sub_dup1", "cus_dup1", "active", period_end));
+    // Two users share an e-mail but for its case: not linked. MariaDB's case-insensitive
+    // collation keeps such rows out of its unique e-mail index in the first place.
+    let twins = backend != Backend::MySql;
+    if twins {
+        raw_user(&app, "twin@example.com").await;
+        raw_user(&app, "Twin@Example.com").await;
+        stripe.add_customer(customer("cus_twin", Some("twin@example.com"), None));
+    }
+    // No user at all, and a metadata.user_id naming no user.
+    stripe.add_customer(customer("cus_stranger", Some("nobody@example.com"), None));
+    stripe.put_subscription(subscription(
+        "sub_stranger",
+        "cus_stranger",
+        "active",
+        period_end,
+    ));
+    stripe.add_customer(customer("cus_badmeta", None, Some("99999999")));
+
+    let before = state(&app).await;
+    let first = stripe_sync(&app, &stripe, Some(KEY), &[]).await;
+    assert!(first.success, "{}\n{}", first.stdout, first.stderr);
+    let twin = u64::from(twins);
+    for (what, n) in [
+        ("seen", 9 + twin),
+        ("already", 1),
+        ("metadata.user_id", 1),
+        ("e-mail", 2),
+        ("ambiguous", 3 + twin),
+        ("unmatched", 2),
+        ("updated", 4),
+        ("unchanged", 0),
+        ("skipped", 2),
+        ("failed", 0),
+    ] {
+        assert_eq!(first.count(what), n, "{what}: {}", first.stdout);
+    }
+    for (email, row) in [
+        ("linked@example.com", "cus_linked|sub_linked|past_due|set"),
+        ("meta@example.com", "cus_meta|sub_meta|active|set"),
+        ("éva@example.com", "cus_eva|sub_eva|trialing|set"),
+        ("gone@example.com", "cus_gone|sub_gone|canceled|set"),
+        ("dup@example.com", "-|-|none|-"),
+    ] {
+        assert_eq!(app.billing_row(email).await, row, "{email}");
+    }
+    if twins {
+        for email in ["twin@example.com", "Twin@Example.com"] {
+            assert_eq!(app.billing_row(email).await, "-|-|none|-", "{email}");
+        }
+    }
+    for left in ["cus_dup1", "cus_dup2", "cus_second"] {
+        assert!(first.stderr.contains(left), "{left}: {}", first.stderr);
+    }
+    assert!(
+        first.stderr.contains("customer(s) seen"),
+        "progress on stderr"
+    );
+
+    // Stripe read through its list endpoints only, 100 a page, every page followed.
+    let log = stripe.take_log();
+    let customers = requests_to(&log, "/v1/customers");
+    let subscriptions = requests_to(&log, "/v1/subscriptions");
+    assert_eq!((customers.len(), subscriptions.len()), (5, 3), "{log:#?}");
+    assert_eq!(log.len(), customers.len() + subscriptions.len(), "{log:#?}");
+    assert!(log.iter().all(|r| r.contains("limit=100")), "{log:#?}");
+    assert!(subscriptions.iter().all(|r| r.contains("status=all")));
+    assert!(
+        customers[1].contains("starting_after=cus_second"),
+        "{log:#?}"
+    );
+    assert_ne!(state(&app).await, before);
+
+    // Nothing changed at Stripe: nothing changes here, and the history does not grow.
+    let settled = state(&app).await;
+    let second = stripe_sync(&app, &stripe, Some(KEY), &[]).await;
+    assert!(second.success, "{}", second.stderr);
+    assert_eq!(state(&app).await, settled);
+    for (what, n) in [
+        ("already", 4),
+        ("metadata.user_id", 0),
+        ("e-mail", 0),
+        ("updated", 0),
+        ("unchanged", 4),
+    ] {
+        assert_eq!(second.count(what), n, "{what}: {}", second.stdout);
+    }
+
+    // The sync counts as of when it read Stripe: a webhook created later applies, one
+    // created earlier (delivered late) does not roll it back.
+    let now = Utc::now().timestamp();
+    for (id, created, status) in [
+        ("evt_later", now + 60, "unpaid"),
+        ("evt_older", now - 3_600, "canceled"),
+    ] {
+        let event = crate::helpers::subscription(
+            id,
+            "updated",
+            created,
+            ("cus_meta", "sub_meta"),
+            status,
+            period_end,
+            true,
+        );
+        assert_eq!(app.deliver_event(&event).await.0, 200);
+    }
+    assert_eq!(
+        app.billing_row("meta@example.com").await,
+        "cus_meta|sub_meta|unpaid|set"
+    );
+}
+
+async fn rate_limits_and_server_errors_are_retried(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let stripe = FakeStripe::start(KEY, 100).await;
+    let period_end = Utc::now().timestamp() + 20 * 86_400;
+    linked_user(&app, "paid@example.com", "cus_paid", "sub_paid").await;
+    stripe.add_customer(customer("cus_paid", Some("paid@example.com"), None));
+    stripe.put_subscription(subscription("sub_paid", "cus_paid", "past_due", period_end));
+    // A subscription that cannot be read fails alone; the others are still applied.
+    let mut broken = subscription("sub_broken", "cus_paid", "active", period_end);
+    broken["customer"] = serde_json::json!(42);
+    stripe.put_subscription(broken);
+
+    stripe.fail_next(Fault::new("/v1/customers", 429).header("retry-after", "1"));
+    stripe.fail_next(Fault::new("/v1/subscriptions", 500));
+    // Stripe-Should-Retry overrides the status: a 409 that says so is retried.
+    stripe.fail_next(Fault::new("/v1/subscriptions", 409).header("stripe-should-retry", "true"));
+    let run = stripe_sync(&app, &stripe, Some(KEY), &[]).await;
+    assert!(!run.success, "a failed subscription makes the run fail");
+    assert_eq!(run.count("updated"), 1, "{}", run.stdout);
+    assert_eq!(run.count("failed"), 1, "{}", run.stdout);
+    assert!(run.stderr.contains("sub_broken"), "{}", run.stderr);
+    assert_eq!(
+        app.billing_row("paid@example.com").await,
+        "cus_paid|sub_paid|past_due|set"
+    );
+    let log = stripe.take_log();
+    assert_eq!(requests_to(&log, "/v1/customers").len(), 2, "{log:#?}");
+    assert_eq!(requests_to(&log, "/v1/subscriptions").len(), 3, "{log:#?}");
+
+    // Stripe-Should-Retry: false is not retried, even on a 503.
+    stripe.fail_next(Fault::new("/v1/customers", 503).header("stripe-should-retry", "false"));
+    let before = state(&app).await;
+    let run = stripe_sync(&app, &stripe, Some(KEY), &[]).await;
+    assert!(!run.success);
+    let last = run.stderr.lines().last().unwrap_or("");
+    assert!(
+        last.starts_with("error: ") && last.contains("503"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(stripe.take_log().len(), 1);
+    assert_eq!(state(&app).await, before);
+}
+
+async fn a_rejected_key_changes_nothing_and_is_never_shown(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let stripe = FakeStripe::start(KEY, 2).await;
+    let period_end = Utc::now().timestamp() + 20 * 86_400;
+    linked_user(&app, "paid@example.com", "cus_paid", "sub_paid").await;
+    app.user("new@example.com").await;
+    stripe.add_customer(customer("cus_paid", Some("paid@example.com"), None));
+    stripe.add_customer(customer("cus_new", Some("new@example.com"), None));
+    stripe.put_subscription(subscription("sub_paid", "cus_paid", "canceled", period_end));
+    stripe.put_subscription(subscription("sub_new", "cus_new", "active", period_end));
+    let before = state(&app).await;
+
+    // A wrong key (401), and a restricted key without the permission (403).
+    let wrong = "sk_test_51WrongKeyNeverBePrinted";
+    stripe.fail_next(Fault::new("/v1/customers", 403));
+    for key in [KEY, wrong] {
+        let run = stripe_sync(&app, &stripe, Some(key), &[]).await;
+        assert!(!run.success);
+        assert!(!run.stderr.contains(wrong), "{}", run.stderr);
+        let errors: Vec<&str> = run
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("error"))
+            .collect();
+        assert_eq!(errors.len(), 1, "{}", run.stderr);
+        assert!(errors[0].contains("STRIPE_API_KEY"), "{}", errors[0]);
+        assert!(run.stdout.is_empty(), "{}", run.stdout);
+        assert_eq!(state(&app).await, before);
+        assert_eq!(stripe.take_log().len(), 1, "not retried");
+    }
+
+    // No key: one line naming the variable, and Stripe is not asked.
+    for key in [None, Some("")] {
+        let run = stripe_sync(&app, &stripe, key, &[]).await;
+        assert!(!run.success);
+        assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+        assert!(
+            run.stderr.starts_with("error: STRIPE_API_KEY"),
+            "{}",
+            run.stderr
+        );
+    }
+    assert!(stripe.take_log().is_empty());
+    assert_eq!(state(&app).await, before);
+
+    // With the right key, at the most verbose logging, the key is still not shown.
+    let mut command = Command::new(env!("CARGO_BIN_EXE_billing"));
+    command
+        .args(["stripe-sync", "--help"])
+        .env("STRIPE_API_KEY", KEY);
+    let help = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("join")
+        .expect("help");
+    assert!(!String::from_utf8_lossy(&help.stdout).contains(KEY));
+    let run = stripe_sync(&app, &stripe, Some(KEY), &[]).await;
+    assert!(run.success, "{}", run.stderr);
+    assert_eq!(run.count("updated"), 2, "{}", run.stdout);
+}
+
+async fn one_customer_with_the_customer_flag(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let stripe = FakeStripe::start(KEY, 1).await;
+    let period_end = Utc::now().timestamp() + 20 * 86_400;
+    linked_user(&app, "a@example.com", "cus_a", "sub_a").await;
+    linked_user(&app, "b@example.com", "cus_b", "sub_b").await;
+    stripe.add_customer(customer("cus_a", Some("a@example.com"), None));
+    stripe.add_customer(customer("cus_b", Some("b@example.com"), None));
+    // Both changed at Stripe; cus_a has two subscriptions over two pages.
+    stripe.put_subscription(subscription("sub_a", "cus_a", "canceled", period_end));
+    stripe.put_subscription(subscription(
+        "sub_a2",
+        "cus_a",
+        "canceled",
+        period_end + 86_400,
+    ));
+    stripe.put_subscription(subscription("sub_b", "cus_b", "past_due", period_end));
+
+    let run = stripe_sync(&app, &stripe, Some(KEY), &["--customer", "cus_a"]).await;
+    assert!(run.success, "{}", run.stderr);
+    assert_eq!(run.count("seen"), 1);
+    assert_eq!(run.count("updated"), 2, "{}", run.stdout);
+    assert_eq!(
+        app.billing_row("a@example.com").await,
+        "cus_a|sub_a2|canceled|set"
+    );
+    assert_eq!(
+        app.billing_row("b@example.com").await,
+        "cus_b|sub_b|active|set",
+        "another customer is left alone"
+    );
+    let log = stripe.take_log();
+    assert_eq!(log[0], "GET /v1/customers/cus_a", "{log:#?}");
+    assert_eq!(log.len(), 3, "{log:#?}");
+    for request in &log[1..] {
+        assert!(
+            request.starts_with("GET /v1/subscriptions?")
+                && request.contains("customer=cus_a")
+                && request.contains("status=all")
+                && request.contains("limit=100"),
+            "{log:#?}"
+        );
+    }
+
+    // An unlinked customer is linked by its metadata.user_id.
+    app.user("c@example.com").await;
+    let c = app.user_id("c@example.com").await.to_string();
+    stripe.add_customer(customer("cus_c", Some("c@example.com"), Some(&c)));
+    stripe.put_subscription(subscription("sub_c", "cus_c", "active", period_end));
+    let run = stripe_sync(&app, &stripe, Some(KEY), &["--customer", "cus_c"]).await;
+    assert!(run.success, "{}", run.stderr);
+    assert_eq!(run.count("metadata.user_id"), 1, "{}", run.stdout);
+    assert_eq!(
+        app.billing_row("c@example.com").await,
+        "cus_c|sub_c|active|set"
+    );
+
+    // A customer Stripe does not have, and one that is not an id at all.
+    stripe.take_log();
+    let run = stripe_sync(&app, &stripe, Some(KEY), &["--customer", "cus_missing"]).await;
+    assert!(!run.success);
+    assert!(run.stderr.contains("No such customer"), "{}", run.stderr);
+    let run = stripe_sync(
+        &app,
+        &stripe,
+        Some(KEY),
+        &["--customer", "cus_1/../charges"],
+    )
+    .await;
+    assert!(!run.success);
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    assert_eq!(stripe.take_log().len(), 1, "only cus_missing was asked for");
+}
