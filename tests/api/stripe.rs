@@ -1060,19 +1060,29 @@ async fn a_delivery_whose_session_is_killed_is_applied_when_redelivered(backend:
              AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()",
             "SELECT pg_terminate_backend({})",
         ),
+        // MariaDB waits for a primary-key row lock while it plans the statement ("Statistics"),
+        // before the transaction shows in innodb_trx: the statement text is what tells it.
         _ => (
-            "SELECT p.id FROM information_schema.innodb_trx t \
-             JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id \
-             WHERE t.trx_state = 'LOCK WAIT' AND p.db = DATABASE()",
+            "SELECT id FROM information_schema.processlist WHERE db = DATABASE() \
+             AND id <> CONNECTION_ID() AND info LIKE '%FOR UPDATE%'",
             "KILL {}",
         ),
     };
-    let session = loop {
+    // Bounded, so that a delivery that never waits fails the test instead of hanging it.
+    let mut session = None;
+    for _ in 0..1500 {
         if let Some(id) = app.db.texts(find).await.into_iter().next() {
-            break id;
+            session = Some(id);
+            break;
         }
+        assert!(
+            !delivery.is_finished(),
+            "the delivery ended without waiting for the user row: {:?}",
+            delivery.await
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    }
+    let session = session.expect("the delivery never waited for the user row");
     app.db.exec(&kill.replace("{}", &session)).await;
     let (status, _) = delivery.await.expect("delivery");
     assert!(status >= 500, "a failed delivery must be retried: {status}");
