@@ -194,9 +194,28 @@ fn options(backend: DbBackend) -> TransactionOptions {
     }
 }
 
+/// A deadlock, a serialization failure, a busy SQLite database or a concurrent twin's insert:
+/// over in an instant, so worth starting again. Not a lock wait that timed out: whoever holds
+/// the row holds it long, and Stripe's own retry comes later anyway.
 fn worth_retrying(err: &DbErr) -> bool {
-    migration::step::is_lock_conflict(err)
-        || matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
+    use sea_orm::{RuntimeErr, sqlx::mysql::MySqlDatabaseError};
+    if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) {
+        return true;
+    }
+    let (DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e))) = err
+    else {
+        return false;
+    };
+    let Some(db_err) = e.as_database_error() else {
+        return false;
+    };
+    if let Some(mysql) = db_err.try_downcast_ref::<MySqlDatabaseError>() {
+        return mysql.number() == 1213;
+    }
+    matches!(
+        db_err.code().as_deref(),
+        Some("40P01" | "40001" | "5" | "6" | "517" | "261")
+    )
 }
 
 async fn process_in(txn: &DatabaseTransaction, event: &Event) -> Result<Outcome, DbErr> {
