@@ -166,7 +166,7 @@ async fn eight_migrators_at_once_all_succeed_and_each_migration_runs_once(backen
     assert!(all.contains("waiting for the migration lock"), "{all}");
     assert_eq!(
         t.texts("SELECT count(*) FROM seaql_migrations").await,
-        vec!["8"]
+        vec![migration::Migrator::planned().len().to_string()]
     );
 }
 
