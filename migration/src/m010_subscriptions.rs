@@ -44,9 +44,10 @@
 //!     event describes (set by hand, say), with key `created = 0` so any event wins over it.
 //! * **The view is replaced lock-timed.** Replacing a view takes ACCESS EXCLUSIVE on it
 //!   (PostgreSQL) or a metadata lock (MySQL), so queued readers would wait behind us.
-//!   PostgreSQL's `CREATE OR REPLACE VIEW` may add columns at the end but not remove them, so
-//!   `down` drops and recreates m006's view in one transaction; SQLite has no `OR REPLACE`,
-//!   so there both directions drop and create in one transaction.
+//!   On PostgreSQL and SQLite both directions drop and create the view in one transaction
+//!   (their DDL is transactional, so readers never see it missing): PostgreSQL's `CREATE OR
+//!   REPLACE VIEW` cannot remove columns, which `down` needs, and SQLite has no `OR REPLACE`.
+//!   MySQL replaces it in place.
 //!
 //! # Backend quirks designed around
 //!

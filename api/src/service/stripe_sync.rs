@@ -88,10 +88,7 @@ pub enum LinkOutcome {
 
 /// Records and applies one webhook event, in one transaction.
 pub async fn process(db: &DatabaseConnection, event: &Event) -> Result<Outcome, ApiError> {
-    match retrying(db, Job::Event(event)).await? {
-        Done::Outcome(outcome) => Ok(outcome),
-        Done::Link(_) => unreachable_job(),
-    }
+    Ok(retrying!(db, |txn| process_in(txn, event)))
 }
 
 /// Applies a subscription's state as fetched from Stripe's API at `observed_at` (seconds since
@@ -107,10 +104,12 @@ pub async fn apply_fetched_subscription(
     snapshot: &Snapshot,
     observed_at: i64,
 ) -> Result<Outcome, ApiError> {
-    match retrying(db, Job::Fetched(snapshot, observed_at)).await? {
-        Done::Outcome(outcome) => Ok(outcome),
-        Done::Link(_) => unreachable_job(),
-    }
+    Ok(retrying!(db, |txn| async {
+        Ok(match apply_snapshot(txn, snapshot, observed_at).await? {
+            (Kept::Unchanged | Kept::Stale, Outcome::Applied) => Outcome::Duplicate,
+            (_, outcome) => outcome,
+        })
+    }))
 }
 
 /// Links a Stripe customer to a user: never one customer to two users, and a user keeps every
@@ -122,10 +121,7 @@ pub async fn link_customer(
     user_id: i64,
     customer: &str,
 ) -> Result<LinkOutcome, ApiError> {
-    match retrying(db, Job::Link(user_id, customer)).await? {
-        Done::Link(outcome) => Ok(outcome),
-        Done::Outcome(_) => unreachable_job(),
-    }
+    Ok(retrying!(db, |txn| link(txn, user_id, customer, None)))
 }
 
 /// The user a customer is linked to, if any.
@@ -143,65 +139,44 @@ pub async fn user_of_customer(
 /// retries later).
 const ATTEMPTS: u32 = 5;
 
-/// One unit of work, run in a transaction of its own by [`retrying`].
-enum Job<'a> {
-    Event(&'a Event),
-    Fetched(&'a Snapshot, i64),
-    Link(i64, &'a str),
-}
-
-enum Done {
-    Outcome(Outcome),
-    Link(LinkOutcome),
-}
-
-/// Each public function asks for one kind of [`Job`] and gets its kind of [`Done`] back.
-fn unreachable_job<T>() -> Result<T, ApiError> {
-    Err(ApiError::internal(std::io::Error::other(
-        "Stripe sync job answered with the wrong kind of result",
-    )))
-}
-
-async fn run(txn: &DatabaseTransaction, job: &Job<'_>) -> Result<Done, DbErr> {
-    Ok(match *job {
-        Job::Event(event) => Done::Outcome(process_in(txn, event).await?),
-        Job::Fetched(snapshot, observed_at) => {
-            let (kept, outcome) = apply_snapshot(txn, snapshot, observed_at).await?;
-            Done::Outcome(match (kept, outcome) {
-                (Kept::Unchanged | Kept::Stale, Outcome::Applied) => Outcome::Duplicate,
-                (_, outcome) => outcome,
-            })
-        }
-        Job::Link(user_id, customer) => Done::Link(link(txn, user_id, customer, None).await?),
-    })
-}
-
-/// Runs `job` in a transaction, from the start again when it conflicts with a concurrent one.
-/// Every job is idempotent, so a repeat is safe.
-async fn retrying(db: &DatabaseConnection, job: Job<'_>) -> Result<Done, DbErr> {
-    let mut attempt = 1;
-    loop {
-        let txn = db
-            .begin_with_options(options(db.get_database_backend()))
-            .await?;
-        let result = match run(&txn, &job).await {
-            Ok(done) => txn.commit().await.map(|()| done),
-            Err(err) => {
-                // Best effort: the connection may be gone, and the error that matters is `err`.
-                let _ = txn.rollback().await;
-                Err(err)
+/// Runs `$work` (a future using the transaction `$txn`) in a transaction, from the start
+/// again when it conflicts with a concurrent one; every piece of work here is idempotent, so a
+/// repeat is safe. Evaluates to the work's value, or returns the error as an `ApiError`.
+/// A macro rather than a function: a closure returning a future that borrows its argument
+/// cannot be named in a stable function signature.
+macro_rules! retrying {
+    ($db:expr, |$txn:ident| $work:expr) => {{
+        let db: &DatabaseConnection = $db;
+        let mut attempt = 1;
+        loop {
+            let txn = db
+                .begin_with_options(options(db.get_database_backend()))
+                .await?;
+            let result = {
+                let $txn = &txn;
+                $work.await
+            };
+            let result = match result {
+                Ok(value) => txn.commit().await.map(|()| value),
+                Err(err) => {
+                    // Best effort: the connection may be gone; the error that matters is `err`.
+                    let _ = txn.rollback().await;
+                    Err(err)
+                }
+            };
+            match result {
+                Ok(value) => break value,
+                Err(err) if attempt < ATTEMPTS && worth_retrying(&err) => {
+                    tracing::debug!(error = %err, attempt, "Stripe write conflicted; retrying");
+                    tokio::time::sleep(Duration::from_millis(10 * u64::from(attempt))).await;
+                    attempt += 1;
+                }
+                Err(err) => return Err(err.into()),
             }
-        };
-        match result {
-            Err(err) if attempt < ATTEMPTS && worth_retrying(&err) => {
-                tracing::debug!(error = %err, attempt, "Stripe write conflicted; retrying");
-                tokio::time::sleep(Duration::from_millis(10 * u64::from(attempt))).await;
-                attempt += 1;
-            }
-            other => return other,
         }
-    }
+    }};
 }
+use retrying;
 
 fn options(backend: DbBackend) -> TransactionOptions {
     match backend {
@@ -219,9 +194,28 @@ fn options(backend: DbBackend) -> TransactionOptions {
     }
 }
 
+/// A deadlock, a serialization failure, a busy SQLite database or a concurrent twin's insert:
+/// over in an instant, so worth starting again. Not a lock wait that timed out: whoever holds
+/// the row holds it long, and Stripe's own retry comes later anyway.
 fn worth_retrying(err: &DbErr) -> bool {
-    migration::step::is_lock_conflict(err)
-        || matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
+    use sea_orm::{RuntimeErr, sqlx::mysql::MySqlDatabaseError};
+    if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) {
+        return true;
+    }
+    let (DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e))) = err
+    else {
+        return false;
+    };
+    let Some(db_err) = e.as_database_error() else {
+        return false;
+    };
+    if let Some(mysql) = db_err.try_downcast_ref::<MySqlDatabaseError>() {
+        return mysql.number() == 1213;
+    }
+    matches!(
+        db_err.code().as_deref(),
+        Some("40P01" | "40001" | "5" | "6" | "517" | "261")
+    )
 }
 
 async fn process_in(txn: &DatabaseTransaction, event: &Event) -> Result<Outcome, DbErr> {
