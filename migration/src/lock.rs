@@ -119,16 +119,16 @@ impl MigrationLock {
 
     async fn open(url: &DatabaseUrl) -> Result<Self, Failure> {
         let unreachable = |err: sqlx::Error| {
-            Failure(format!(
+            Failure(url.scrub(&format!(
                 "cannot open the lock connection to {}: {err}",
                 url.display
-            ))
+            )))
         };
         let setup = |err: sqlx::Error| {
-            Failure(format!(
+            Failure(url.scrub(&format!(
                 "cannot set up the lock connection to {}: {err}",
                 url.display
-            ))
+            )))
         };
         Ok(match url.backend {
             DbBackend::Postgres => {
