@@ -221,7 +221,7 @@ async fn run_unscrubbed(
         env_number(lock::LOCK_WAIT_ENV, lock::DEFAULT_LOCK_WAIT.as_secs()).map_err(explain)?,
     );
     let held = MigrationLock::acquire(url, max_wait).await?;
-    let result = lock::while_held(held.holder(), change_schema(db, command))
+    let result = lock::while_held(held.holder(), url, change_schema(db, command))
         .await
         .map_err(explain);
     held.release().await;

@@ -180,6 +180,11 @@ pub async fn apply(
         };
         if let Err(err) = outcome {
             if !done_meanwhile(db, step, &err).await {
+                if is_already_exists(&err) {
+                    // Most likely the work of the migrator that took our lost lock: say so
+                    // rather than show its side effect.
+                    crate::lock::verify_held_elsewhere().await?;
+                }
                 return Err(err);
             }
             tracing::warn!(

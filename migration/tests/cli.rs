@@ -1331,3 +1331,31 @@ fn status_and_sql_create_no_sqlite_file_or_folder() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The lock is lost while a step of a migration in a transaction is under way, and what the
+/// step creates appears meanwhile (as another migrator would make it): its "already exists"
+/// aborts the transaction, so the step's probe cannot be asked again there. The error must
+/// still say what happened: the lock was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_lock_is_named_when_a_step_then_fails_on_already_exists_postgres() {
+    let t = TestDb::new(Backend::Postgres).await;
+    let mut child = spawn_paused(&["up"], &t.url, "m001_create_users:up:0");
+    let killed = t
+        .texts(
+            "SELECT pg_terminate_backend(pid)::text FROM pg_locks \
+             WHERE locktype = 'advisory' AND granted AND database = \
+             (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+        .await;
+    assert_eq!(killed, vec!["true"]);
+    t.exec("CREATE TABLE public.users (id bigint PRIMARY KEY)")
+        .await;
+    resume(&mut child);
+    let out = child.wait_with_output().expect("wait");
+    assert_clear_error(&out, "lost the migration lock");
+    assert!(
+        !stderr(&out).contains("has been applied"),
+        "{}",
+        stderr(&out)
+    );
+}
