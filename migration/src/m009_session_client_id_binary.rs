@@ -113,7 +113,7 @@ impl Planned for Migration {
                 )),
                 Step::new(
                     "payload MEDIUMTEXT (table copy, writes wait)",
-                    Mode::LockTimed,
+                    Mode::TableCopy { table: TABLE },
                     column("payload", "mediumtext", MySqlCollation::TableDefault),
                 )
                 .raw(payload(
@@ -123,7 +123,7 @@ impl Planned for Migration {
             Direction::Down => vec![
                 Step::new(
                     "payload TEXT (table copy, writes wait)",
-                    Mode::LockTimed,
+                    Mode::TableCopy { table: TABLE },
                     column("payload", "text", MySqlCollation::TableDefault),
                 )
                 .raw(payload(ColumnDef::new(SyncedSessions::Payload).text())),

@@ -1359,3 +1359,95 @@ async fn a_lost_lock_is_named_when_a_step_then_fails_on_already_exists_postgres(
         stderr(&out)
     );
 }
+
+/// m009's `MEDIUMTEXT` step copies `synced_sessions`. While a transaction has the table open
+/// (here a read, as a long report would), a copy could never take its final lock: the step
+/// waits without copying, then says why it stopped, instead of copying once per attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_copy_waits_for_open_transactions_instead_of_copying_mysql() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let t = TestDb::new(Backend::MySql).await;
+    assert!(migration(&["up", "-n", "8"], Some(&t.url)).status.success());
+    // m009's first step, done by hand: its own locks are not what this test is about.
+    t.exec(
+        "ALTER TABLE synced_sessions MODIFY client_id varchar(100) \
+         CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL",
+    )
+    .await;
+    let reader = t.db.begin().await.expect("begin");
+    reader
+        .execute_unprepared("SELECT count(*) FROM synced_sessions")
+        .await
+        .expect("read");
+    let out = Command::new(env!("CARGO_BIN_EXE_migration"))
+        .args(["up", "-n", "1", "-u", &t.url])
+        .env("MIGRATION_LOCK_TIMEOUT_MS", "20")
+        .env("MIGRATION_LOCK_ATTEMPTS", "3")
+        .output()
+        .expect("run migrator");
+    assert_clear_error(&out, "the table copy for \"payload MEDIUMTEXT");
+    let err = stderr(&out);
+    assert!(err.contains("was not started"), "{err}");
+    assert!(!err.contains("lock not granted"), "{err}");
+    assert_eq!(
+        err.matches("not starting the table copy").count(),
+        2,
+        "{err}"
+    );
+    reader.commit().await.expect("end the read");
+    let out = migration(&["up", "-n", "1"], Some(&t.url));
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// A transaction that opens the table while the copy runs makes the copy lose its final lock
+/// (after `lock_wait_timeout`, which MySQL counts in whole seconds, and the message says so):
+/// the copy is thrown away and reported, not started again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_copy_that_loses_its_final_lock_is_not_retried_mysql() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    use std::io::Write;
+    let t = TestDb::new(Backend::MySql).await;
+    assert!(migration(&["up", "-n", "8"], Some(&t.url)).status.success());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_migration"))
+        .args(["up", "-n", "1", "-u", &t.url])
+        .env(
+            "MIGRATION_PAUSE_BEFORE",
+            "m009_session_client_id_binary:up:1",
+        )
+        .env("MIGRATION_LOCK_TIMEOUT_MS", "20")
+        .env("MIGRATION_LOCK_ATTEMPTS", "3")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn migrator");
+    let mut reader_out = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut seen = String::new();
+    while !seen.contains("paused before") {
+        let mut line = String::new();
+        assert!(reader_out.read_line(&mut line).expect("read") > 0, "{seen}");
+        seen.push_str(&line);
+    }
+    child.stderr = Some(reader_out.into_inner());
+    let reader = t.db.begin().await.expect("begin");
+    reader
+        .execute_unprepared("SELECT count(*) FROM synced_sessions")
+        .await
+        .expect("read");
+    // Enough lines to resume every attempt the step might make.
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(b"\n\n\n").expect("resume");
+    drop(stdin);
+    let out = child.wait_with_output().expect("wait");
+    reader.commit().await.expect("end the read");
+    assert_clear_error(&out, "is not retried");
+    let err = stderr(&out);
+    assert!(err.contains("within 1000 ms"), "{err}");
+    assert_eq!(
+        err.matches("resumed before").count(),
+        1,
+        "the table was copied more than once:\n{err}"
+    );
+    let out = migration(&["up", "-n", "1"], Some(&t.url));
+    assert!(out.status.success(), "{}", stderr(&out));
+}
