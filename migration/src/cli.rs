@@ -156,14 +156,19 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
     if let Command::Sql(args) = &command
         && let Some(name) = &args.backend
     {
-        let schema = connect::schema_or_unset(cli.database_schema.as_deref())
+        let schema = connect::chosen_schema(cli.database_schema.as_deref())?
             .unwrap_or(crate::schema::DEFAULT_SCHEMA);
         return print_sql_offline(name, schema, args);
     }
     let url = resolve_url(cli.database_url.as_deref())?;
     let timeout = Duration::from_secs(cli.connect_timeout.max(1));
-    let schema = connect::schema_or_unset(cli.database_schema.as_deref());
-    let db = connect::open(&url, schema, timeout, 4).await?;
+    let schema = cli.database_schema.as_deref();
+    let db = match command {
+        Command::Status | Command::Sql(_) => {
+            connect::open_to_read(&url, schema, timeout, 4).await?
+        }
+        _ => connect::open(&url, schema, timeout, 4).await?,
+    };
     let result = run_with(&db, &url, &command).await;
     let _ = db.close().await;
     result
@@ -189,7 +194,19 @@ pub async fn migrate_up(db: &DatabaseConnection, url: &DatabaseUrl) -> Result<()
     run_with(db, url, &Command::Up { num: None }).await
 }
 
+/// Runs `command`; a database message in its error never shows the URL's password (a server
+/// may quote what it was sent).
 async fn run_with(
+    db: &DatabaseConnection,
+    url: &DatabaseUrl,
+    command: &Command,
+) -> Result<(), Failure> {
+    run_unscrubbed(db, url, command)
+        .await
+        .map_err(|failure| Failure(url.scrub(&failure.0)))
+}
+
+async fn run_unscrubbed(
     db: &DatabaseConnection,
     url: &DatabaseUrl,
     command: &Command,
@@ -204,7 +221,7 @@ async fn run_with(
         env_number(lock::LOCK_WAIT_ENV, lock::DEFAULT_LOCK_WAIT.as_secs()).map_err(explain)?,
     );
     let held = MigrationLock::acquire(url, max_wait).await?;
-    let result = lock::while_held(held.holder(), change_schema(db, command))
+    let result = lock::while_held(held.holder(), url, change_schema(db, command))
         .await
         .map_err(explain);
     held.release().await;

@@ -34,6 +34,8 @@ pub struct DatabaseUrl {
     /// The URL as [`redact`] shows it: safe to print.
     pub display: String,
     sqlite_file: Option<PathBuf>,
+    /// What [`DatabaseUrl::scrub`] removes from messages: the password and the raw userinfo.
+    secrets: Vec<String>,
 }
 
 /// Shows the redacted form only: a `{:?}` in a log line must not print the password either.
@@ -63,6 +65,15 @@ impl DatabaseUrl {
             ))
         };
         let mut sqlite_file = None;
+        if matches!(scheme, "postgres" | "postgresql" | "mysql" | "mariadb")
+            && !has_authority_or_host(raw.split_once(':').map_or("", |(_, rest)| rest))
+        {
+            return Err(Failure(format!(
+                "DATABASE_URL {display:?} has no `//` after `{scheme}:`: sqlx would read all of \
+                 it as a database name on the default host, not the server you meant. Write \
+                 {scheme}://user:password@host:port/database"
+            )));
+        }
         let backend = match scheme {
             "postgres" | "postgresql" => {
                 sqlx::postgres::PgConnectOptions::from_str(&raw).map_err(malformed)?;
@@ -94,12 +105,25 @@ impl DatabaseUrl {
                 )));
             }
         };
+        let secrets = secrets_of(&raw);
         Ok(Self {
             raw,
             backend,
             display,
             sqlite_file,
+            secrets,
         })
+    }
+
+    /// `text` (a server's or driver's message) with this URL's password and raw userinfo
+    /// replaced: a server may quote any part of what it was sent (a database name that swallowed
+    /// the password, a user name), and such a message is appended to ours.
+    pub fn scrub(&self, text: &str) -> String {
+        let mut text = text.to_owned();
+        for secret in &self.secrets {
+            text = text.replace(secret.as_str(), "***");
+        }
+        text
     }
 
     pub fn as_str(&self) -> &str {
@@ -123,6 +147,74 @@ fn file_behind(raw: &str, filename: &Path) -> Option<PathBuf> {
             .split_once('?')
             .is_some_and(|(_, query)| query.split('&').any(|pair| pair == "mode=memory"));
     (!in_memory).then(|| filename.to_path_buf())
+}
+
+/// `rest` (what follows `scheme:`) has a `//` authority, or names its server in a `host=` or
+/// `socket=` parameter. Without either, sqlx connects to its default host and takes the whole
+/// tail, password included, as the database name, which the server then prints back.
+fn has_authority_or_host(rest: &str) -> bool {
+    rest.starts_with("//")
+        || rest.split_once('?').is_some_and(|(_, query)| {
+            query.split('&').any(|pair| {
+                let key = pair.split_once('=').map_or(pair, |(key, _)| key);
+                key.eq_ignore_ascii_case("host") || key.eq_ignore_ascii_case("socket")
+            })
+        })
+}
+
+/// The password (as written and percent-decoded), the raw userinfo holding it, and the values
+/// of password parameters, longest first so that a longer secret is replaced whole.
+fn secrets_of(raw: &str) -> Vec<String> {
+    let mut secrets = Vec::new();
+    let rest = raw.split_once(':').map_or(raw, |(_, rest)| rest);
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let before_query = rest.split_once('?').map_or(rest, |(before, _)| before);
+    if let Some((userinfo, _)) = before_query.rsplit_once('@')
+        && let Some((_, password)) = userinfo.split_once(':')
+    {
+        secrets.push(userinfo.to_owned());
+        secrets.push(password.to_owned());
+    }
+    if let Some((_, query)) = rest.split_once('?') {
+        for pair in query.split('&') {
+            if let Some((key, value)) = pair.split_once('=')
+                && SECRET_PARAMETERS
+                    .iter()
+                    .any(|s| key.eq_ignore_ascii_case(s))
+            {
+                secrets.push(value.to_owned());
+            }
+        }
+    }
+    let decoded: Vec<String> = secrets.iter().map(|s| percent_decoded(s)).collect();
+    secrets.extend(decoded);
+    secrets.retain(|s| !s.is_empty());
+    secrets.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    secrets.dedup();
+    secrets
+}
+
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Query parameters that carry a secret; sqlx reads `password` for PostgreSQL and MySQL.
@@ -195,6 +287,25 @@ pub fn schema_or_unset(given: Option<&str>) -> Option<&str> {
     given.map(str::trim).filter(|schema| !schema.is_empty())
 }
 
+/// The schema given with `-s`/`DATABASE_SCHEMA`, if any, taken as a literal name: `Bill` is the
+/// schema `Bill`, `a,b` the one schema `a,b`. A value wrapped in double quotes is refused rather
+/// than guessed at (is `"Bill"` the schema `Bill`, or one whose name has quotes?).
+pub fn chosen_schema(given: Option<&str>) -> Result<Option<&str>, Failure> {
+    let schema = schema_or_unset(given);
+    if let Some(name) = schema
+        && name.len() >= 2
+        && name.starts_with('"')
+        && name.ends_with('"')
+    {
+        return Err(Failure(format!(
+            "-s/--database-schema (DATABASE_SCHEMA) {name:?} is wrapped in double quotes: give \
+             the bare name ({}); it is used exactly as written, case included",
+            &name[1..name.len() - 1]
+        )));
+    }
+    Ok(schema)
+}
+
 fn first_line(text: &str) -> &str {
     text.lines().next().unwrap_or(text)
 }
@@ -221,7 +332,62 @@ pub async fn open_with(
     max_connections: u32,
     tune: impl FnOnce(&mut ConnectOptions),
 ) -> Result<DatabaseConnection, Failure> {
-    if let Some(file) = url.sqlite_file() {
+    open_inner(
+        url,
+        schema,
+        timeout,
+        max_connections,
+        Access::ReadWrite,
+        tune,
+    )
+    .await
+}
+
+/// [`open`] for commands that only read (`status`, `sql`): nothing is created, neither the
+/// SQLite file nor its folder.
+pub async fn open_to_read(
+    url: &DatabaseUrl,
+    schema: Option<&str>,
+    timeout: Duration,
+    max_connections: u32,
+) -> Result<DatabaseConnection, Failure> {
+    open_inner(
+        url,
+        schema,
+        timeout,
+        max_connections,
+        Access::ReadOnly,
+        |_| {},
+    )
+    .await
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    ReadWrite,
+    ReadOnly,
+}
+
+async fn open_inner(
+    url: &DatabaseUrl,
+    schema: Option<&str>,
+    timeout: Duration,
+    max_connections: u32,
+    access: Access,
+    tune: impl FnOnce(&mut ConnectOptions),
+) -> Result<DatabaseConnection, Failure> {
+    let schema = chosen_schema(schema)?;
+    if access == Access::ReadOnly
+        && let Some(file) = url.sqlite_file()
+        && !file.exists()
+    {
+        return Err(Failure(format!(
+            "the SQLite database {} does not exist: nothing is applied yet (`migration up` \
+             creates it)",
+            file.display()
+        )));
+    }
+    if let Some(file) = url.sqlite_file().filter(|_| access == Access::ReadWrite) {
         // SQLite creates the file (with mode=rwc) but not the folder it lives in.
         if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|err| {
@@ -238,54 +404,51 @@ pub async fn open_with(
         .acquire_timeout(timeout)
         .max_connections(max_connections)
         .sqlx_logging(false);
-    let schema = schema_or_unset(schema).filter(|_| url.backend == DbBackend::Postgres);
+    // Pinned to exactly one schema, `public` by default, as stock sea-orm-cli does: the
+    // server's default `"$user", public` would move unqualified names (SeaORM's
+    // `seaql_migrations`) into any schema named after the role. Quoted here so that SeaORM
+    // takes the name as it is (it splits unquoted names at commas).
+    let schema = schema.unwrap_or(crate::schema::DEFAULT_SCHEMA);
     if url.backend == DbBackend::Postgres {
-        // Pinned to exactly one schema, `public` by default, as stock sea-orm-cli does: the
-        // server's default `"$user", public` would move unqualified names (SeaORM's
-        // `seaql_migrations`) into any schema named after the role. Quoted here so that
-        // SeaORM takes the name as it is (it splits unquoted names at commas).
-        let schema = schema.unwrap_or(crate::schema::DEFAULT_SCHEMA);
         options.set_schema_search_path(format!("\"{}\"", schema.replace('"', "\"\"")));
     }
     tune(&mut options);
     let db = Database::connect(options)
         .await
         .map_err(|err| explain_connect_error(url, timeout, &err))?;
-    if let Some(schema) = schema {
-        require_schemas(&db, url, schema).await?;
+    if url.backend == DbBackend::Postgres {
+        require_schema(&db, url, schema).await?;
     }
     Ok(db)
 }
 
-/// PostgreSQL accepts a `search_path` naming schemas that do not exist; every statement after
-/// that would fail with "no schema has been selected to create in".
-async fn require_schemas(
+/// PostgreSQL accepts a `search_path` naming a schema that does not exist (the default
+/// `public` too, once dropped); every statement after that would fail with "no schema has been
+/// selected to create in". `name` is exactly what went into `search_path`.
+async fn require_schema(
     db: &DatabaseConnection,
     url: &DatabaseUrl,
-    search_path: &str,
+    name: &str,
 ) -> Result<(), Failure> {
-    for schema in search_path.split(',') {
-        let name = schema.trim().trim_matches('"');
-        let found = db
-            .query_one_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                "SELECT 1 FROM pg_namespace WHERE nspname = $1",
-                [name.into()],
-            ))
-            .await
-            .map_err(|err| {
-                Failure(format!(
-                    "cannot look up schema {name:?} in {}: {err}",
-                    url.display
-                ))
-            })?;
-        if found.is_none() {
-            return Err(Failure(format!(
-                "schema {name:?} does not exist in {}: create it (CREATE SCHEMA ...) or fix \
-                 -s/--database-schema (DATABASE_SCHEMA)",
+    let found = db
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT 1 FROM pg_namespace WHERE nspname = $1",
+            [name.into()],
+        ))
+        .await
+        .map_err(|err| {
+            Failure(url.scrub(&format!(
+                "cannot look up schema {name:?} in {}: {err}",
                 url.display
-            )));
-        }
+            )))
+        })?;
+    if found.is_none() {
+        return Err(Failure(format!(
+            "schema {name:?} does not exist in {}: create it (CREATE SCHEMA ...) or fix \
+             -s/--database-schema (DATABASE_SCHEMA)",
+            url.display
+        )));
     }
     Ok(())
 }
@@ -340,7 +503,7 @@ pub fn explain_connect_error(url: &DatabaseUrl, timeout: Duration, err: &DbErr) 
         ),
         None => format!("cannot connect to {target}: {err}"),
     };
-    Failure(message)
+    Failure(url.scrub(&message))
 }
 
 #[cfg(test)]
@@ -503,6 +666,67 @@ mod tests {
         assert_eq!(file("sqlite::memory:"), None);
         assert_eq!(file("sqlite://?mode=memory"), None);
         assert_eq!(file("sqlite://x.sqlite?mode=memory"), None);
+    }
+
+    #[test]
+    fn a_url_without_an_authority_is_refused_unless_it_names_a_host() {
+        for url in [
+            "postgres:u:hunter2@dbhost:5432/db",
+            "postgresql:u:hunter2@dbhost/db",
+            "mysql:u:hunter2@127.0.0.1:1/db",
+            "mariadb:u:hunter2@h/db",
+        ] {
+            let Err(failure) = DatabaseUrl::parse(url) else {
+                panic!("{url} parsed");
+            };
+            assert!(failure.0.contains("has no `//`"), "{failure}");
+            assert!(!failure.0.contains("hunter2"), "{failure}");
+        }
+        assert!(DatabaseUrl::parse("postgres:db?host=/var/run/postgresql").is_ok());
+        assert!(DatabaseUrl::parse("mysql:db?socket=/run/mysqld/mysqld.sock").is_ok());
+    }
+
+    #[test]
+    fn scrub_removes_the_password_and_the_userinfo() {
+        for (url, message) in [
+            (
+                "postgres:u:hunter2@dbhost?host=h",
+                r#"database "u:hunter2@dbhost" does not exist"#,
+            ),
+            (
+                "postgres://u:p%40hunter2@h/db",
+                "password p@hunter2 rejected",
+            ),
+            (
+                "postgres://u:p%40hunter2@h/db",
+                "password p%40hunter2 rejected",
+            ),
+            ("postgres://u@h/db?password=hunter2", "hunter2 rejected"),
+            (
+                "mysql://root:s3cr/hunter2@h:1/db",
+                "Unknown database 's3cr/hunter2'",
+            ),
+        ] {
+            let Ok(parsed) = DatabaseUrl::parse(url) else {
+                // A URL that does not parse is never sent to a server.
+                continue;
+            };
+            let scrubbed = parsed.scrub(message);
+            assert!(!scrubbed.contains("hunter2"), "{url}: {scrubbed}");
+        }
+        let parsed = DatabaseUrl::parse("postgres://app@h/db").unwrap();
+        assert_eq!(parsed.scrub("role app is fine"), "role app is fine");
+    }
+
+    #[test]
+    fn a_quoted_schema_is_refused() {
+        assert!(chosen_schema(Some("\"Bill\"")).is_err());
+        assert_eq!(chosen_schema(Some("Bill")), Ok(Some("Bill")));
+        assert_eq!(
+            chosen_schema(Some("Odd \"Sch,ema")),
+            Ok(Some("Odd \"Sch,ema"))
+        );
+        assert_eq!(chosen_schema(Some(" ")), Ok(None));
     }
 
     #[test]

@@ -76,7 +76,8 @@ pub fn render(
                 step.summary,
                 step.done_when.describe()
             );
-            let own_transaction = step.mode == Mode::LockTimed && !wrapped;
+            let own_transaction =
+                matches!(step.mode, Mode::LockTimed | Mode::TableCopy { .. }) && !wrapped;
             if own_transaction {
                 out.push_str("BEGIN;\n");
                 if let Some(sql) = lock_timeout_sql(backend, settings.lock_timeout) {

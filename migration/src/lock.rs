@@ -14,11 +14,12 @@
 //! step first checks that the lock is still held ([`verify_held`]) and stops with a clear error
 //! when it is not: another migrator may have taken it.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::fs::File;
 use std::future::{Future, poll_fn};
 use std::path::{Path, PathBuf};
 use std::pin::pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sea_orm_migration::sea_orm::sqlx::{self, Connection};
@@ -119,16 +120,16 @@ impl MigrationLock {
 
     async fn open(url: &DatabaseUrl) -> Result<Self, Failure> {
         let unreachable = |err: sqlx::Error| {
-            Failure(format!(
+            Failure(url.scrub(&format!(
                 "cannot open the lock connection to {}: {err}",
                 url.display
-            ))
+            )))
         };
         let setup = |err: sqlx::Error| {
-            Failure(format!(
+            Failure(url.scrub(&format!(
                 "cannot set up the lock connection to {}: {err}",
                 url.display
-            ))
+            )))
         };
         Ok(match url.backend {
             DbBackend::Postgres => {
@@ -284,23 +285,82 @@ fn sqlstate(err: &sqlx::Error) -> Option<String> {
 thread_local! {
     /// The lock the migrations now running are under (see [`while_held`]).
     static HELD: Cell<Option<Holder>> = const { Cell::new(None) };
+    /// The database that lock is on, for [`verify_held_elsewhere`].
+    static HELD_ON: RefCell<Option<Arc<DatabaseUrl>>> = const { RefCell::new(None) };
 }
 
-/// Runs `work` (SeaORM's runner, which calls our steps) with `holder` known to every step it
-/// reaches, on whichever runtime and thread polls it: the holder is in place during each poll.
-pub async fn while_held<F: Future>(holder: Option<Holder>, work: F) -> F::Output {
-    struct Restore(Option<Holder>);
+/// Runs `work` (SeaORM's runner, which calls our steps) with `holder` (a lock on `url`) known
+/// to every step it reaches, on whichever runtime and thread polls it: the holder is in place
+/// during each poll.
+pub async fn while_held<F: Future>(
+    holder: Option<Holder>,
+    url: &DatabaseUrl,
+    work: F,
+) -> F::Output {
+    struct Restore(Option<Holder>, Option<Arc<DatabaseUrl>>);
     impl Drop for Restore {
         fn drop(&mut self) {
             HELD.set(self.0);
+            HELD_ON.set(self.1.take());
         }
     }
+    let url = Arc::new(url.clone());
     let mut work = pin!(work);
     poll_fn(|cx| {
-        let _restore = Restore(HELD.replace(holder));
+        let _restore = Restore(
+            HELD.replace(holder),
+            HELD_ON.replace(Some(Arc::clone(&url))),
+        );
         work.as_mut().poll(cx)
     })
     .await
+}
+
+/// [`verify_held`] on a connection of its own, for when the migration's connection cannot ask:
+/// on PostgreSQL a failed statement aborts the migration's transaction, and the step's "already
+/// exists" may be the doing of the migrator that took our lost lock. When the check itself
+/// cannot run, it says nothing (the caller keeps the step's own error).
+pub async fn verify_held_elsewhere() -> Result<(), DbErr> {
+    let (Some(holder), Some(url)) = (HELD.get(), HELD_ON.with_borrow(Clone::clone)) else {
+        return Ok(());
+    };
+    let held = match holder {
+        Holder::Postgres(pid) => async {
+            let mut conn = sqlx::PgConnection::connect(url.as_str()).await?;
+            let held = sqlx::query_scalar::<_, bool>(PG_HOLDS)
+                .bind(pid)
+                .fetch_one(&mut conn)
+                .await;
+            let _ = conn.close().await;
+            held
+        }
+        .await
+        .ok(),
+        Holder::MySql(id) => async {
+            let mut conn = sqlx::MySqlConnection::connect(url.as_str()).await?;
+            let held = sqlx::query_scalar::<_, i64>(MYSQL_HOLDS)
+                .bind(id)
+                .fetch_one(&mut conn)
+                .await;
+            let _ = conn.close().await;
+            held.map(|held| held == 1)
+        }
+        .await
+        .ok(),
+    };
+    match held {
+        Some(false) => Err(lost_lock()),
+        Some(true) | None => Ok(()),
+    }
+}
+
+fn lost_lock() -> DbErr {
+    DbErr::Migration(
+        "lost the migration lock: its connection was closed (an idle timeout, a proxy or an \
+         administrator), so another migrator may be running now. Stopped before the next step; \
+         run the command again, and it finishes what is left"
+            .to_owned(),
+    )
 }
 
 /// Fails when the migration lock this work runs under (if any) is no longer held: the lock's
@@ -325,10 +385,5 @@ pub async fn verify_held<C: ConnectionTrait>(db: &C) -> Result<(), DbErr> {
     if held {
         return Ok(());
     }
-    Err(DbErr::Migration(
-        "lost the migration lock: its connection was closed (an idle timeout, a proxy or an \
-         administrator), so another migrator may be running now. Stopped before the next step; \
-         run the command again, and it finishes what is left"
-            .to_owned(),
-    ))
+    Err(lost_lock())
 }

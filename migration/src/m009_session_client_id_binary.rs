@@ -28,6 +28,14 @@
 //!   table, run `up` in a quiet window (or apply this step with an online schema-change tool
 //!   and let the probe skip it). It is a step of its own so that the online collation change
 //!   never waits behind it.
+//! * **The copy is [`Mode::TableCopy`], not retried.** Its last act is to take an exclusive
+//!   metadata lock; any transaction that has the table open (a read left open is enough) holds
+//!   that off past `lock_wait_timeout`, and the finished copy is thrown away. Retried like a
+//!   metadata-only change, that was up to MIGRATION_LOCK_ATTEMPTS full copies and as many write
+//!   stalls. So the step first waits until no transaction has the table open, checked with
+//!   `LOCK TABLES ... WRITE NOWAIT` (answers at once, queues no one; this MariaDB has no
+//!   `METADATA_LOCK_INFO` plugin, and `innodb_trx` does not say which tables a transaction
+//!   holds), and then copies once; a final lock lost anyway is reported, not retried.
 //! * Each step is re-runnable: its probe reads the column's type and collation from
 //!   `information_schema.columns`, so a crash or a lock timeout half-way is finished by
 //!   running `up` (or `down`) again. MySQL DDL is not transactional, hence no wrapping
@@ -113,7 +121,7 @@ impl Planned for Migration {
                 )),
                 Step::new(
                     "payload MEDIUMTEXT (table copy, writes wait)",
-                    Mode::LockTimed,
+                    Mode::TableCopy { table: TABLE },
                     column("payload", "mediumtext", MySqlCollation::TableDefault),
                 )
                 .raw(payload(
@@ -123,7 +131,7 @@ impl Planned for Migration {
             Direction::Down => vec![
                 Step::new(
                     "payload TEXT (table copy, writes wait)",
-                    Mode::LockTimed,
+                    Mode::TableCopy { table: TABLE },
                     column("payload", "text", MySqlCollation::TableDefault),
                 )
                 .raw(payload(ColumnDef::new(SyncedSessions::Payload).text())),

@@ -48,6 +48,12 @@ pub enum Mode {
     /// backoff and jitter when the lock is not granted in time. For steps that take a heavy
     /// table lock for a metadata-only change.
     LockTimed,
+    /// A lock-timed step that copies `table` (MySQL's `ALGORITHM=COPY`): not retried blindly,
+    /// since a copy that cannot take its final lock is thrown away and each retry copies the
+    /// whole table again, blocking writes all the while. Before the copy starts, and until
+    /// MIGRATION_LOCK_ATTEMPTS checks have passed, it waits while any transaction has the
+    /// table open ([`table_in_use`]); then it makes one attempt.
+    TableCopy { table: &'static str },
     /// One statement at a time, outside any transaction: `CREATE INDEX CONCURRENTLY` and
     /// friends, which PostgreSQL refuses to run in a transaction block.
     Online,
@@ -177,9 +183,17 @@ pub async fn apply(
         let outcome = match step.mode {
             Mode::Plain | Mode::Online => run_plain(db, step, &pause).await,
             Mode::LockTimed => run_lock_timed(db, step, &settings, &position, &pause).await,
+            Mode::TableCopy { table } => {
+                run_table_copy(db, step, table, &settings, &position, &pause).await
+            }
         };
         if let Err(err) = outcome {
             if !done_meanwhile(db, step, &err).await {
+                if is_already_exists(&err) {
+                    // Most likely the work of the migrator that took our lost lock: say so
+                    // rather than show its side effect.
+                    crate::lock::verify_held_elsewhere().await?;
+                }
                 return Err(err);
             }
             tracing::warn!(
@@ -250,46 +264,19 @@ async fn run_lock_timed(
     pause: &PauseHook<'_>,
 ) -> Result<(), DbErr> {
     let backend = db.get_database_backend();
+    let in_force = lock_timeout_in_force(backend, settings.lock_timeout).as_millis();
     let mut attempt = 1u32;
     loop {
         if attempt > 1 {
             // Retries can go on for a minute: the lock must still be ours for each.
             crate::lock::verify_held(db).await?;
         }
-        let result = async {
-            // One transaction pins one pooled connection, so the timeout below governs exactly
-            // the statements that follow it.
-            let txn = db.begin().await?;
-            if let Some(sql) = lock_timeout_sql(backend, settings.lock_timeout) {
-                txn.execute_unprepared(&sql).await?;
-            }
-            let mut outcome = Ok(());
-            for (k, sql) in step.statements.iter().enumerate() {
-                pause.check(k);
-                outcome = txn.execute_unprepared(sql).await.map(|_| ());
-                if outcome.is_err() {
-                    break;
-                }
-            }
-            if let Some(sql) = lock_timeout_reset_sql(backend) {
-                // MySQL's setting is per session and the connection goes back to the pool.
-                // Best effort: a failure here must not mask the statement's own error.
-                let reset = txn.execute_unprepared(sql).await;
-                if outcome.is_ok() {
-                    outcome = reset.map(|_| ());
-                }
-            }
-            outcome?;
-            txn.commit().await
-        }
-        .await;
-        match result {
+        match attempt_lock_timed(db, step, settings, pause).await {
             Ok(()) => return Ok(()),
             Err(err) if is_lock_conflict(&err) && attempt < settings.attempts => {
                 let wait = settings.backoff(attempt);
                 tracing::warn!(
-                    "{position}: lock not granted within {} ms (attempt {attempt}/{}), retrying in {} ms",
-                    settings.lock_timeout.as_millis(),
+                    "{position}: lock not granted within {in_force} ms (attempt {attempt}/{}), retrying in {} ms",
                     settings.attempts,
                     wait.as_millis()
                 );
@@ -299,16 +286,144 @@ async fn run_lock_timed(
             Err(err) if is_lock_conflict(&err) => {
                 return Err(DbErr::Migration(format!(
                     "{position}: could not take the table lock for \"{}\" after {attempt} attempts \
-                     of {} ms each; a long-running transaction is probably holding it. Find it with \
+                     of {in_force} ms each; a long-running transaction is probably holding it. Find it with \
                      `SELECT pid, state, xact_start, query FROM pg_stat_activity` (PostgreSQL) or \
                      `SHOW PROCESSLIST` (MySQL), then run the migration again: finished steps are \
                      skipped. MIGRATION_LOCK_TIMEOUT_MS and MIGRATION_LOCK_ATTEMPTS tune this.",
                     step.summary,
-                    settings.lock_timeout.as_millis()
                 )));
             }
             Err(err) => return Err(err),
         }
+    }
+}
+
+/// One try of a lock-timed step, in a transaction of its own under the lock timeout.
+async fn attempt_lock_timed(
+    db: &SchemaManagerConnection<'_>,
+    step: &Step,
+    settings: &LockSettings,
+    pause: &PauseHook<'_>,
+) -> Result<(), DbErr> {
+    let backend = db.get_database_backend();
+    // One transaction pins one pooled connection, so the timeout below governs exactly the
+    // statements that follow it.
+    let txn = db.begin().await?;
+    if let Some(sql) = lock_timeout_sql(backend, settings.lock_timeout) {
+        txn.execute_unprepared(&sql).await?;
+    }
+    let mut outcome = Ok(());
+    for (k, sql) in step.statements.iter().enumerate() {
+        pause.check(k);
+        outcome = txn.execute_unprepared(sql).await.map(|_| ());
+        if outcome.is_err() {
+            break;
+        }
+    }
+    if let Some(sql) = lock_timeout_reset_sql(backend) {
+        // MySQL's setting is per session and the connection goes back to the pool.
+        // Best effort: a failure here must not mask the statement's own error.
+        let reset = txn.execute_unprepared(sql).await;
+        if outcome.is_ok() {
+            outcome = reset.map(|_| ());
+        }
+    }
+    outcome?;
+    txn.commit().await
+}
+
+/// A [`Mode::TableCopy`] step: waits (with backoff, up to MIGRATION_LOCK_ATTEMPTS checks) until
+/// no transaction has `table` open, then copies once. The copy can still lose its final lock
+/// to a transaction that opened the table during the copy; that is reported, not retried.
+async fn run_table_copy(
+    db: &SchemaManagerConnection<'_>,
+    step: &Step,
+    table: &str,
+    settings: &LockSettings,
+    position: &str,
+    pause: &PauseHook<'_>,
+) -> Result<(), DbErr> {
+    let backend = db.get_database_backend();
+    let in_force = lock_timeout_in_force(backend, settings.lock_timeout).as_millis();
+    let mut check = 1u32;
+    while table_in_use(db, table).await? == Some(true) {
+        if check >= settings.attempts {
+            return Err(DbErr::Migration(format!(
+                "{position}: a transaction kept `{table}` open through {check} checks, so the \
+                 table copy for \"{}\" was not started: it could not take its final lock while \
+                 that transaction lasts. Find it with `SELECT * FROM information_schema.innodb_trx` \
+                 or `SHOW PROCESSLIST`, end it, then run the migration again: finished steps are \
+                 skipped. MIGRATION_LOCK_ATTEMPTS tunes how often this checks.",
+                step.summary
+            )));
+        }
+        let wait = settings.backoff(check);
+        tracing::warn!(
+            "{position}: a transaction has `{table}` open; not starting the table copy \
+             (check {check}/{}), checking again in {} ms",
+            settings.attempts,
+            wait.as_millis()
+        );
+        crate::sleep(wait).await;
+        crate::lock::verify_held(db).await?;
+        check += 1;
+    }
+    match attempt_lock_timed(db, step, settings, pause).await {
+        Err(err) if is_lock_conflict(&err) => Err(DbErr::Migration(format!(
+            "{position}: the table copy for \"{}\" could not take its final lock on `{table}` \
+             within {in_force} ms: a transaction opened the table while it was being copied. The \
+             copy was thrown away and is not retried (each try copies the whole table again, and \
+             writes wait for it). Run the migration again in a quieter moment; finished steps are \
+             skipped.",
+            step.summary
+        ))),
+        other => other,
+    }
+}
+
+/// Whether some transaction has `table` open (holds a metadata lock on it): MariaDB's
+/// `LOCK TABLES ... WRITE NOWAIT` fails at once if so, and otherwise holds the lock for no
+/// longer than the round trip to `UNLOCK TABLES`, so it never queues readers or writers.
+/// `None` when that cannot be asked (MySQL has no `NOWAIT` there; a user without the LOCK
+/// TABLES privilege; PostgreSQL and SQLite, which copy no tables).
+pub async fn table_in_use(
+    db: &SchemaManagerConnection<'_>,
+    table: &str,
+) -> Result<Option<bool>, DbErr> {
+    use sea_orm_migration::sea_orm::{RuntimeErr, sqlx::mysql::MySqlDatabaseError};
+    let backend = db.get_database_backend();
+    if backend != DbBackend::MySql {
+        return Ok(None);
+    }
+    // A transaction pins one connection for LOCK and UNLOCK (LOCK TABLES commits it; the
+    // COMMIT after is a no-op).
+    let txn = db.begin().await?;
+    let name = crate::schema::qualified(backend, table);
+    let locked = txn
+        .execute_unprepared(&format!("LOCK TABLES {name} WRITE NOWAIT"))
+        .await;
+    let _ = txn.execute_unprepared("UNLOCK TABLES").await;
+    let _ = txn.commit().await;
+    match locked {
+        Ok(_) => Ok(Some(false)),
+        Err(err) if is_lock_conflict(&err) => Ok(Some(true)),
+        Err(DbErr::Exec(RuntimeErr::SqlxError(e)))
+            if e.as_database_error()
+                .and_then(|d| d.try_downcast_ref::<MySqlDatabaseError>())
+                .is_some() =>
+        {
+            tracing::debug!("cannot check whether {name} is in use: {e}");
+            Ok(None)
+        }
+        Err(err) => Err(err),
+    }
+}
+
+/// The lock timeout the server applies for `asked`: MySQL counts whole seconds.
+pub fn lock_timeout_in_force(backend: DbBackend, asked: Duration) -> Duration {
+    match backend {
+        DbBackend::MySql => Duration::from_secs(asked.as_millis().div_ceil(1000).max(1) as u64),
+        _ => asked,
     }
 }
 
@@ -323,7 +438,7 @@ pub fn lock_timeout_sql(backend: DbBackend, timeout: Duration) -> Option<String>
         // asked), one second at least.
         DbBackend::MySql => Some(format!(
             "SET SESSION lock_wait_timeout = {}",
-            timeout.as_millis().div_ceil(1000).max(1)
+            lock_timeout_in_force(backend, timeout).as_secs()
         )),
         // SQLite has one writer at a time and waits through its busy timeout.
         _ => None,
@@ -403,6 +518,16 @@ impl PauseHook<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_messages_show_the_timeout_in_force() {
+        let asked = Duration::from_millis(50);
+        assert_eq!(
+            lock_timeout_in_force(DbBackend::MySql, asked),
+            Duration::from_secs(1)
+        );
+        assert_eq!(lock_timeout_in_force(DbBackend::Postgres, asked), asked);
+    }
 
     #[test]
     fn mysql_lock_timeout_rounds_up_to_whole_seconds() {

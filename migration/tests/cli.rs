@@ -1200,3 +1200,254 @@ fn assert_names_schema(line: &str, schema: &str) {
         }
     }
 }
+
+/// Without `//`, sqlx connects to its default host and takes the rest, password included, as
+/// the database name, which the server prints back. Such URLs are refused before connecting.
+#[test]
+fn a_url_without_slashes_is_refused_without_printing_the_password() {
+    for url in [
+        "postgres:postgres:hunter2@127.0.0.1:5432/db",
+        "postgresql:postgres:hunter2@127.0.0.1:5432/db",
+        "mysql:root:hunter2@127.0.0.1:1/db",
+        "mariadb:root:hunter2@127.0.0.1:1/db",
+    ] {
+        for command in ["status", "up"] {
+            let out = Command::new(env!("CARGO_BIN_EXE_migration"))
+                .args([command, "--connect-timeout", "1", "-u", url])
+                // The role sqlx uses by default: the server answers, about the database.
+                .env("PGUSER", "postgres")
+                .output()
+                .expect("run migrator");
+            assert_clear_error(&out, "has no `//`");
+            let text = all_output(&out);
+            assert!(!text.contains("hunter2"), "{url} {command}:\n{text}");
+        }
+    }
+}
+
+/// With `host=` the server is named, so the URL is taken; the server's "database ... does not
+/// exist" then quotes the userinfo, which is scrubbed from the message, in the `migration`
+/// binary and on the path the `billing` binary opens its database by.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_message_never_shows_the_password_postgres() {
+    let url = "postgres:someone:hunter2@nowhere?host=127.0.0.1&port=5432&user=postgres";
+    let out = migration(&["status", "--connect-timeout", "2"], Some(url));
+    assert_clear_error(&out, "does not exist");
+    assert!(
+        !all_output(&out).contains("hunter2"),
+        "{}",
+        all_output(&out)
+    );
+
+    let parsed = migration::cli::resolve_url(Some(url)).expect("a host is named");
+    let Err(failure) =
+        migration::connect::open(&parsed, None, std::time::Duration::from_secs(2), 1).await
+    else {
+        panic!("connected to a database that does not exist");
+    };
+    assert!(failure.0.contains("does not exist"), "{failure}");
+    assert!(!failure.0.contains("hunter2"), "{failure}");
+}
+
+/// A quoted schema is refused with a message saying what to give instead, rather than set
+/// verbatim in `search_path` and checked unquoted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quoted_schema_is_refused_postgres() {
+    let t = TestDb::new(Backend::Postgres).await;
+    t.exec("CREATE SCHEMA \"Bill\"").await;
+    assert!(
+        migration(&["-s", "Bill", "up"], Some(&t.url))
+            .status
+            .success()
+    );
+    for command in ["status", "up"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_migration"))
+            .args([command, "--connect-timeout", "2", "-u", &t.url])
+            .env("DATABASE_SCHEMA", "\"Bill\"")
+            .output()
+            .expect("run migrator");
+        assert_clear_error(&out, "give the bare name (Bill)");
+    }
+    let out = migration(&["-s", "Bill", "status"], Some(&t.url));
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        listed.matches("Applied").count(),
+        migration_count(),
+        "{listed}"
+    );
+}
+
+/// A schema name with a quote and a comma is one schema, the one that exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_odd_schema_name_is_taken_literally_postgres() {
+    let t = TestDb::new(Backend::Postgres).await;
+    t.exec("CREATE SCHEMA \"Odd \"\"Sch,ema\"").await;
+    let up = migration(&["-s", "Odd \"Sch,ema", "up"], Some(&t.url));
+    assert!(up.status.success(), "{}", stderr(&up));
+    assert_eq!(
+        t.texts("SELECT count(*) FROM \"Odd \"\"Sch,ema\".seaql_migrations")
+            .await,
+        vec![migration_count().to_string()]
+    );
+    assert_eq!(
+        snapshot(&t).await,
+        Vec::<String>::new(),
+        "public was touched"
+    );
+}
+
+/// With no `-s`, `public` is the schema, and it is checked like a chosen one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_public_schema_is_named_postgres() {
+    let t = TestDb::new(Backend::Postgres).await;
+    t.exec("DROP SCHEMA public").await;
+    for command in ["status", "up"] {
+        let out = migration(&[command, "--connect-timeout", "2"], Some(&t.url));
+        assert_clear_error(&out, "schema \"public\" does not exist");
+    }
+}
+
+/// `status` and `sql` on a SQLite database that does not exist create nothing, not even its
+/// folder.
+#[test]
+fn status_and_sql_create_no_sqlite_file_or_folder() {
+    let dir = std::env::temp_dir().join(format!("billing-nofile-{}", support::random_name()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for url in [
+        "sqlite:newdir/sub/x.sqlite",
+        "sqlite://newdir/sub/x.sqlite?mode=rwc",
+    ] {
+        for args in [&["status"][..], &["sql"]] {
+            let out = Command::new(env!("CARGO_BIN_EXE_migration"))
+                .args(args)
+                .args(["-u", url])
+                .current_dir(&dir)
+                .output()
+                .expect("run migrator");
+            assert_clear_error(&out, "does not exist");
+            let made: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+            assert!(made.is_empty(), "{url} {args:?} wrote {made:?}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The lock is lost while a step of a migration in a transaction is under way, and what the
+/// step creates appears meanwhile (as another migrator would make it): its "already exists"
+/// aborts the transaction, so the step's probe cannot be asked again there. The error must
+/// still say what happened: the lock was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_lock_is_named_when_a_step_then_fails_on_already_exists_postgres() {
+    let t = TestDb::new(Backend::Postgres).await;
+    let mut child = spawn_paused(&["up"], &t.url, "m001_create_users:up:0");
+    let killed = t
+        .texts(
+            "SELECT pg_terminate_backend(pid)::text FROM pg_locks \
+             WHERE locktype = 'advisory' AND granted AND database = \
+             (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+        .await;
+    assert_eq!(killed, vec!["true"]);
+    t.exec("CREATE TABLE public.users (id bigint PRIMARY KEY)")
+        .await;
+    resume(&mut child);
+    let out = child.wait_with_output().expect("wait");
+    assert_clear_error(&out, "lost the migration lock");
+    assert!(
+        !stderr(&out).contains("has been applied"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// m009's `MEDIUMTEXT` step copies `synced_sessions`. While a transaction has the table open
+/// (here a read, as a long report would), a copy could never take its final lock: the step
+/// waits without copying, then says why it stopped, instead of copying once per attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_copy_waits_for_open_transactions_instead_of_copying_mysql() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let t = TestDb::new(Backend::MySql).await;
+    assert!(migration(&["up", "-n", "8"], Some(&t.url)).status.success());
+    // m009's first step, done by hand: its own locks are not what this test is about.
+    t.exec(
+        "ALTER TABLE synced_sessions MODIFY client_id varchar(100) \
+         CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL",
+    )
+    .await;
+    let reader = t.db.begin().await.expect("begin");
+    reader
+        .execute_unprepared("SELECT count(*) FROM synced_sessions")
+        .await
+        .expect("read");
+    let out = Command::new(env!("CARGO_BIN_EXE_migration"))
+        .args(["up", "-n", "1", "-u", &t.url])
+        .env("MIGRATION_LOCK_TIMEOUT_MS", "20")
+        .env("MIGRATION_LOCK_ATTEMPTS", "3")
+        .output()
+        .expect("run migrator");
+    assert_clear_error(&out, "the table copy for \"payload MEDIUMTEXT");
+    let err = stderr(&out);
+    assert!(err.contains("was not started"), "{err}");
+    assert!(!err.contains("lock not granted"), "{err}");
+    assert_eq!(
+        err.matches("not starting the table copy").count(),
+        2,
+        "{err}"
+    );
+    reader.commit().await.expect("end the read");
+    let out = migration(&["up", "-n", "1"], Some(&t.url));
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// A transaction that opens the table while the copy runs makes the copy lose its final lock
+/// (after `lock_wait_timeout`, which MySQL counts in whole seconds, and the message says so):
+/// the copy is thrown away and reported, not started again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_copy_that_loses_its_final_lock_is_not_retried_mysql() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    use std::io::Write;
+    let t = TestDb::new(Backend::MySql).await;
+    assert!(migration(&["up", "-n", "8"], Some(&t.url)).status.success());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_migration"))
+        .args(["up", "-n", "1", "-u", &t.url])
+        .env(
+            "MIGRATION_PAUSE_BEFORE",
+            "m009_session_client_id_binary:up:1",
+        )
+        .env("MIGRATION_LOCK_TIMEOUT_MS", "20")
+        .env("MIGRATION_LOCK_ATTEMPTS", "3")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn migrator");
+    let mut reader_out = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut seen = String::new();
+    while !seen.contains("paused before") {
+        let mut line = String::new();
+        assert!(reader_out.read_line(&mut line).expect("read") > 0, "{seen}");
+        seen.push_str(&line);
+    }
+    child.stderr = Some(reader_out.into_inner());
+    let reader = t.db.begin().await.expect("begin");
+    reader
+        .execute_unprepared("SELECT count(*) FROM synced_sessions")
+        .await
+        .expect("read");
+    // Enough lines to resume every attempt the step might make.
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(b"\n\n\n").expect("resume");
+    drop(stdin);
+    let out = child.wait_with_output().expect("wait");
+    reader.commit().await.expect("end the read");
+    assert_clear_error(&out, "is not retried");
+    let err = stderr(&out);
+    assert!(err.contains("within 1000 ms"), "{err}");
+    assert_eq!(
+        err.matches("resumed before").count(),
+        1,
+        "the table was copied more than once:\n{err}"
+    );
+    let out = migration(&["up", "-n", "1"], Some(&t.url));
+    assert!(out.status.success(), "{}", stderr(&out));
+}
