@@ -117,9 +117,7 @@ impl Email {
             && email
                 .split_once('@')
                 .is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'))
-            && !email
-                .chars()
-                .any(|c| c.is_whitespace() || c.is_control());
+            && !email.chars().any(|c| c.is_whitespace() || c.is_control());
         if valid {
             Ok(Self(email))
         } else {

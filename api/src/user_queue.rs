@@ -121,9 +121,11 @@ mod tests {
         let queue = UserQueue::default();
         // The waiter is cancelled while the holder still holds.
         let holder = queue.turn(1, Duration::from_secs(1)).await.unwrap();
-        let cancelled =
-            tokio::time::timeout(Duration::from_millis(10), queue.turn(1, Duration::from_secs(60)))
-                .await;
+        let cancelled = tokio::time::timeout(
+            Duration::from_millis(10),
+            queue.turn(1, Duration::from_secs(60)),
+        )
+        .await;
         assert!(cancelled.is_err());
         drop(holder);
         assert_eq!(entries(&queue), 0);
