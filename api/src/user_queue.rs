@@ -58,7 +58,10 @@ impl Drop for Turn {
             .waiting
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        // Only the map holds it: no one is waiting or writing.
+        // Only the map holds it: no one is waiting or writing. Every party lets go of its
+        // clone (its guard here; its lock future when its wait ends, times out or is
+        // cancelled) before it gets here, so whoever checks last removes the entry: the map
+        // empties once every request has finished (tests below: timeouts, cancellations).
         if waiting
             .get(&self.user_id)
             .is_some_and(|turnstile| Arc::strong_count(turnstile) == 1)
