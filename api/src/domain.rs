@@ -70,6 +70,16 @@ impl SessionInput {
 
     /// `capacity`: the most bytes the payload column stores ([`payload_capacity`]).
     pub fn parse(request: SyncRequest, capacity: usize) -> Result<Self, ApiError> {
+        // A device name is one line of text: no control character (Unicode Cc) anywhere, not
+        // even around it. PostgreSQL refuses NUL in text outright (a 500 before this check);
+        // MariaDB and SQLite would store it, and a newline or escape would reach whatever
+        // displays the name.
+        if request.device_name.chars().any(char::is_control) {
+            return Err(ApiError::invalid(
+                "device_name",
+                "device_name must not contain control characters (U+0000-U+001F, U+007F-U+009F)",
+            ));
+        }
         let device_name = request.device_name.trim().to_owned();
         if device_name.is_empty() || device_name.chars().count() > Self::MAX_DEVICE_NAME {
             return Err(ApiError::invalid(
@@ -95,7 +105,8 @@ impl SessionInput {
     }
 }
 
-/// An e-mail address as accounts use it: trimmed, lower-cased, at most 320 characters.
+/// An e-mail address as accounts use it: trimmed, lower-cased, at most 320 characters, no
+/// whitespace or control characters inside (PostgreSQL refuses NUL in text).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Email(String);
 
@@ -106,7 +117,7 @@ impl Email {
             && email
                 .split_once('@')
                 .is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'))
-            && !email.chars().any(char::is_whitespace);
+            && !email.chars().any(|c| c.is_whitespace() || c.is_control());
         if valid {
             Ok(Self(email))
         } else {
@@ -191,12 +202,51 @@ mod tests {
     }
 
     #[test]
+    fn device_names_are_one_line_without_control_characters() {
+        let request = |device_name: &str| SyncRequest {
+            device_name: device_name.to_owned(),
+            payload: serde_json::Value::Null,
+        };
+        for bad in [
+            "a\0b",
+            "a\nb",
+            "a\rb",
+            "a\u{1b}[31mb",
+            "a\u{7f}b",
+            "a\u{85}b",
+            "laptop\n",
+            "\tlaptop",
+        ] {
+            let refused = SessionInput::parse(request(bad), 100).unwrap_err();
+            assert!(
+                matches!(&refused, ApiError::Invalid { field, .. } if field == "device_name"),
+                "{bad:?}: {refused:?}"
+            );
+        }
+        // Surrounding spaces are trimmed.
+        let ok = SessionInput::parse(request(" Ann's laptop "), 100).unwrap();
+        assert_eq!(ok.device_name, "Ann's laptop");
+        assert!(SessionInput::parse(request("Café ☕ 🚀"), 100).is_ok());
+    }
+
+    #[test]
     fn emails() {
         assert_eq!(
             Email::parse(" Ann@Example.COM ").unwrap().as_str(),
             "ann@example.com"
         );
-        for bad in ["", "ann", "@x.y", "ann@localhost", "a b@x.y"] {
+        for bad in [
+            "",
+            "ann",
+            "@x.y",
+            "ann@localhost",
+            "a b@x.y",
+            "a\0b@x.y",
+            "ann@x.y\0",
+            "a\u{7f}b@x.y",
+            "a\u{85}b@x.y",
+            "a\u{1b}b@x.y",
+        ] {
             assert!(Email::parse(bad).is_err(), "{bad}");
         }
     }

@@ -19,6 +19,7 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
 use crate::error::ApiError;
 use crate::routes;
+use crate::routes::health::HealthProbe;
 use crate::settings::{Limits, Settings, StripeSettings};
 use crate::user_queue::UserQueue;
 
@@ -33,6 +34,8 @@ pub struct AppState {
     pub lock_timeout: Duration,
     /// Each user's writes, one at a time.
     pub user_queue: UserQueue,
+    /// `/healthz`'s own connection, used when the pool is exhausted.
+    pub health_probe: HealthProbe,
 }
 
 /// Every route, with request ids, tracing, the body cap and the request timeout.
@@ -208,6 +211,7 @@ impl Application {
             request_timeout: settings.request_timeout(),
             lock_timeout: settings.lock_timeout(),
             user_queue: UserQueue::default(),
+            health_probe: HealthProbe::default(),
         };
         Ok(Self {
             listener,

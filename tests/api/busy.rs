@@ -293,6 +293,146 @@ async fn healthz_tells_busy_from_down(backend: Backend) {
     }
 }
 
+/// A TCP proxy between the API and the database that the test can freeze: frozen, it still
+/// accepts connections but forwards nothing either way, as a hung server, a dead host behind
+/// a live load balancer or a partitioned network would.
+struct Proxy {
+    address: String,
+    frozen: tokio::sync::watch::Sender<bool>,
+}
+
+impl Proxy {
+    async fn start(upstream: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let address = listener.local_addr().expect("proxy address").to_string();
+        let (frozen, thawed) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let mut thawed = thawed.clone();
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    if thawed.wait_for(|frozen| !frozen).await.is_err() {
+                        return;
+                    }
+                    let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    let (from_client, to_client) = client.into_split();
+                    let (from_server, to_server) = server.into_split();
+                    tokio::join!(
+                        forward(from_client, to_server, thawed.clone()),
+                        forward(from_server, to_client, thawed),
+                    );
+                });
+            }
+        });
+        Self { address, frozen }
+    }
+
+    fn freeze(&self, frozen: bool) {
+        self.frozen.send_replace(frozen);
+    }
+}
+
+/// Copies `from` to `to`, holding what it read while the proxy is frozen.
+async fn forward(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut thawed: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if thawed.wait_for(|frozen| !frozen).await.is_err()
+            || to.write_all(&buffer[..n]).await.is_err()
+        {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+/// The database stops answering while requests keep coming: they hold every pooled connection
+/// waiting for it, and `/healthz` must call it `unreachable` (503), not `busy` (200), or a
+/// load balancer keeps a dead instance in service. Once it answers again, so does `/healthz`.
+async fn healthz_calls_a_database_that_stopped_answering_unreachable(backend: Backend) {
+    let server = support::server_url(backend);
+    let upstream = server
+        .rsplit_once('@')
+        .map(|(_, host)| host.trim_end_matches('/').to_owned())
+        .expect("host:port in the server URL");
+    let proxy = Proxy::start(upstream.clone()).await;
+    let app = spawn_app_with(backend, |settings| {
+        settings.database_url = settings
+            .database_url
+            .as_ref()
+            .map(|url| url.replacen(&upstream, &proxy.address, 1));
+        settings.db_max_connections = 2;
+        settings.request_timeout_secs = 5;
+    })
+    .await;
+    // Created directly, not through the proxy.
+    let token = app.user("a@example.com").await;
+    let client = Client::new();
+    let (status, body) = health_of(&client, &app).await;
+    assert_eq!(
+        (status, body["database"].as_str()),
+        (200, Some("reachable"))
+    );
+
+    proxy.freeze(true);
+    // Traffic that keeps every pooled connection waiting on the database.
+    let traffic: Vec<_> = (0..4)
+        .map(|_| {
+            let request = client
+                .get(format!("{}/v1/sessions", app.address))
+                .bearer_auth(&token);
+            tokio::spawn(async move {
+                loop {
+                    if let Some(request) = request.try_clone() {
+                        let _ = request.send().await;
+                    }
+                }
+            })
+        })
+        .collect();
+    // Long enough for the requests to take both connections (assumed, not asserted).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for _ in 0..3 {
+        let (status, body) = health_of(&client, &app).await;
+        assert_eq!(
+            (status, body["database"].as_str()),
+            (503, Some("unreachable")),
+            "{body}"
+        );
+    }
+
+    proxy.freeze(false);
+    within("healthz once the database answers again", async {
+        loop {
+            let (status, body) = health_of(&client, &app).await;
+            if status == 200 {
+                assert!(
+                    matches!(body["database"].as_str(), Some("reachable" | "busy")),
+                    "{body}"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    for task in traffic {
+        task.abort();
+    }
+}
+
 async fn health_of(client: &Client, app: &TestApp) -> (u16, Value) {
     let response = within(
         "healthz",
@@ -323,5 +463,6 @@ on_pooled_backends!(
     one_users_locked_row_does_not_stall_the_api,
     a_request_past_the_request_timeout_is_answered,
     healthz_tells_busy_from_down,
+    healthz_calls_a_database_that_stopped_answering_unreachable,
     one_users_writes_take_one_connection,
 );

@@ -169,6 +169,22 @@ async fn bad_input_is_answered_with_the_field_named(backend: Backend) {
             422,
             Some("device_name"),
         ),
+        // Control characters: PostgreSQL refused NUL with a 500; a name is one line.
+        (
+            put("a").json(&json!({"device_name": "a\u{0}b", "payload": 1})),
+            422,
+            Some("device_name"),
+        ),
+        (
+            put("a").json(&json!({"device_name": "a\nb", "payload": 1})),
+            422,
+            Some("device_name"),
+        ),
+        (
+            put("a").json(&json!({"device_name": "a\u{85}b", "payload": 1})),
+            422,
+            Some("device_name"),
+        ),
         (
             put(&"x".repeat(101)).json(&json!({"device_name": "d", "payload": 1})),
             422,

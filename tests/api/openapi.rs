@@ -11,6 +11,15 @@ async fn openapi_matches_the_router() {
     let token = app.user("ann@example.com").await;
     let (status, doc) = app.json(Method::GET, "/openapi.json", &token).await;
     assert_eq!(status, 200);
+    // The field's rules are documented: no control characters (PostgreSQL refuses NUL).
+    let device_name = &doc["components"]["schemas"]["SyncRequest"]["properties"]["device_name"];
+    assert_eq!(device_name["pattern"], "^[^\\x00-\\x1F\\x7F-\\x9F]*$");
+    assert!(
+        device_name["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("control characters")),
+        "{device_name}"
+    );
     let paths = doc["paths"].as_object().expect("paths");
     assert_eq!(paths.len(), 8);
     let mut operations = 0;

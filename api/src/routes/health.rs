@@ -1,11 +1,14 @@
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
+use sea_orm::sqlx::{self, Connection};
 use sea_orm::{DatabaseConnection, DbBackend};
 use serde::Serialize;
+use tokio::sync::Mutex as AsyncMutex;
 
 use crate::startup::AppState;
 
@@ -22,31 +25,26 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/healthz", get(health))
 }
 
-/// 200 `reachable` when the database answers; 200 `busy` when every pooled connection is in
-/// use (the database answered them; taking this instance out of service would only move its
-/// load onto the others, which share the database); 503 `unreachable` when it does not answer.
+/// 200 `reachable` when the database answers a ping on the pool.
+///
+/// 200 `busy` when every pooled connection is in use *and* the database answers a ping on the
+/// probe's own connection, outside the pool: taking this instance out of service would only
+/// move its load onto the others, which share the database.
+///
+/// 503 `unreachable` when it does not answer within [`PING_WAIT`] (each way). A busy pool
+/// alone proves nothing: when the database stops answering, the requests that keep coming
+/// hold every connection while they wait for it.
+///
+/// SQLite is a local file behind one connection: a busy pool there is reported `busy`.
 async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
-    let answer = |status, database| {
-        (
-            status,
-            Json(Health {
-                status: if status == StatusCode::OK {
-                    "ok"
-                } else {
-                    "unavailable"
-                },
-                database,
-            }),
-        )
-    };
-    // A ping would queue behind the requests holding every connection.
+    // A ping on the pool would queue behind the requests holding every connection.
     if pool_exhausted(&state.db) {
-        return answer(StatusCode::OK, "busy");
+        return busy_or_down(&state).await;
     }
     match tokio::time::timeout(PING_WAIT, state.db.ping()).await {
         Ok(Ok(())) => answer(StatusCode::OK, "reachable"),
         // Requests took the last connections while we waited.
-        _ if pool_exhausted(&state.db) => answer(StatusCode::OK, "busy"),
+        _ if pool_exhausted(&state.db) => busy_or_down(&state).await,
         Ok(Err(err)) => {
             tracing::warn!(error = %err, "health check: database unreachable");
             answer(StatusCode::SERVICE_UNAVAILABLE, "unreachable")
@@ -58,6 +56,110 @@ async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
     }
 }
 
+fn answer(status: StatusCode, database: &'static str) -> (StatusCode, Json<Health>) {
+    (
+        status,
+        Json(Health {
+            status: if status == StatusCode::OK {
+                "ok"
+            } else {
+                "unavailable"
+            },
+            database,
+        }),
+    )
+}
+
+/// The pool is exhausted: `busy` only if the database answers the probe.
+async fn busy_or_down(state: &AppState) -> (StatusCode, Json<Health>) {
+    if state.db.get_database_backend() == DbBackend::Sqlite {
+        return answer(StatusCode::OK, "busy");
+    }
+    match state.health_probe.ping(&state.db).await {
+        Ok(()) => answer(StatusCode::OK, "busy"),
+        Err(reason) => {
+            tracing::warn!(%reason, "health check: every pooled connection is in use and the database does not answer");
+            answer(StatusCode::SERVICE_UNAVAILABLE, "unreachable")
+        }
+    }
+}
+
+/// One connection of the health check's own, outside the pool, opened the first time the
+/// pool is found exhausted and kept for the next time. It is dropped when a ping on it fails
+/// or times out (a connection cut mid-ping cannot be reused), and a stale one (closed by the
+/// server or a proxy while idle) is replaced once before the database is called down.
+#[derive(Clone, Default)]
+pub struct HealthProbe(Arc<AsyncMutex<Option<ProbeConnection>>>);
+
+enum ProbeConnection {
+    Postgres(sqlx::PgConnection),
+    MySql(sqlx::MySqlConnection),
+}
+
+impl ProbeConnection {
+    /// With the pool's options: same server, user, TLS and session settings.
+    async fn open(db: &DatabaseConnection) -> Result<Self, String> {
+        match db.get_database_backend() {
+            DbBackend::Postgres => {
+                let options = db.get_postgres_connection_pool().connect_options();
+                sqlx::PgConnection::connect_with(&options)
+                    .await
+                    .map(Self::Postgres)
+                    .map_err(|e| e.to_string())
+            }
+            DbBackend::MySql => {
+                let options = db.get_mysql_connection_pool().connect_options();
+                sqlx::MySqlConnection::connect_with(&options)
+                    .await
+                    .map(Self::MySql)
+                    .map_err(|e| e.to_string())
+            }
+            _ => Err("no probe connection on SQLite".to_owned()),
+        }
+    }
+
+    async fn ping(&mut self) -> Result<(), String> {
+        match self {
+            Self::Postgres(conn) => conn.ping().await,
+            Self::MySql(conn) => conn.ping().await,
+        }
+        .map_err(|e| e.to_string())
+    }
+}
+
+impl HealthProbe {
+    /// Whether the database answers a round trip on the probe's connection within
+    /// [`PING_WAIT`].
+    pub async fn ping(&self, db: &DatabaseConnection) -> Result<(), String> {
+        // Another check still waiting on the probe means the database is not answering.
+        let Ok(mut slot) = tokio::time::timeout(PING_WAIT, self.0.lock()).await else {
+            return Err("an earlier health check is still waiting for the database".to_owned());
+        };
+        let attempt = tokio::time::timeout(PING_WAIT, async {
+            if let Some(conn) = slot.as_mut() {
+                if conn.ping().await.is_ok() {
+                    return Ok(());
+                }
+                *slot = None;
+            }
+            // Opening a connection is itself a round trip with the server.
+            *slot = Some(ProbeConnection::open(db).await?);
+            Ok(())
+        })
+        .await;
+        match attempt {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(reason)) => {
+                *slot = None;
+                Err(reason)
+            }
+            Err(_) => {
+                *slot = None;
+                Err(format!("no answer within {PING_WAIT:?}"))
+            }
+        }
+    }
+}
 /// Whether the pool is at its size limit with no idle connection.
 fn pool_exhausted(db: &DatabaseConnection) -> bool {
     fn exhausted<DB: sea_orm::sqlx::Database>(pool: &sea_orm::sqlx::Pool<DB>) -> bool {

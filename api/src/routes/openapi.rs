@@ -209,7 +209,9 @@ pub fn document() -> Value {
                 "SyncRequest": {"type": "object", "additionalProperties": false,
                     "required": ["device_name", "payload"],
                     "properties": {
-                        "device_name": {"type": "string", "minLength": 1, "maxLength": 255},
+                        "device_name": {"type": "string", "minLength": 1, "maxLength": 255,
+                            "pattern": "^[^\\x00-\\x1F\\x7F-\\x9F]*$",
+                            "description": "one line of text: 1-255 characters once surrounding spaces are trimmed; control characters (Unicode Cc: U+0000-U+001F, U+007F-U+009F, NUL, tab and newline included) are refused anywhere with 422 naming device_name"},
                         "payload": {"description": "any JSON value; the body is capped by MAX_BODY_BYTES, and the payload as stored (compact JSON) by its column (16 MiB on MySQL)"}
                     }},
                 "Session": {"type": "object",
