@@ -22,6 +22,8 @@ pub enum ApiError {
     Invalid { field: String, message: String },
     #[error("{0}")]
     BadRequest(String),
+    #[error("this route does not accept that method; see the Allow header")]
+    MethodNotAllowed,
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("request body is larger than this server accepts (MAX_BODY_BYTES)")]
@@ -68,6 +70,7 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }

@@ -1,8 +1,11 @@
-//! `ApiJson<T>`: axum's `Json` with its rejections turned into our error shape.
+//! `ApiJson<T>`, `ApiQuery<T>` and `ApiPath<T>`: axum's `Json`, `Query` and `Path` with their
+//! rejections turned into our error shape.
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Request};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
 
@@ -31,9 +34,7 @@ fn explain(rejection: JsonRejection) -> ApiError {
             let detail = text
                 .rsplit_once("target type: ")
                 .map_or(text.as_str(), |(_, d)| d);
-            let field = detail.split_once(':').map_or("body", |(f, _)| f.trim());
-            let field = if field.contains(' ') { "body" } else { field };
-            ApiError::invalid(field, detail.to_owned())
+            ApiError::invalid(&field_of(detail), detail.to_owned())
         }
         JsonRejection::JsonSyntaxError(err) => {
             ApiError::BadRequest(format!("malformed JSON: {}", err.body_text()))
@@ -43,5 +44,103 @@ fn explain(rejection: JsonRejection) -> ApiError {
         }
         other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
         other => ApiError::BadRequest(other.body_text()),
+    }
+}
+
+/// The field a serde data error names: the path before `": "` (`device_name: invalid type…`),
+/// or the one in "missing field `x`" / "unknown field `x`" (after its object's path, if
+/// nested); otherwise `body`.
+fn field_of(detail: &str) -> String {
+    for marker in ["missing field `", "unknown field `"] {
+        if let Some((prefix, rest)) = detail.split_once(marker)
+            && let Some((name, _)) = rest.split_once('`')
+        {
+            let path = prefix.trim_end().trim_end_matches(':').trim();
+            return if path.is_empty() || path.contains(' ') || path == "." {
+                name.to_owned()
+            } else {
+                format!("{path}.{name}")
+            };
+        }
+    }
+    let field = detail.split_once(':').map_or("body", |(f, _)| f.trim());
+    if field.contains(' ') || field.is_empty() || field == "." {
+        "body".to_owned()
+    } else {
+        field.to_owned()
+    }
+}
+
+/// `Query<T>` answering a bad query string with our 400.
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(ApiQuery(value)),
+            Err(rejection) => Err(explain_query(rejection)),
+        }
+    }
+}
+
+fn explain_query(rejection: QueryRejection) -> ApiError {
+    ApiError::BadRequest(format!("invalid query string: {}", rejection.body_text()))
+}
+
+/// `Path<T>` answering an undecodable path segment with our 400.
+pub struct ApiPath<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiPath<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(ApiPath(value)),
+            Err(rejection) => Err(explain_path(rejection)),
+        }
+    }
+}
+
+fn explain_path(rejection: PathRejection) -> ApiError {
+    match rejection {
+        // No path parameters at all: our routing is wrong, not the request.
+        PathRejection::MissingPathParams(err) => ApiError::internal(err),
+        other if other.status().is_server_error() => {
+            ApiError::internal(std::io::Error::other(other.body_text()))
+        }
+        other => ApiError::BadRequest(format!("invalid path: {}", other.body_text())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::field_of;
+
+    #[test]
+    fn names_the_field_serde_names() {
+        assert_eq!(
+            field_of("missing field `device_name` at line 1 column 2"),
+            "device_name"
+        );
+        assert_eq!(field_of("unknown field `x`, expected one of `a`"), "x");
+        assert_eq!(
+            field_of("payload: invalid type: string, expected map"),
+            "payload"
+        );
+        assert_eq!(
+            field_of("payload: missing field `y` at line 1"),
+            "payload.y"
+        );
+        assert_eq!(field_of("invalid type: integer, expected struct"), "body");
     }
 }

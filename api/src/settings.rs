@@ -1,4 +1,6 @@
-//! Every knob of the server, from flags or the environment (README lists them).
+//! Every knob of the server, from flags or the environment (README lists them). Every flag is
+//! `global`: it is accepted before or after the subcommand (`billing purge-deleted
+//! --purge-batch-size 2`).
 
 use std::ffi::OsStr;
 use std::time::Duration;
@@ -11,20 +13,32 @@ use crate::stripe::signature::WebhookSecrets;
 #[derive(clap::Args, Clone, Debug)]
 pub struct Settings {
     /// Address to listen on; port 0 picks a free one.
-    #[arg(long, env = "BIND_ADDR", default_value = "127.0.0.1:8080")]
+    #[arg(
+        global = true,
+        long,
+        env = "BIND_ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
     pub bind: String,
     /// Database URL (default: the embedded SQLite file data/billing.sqlite).
-    #[arg(short = 'u', long, env = "DATABASE_URL", hide_env_values = true)]
+    #[arg(
+        global = true,
+        short = 'u',
+        long,
+        env = "DATABASE_URL",
+        hide_env_values = true
+    )]
     pub database_url: Option<String>,
     /// PostgreSQL schema holding the tables (default: public), as for `migration -s`.
-    #[arg(short = 's', long, env = "DATABASE_SCHEMA")]
+    #[arg(global = true, short = 's', long, env = "DATABASE_SCHEMA")]
     pub database_schema: Option<String>,
     /// Largest pool of database connections (SQLite always uses one writer).
-    #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 10)]
+    #[arg(global = true, long, env = "DB_MAX_CONNECTIONS", default_value_t = 10)]
     pub db_max_connections: u32,
     /// Milliseconds a statement waits for a lock another transaction holds before its request
     /// answers 503 with Retry-After (MySQL rounds up to whole seconds).
     #[arg(
+        global = true,
         long,
         env = "DB_LOCK_TIMEOUT_MS",
         default_value_t = 2000,
@@ -33,6 +47,7 @@ pub struct Settings {
     pub db_lock_timeout_ms: u64,
     /// Seconds a request may take in all before it is answered 503 with Retry-After.
     #[arg(
+        global = true,
         long,
         env = "REQUEST_TIMEOUT_SECS",
         default_value_t = 30,
@@ -44,7 +59,7 @@ pub struct Settings {
     #[command(flatten)]
     pub stripe: StripeSettings,
     /// Run the retention purge every this many seconds inside the server (0: never).
-    #[arg(long, env = "PURGE_EVERY_SECS", default_value_t = 0)]
+    #[arg(global = true, long, env = "PURGE_EVERY_SECS", default_value_t = 0)]
     pub purge_every_secs: u64,
 }
 
@@ -64,6 +79,7 @@ pub struct StripeSettings {
     /// Webhook signing secrets (whsec_...), comma-separated; several while one is rotated.
     /// Empty: webhooks are off (the endpoint answers 503).
     #[arg(
+        global = true,
         long = "stripe-webhook-secrets",
         alias = "stripe-webhook-secret",
         env = "STRIPE_WEBHOOK_SECRETS",
@@ -75,7 +91,12 @@ pub struct StripeSettings {
     )]
     pub webhook_secrets: WebhookSecrets,
     /// Seconds a signature's timestamp may be away from now.
-    #[arg(long, env = "STRIPE_WEBHOOK_TOLERANCE_SECS", default_value_t = 300)]
+    #[arg(
+        global = true,
+        long,
+        env = "STRIPE_WEBHOOK_TOLERANCE_SECS",
+        default_value_t = 300
+    )]
     pub webhook_tolerance_secs: u64,
 }
 
@@ -83,25 +104,25 @@ pub struct StripeSettings {
 #[derive(clap::Args, Clone, Debug)]
 pub struct Limits {
     /// Live synced sessions a Free account may keep.
-    #[arg(long, env = "FREE_SESSION_LIMIT", default_value_t = 3)]
+    #[arg(global = true, long, env = "FREE_SESSION_LIMIT", default_value_t = 3)]
     pub free_session_limit: u64,
     /// Days a Free account's deleted session can be restored.
-    #[arg(long, env = "RETENTION_DAYS_FREE", default_value_t = 7)]
+    #[arg(global = true, long, env = "RETENTION_DAYS_FREE", default_value_t = 7)]
     pub retention_days_free: i64,
     /// Days a Pro account's deleted session can be restored.
-    #[arg(long, env = "RETENTION_DAYS_PRO", default_value_t = 30)]
+    #[arg(global = true, long, env = "RETENTION_DAYS_PRO", default_value_t = 30)]
     pub retention_days_pro: i64,
     /// Largest request body, in bytes.
-    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 65_536)]
+    #[arg(global = true, long, env = "MAX_BODY_BYTES", default_value_t = 65_536)]
     pub max_body_bytes: usize,
     /// Largest page a list endpoint returns.
-    #[arg(long, env = "MAX_PAGE_SIZE", default_value_t = 100)]
+    #[arg(global = true, long, env = "MAX_PAGE_SIZE", default_value_t = 100)]
     pub max_page_size: u64,
     /// Rows the retention purge deletes per batch (one short transaction each).
-    #[arg(long, env = "PURGE_BATCH_SIZE", default_value_t = 1000)]
+    #[arg(global = true, long, env = "PURGE_BATCH_SIZE", default_value_t = 1000)]
     pub purge_batch_size: u64,
     /// Milliseconds the purge pauses between batches, to leave room for live traffic.
-    #[arg(long, env = "PURGE_PAUSE_MS", default_value_t = 0)]
+    #[arg(global = true, long, env = "PURGE_PAUSE_MS", default_value_t = 0)]
     pub purge_pause_ms: u64,
 }
 

@@ -49,6 +49,8 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::sessions::router())
         .merge(routes::webhooks::router())
         .fallback(|| async { ApiError::NotFound("no such route") })
+        // axum adds the `Allow` header to this answer.
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(request_timeout, time_limit))
         .layer(

@@ -185,3 +185,35 @@ async fn help_does_not_print_secrets_from_the_environment() {
     assert!(text.contains("DATABASE_URL"), "{text}");
     assert!(text.contains("STRIPE_WEBHOOK_SECRETS"), "{text}");
 }
+
+/// The server's flags are global: a subcommand takes them after its name too, as its `--help`
+/// lists them.
+#[tokio::test]
+async fn server_flags_are_accepted_after_the_subcommand() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let output = billing(&[("DATABASE_URL", db.url.as_str())])
+        .args([
+            "purge-deleted",
+            "--purge-batch-size",
+            "2",
+            "--retention-days-free",
+            "0",
+        ])
+        .output()
+        .expect("run billing purge-deleted");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("(Free 0 days"), "{text}");
+    // Before the subcommand, as ever.
+    let output = billing(&[("DATABASE_URL", db.url.as_str())])
+        .args(["--retention-days-free", "1", "purge-deleted"])
+        .output()
+        .expect("run billing purge-deleted");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("(Free 1 days"), "{text}");
+}

@@ -9,6 +9,7 @@ mod helpers;
 mod auth;
 mod binary;
 mod busy;
+mod extractors;
 mod limits;
 mod openapi;
 mod retention;

@@ -73,7 +73,9 @@ pub fn document() -> Value {
         "info": {
             "title": "billing API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Synced sessions with soft delete, and the account's billing state."
+            "description": "Synced sessions with soft delete, and the account's billing state. \
+                Every error, including a method a path does not accept (405, with an Allow \
+                header), has the Error shape."
         },
         "paths": {
             "/healthz": {"get": {
@@ -99,6 +101,7 @@ pub fn document() -> Value {
                 "parameters": paging(),
                 "responses": authed(json!({
                     "200": body("SessionPage", "one page"),
+                    "400": error("query string that does not parse (e.g. a parameter given twice)"),
                     "422": error("bad cursor or limit")
                 }))
             }},
@@ -109,6 +112,7 @@ pub fn document() -> Value {
                     "security": security,
                     "responses": authed(json!({
                         "200": body("Session", "the session"),
+                        "400": error("client_id is not valid percent-encoded UTF-8"),
                         "404": error("no such live session for this user"),
                         "422": error("bad client_id")
                     }))
@@ -121,7 +125,7 @@ pub fn document() -> Value {
                     "responses": authed(json!({
                         "200": body("Session", "updated"),
                         "201": body("Session", "created (also over a trashed session past its retention window)"),
-                        "400": error("malformed JSON"),
+                        "400": error("malformed JSON, or client_id is not valid percent-encoded UTF-8"),
                         "402": error("the Free plan's session limit is reached"),
                         "409": error("the session is in the trash, inside its retention window; restore it first"),
                         "413": error("body larger than MAX_BODY_BYTES"),
@@ -134,6 +138,7 @@ pub fn document() -> Value {
                     "security": security,
                     "responses": authed(json!({
                         "204": {"description": "in the trash"},
+                        "400": error("client_id is not valid percent-encoded UTF-8"),
                         "404": error("no such session for this user"),
                         "422": error("bad client_id")
                     }))
@@ -146,6 +151,7 @@ pub fn document() -> Value {
                     "security": security,
                     "responses": authed(json!({
                         "200": body("Session", "restored (or was not deleted)"),
+                        "400": error("client_id is not valid percent-encoded UTF-8"),
                         "402": error("the Free plan's session limit is reached"),
                         "404": error("no such session for this user"),
                         "410": error("deleted longer ago than the plan's retention window"),
@@ -177,6 +183,7 @@ pub fn document() -> Value {
                 "parameters": paging(),
                 "responses": authed(json!({
                     "200": body("SessionPage", "one page"),
+                    "400": error("query string that does not parse (e.g. a parameter given twice)"),
                     "422": error("bad cursor or limit")
                 }))
             }}

@@ -1,4 +1,4 @@
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::auth::CurrentUser;
 use crate::domain::{self, ClientId, Page, PageQuery, SessionInput, SyncRequest};
 use crate::error::ApiError;
-use crate::json::ApiJson;
+use crate::json::{ApiJson, ApiPath, ApiQuery};
 use crate::service::sessions::{self as service, Listing, Synced};
 use crate::startup::AppState;
 
@@ -66,7 +66,7 @@ fn respond(
 async fn sync(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
-    Path(client_id): Path<String>,
+    ApiPath(client_id): ApiPath<String>,
     ApiJson(request): ApiJson<SyncRequest>,
 ) -> Result<(StatusCode, Json<SessionResponse>), ApiError> {
     let id = ClientId::parse(&client_id)?;
@@ -85,7 +85,7 @@ async fn sync(
 async fn get_one(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
-    Path(client_id): Path<String>,
+    ApiPath(client_id): ApiPath<String>,
 ) -> Result<Json<SessionResponse>, ApiError> {
     let id = ClientId::parse(&client_id)?;
     let session = service::get(&state.db, user.id, &id).await?;
@@ -95,7 +95,7 @@ async fn get_one(
 async fn list(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
-    Query(query): Query<PageQuery>,
+    ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<SessionPage>, ApiError> {
     let page = Page::parse(&query, state.limits.max_page_size)?;
     let (rows, next) = service::list(&state.db, user.id, &page, Listing::Live).await?;
@@ -108,7 +108,7 @@ async fn list(
 async fn trash(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
-    Query(query): Query<PageQuery>,
+    ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<SessionPage>, ApiError> {
     let page = Page::parse(&query, state.limits.max_page_size)?;
     let now = Utc::now();
@@ -132,7 +132,7 @@ async fn trash(
 async fn soft_delete(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
-    Path(client_id): Path<String>,
+    ApiPath(client_id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = ClientId::parse(&client_id)?;
     let _turn = state.user_queue.turn(user.id, state.lock_timeout).await?;
@@ -145,7 +145,7 @@ async fn soft_delete(
 async fn restore(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
-    Path(client_id): Path<String>,
+    ApiPath(client_id): ApiPath<String>,
 ) -> Result<Json<SessionResponse>, ApiError> {
     let id = ClientId::parse(&client_id)?;
     let _turn = state.user_queue.turn(user.id, state.lock_timeout).await?;
