@@ -24,9 +24,17 @@ async fn openapi_matches_the_router() {
     assert_eq!(paths.len(), 8);
     let mut operations = 0;
     for (path, item) in paths {
-        for (method, _) in item.as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
             if !["get", "put", "post", "delete", "patch"].contains(&method.as_str()) {
                 continue; // "parameters"
+            }
+            // A path or query parameter that does not parse is a 400: documented wherever
+            // there is one.
+            if path.contains('{') || operation.get("parameters").is_some() {
+                assert!(
+                    operation["responses"].get("400").is_some(),
+                    "{method} {path} does not document 400"
+                );
             }
             let method: Method = method.to_uppercase().parse().unwrap();
             operations += 1;
