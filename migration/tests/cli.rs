@@ -704,6 +704,17 @@ async fn advisory_locks(t: &TestDb) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lock_outlives_idle_session_timeout_postgres() {
     let t = TestDb::new(Backend::Postgres).await;
+    let version: i64 = t
+        .texts("SELECT current_setting('server_version_num')")
+        .await[0]
+        .parse()
+        .expect("server_version_num");
+    if version < 140_000 {
+        // PostgreSQL 13 has no idle_session_timeout, so nothing can close the idle lock
+        // session this way; the migrator's own `SET` of it must not fail there either.
+        assert!(migration(&["up"], Some(&t.url)).status.success());
+        return;
+    }
     // Only sessions opened from now on get it; the test's own were opened before.
     t.exec(&format!(
         "ALTER DATABASE {} SET idle_session_timeout = '1s'",
