@@ -228,19 +228,26 @@ async fn done_meanwhile(db: &SchemaManagerConnection<'_>, step: &Step, err: &DbE
         && step.done_when.holds(db).await.unwrap_or(false)
 }
 
+/// The server's own error inside `err`, if the server answered with one.
+fn database_error(
+    err: &DbErr,
+) -> Option<&dyn sea_orm_migration::sea_orm::sqlx::error::DatabaseError> {
+    use sea_orm_migration::sea_orm::RuntimeErr;
+    match err {
+        DbErr::Exec(RuntimeErr::SqlxError(e))
+        | DbErr::Query(RuntimeErr::SqlxError(e))
+        | DbErr::Conn(RuntimeErr::SqlxError(e)) => e.as_database_error(),
+        _ => None,
+    }
+}
+
 /// PostgreSQL `42701` duplicate_column, `42P07` duplicate_table (indexes too), `42710`
 /// duplicate_object (constraints), `23505` (two sessions creating the same catalog row);
 /// MySQL/MariaDB 1050 (table), 1060 (column), 1061 (key), 1826 (constraint, MariaDB and
 /// foreign keys), 3822 (CHECK, MySQL); SQLite reports these in words only.
 pub fn is_already_exists(err: &DbErr) -> bool {
-    use sea_orm_migration::sea_orm::{RuntimeErr, sqlx::mysql::MySqlDatabaseError};
-    let (DbErr::Exec(RuntimeErr::SqlxError(e))
-    | DbErr::Query(RuntimeErr::SqlxError(e))
-    | DbErr::Conn(RuntimeErr::SqlxError(e))) = err
-    else {
-        return false;
-    };
-    let Some(db_err) = e.as_database_error() else {
+    use sea_orm_migration::sea_orm::sqlx::mysql::MySqlDatabaseError;
+    let Some(db_err) = database_error(err) else {
         return false;
     };
     if let Some(mysql) = db_err.try_downcast_ref::<MySqlDatabaseError>() {
@@ -455,14 +462,8 @@ pub fn lock_timeout_reset_sql(backend: DbBackend) -> Option<&'static str> {
 /// timeout) and 1213 (deadlock), which it files under generic SQLSTATEs; SQLite `SQLITE_BUSY`
 /// (5) and `SQLITE_LOCKED` (6).
 pub fn is_lock_conflict(err: &DbErr) -> bool {
-    use sea_orm_migration::sea_orm::{RuntimeErr, sqlx::mysql::MySqlDatabaseError};
-    let (DbErr::Exec(RuntimeErr::SqlxError(e))
-    | DbErr::Query(RuntimeErr::SqlxError(e))
-    | DbErr::Conn(RuntimeErr::SqlxError(e))) = err
-    else {
-        return false;
-    };
-    let Some(db_err) = e.as_database_error() else {
+    use sea_orm_migration::sea_orm::sqlx::mysql::MySqlDatabaseError;
+    let Some(db_err) = database_error(err) else {
         return false;
     };
     if let Some(mysql) = db_err.try_downcast_ref::<MySqlDatabaseError>() {
