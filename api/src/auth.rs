@@ -11,7 +11,7 @@ use sea_orm::{
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 const PREFIX: &str = "bst_";
 

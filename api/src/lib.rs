@@ -4,13 +4,16 @@
 pub mod auth;
 pub mod domain;
 pub mod error;
+pub mod health_probe;
 pub mod json;
 pub mod routes;
 pub mod service;
 pub mod settings;
 pub mod startup;
+pub mod state;
 pub mod stripe;
 pub mod user_queue;
 
 pub use settings::{Limits, Settings};
-pub use startup::{AppState, Application};
+pub use startup::Application;
+pub use state::AppState;

@@ -18,25 +18,11 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
 use crate::error::ApiError;
+use crate::health_probe::HealthProbe;
 use crate::routes;
-use crate::routes::health::HealthProbe;
-use crate::settings::{Limits, Settings, StripeSettings};
+use crate::settings::Settings;
+use crate::state::AppState;
 use crate::user_queue::UserQueue;
-
-#[derive(Clone)]
-pub struct AppState {
-    pub db: DatabaseConnection,
-    pub limits: Arc<Limits>,
-    pub stripe: Arc<StripeSettings>,
-    /// How long a request may take in all.
-    pub request_timeout: Duration,
-    /// How long a request waits for a lock (`DB_LOCK_TIMEOUT_MS`).
-    pub lock_timeout: Duration,
-    /// Each user's writes, one at a time.
-    pub user_queue: UserQueue,
-    /// `/healthz`'s own connection, used when the pool is exhausted.
-    pub health_probe: HealthProbe,
-}
 
 /// Every route, with request ids, tracing, the body cap and the request timeout.
 pub fn router(state: AppState) -> Router {

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::auth::CurrentUser;
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 #[derive(Serialize)]
 pub struct BillingResponse {

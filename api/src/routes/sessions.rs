@@ -12,7 +12,7 @@ use crate::domain::{self, ClientId, Page, PageQuery, SessionInput, SyncRequest};
 use crate::error::ApiError;
 use crate::json::{ApiJson, ApiPath, ApiQuery};
 use crate::service::sessions::{self as service, Listing, Synced};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 #[derive(Serialize)]
 pub struct SessionResponse {

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use crate::error::ApiError;
 use crate::service::stripe_sync;
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::stripe::{event, signature};
 
 /// Stripe events can exceed the API's body cap; this is the webhook's own.

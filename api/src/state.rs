@@ -1,0 +1,26 @@
+//! What every handler is given. It depends on no route and no startup code, so `routes`,
+//! `auth` and `startup` all import it without importing each other.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sea_orm::DatabaseConnection;
+
+use crate::health_probe::HealthProbe;
+use crate::settings::{Limits, StripeSettings};
+use crate::user_queue::UserQueue;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub db: DatabaseConnection,
+    pub limits: Arc<Limits>,
+    pub stripe: Arc<StripeSettings>,
+    /// How long a request may take in all.
+    pub request_timeout: Duration,
+    /// How long a request waits for a lock (`DB_LOCK_TIMEOUT_MS`).
+    pub lock_timeout: Duration,
+    /// Each user's writes, one at a time.
+    pub user_queue: UserQueue,
+    /// `/healthz`'s own connection, used when the pool is exhausted.
+    pub health_probe: HealthProbe,
+}
