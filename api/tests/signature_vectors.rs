@@ -43,7 +43,7 @@ fn our_verifier_answers_as_stripes_library_does() {
     for vector in &vectors {
         let name = field(vector, "name").as_str().expect("name");
         let payload = field(vector, "payload").as_str().expect("payload");
-        let secret = field(vector, "secret").as_str().expect("secret").to_owned();
+        let secret = secrecy::SecretString::from(field(vector, "secret").as_str().expect("secret"));
         let header = field(vector, "header").as_str();
         let now = field(vector, "now").as_i64().expect("now");
         let tolerance = field(vector, "tolerance_secs").as_u64().expect("tolerance");

@@ -12,6 +12,7 @@ mod busy;
 mod extractors;
 mod limits;
 mod openapi;
+mod redaction;
 mod retention;
 mod sessions;
 mod storage;

@@ -6,24 +6,26 @@
 //! key is wrong or lacks a permission, and no wait fixes that. Requests are spaced so that
 //! the rate, retries included, stays under the configured number per second.
 //!
-//! The key is sent as a bearer token, which reqwest marks sensitive; `ApiKey` has no
-//! `Display` and a redacted `Debug`, and error text from Stripe has the key masked out.
+//! The key is sent as a bearer token, which reqwest marks sensitive; `ApiKey` holds it in a
+//! `SecretString` (no `Display`, a redacted `Debug`), and error text from Stripe has the key
+//! masked out.
 
 use std::fmt;
 use std::time::Duration;
 
 use chrono::Utc;
 use reqwest::{StatusCode, Url, header::HeaderMap};
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use tokio::time::{Instant, sleep, sleep_until};
 
 /// A Stripe secret or restricted key; never shown.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ApiKey(String);
+#[derive(Clone)]
+pub struct ApiKey(SecretString);
 
 impl From<String> for ApiKey {
     fn from(key: String) -> Self {
-        Self(key.trim().to_owned())
+        Self(SecretString::from(key.trim()))
     }
 }
 
@@ -35,15 +37,15 @@ impl fmt::Debug for ApiKey {
 
 impl ApiKey {
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.expose_secret().is_empty()
     }
 
     /// `text` with every occurrence of the key masked (Stripe echoes keys in some messages).
     fn mask(&self, text: &str) -> String {
-        if self.0.is_empty() {
+        if self.is_empty() {
             text.to_owned()
         } else {
-            text.replace(&self.0, "<redacted>")
+            text.replace(self.0.expose_secret(), "<redacted>")
         }
     }
 }
@@ -159,7 +161,7 @@ impl StripeClient {
             let sent = self
                 .http
                 .get(url.clone())
-                .bearer_auth(&self.key.0)
+                .bearer_auth(self.key.0.expose_secret())
                 .send()
                 .await;
             let (floor, last) =

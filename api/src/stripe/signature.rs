@@ -9,6 +9,7 @@ use std::fmt;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
+use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -24,9 +25,10 @@ pub enum SignatureError {
 }
 
 /// The endpoint's signing secrets, as `STRIPE_WEBHOOK_SECRETS` lists them: comma-separated,
-/// each entry trimmed, none empty. Its `Debug` says how many there are, never what they are.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct WebhookSecrets(Vec<String>);
+/// each entry trimmed, none empty. Its `Debug` says how many there are, never what they are;
+/// each is a `SecretString`, which has no `Display` and is zeroed when dropped.
+#[derive(Clone, Default)]
+pub struct WebhookSecrets(Vec<SecretString>);
 
 /// Why a secrets list was refused. It names the entry by position: the list holds secrets.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,14 +56,14 @@ impl WebhookSecrets {
                 count: entries.len(),
             });
         }
-        Ok(Self(entries.into_iter().map(str::to_owned).collect()))
+        Ok(Self(entries.into_iter().map(SecretString::from).collect()))
     }
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
-    pub fn as_slice(&self) -> &[String] {
+    pub fn as_slice(&self) -> &[SecretString] {
         &self.0
     }
 }
@@ -73,10 +75,10 @@ impl fmt::Debug for WebhookSecrets {
 }
 
 /// Checks `header` for `body`. `now` is seconds since the epoch. Empty secrets are skipped.
-pub fn verify<S: AsRef<str>>(
+pub fn verify(
     header: Option<&str>,
     body: &[u8],
-    secrets: &[S],
+    secrets: &[SecretString],
     tolerance: Duration,
     now: i64,
 ) -> Result<(), SignatureError> {
@@ -113,7 +115,7 @@ pub fn verify<S: AsRef<str>>(
     // An empty key is no secret at all: anyone can sign with it. Stripe's library refuses it too.
     let mut usable = secrets
         .iter()
-        .map(AsRef::as_ref)
+        .map(ExposeSecret::expose_secret)
         .filter(|secret| !secret.is_empty());
     let matched = usable.any(|secret| {
         let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
@@ -168,8 +170,8 @@ mod tests {
 
     const TOLERANCE: Duration = Duration::from_secs(300);
 
-    fn secrets(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| s.to_string()).collect()
+    fn secrets(list: &[&str]) -> Vec<SecretString> {
+        list.iter().map(|s| SecretString::from(*s)).collect()
     }
 
     #[test]
@@ -217,11 +219,18 @@ mod tests {
 
     #[test]
     fn parses_the_secrets_list() {
-        let parsed = |list: &str| WebhookSecrets::parse(list).map(|s| s.as_slice().to_vec());
-        assert_eq!(parsed("whsec_a"), Ok(secrets(&["whsec_a"])));
+        let parsed = |list: &str| {
+            WebhookSecrets::parse(list).map(|s| {
+                s.as_slice()
+                    .iter()
+                    .map(|secret| secret.expose_secret().to_owned())
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(parsed("whsec_a"), Ok(vec!["whsec_a".to_owned()]));
         assert_eq!(
             parsed(" whsec_new , whsec_old\t"),
-            Ok(secrets(&["whsec_new", "whsec_old"]))
+            Ok(vec!["whsec_new".to_owned(), "whsec_old".to_owned()])
         );
         assert_eq!(parsed(""), Ok(vec![]));
         assert_eq!(parsed("  "), Ok(vec![]));
@@ -233,8 +242,8 @@ mod tests {
             (",", 1, 2),
         ] {
             assert_eq!(
-                WebhookSecrets::parse(list),
-                Err(EmptySecret { position, count }),
+                WebhookSecrets::parse(list).err(),
+                Some(EmptySecret { position, count }),
                 "{list:?}"
             );
         }

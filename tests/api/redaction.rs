@@ -1,0 +1,63 @@
+//! Secrets never print: the settings and the stripe-sync flags hold them in `secrecy` types,
+//! whose `Debug` is redacted and which have no `Display`.
+
+use api::Settings;
+use api::service::stripe_backfill::SyncArgs;
+use clap::Parser;
+
+/// The server's settings and the stripe-sync flags, as `billing` parses them.
+#[derive(Parser, Debug)]
+struct Flags {
+    #[command(flatten)]
+    settings: Settings,
+    #[command(flatten)]
+    sync: SyncArgs,
+}
+
+const WEBHOOK_SECRETS: [&str; 2] = ["whsec_live_supersecret", "whsec_rotated_out"];
+const API_KEY: &str = "sk_live_topsecretkey";
+
+#[test]
+fn debug_of_the_settings_never_shows_a_secret() {
+    let flags = Flags::try_parse_from([
+        "billing",
+        "--stripe-webhook-secrets",
+        &WEBHOOK_SECRETS.join(","),
+        "--stripe-api-key",
+        API_KEY,
+    ])
+    .expect("the flags parse");
+    // The secrets did arrive: the redaction is not an empty list.
+    assert_eq!(flags.settings.stripe.webhook_secrets.as_slice().len(), 2);
+    assert!(!flags.sync.api_key.as_ref().is_none_or(|key| key.is_empty()));
+    for shown in [
+        format!("{flags:?}"),
+        format!("{flags:#?}"),
+        format!("{:?}", flags.settings),
+        format!("{:?}", flags.settings.stripe),
+        format!("{:?}", flags.sync),
+    ] {
+        for secret in WEBHOOK_SECRETS.iter().chain([&API_KEY]) {
+            assert!(!shown.contains(secret), "{secret} shown in:\n{shown}");
+        }
+        // Not even a prefix of one.
+        assert!(
+            !shown.contains("supersecret") && !shown.contains("topsecret"),
+            "{shown}"
+        );
+    }
+}
+
+/// A refused secrets list is named by position in the error, never echoed.
+#[test]
+fn a_refused_secrets_list_is_not_echoed() {
+    let error = Flags::try_parse_from([
+        "billing",
+        "--stripe-webhook-secrets",
+        &format!("{},", WEBHOOK_SECRETS[0]),
+    ])
+    .expect_err("an empty entry is refused");
+    let text = error.to_string();
+    assert!(text.contains("empty entry"), "{text}");
+    assert!(!text.contains(WEBHOOK_SECRETS[0]), "{text}");
+}
