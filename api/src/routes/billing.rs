@@ -22,6 +22,7 @@ pub fn router() -> Router<AppState> {
 
 /// The tier and the subscription that decides it, computed now over all of the user's
 /// subscriptions: the stored columns may name one whose period has ended since.
+#[tracing::instrument(skip_all, fields(user_id = user.id))]
 async fn billing(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,

@@ -29,6 +29,7 @@ pub fn router() -> Router<AppState> {
 /// hold every connection while they wait for it.
 ///
 /// SQLite is a local file behind one connection: a busy pool there is reported `busy`.
+#[tracing::instrument(skip_all)]
 async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
     // A ping on the pool would queue behind the requests holding every connection.
     if pool_exhausted(&state.db) {

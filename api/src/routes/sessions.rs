@@ -63,6 +63,7 @@ fn respond(
     }
 }
 
+#[tracing::instrument(skip_all, fields(user_id = user.id, client_id = ?client_id))]
 async fn sync(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
@@ -82,6 +83,7 @@ async fn sync(
     })
 }
 
+#[tracing::instrument(skip_all, fields(user_id = user.id, client_id = ?client_id))]
 async fn get_one(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
@@ -92,6 +94,7 @@ async fn get_one(
     Ok(Json(respond(session, None)))
 }
 
+#[tracing::instrument(skip_all, fields(user_id = user.id))]
 async fn list(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
@@ -105,6 +108,7 @@ async fn list(
     }))
 }
 
+#[tracing::instrument(skip_all, fields(user_id = user.id))]
 async fn trash(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
@@ -129,6 +133,7 @@ async fn trash(
     }))
 }
 
+#[tracing::instrument(skip_all, fields(user_id = user.id, client_id = ?client_id))]
 async fn soft_delete(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
@@ -142,6 +147,7 @@ async fn soft_delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[tracing::instrument(skip_all, fields(user_id = user.id, client_id = ?client_id))]
 async fn restore(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,

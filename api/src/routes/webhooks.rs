@@ -34,6 +34,7 @@ pub fn router() -> Router<AppState> {
         .route_layer(DefaultBodyLimit::max(MAX_EVENT_BYTES))
 }
 
+#[tracing::instrument(skip_all)]
 async fn receive(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -12,6 +12,7 @@ use crate::domain::Email;
 use crate::error::ApiError;
 
 /// Creates a user and returns it with a fresh token's secret.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn create_user<C: ConnectionTrait>(
     db: &C,
     email: &Email,
@@ -36,6 +37,7 @@ pub async fn create_user<C: ConnectionTrait>(
     Ok((user, token))
 }
 
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn find_by_email<C: ConnectionTrait>(
     db: &C,
     email: &Email,

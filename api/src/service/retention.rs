@@ -36,6 +36,7 @@ pub struct Purged {
 }
 
 /// Purges until nothing expired is left, calling `progress` after each batch.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn purge_expired(
     db: &DatabaseConnection,
     limits: &Limits,

@@ -70,6 +70,7 @@ async fn ensure_room<C: ConnectionTrait>(
     Ok(())
 }
 
+#[tracing::instrument(level = "debug", skip_all, fields(user_id = user_id, client_id = id.as_str()))]
 pub async fn sync<C: ConnectionTrait>(
     db: &C,
     user_id: i64,
@@ -135,6 +136,7 @@ pub async fn sync<C: ConnectionTrait>(
     }
 }
 
+#[tracing::instrument(level = "debug", skip_all, fields(user_id = user_id, client_id = id.as_str()))]
 pub async fn get<C: ConnectionTrait>(
     db: &C,
     user_id: i64,
@@ -170,6 +172,7 @@ impl Listing {
 
 /// A page of sessions, newest first. Returns the rows and the cursor for the next page, if
 /// there is one. The window is filtered here, not after the page is cut, so pages stay full.
+#[tracing::instrument(level = "debug", skip_all, fields(user_id = user_id))]
 pub async fn list<C: ConnectionTrait>(
     db: &C,
     user_id: i64,
@@ -201,6 +204,7 @@ pub async fn list<C: ConnectionTrait>(
 }
 
 /// Moves a session to the trash; doing it again changes nothing.
+#[tracing::instrument(level = "debug", skip_all, fields(user_id = user_id, client_id = id.as_str()))]
 pub async fn soft_delete<C: ConnectionTrait>(
     db: &C,
     user_id: i64,
@@ -232,6 +236,7 @@ pub fn purge_after(
 /// The tier whose window a trashed session keeps: the purge's (`retention_tier`: Pro when the
 /// user held Pro at any moment of the renewal grace). Restore, the trash listing and a PUT over
 /// an expired row all use it, so none of them treats as gone a row the purge still keeps.
+#[tracing::instrument(level = "debug", skip_all, fields(user_id = user.id))]
 pub async fn retention_tier<C: ConnectionTrait>(
     db: &C,
     user: &users::Model,
@@ -252,6 +257,7 @@ pub fn retention_expired(
 }
 
 /// Brings a session back from the trash while its tier's retention window lasts.
+#[tracing::instrument(level = "debug", skip_all, fields(user_id = user_id, client_id = id.as_str()))]
 pub async fn restore<C: ConnectionTrait>(
     db: &C,
     user_id: i64,

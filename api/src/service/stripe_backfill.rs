@@ -156,6 +156,7 @@ pub enum Note<'a> {
 }
 
 /// Syncs every customer, or only `only`.
+#[tracing::instrument(level = "debug", skip_all, fields(only = only))]
 pub async fn sync(
     db: &DatabaseConnection,
     client: &mut StripeClient,

@@ -87,6 +87,7 @@ pub enum LinkOutcome {
 }
 
 /// Records and applies one webhook event, in one transaction.
+#[tracing::instrument(level = "debug", skip_all, fields(event = %event.id, kind = %event.kind))]
 pub async fn process(db: &DatabaseConnection, event: &Event) -> Result<Outcome, ApiError> {
     Ok(retrying!(db, |txn| process_in(txn, event)))
 }
@@ -99,6 +100,7 @@ pub async fn process(db: &DatabaseConnection, event: &Event) -> Result<Outcome, 
 /// Nothing is recorded in `stripe_events`. When the state equals the stored one, only the
 /// stored snapshot's key moves to `observed_at` (so an event created before the fetch still
 /// cannot roll it back) and the answer is [`Outcome::Duplicate`]; the user's row is untouched.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn apply_fetched_subscription(
     db: &DatabaseConnection,
     snapshot: &Snapshot,
@@ -116,6 +118,7 @@ pub async fn apply_fetched_subscription(
 /// customer linked before (their subscriptions go on counting), so no paid subscription is
 /// orphaned. `users.stripe_customer_id` becomes this customer, unless a subscription of
 /// another of the user's customers decides the tier.
+#[tracing::instrument(level = "debug", skip_all, fields(user_id = user_id, customer = customer))]
 pub async fn link_customer(
     db: &DatabaseConnection,
     user_id: i64,
