@@ -1,5 +1,7 @@
 //! `cargo run`: the billing API server, plus the account commands a newcomer needs.
 
+mod logging;
+
 use std::process::ExitCode;
 
 use api::Settings;
@@ -16,6 +18,15 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(flatten)]
     settings: Settings,
+    /// Log lines as text, or as one JSON object per line.
+    #[arg(
+        global = true,
+        long,
+        env = "LOG_FORMAT",
+        value_enum,
+        default_value_t = logging::LogFormat::Text
+    )]
+    log_format: logging::LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -49,14 +60,8 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    logging::init(cli.log_format);
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {

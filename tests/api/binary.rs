@@ -13,13 +13,11 @@ use serde_json::Value;
 use crate::helpers::event;
 use crate::support::{Backend, TestDb};
 
-/// `billing` with a clean environment: only the variables a test names.
+/// `billing` with a clean environment: only the variables a test names. Its output goes to
+/// pipes, so it must carry no colour codes even without NO_COLOR.
 fn billing(vars: &[(&str, &str)]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_billing"));
-    command
-        .env_clear()
-        .env("RUST_LOG", "info,sqlx=warn")
-        .env("NO_COLOR", "1");
+    command.env_clear().env("RUST_LOG", "info,sqlx=warn");
     if let Ok(path) = std::env::var("PATH") {
         command.env("PATH", path);
     }
@@ -33,6 +31,10 @@ fn billing(vars: &[(&str, &str)]) -> Command {
 struct Server {
     child: Child,
     address: String,
+    /// What it printed before it listened.
+    started: Vec<String>,
+    /// Each line it prints to stderr from then on.
+    logs: mpsc::Receiver<String>,
     _db: TestDb,
 }
 
@@ -46,17 +48,23 @@ impl Drop for Server {
 /// Starts the server with `secrets` in `STRIPE_WEBHOOK_SECRETS`. `Ok` once it listens; `Err`
 /// with everything it printed when it exits instead.
 async fn serve(secrets: &str) -> Result<Server, String> {
+    serve_with(&[("STRIPE_WEBHOOK_SECRETS", secrets)]).await
+}
+
+/// [`serve`] with more variables.
+async fn serve_with(vars: &[(&str, &str)]) -> Result<Server, String> {
     let db = TestDb::new(Backend::Sqlite).await;
-    let mut child = billing(&[
+    let mut all = vec![
         ("DATABASE_URL", db.url.as_str()),
         ("BIND_ADDR", "127.0.0.1:0"),
-        ("STRIPE_WEBHOOK_SECRETS", secrets),
-    ])
-    .arg("serve")
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("run billing");
+    ];
+    all.extend_from_slice(vars);
+    let mut child = billing(&all)
+        .arg("serve")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run billing");
     let stderr = child.stderr.take().expect("stderr");
     let (lines, received) = mpsc::channel();
     // Keeps reading after we stop listening: a closed pipe would break the server's logging.
@@ -66,23 +74,54 @@ async fn serve(secrets: &str) -> Result<Server, String> {
         }
     });
     let mut printed = String::new();
+    let mut started = Vec::new();
     // Generous: this only catches a server that neither listens nor exits.
     while let Ok(line) = received.recv_timeout(Duration::from_secs(120)) {
-        if let Some((_, address)) = line.split_once("listening on ") {
+        if let Some(address) = listening_address(&line) {
+            started.push(line);
             return Ok(Server {
-                address: address.trim().to_owned(),
+                address,
                 child,
+                started,
+                logs: received,
                 _db: db,
             });
         }
         printed.push_str(&line);
         printed.push('\n');
+        started.push(line);
     }
     let status = child.wait().expect("wait for billing");
     Err(format!("{status}\n{printed}"))
 }
 
+/// The address in the "listening on" line, as text or as JSON.
+fn listening_address(line: &str) -> Option<String> {
+    let message = match serde_json::from_str::<Value>(line) {
+        Ok(json) => json["message"].as_str()?.to_owned(),
+        Err(_) => line.to_owned(),
+    };
+    let (_, address) = message.split_once("listening on ")?;
+    Some(address.trim().to_owned())
+}
+
 impl Server {
+    /// The lines printed since it listened, up to and including the first that `last` picks.
+    fn logs_until(&self, last: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut lines = Vec::new();
+        while let Ok(line) = self.logs.recv_timeout(Duration::from_secs(30)) {
+            let done = last(&line);
+            lines.push(line);
+            if done {
+                return lines;
+            }
+        }
+        panic!(
+            "the awaited line never came; printed:\n{}",
+            lines.join("\n")
+        );
+    }
+
     /// Delivers an event signed with `secret` (which may be empty: a forgery).
     async fn deliver_signed_with(&self, secret: &str, id: &str) -> (u16, Value) {
         let now = Utc::now().timestamp();
@@ -216,4 +255,102 @@ async fn server_flags_are_accepted_after_the_subcommand() {
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(output.status.success(), "{text}");
     assert!(text.contains("(Free 1 days"), "{text}");
+}
+
+/// A webhook delivery with a request id of the caller's, as a proxy would set it.
+async fn deliver_with_request_id(server: &Server, request_id: &str) -> u16 {
+    let now = Utc::now().timestamp();
+    let body = event("evt_logged", "invoice.paid", now, Value::Null).to_string();
+    let signature = api::stripe::signature::sign(body.as_bytes(), "whsec_logs", now);
+    let response = reqwest::Client::new()
+        .post(format!("{}/webhooks/stripe", server.address))
+        .header("content-type", "application/json")
+        .header("stripe-signature", signature)
+        .header("x-request-id", request_id)
+        .body(body)
+        .send()
+        .await
+        .expect("deliver");
+    assert_eq!(
+        response.headers()["x-request-id"],
+        request_id,
+        "the request id is sent back"
+    );
+    response.status().as_u16()
+}
+
+/// Logs to a pipe (a file, a collector) carry no ANSI colour codes; each request's lines name
+/// its request id.
+#[tokio::test]
+async fn text_logs_to_a_pipe_have_no_colour_codes() {
+    let server = serve_with(&[("STRIPE_WEBHOOK_SECRETS", "whsec_logs")])
+        .await
+        .expect("server starts");
+    assert_eq!(deliver_with_request_id(&server, "req-text-1").await, 200);
+    let lines = server.logs_until(|line| line.contains("finished processing request"));
+    let printed = [server.started.clone(), lines.clone()].concat().join("\n");
+    assert!(!printed.contains('\x1b'), "colour codes in:\n{printed:?}");
+    // The handler's own line and the request's closing line, both inside the request's span.
+    let request_lines: Vec<&String> = lines.iter().filter(|l| l.contains("request{")).collect();
+    assert!(request_lines.len() >= 2, "{printed}");
+    for line in request_lines {
+        assert!(line.contains("request_id=req-text-1"), "{line}");
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("receive") && l.contains("Stripe event")),
+        "{printed}"
+    );
+}
+
+/// `LOG_FORMAT=json`: every line is one JSON object, and a request's lines carry its id in
+/// the request's span.
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_with_the_request_id() {
+    let server = serve_with(&[
+        ("STRIPE_WEBHOOK_SECRETS", "whsec_logs"),
+        ("LOG_FORMAT", "json"),
+    ])
+    .await
+    .expect("server starts");
+    assert_eq!(deliver_with_request_id(&server, "req-json-1").await, 200);
+    let lines = server.logs_until(|line| line.contains("finished processing request"));
+    let mut during_request = 0;
+    for line in server.started.iter().chain(&lines) {
+        let json: Value =
+            serde_json::from_str(line).unwrap_or_else(|err| panic!("not JSON ({err}): {line:?}"));
+        assert!(
+            json["level"].is_string() && json["message"].is_string(),
+            "{line}"
+        );
+        if let Some(spans) = json["spans"].as_array() {
+            during_request += 1;
+            assert_eq!(spans[0]["name"], "request", "{line}");
+            assert_eq!(spans[0]["request_id"], "req-json-1", "{line}");
+        }
+    }
+    // The handler's event (inside its own span) and the request's closing line.
+    assert!(during_request >= 2, "{lines:#?}");
+    let handled = lines
+        .iter()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|json| json["message"] == "Stripe event")
+        .expect("the handler logs the event");
+    assert_eq!(handled["spans"][1]["name"], "receive", "{handled}");
+    assert_eq!(handled["event"], "evt_logged", "{handled}");
+}
+
+/// A LOG_FORMAT the server does not know stops it with one clear line, before it starts.
+#[tokio::test]
+async fn an_unknown_log_format_is_refused() {
+    let output = billing(&[("LOG_FORMAT", "xml")])
+        .arg("serve")
+        .output()
+        .expect("run billing");
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    assert!(text.contains("invalid value 'xml'"), "{text}");
+    assert!(text.contains("LOG_FORMAT"), "{text}");
+    assert!(text.contains("[possible values: text, json]"), "{text}");
 }

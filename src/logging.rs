@@ -1,0 +1,40 @@
+//! Where and how the binary logs: to stderr, filtered by `RUST_LOG` (default `info,sqlx=warn`),
+//! as text or as one JSON object per line (`LOG_FORMAT`, `--log-format`).
+
+use std::io::IsTerminal;
+
+use tracing_subscriber::EnvFilter;
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Lines for people; coloured only when stderr is a terminal and NO_COLOR is unset.
+    Text,
+    /// One JSON object per line for log pipelines: the event's fields at the top level, the
+    /// spans it happened in (the request's, with its `request_id`, first) under `spans`.
+    Json,
+}
+
+/// Installs the global subscriber. Called once, before anything logs.
+pub fn init(format: LogFormat) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // Fails only if a subscriber is already installed, which leaves that one in place.
+    let _ = match format {
+        LogFormat::Text => builder.with_ansi(colour()).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(true)
+            .try_init(),
+    };
+}
+
+/// Colour codes are noise in a file or a pipe, where logs are read by tools: only on a
+/// terminal, and never when NO_COLOR is set (no-color.org).
+fn colour() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
