@@ -137,8 +137,12 @@ fn init_tracing(verbose: bool) {
     } else {
         "migration=info,sea_orm_migration=info"
     };
+    // Colour codes only on a terminal: in a file or a CI log they are noise.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter));
     let _ = if verbose {
         builder.try_init()

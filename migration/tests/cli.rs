@@ -1462,3 +1462,20 @@ async fn a_table_copy_that_loses_its_final_lock_is_not_retried_mysql() {
     let out = migration(&["up", "-n", "1"], Some(&t.url));
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// Output to a pipe (a CI log, a file) carries no colour codes, even in verbose mode, where
+/// levels and targets are printed.
+#[tokio::test]
+async fn logs_to_a_pipe_have_no_colour_codes() {
+    let t = TestDb::new(Backend::Sqlite).await;
+    let out = Command::new(env!("CARGO_BIN_EXE_migration"))
+        .args(["-v", "up", "-u", &t.url])
+        .env_remove("DATABASE_URL")
+        .env_remove("NO_COLOR")
+        .output()
+        .expect("run migration binary");
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("DEBUG") || err.contains("INFO"), "{err}");
+    assert!(!err.contains('\x1b'), "colour codes in:\n{err:?}");
+}
