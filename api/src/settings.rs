@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::builder::TypedValueParser;
 use clap::error::ErrorKind;
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::stripe::signature::WebhookSecrets;
 
@@ -26,9 +27,10 @@ pub struct Settings {
         short = 'u',
         long,
         env = "DATABASE_URL",
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = secret_text
     )]
-    pub database_url: Option<String>,
+    pub database_url: Option<SecretString>,
     /// PostgreSQL schema holding the tables (default: public), as for `migration -s`.
     #[arg(global = true, short = 's', long, env = "DATABASE_SCHEMA")]
     pub database_schema: Option<String>,
@@ -64,6 +66,11 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// `DATABASE_URL` as written, for the code that opens it; never for a message.
+    pub fn database_url(&self) -> Option<&str> {
+        self.database_url.as_ref().map(ExposeSecret::expose_secret)
+    }
+
     pub fn lock_timeout(&self) -> Duration {
         Duration::from_millis(self.db_lock_timeout_ms.max(1))
     }
@@ -157,6 +164,12 @@ impl Default for StripeSettings {
             webhook_tolerance_secs: 300,
         }
     }
+}
+
+/// A value that may hold a password (a database URL), kept from `Debug`. Any text is accepted
+/// here; the URL is checked where it is opened, with a message that hides the password.
+fn secret_text(value: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(value))
 }
 
 /// Parses the secrets list for clap without echoing it: clap's own "invalid value" message

@@ -83,7 +83,7 @@ async fn time_limit(
 pub async fn open_database(
     settings: &Settings,
 ) -> Result<(DatabaseConnection, DatabaseUrl), Failure> {
-    let url = migration::cli::resolve_url(settings.database_url.as_deref())?;
+    let url = migration::cli::resolve_url(settings.database_url())?;
     let db = open_pool(&url, settings).await?;
     Ok((db, url))
 }
@@ -97,7 +97,7 @@ pub async fn open_database(
 pub async fn open_migrated(
     settings: &Settings,
 ) -> Result<(DatabaseConnection, DatabaseUrl), Failure> {
-    let url = migration::cli::resolve_url(settings.database_url.as_deref())?;
+    let url = migration::cli::resolve_url(settings.database_url())?;
     if url.backend != DbBackend::Sqlite {
         let migrator = connect::open(
             &url,

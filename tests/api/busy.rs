@@ -10,6 +10,7 @@ use sea_orm::{
     ConnectionTrait, DatabaseTransaction, SqliteTransactionMode, TransactionOptions,
     TransactionTrait,
 };
+use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, spawn_app, spawn_app_with};
@@ -369,10 +370,11 @@ async fn healthz_calls_a_database_that_stopped_answering_unreachable(backend: Ba
         .expect("host:port in the server URL");
     let proxy = Proxy::start(upstream.clone()).await;
     let app = spawn_app_with(backend, |settings| {
-        settings.database_url = settings
-            .database_url
-            .as_ref()
-            .map(|url| url.replacen(&upstream, &proxy.address, 1));
+        settings.database_url = settings.database_url.as_ref().map(|url| {
+            url.expose_secret()
+                .replacen(&upstream, &proxy.address, 1)
+                .into()
+        });
         settings.db_max_connections = 2;
         settings.request_timeout_secs = 5;
     })

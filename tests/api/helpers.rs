@@ -46,7 +46,7 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Settin
 pub fn test_settings(url: &str) -> Settings {
     Settings {
         bind: "127.0.0.1:0".to_owned(),
-        database_url: Some(url.to_owned()),
+        database_url: Some(url.into()),
         database_schema: None,
         db_max_connections: 5,
         db_lock_timeout_ms: 2000,

@@ -1,5 +1,6 @@
-//! Secrets never print: the settings and the stripe-sync flags hold them in `secrecy` types,
-//! whose `Debug` is redacted and which have no `Display`.
+//! Secrets never print: the settings and the stripe-sync flags hold them (webhook secrets,
+//! the Stripe API key, the database URL with its password) in `secrecy` types, whose `Debug`
+//! is redacted and which have no `Display`.
 
 use api::Settings;
 use api::service::stripe_backfill::SyncArgs;
@@ -16,6 +17,7 @@ struct Flags {
 
 const WEBHOOK_SECRETS: [&str; 2] = ["whsec_live_supersecret", "whsec_rotated_out"];
 const API_KEY: &str = "sk_live_topsecretkey";
+const DATABASE_URL: &str = "postgres://app:hunter2dbpass@127.0.0.1:5432/billing";
 
 #[test]
 fn debug_of_the_settings_never_shows_a_secret() {
@@ -25,11 +27,14 @@ fn debug_of_the_settings_never_shows_a_secret() {
         &WEBHOOK_SECRETS.join(","),
         "--stripe-api-key",
         API_KEY,
+        "--database-url",
+        DATABASE_URL,
     ])
     .expect("the flags parse");
     // The secrets did arrive: the redaction is not an empty list.
     assert_eq!(flags.settings.stripe.webhook_secrets.as_slice().len(), 2);
     assert!(!flags.sync.api_key.as_ref().is_none_or(|key| key.is_empty()));
+    assert!(flags.settings.database_url.is_some());
     for shown in [
         format!("{flags:?}"),
         format!("{flags:#?}"),
@@ -37,7 +42,7 @@ fn debug_of_the_settings_never_shows_a_secret() {
         format!("{:?}", flags.settings.stripe),
         format!("{:?}", flags.sync),
     ] {
-        for secret in WEBHOOK_SECRETS.iter().chain([&API_KEY]) {
+        for secret in WEBHOOK_SECRETS.iter().chain([&API_KEY, &"hunter2dbpass"]) {
             assert!(!shown.contains(secret), "{secret} shown in:\n{shown}");
         }
         // Not even a prefix of one.

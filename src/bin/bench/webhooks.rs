@@ -57,7 +57,7 @@ pub async fn run(args: Args) -> Result<(), String> {
 
     let settings = api::Settings {
         bind: "127.0.0.1:0".to_owned(),
-        database_url: Some(bench.url.clone()),
+        database_url: Some(bench.url.as_str().into()),
         database_schema: None,
         db_max_connections: 16,
         db_lock_timeout_ms: 2000,
