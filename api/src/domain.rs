@@ -172,8 +172,9 @@ pub struct Page {
 
 impl Page {
     pub fn parse(query: &PageQuery, max: u64) -> Result<Self, ApiError> {
+        // An empty `limit=` is refused like any other non-number: the document says integer.
         let limit = match query.limit.as_deref() {
-            None | Some("") => max.min(50),
+            None => max.min(50),
             Some(raw) => match raw.parse::<u64>() {
                 Ok(n) if (1..=max).contains(&n) => n,
                 _ => {
@@ -303,6 +304,7 @@ mod tests {
             Some(17)
         );
         assert!(Page::parse(&q(None, Some("0")), 100).is_err());
+        assert!(Page::parse(&q(None, Some("")), 100).is_err());
         assert!(Page::parse(&q(None, Some("101")), 100).is_err());
         assert!(Page::parse(&q(Some("abc"), None), 100).is_err());
         assert!(Page::parse(&q(Some("-1"), None), 100).is_err());

@@ -57,7 +57,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// probe's own connection, outside the pool: taking this instance out of service would only
 /// move its load onto the others, which share the database.
 ///
-/// 503 `unreachable` when it does not answer within [`PING_WAIT`] (each way). A busy pool
+/// 503 `unreachable` when it does not answer within `PING_WAIT` (2 s, each way). A busy pool
 /// alone proves nothing: when the database stops answering, the requests that keep coming
 /// hold every connection while they wait for it.
 ///
