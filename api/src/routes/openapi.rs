@@ -26,8 +26,7 @@ use crate::startup::AppState;
             error, including a method a path does not accept (405, with an Allow header), has \
             the Error shape."
     ),
-    components(schemas(ErrorBody)),
-    modifiers(&BearerAndCommonErrors)
+    components(schemas(ErrorBody))
 )]
 struct ApiDoc;
 
@@ -41,6 +40,7 @@ pub fn base() -> utoipa::openapi::OpenApi {
 pub fn document() -> &'static utoipa::openapi::OpenApi {
     static DOCUMENT: LazyLock<utoipa::openapi::OpenApi> = LazyLock::new(|| {
         let mut document = crate::routes::api().into_openapi();
+        // After the merge: the derive's `modifiers(...)` would run before any operation exists.
         BearerAndCommonErrors.modify(&mut document);
         document
     });
