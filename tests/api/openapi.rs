@@ -182,3 +182,35 @@ fn response_schemas_follow_the_serialised_types() {
         }
     }
 }
+
+/// The document's pattern for `device_name` admits exactly what the server accepts, for every
+/// character up to U+3000 and a few beyond: alone (only spaces is refused), and between two
+/// letters (a control character is refused anywhere).
+#[test]
+fn the_device_name_pattern_is_the_servers_rule() {
+    use api::domain::{SessionInput, SyncRequest};
+
+    let doc = serde_json::to_value(api::routes::openapi::document()).unwrap();
+    let pattern =
+        doc["components"]["schemas"]["SyncRequest"]["properties"]["device_name"]["pattern"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    let documented = regex::Regex::new(&pattern).unwrap();
+    let accepted = |name: &str| {
+        let request: SyncRequest =
+            serde_json::from_value(serde_json::json!({"device_name": name, "payload": 1})).unwrap();
+        SessionInput::parse(request, 100).is_ok()
+    };
+    let extra = ['\u{feff}', '\u{180e}', '\u{200b}', '\u{fffd}', '\u{1f680}'];
+    for c in (0..=0x3000u32).filter_map(char::from_u32).chain(extra) {
+        for name in [c.to_string(), format!("a{c}b"), format!("{c}{c}")] {
+            assert_eq!(
+                documented.is_match(&name),
+                accepted(&name),
+                "{name:?} (U+{:04X})",
+                c as u32
+            );
+        }
+    }
+}
