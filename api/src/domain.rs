@@ -4,6 +4,8 @@
 
 use sea_orm::DbBackend;
 use serde::Deserialize;
+use serde_json::value::RawValue;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::error::ApiError;
 
@@ -36,19 +38,34 @@ impl ClientId {
 }
 
 /// The body of `PUT /v1/sessions/{client_id}`.
-#[derive(Deserialize, Debug)]
+#[derive(Deserialize, Debug, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SyncRequest {
+    /// One line of text, at most 255 characters as sent, stored with surrounding spaces
+    /// trimmed. Refused with 422 naming `device_name`: only spaces, or any control character
+    /// (Unicode Cc: U+0000-U+001F, U+007F-U+009F; NUL, tab and newline included).
+    //
+    // The pattern: at least one character that is not a space, no control character (Unicode
+    // Cc) anywhere. The spaces are those `str::trim` removes, less the control characters
+    // already refused; ECMA-262's `\s` is not used, as it differs (e.g. on U+FEFF).
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*[^\\x00-\\x20\\x7F-\\xA0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000][^\\x00-\\x1F\\x7F-\\x9F]*$"
+    )]
     pub device_name: String,
-    pub payload: serde_json::Value,
+    /// Any JSON value, stored and returned exactly as sent (numbers of any size, key order and
+    /// whitespace kept). The body is capped by MAX_BODY_BYTES, the payload by its column (16 MiB
+    /// on MySQL/MariaDB).
+    #[schema(value_type = Value)]
+    pub payload: Box<RawValue>,
 }
 
 /// The most bytes `synced_sessions.payload` can hold: `MEDIUMTEXT` on MySQL/MariaDB (m009),
 /// `text` on PostgreSQL (1 GB a value), and SQLite's default `SQLITE_MAX_LENGTH`.
 ///
 /// The request body is capped separately (MAX_BODY_BYTES, 413). This cap is about what is
-/// stored, which is the payload re-serialised as compact JSON and can be longer than what was
-/// sent (`1e5` is stored as `100000.0`).
+/// stored: the payload's JSON text as sent.
 pub fn payload_capacity(backend: DbBackend) -> usize {
     match backend {
         DbBackend::MySql => 16_777_215,
@@ -61,7 +78,9 @@ pub fn payload_capacity(backend: DbBackend) -> usize {
 #[derive(Debug)]
 pub struct SessionInput {
     pub device_name: String,
-    /// The payload as stored: compact JSON text.
+    /// The payload as stored: its JSON text exactly as sent. It is never re-encoded, which
+    /// would round a number beyond 64 bits to a float (the column is text on every backend,
+    /// never `jsonb`/`JSON`, which would normalise it too).
     pub payload: String,
 }
 
@@ -80,20 +99,20 @@ impl SessionInput {
                 "device_name must not contain control characters (U+0000-U+001F, U+007F-U+009F)",
             ));
         }
+        // The length is counted as sent, as the document's maxLength counts it.
         let device_name = request.device_name.trim().to_owned();
-        if device_name.is_empty() || device_name.chars().count() > Self::MAX_DEVICE_NAME {
+        if device_name.is_empty() || request.device_name.chars().count() > Self::MAX_DEVICE_NAME {
             return Err(ApiError::invalid(
                 "device_name",
-                "device_name must be 1-255 characters",
+                "device_name must be 1-255 characters, not only spaces",
             ));
         }
-        let payload = serde_json::to_string(&request.payload).map_err(ApiError::internal)?;
+        let payload = String::from(Box::<str>::from(request.payload));
         if payload.len() > capacity {
             return Err(ApiError::invalid(
                 "payload",
                 format!(
-                    "payload is {} bytes as stored (compact JSON); this database stores at most \
-                     {capacity}",
+                    "payload is {} bytes; this database stores at most {capacity}",
                     payload.len()
                 ),
             ));
@@ -134,9 +153,14 @@ impl Email {
 }
 
 /// `?cursor=…&limit=…` for list endpoints.
-#[derive(Deserialize, Debug, Default)]
+#[derive(Deserialize, Debug, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
+    /// `next_cursor` from the previous page (digits; empty or absent for the first page).
+    #[param(pattern = "^[0-9]*$")]
     pub cursor: Option<String>,
+    /// Page size, 1 to MAX_PAGE_SIZE (100 unless the server sets another); 50 when absent.
+    #[param(value_type = Option<u64>, minimum = 1, maximum = 100)]
     pub limit: Option<String>,
 }
 
@@ -148,8 +172,9 @@ pub struct Page {
 
 impl Page {
     pub fn parse(query: &PageQuery, max: u64) -> Result<Self, ApiError> {
+        // An empty `limit=` is refused like any other non-number: the document says integer.
         let limit = match query.limit.as_deref() {
-            None | Some("") => max.min(50),
+            None => max.min(50),
             Some(raw) => match raw.parse::<u64>() {
                 Ok(n) if (1..=max).contains(&n) => n,
                 _ => {
@@ -160,13 +185,20 @@ impl Page {
                 }
             },
         };
-        let before_id =
-            match query.cursor.as_deref() {
-                None | Some("") => None,
-                Some(raw) => Some(raw.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(
-                    || ApiError::invalid("cursor", "cursor is not one this API issued"),
-                )?),
-            };
+        // A cursor is the last id of the previous page: the page holds the rows below it. Any
+        // digits are a cursor, one past every id included (the next page is then the first).
+        let before_id = match query.cursor.as_deref() {
+            None | Some("") => None,
+            Some(raw) if raw.bytes().all(|b| b.is_ascii_digit()) => {
+                Some(raw.parse::<i64>().unwrap_or(i64::MAX))
+            }
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "cursor",
+                    "cursor is not one this API issued (digits)",
+                ));
+            }
+        };
         Ok(Self { before_id, limit })
     }
 }
@@ -183,17 +215,19 @@ mod tests {
         }
     }
 
-    /// The cap is on the bytes stored, not the bytes sent: `[1e5]` (5 bytes) stores as
-    /// `[100000.0]` (10 bytes).
+    fn sync_request(body: &str) -> SyncRequest {
+        serde_json::from_str(body).unwrap()
+    }
+
+    /// The payload is kept as sent: a number beyond 64 bits, key order and whitespace inside
+    /// it are not re-encoded, and the cap counts those bytes.
     #[test]
-    fn payload_cap_counts_the_stored_form() {
-        let request = |payload: &str| SyncRequest {
-            device_name: "d".to_owned(),
-            payload: serde_json::from_str(payload).unwrap(),
-        };
-        let stored = SessionInput::parse(request("[1e5]"), 10).unwrap();
-        assert_eq!(stored.payload, "[100000.0]");
-        let refused = SessionInput::parse(request("[1e5]"), 9).unwrap_err();
+    fn payload_is_kept_as_sent() {
+        let sent = r#"{"z": 123456789012345678901234567890, "a" :[1e5, 1.50]}"#;
+        let body = format!(r#"{{"device_name": "d", "payload": {sent}}}"#);
+        let stored = SessionInput::parse(sync_request(&body), sent.len()).unwrap();
+        assert_eq!(stored.payload, sent);
+        let refused = SessionInput::parse(sync_request(&body), sent.len() - 1).unwrap_err();
         assert!(
             matches!(&refused, ApiError::Invalid { field, .. } if field == "payload"),
             "{refused:?}"
@@ -205,7 +239,7 @@ mod tests {
     fn device_names_are_one_line_without_control_characters() {
         let request = |device_name: &str| SyncRequest {
             device_name: device_name.to_owned(),
-            payload: serde_json::Value::Null,
+            payload: Box::<RawValue>::default(),
         };
         for bad in [
             "a\0b",
@@ -227,6 +261,11 @@ mod tests {
         let ok = SessionInput::parse(request(" Ann's laptop "), 100).unwrap();
         assert_eq!(ok.device_name, "Ann's laptop");
         assert!(SessionInput::parse(request("Café ☕ 🚀"), 100).is_ok());
+        // Only spaces, or longer than 255 characters as sent (the document's maxLength).
+        for bad in ["   ", "\u{3000}", &format!(" {}", "x".repeat(255))] {
+            assert!(SessionInput::parse(request(bad), 100).is_err(), "{bad:?}");
+        }
+        assert!(SessionInput::parse(request(&"x".repeat(255)), 100).is_ok());
     }
 
     #[test]
@@ -265,7 +304,15 @@ mod tests {
             Some(17)
         );
         assert!(Page::parse(&q(None, Some("0")), 100).is_err());
+        assert!(Page::parse(&q(None, Some("")), 100).is_err());
         assert!(Page::parse(&q(None, Some("101")), 100).is_err());
         assert!(Page::parse(&q(Some("abc"), None), 100).is_err());
+        assert!(Page::parse(&q(Some("-1"), None), 100).is_err());
+        // Digits past every id (and past i64) are the first page.
+        let far = "9".repeat(40);
+        assert_eq!(
+            Page::parse(&q(Some(&far), None), 100).unwrap().before_id,
+            Some(i64::MAX)
+        );
     }
 }

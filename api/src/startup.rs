@@ -28,12 +28,7 @@ use crate::user_queue::UserQueue;
 pub fn router(state: AppState) -> Router {
     let body_limit = state.limits.max_body_bytes;
     let request_timeout = state.request_timeout;
-    Router::new()
-        .merge(routes::health::router())
-        .merge(routes::openapi::router())
-        .merge(routes::billing::router())
-        .merge(routes::sessions::router())
-        .merge(routes::webhooks::router())
+    Router::from(routes::api())
         .fallback(|| async { ApiError::NotFound("no such route") })
         // axum adds the `Allow` header to this answer.
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })

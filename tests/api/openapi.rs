@@ -11,14 +11,26 @@ async fn openapi_matches_the_router() {
     let token = app.user("ann@example.com").await;
     let (status, doc) = app.json(Method::GET, "/openapi.json", &token).await;
     assert_eq!(status, 200);
-    // The field's rules are documented: no control characters (PostgreSQL refuses NUL).
+    // The field's rules are documented: no control characters (PostgreSQL refuses NUL), not
+    // only spaces, at most 255 characters as sent.
     let device_name = &doc["components"]["schemas"]["SyncRequest"]["properties"]["device_name"];
-    assert_eq!(device_name["pattern"], "^[^\\x00-\\x1F\\x7F-\\x9F]*$");
+    assert!(
+        device_name["pattern"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("^[^\\x00-\\x1F\\x7F-\\x9F]*")),
+        "{device_name}"
+    );
+    assert_eq!(device_name["maxLength"], 255);
     assert!(
         device_name["description"]
             .as_str()
-            .is_some_and(|d| d.contains("control characters")),
+            .is_some_and(|d| d.contains("control character") && d.contains("only spaces")),
         "{device_name}"
+    );
+    // The generated document is what the server serves.
+    assert_eq!(
+        doc,
+        serde_json::to_value(api::routes::openapi::document()).unwrap()
     );
     let paths = doc["paths"].as_object().expect("paths");
     assert_eq!(paths.len(), 8);
@@ -58,4 +70,147 @@ async fn openapi_matches_the_router() {
         (404, Some("no such route"))
     );
     assert_eq!(app.status(Method::GET, "/healthz", &token).await, 200);
+}
+
+/// Each response type's schema lists exactly the fields serde writes for it, and requires
+/// every field it always writes: the document is generated from the type, so a field added to
+/// the struct appears here with no second edit (and this test, which builds every field, is
+/// where the compiler asks for it).
+#[test]
+fn response_schemas_follow_the_serialised_types() {
+    use api::error::{ErrorBody, ErrorDetail};
+    use api::routes::billing::BillingResponse;
+    use api::routes::health::{Database, Health, Status};
+    use api::routes::sessions::{SessionPage, SessionResponse};
+    use api::routes::webhooks::Receipt;
+    use chrono::{DateTime, FixedOffset};
+    use serde_json::Value;
+
+    let at: DateTime<FixedOffset> = "2026-01-02T03:04:05+00:00".parse().unwrap();
+    let session = || SessionResponse {
+        client_id: "c".into(),
+        device_name: "d".into(),
+        payload: serde_json::value::to_raw_value(&1).unwrap(),
+        created_at: at,
+        updated_at: at,
+        deleted_at: Some(at),
+        purge_after: Some(at),
+    };
+    let samples: Vec<(&str, Value)> = vec![
+        ("Session", serde_json::to_value(session()).unwrap()),
+        (
+            "SessionPage",
+            serde_json::to_value(SessionPage {
+                items: vec![session()],
+                next_cursor: Some("1".into()),
+            })
+            .unwrap(),
+        ),
+        (
+            "Billing",
+            serde_json::to_value(BillingResponse {
+                tier: "pro",
+                subscription_status: "active".into(),
+                current_period_end: Some(at),
+                stripe_linked: true,
+            })
+            .unwrap(),
+        ),
+        (
+            "Health",
+            serde_json::to_value(Health {
+                status: Status::Ok,
+                database: Database::Reachable,
+            })
+            .unwrap(),
+        ),
+        (
+            "Receipt",
+            serde_json::to_value(Receipt {
+                received: true,
+                outcome: "applied",
+            })
+            .unwrap(),
+        ),
+        (
+            "Error",
+            serde_json::to_value(ErrorBody {
+                error: ErrorDetail {
+                    code: "c",
+                    message: "m".into(),
+                    field: Some("f"),
+                },
+            })
+            .unwrap(),
+        ),
+        (
+            "ErrorDetail",
+            serde_json::to_value(ErrorDetail {
+                code: "c",
+                message: "m".into(),
+                field: Some("f"),
+            })
+            .unwrap(),
+        ),
+    ];
+    let doc = serde_json::to_value(api::routes::openapi::document()).unwrap();
+    for (name, sample) in samples {
+        let schema = &doc["components"]["schemas"][name];
+        let documented: Vec<&String> = schema["properties"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{name} has no properties: {schema}"))
+            .keys()
+            .collect();
+        let written: Vec<&String> = sample.as_object().unwrap().keys().collect();
+        let mut documented_sorted = documented.clone();
+        documented_sorted.sort();
+        let mut written_sorted = written.clone();
+        written_sorted.sort();
+        assert_eq!(documented_sorted, written_sorted, "{name}");
+        let required: Vec<&str> = schema["required"]
+            .as_array()
+            .map(|r| r.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        for key in written {
+            // Only the error's `field` is left out when it has no value.
+            let always_written = !(name == "ErrorDetail" && key == "field");
+            assert_eq!(
+                required.contains(&key.as_str()),
+                always_written,
+                "{name}.{key} required: {required:?}"
+            );
+        }
+    }
+}
+
+/// The document's pattern for `device_name` admits exactly what the server accepts, for every
+/// character up to U+3000 and a few beyond: alone (only spaces is refused), and between two
+/// letters (a control character is refused anywhere).
+#[test]
+fn the_device_name_pattern_is_the_servers_rule() {
+    use api::domain::{SessionInput, SyncRequest};
+
+    let doc = serde_json::to_value(api::routes::openapi::document()).unwrap();
+    let pattern =
+        doc["components"]["schemas"]["SyncRequest"]["properties"]["device_name"]["pattern"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    let documented = regex::Regex::new(&pattern).unwrap();
+    let accepted = |name: &str| {
+        let request: SyncRequest =
+            serde_json::from_value(serde_json::json!({"device_name": name, "payload": 1})).unwrap();
+        SessionInput::parse(request, 100).is_ok()
+    };
+    let extra = ['\u{feff}', '\u{180e}', '\u{200b}', '\u{fffd}', '\u{1f680}'];
+    for c in (0..=0x3000u32).filter_map(char::from_u32).chain(extra) {
+        for name in [c.to_string(), format!("a{c}b"), format!("{c}{c}")] {
+            assert_eq!(
+                documented.is_match(&name),
+                accepted(&name),
+                "{name:?} (U+{:04X})",
+                c as u32
+            );
+        }
+    }
 }

@@ -12,7 +12,44 @@ crate::on_every_backend!(
     soft_delete_trash_and_restore,
     restore_is_refused_after_the_retention_window,
     an_expired_trashed_session_no_longer_blocks_its_client_id,
+    the_payload_comes_back_exactly_as_sent,
 );
+
+/// The payload is stored as the JSON text sent, not re-encoded: an integer beyond 64 bits
+/// (which a re-encoding turned into `1.2345678901234568e+29`), key order, number spelling and
+/// whitespace inside it come back byte for byte, in the single and the listed session.
+async fn the_payload_comes_back_exactly_as_sent(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let token = app.user("ann@example.com").await;
+    let payload =
+        r#"{"z": 123456789012345678901234567890, "a" : [1e5, 1.50, -0.0],"s":"\u00e9\u0000"}"#;
+    let body = format!(r#"{{"device_name": "d", "payload": {payload}}}"#);
+    let put = app
+        .request(Method::PUT, "/v1/sessions/big", Some(&token))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 201);
+    assert!(put.text().await.unwrap().contains(payload));
+    for path in ["/v1/sessions/big", "/v1/sessions"] {
+        let text = app
+            .send(Method::GET, path, &token)
+            .await
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            text.contains(&format!(r#""payload":{payload}"#)),
+            "{path}: {text}"
+        );
+    }
+    assert_eq!(
+        app.db.texts("SELECT payload FROM synced_sessions").await,
+        vec![payload]
+    );
+}
 
 async fn sync_creates_then_updates_the_same_session(backend: Backend) {
     let app = spawn_app(backend).await;

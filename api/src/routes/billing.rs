@@ -1,25 +1,55 @@
+use axum::Json;
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
 use chrono::{DateTime, FixedOffset, Utc};
+use entity::{SubscriptionStatus, Tier};
 use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa::openapi::schema::{Object, Type};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::CurrentUser;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = Billing)]
 pub struct BillingResponse {
+    #[schema(schema_with = tiers)]
     pub tier: &'static str,
+    /// Of the subscription that decides the tier now, among all of the user's.
+    #[schema(schema_with = subscription_statuses)]
     pub subscription_status: String,
+    /// Of the same subscription.
+    #[schema(required = true)]
     pub current_period_end: Option<DateTime<FixedOffset>>,
     pub stripe_linked: bool,
 }
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/billing", get(billing))
+/// A string that is one of `values`.
+pub(crate) fn one_of(values: impl IntoIterator<Item = &'static str>) -> Object {
+    Object::builder()
+        .schema_type(Type::String)
+        .enum_values(Some(values))
+        .build()
 }
 
+fn tiers() -> Object {
+    one_of([Tier::Free, Tier::Pro].map(Tier::as_str))
+}
+
+fn subscription_statuses() -> Object {
+    one_of(SubscriptionStatus::ALL.map(SubscriptionStatus::as_str))
+}
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(billing))
+}
+
+#[utoipa::path(
+    get, path = "/v1/billing", tag = "billing", security(("bearer" = [])),
+    responses((status = 200, description = "billing state", body = BillingResponse))
+)]
 /// The tier and the subscription that decides it, computed now over all of the user's
 /// subscriptions: the stored columns may name one whose period has ended since.
 #[tracing::instrument(skip_all, fields(user_id = user.id))]

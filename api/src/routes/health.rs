@@ -1,30 +1,56 @@
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
 use sea_orm::{DatabaseConnection, DbBackend};
 use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::health_probe::PING_WAIT;
 use crate::state::AppState;
 
-#[derive(Serialize)]
-struct Health {
-    status: &'static str,
-    database: &'static str,
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    pub status: Status,
+    pub database: Database,
 }
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/healthz", get(health))
+#[derive(Serialize, ToSchema, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Ok,
+    Unavailable,
 }
 
+#[derive(Serialize, ToSchema, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "snake_case")]
+pub enum Database {
+    Reachable,
+    Busy,
+    Unreachable,
+}
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(health))
+}
+
+#[utoipa::path(
+    get, path = "/healthz", tag = "health",
+    responses(
+        (status = 200, description = "the database answers (`reachable`), or every pooled connection is in use (`busy`)", body = Health),
+        (status = 503, description = "the database does not answer (`unreachable`)", body = Health),
+    )
+)]
+/// Database reachability.
+///
 /// 200 `reachable` when the database answers a ping on the pool.
 ///
 /// 200 `busy` when every pooled connection is in use *and* the database answers a ping on the
 /// probe's own connection, outside the pool: taking this instance out of service would only
 /// move its load onto the others, which share the database.
 ///
-/// 503 `unreachable` when it does not answer within [`PING_WAIT`] (each way). A busy pool
+/// 503 `unreachable` when it does not answer within `PING_WAIT` (2 s, each way). A busy pool
 /// alone proves nothing: when the database stops answering, the requests that keep coming
 /// hold every connection while they wait for it.
 ///
@@ -36,28 +62,28 @@ async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
         return busy_or_down(&state).await;
     }
     match tokio::time::timeout(PING_WAIT, state.db.ping()).await {
-        Ok(Ok(())) => answer(StatusCode::OK, "reachable"),
+        Ok(Ok(())) => answer(StatusCode::OK, Database::Reachable),
         // Requests took the last connections while we waited.
         _ if pool_exhausted(&state.db) => busy_or_down(&state).await,
         Ok(Err(err)) => {
             tracing::warn!(error = %err, "health check: database unreachable");
-            answer(StatusCode::SERVICE_UNAVAILABLE, "unreachable")
+            answer(StatusCode::SERVICE_UNAVAILABLE, Database::Unreachable)
         }
         Err(_) => {
             tracing::warn!(wait = ?PING_WAIT, "health check: the database did not answer in time");
-            answer(StatusCode::SERVICE_UNAVAILABLE, "unreachable")
+            answer(StatusCode::SERVICE_UNAVAILABLE, Database::Unreachable)
         }
     }
 }
 
-fn answer(status: StatusCode, database: &'static str) -> (StatusCode, Json<Health>) {
+fn answer(status: StatusCode, database: Database) -> (StatusCode, Json<Health>) {
     (
         status,
         Json(Health {
             status: if status == StatusCode::OK {
-                "ok"
+                Status::Ok
             } else {
-                "unavailable"
+                Status::Unavailable
             },
             database,
         }),
@@ -67,13 +93,13 @@ fn answer(status: StatusCode, database: &'static str) -> (StatusCode, Json<Healt
 /// The pool is exhausted: `busy` only if the database answers the probe.
 async fn busy_or_down(state: &AppState) -> (StatusCode, Json<Health>) {
     if state.db.get_database_backend() == DbBackend::Sqlite {
-        return answer(StatusCode::OK, "busy");
+        return answer(StatusCode::OK, Database::Busy);
     }
     match state.health_probe.ping(&state.db).await {
-        Ok(()) => answer(StatusCode::OK, "busy"),
+        Ok(()) => answer(StatusCode::OK, Database::Busy),
         Err(reason) => {
             tracing::warn!(%reason, "health check: every pooled connection is in use and the database does not answer");
-            answer(StatusCode::SERVICE_UNAVAILABLE, "unreachable")
+            answer(StatusCode::SERVICE_UNAVAILABLE, Database::Unreachable)
         }
     }
 }

@@ -5,35 +5,72 @@
 //! including unknown customers and event types; 5xx when the database fails, so Stripe
 //! retries and nothing is lost.
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::HeaderMap;
-use axum::routing::post;
-use axum::{Json, Router};
 use chrono::Utc;
 use serde::Serialize;
 use std::time::Duration;
+use utoipa::ToSchema;
+use utoipa::openapi::schema::Object;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::error::ApiError;
-use crate::service::stripe_sync;
+use crate::error::{ApiError, ErrorBody};
+use crate::routes::billing::one_of;
+use crate::service::stripe_sync::{self, Outcome};
 use crate::state::AppState;
 use crate::stripe::{event, signature};
 
 /// Stripe events can exceed the API's body cap; this is the webhook's own.
 const MAX_EVENT_BYTES: usize = 1024 * 1024;
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct Receipt {
     pub received: bool,
+    /// What the event did.
+    #[schema(schema_with = outcomes)]
     pub outcome: &'static str,
 }
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/webhooks/stripe", post(receive))
+fn outcomes() -> Object {
+    one_of(
+        [
+            Outcome::Applied,
+            Outcome::Duplicate,
+            Outcome::UnknownCustomer,
+            Outcome::UnknownUser,
+            Outcome::Ignored,
+        ]
+        .map(Outcome::as_str),
+    )
+}
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(receive))
         .route_layer(DefaultBodyLimit::max(MAX_EVENT_BYTES))
 }
 
+/// Stripe events, signed with `Stripe-Signature`.
+///
+/// Acts on checkout.session.completed, customer.subscription.created, .updated, .deleted,
+/// .paused and .resumed, and customer.deleted; acknowledges any other type. Recording and
+/// applying an event are one transaction: a 5xx leaves nothing behind, and Stripe's retry
+/// applies the event.
+#[utoipa::path(
+    post, path = "/webhooks/stripe", tag = "webhooks",
+    params(("Stripe-Signature" = String, Header, description = "`t=<unix time>,v1=<hex HMAC-SHA256>` as Stripe signs it; one v1 entry per secret")),
+    request_body(content = Object, content_type = "application/json", description = "the Stripe event, as Stripe sent it"),
+    responses(
+        (status = 200, description = "received; `outcome` says what it did", body = Receipt),
+        (status = 400, description = "missing, malformed, wrong or stale signature (`invalid_signature`), or a signed body that is not a Stripe event", body = ErrorBody),
+        (status = 413, description = "event larger than 1 MiB", body = ErrorBody),
+        (status = 500, description = "unexpected error, nothing recorded; Stripe retries", body = ErrorBody),
+        (status = 503, description = "database unavailable or busy, request timed out, or webhooks not configured (`not_configured`); nothing recorded, Stripe retries", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all)]
 async fn receive(
     State(state): State<AppState>,
