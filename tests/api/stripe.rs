@@ -14,6 +14,7 @@ crate::on_every_backend!(
     same_second_events_resolve_the_same_way_in_either_order,
     concurrent_deliveries_end_as_sequential_ones,
     unknown_customers_and_types_are_acknowledged,
+    signed_events_no_column_can_hold_are_acknowledged_not_stored,
 );
 
 async fn events_stored(app: &TestApp) -> String {
@@ -468,6 +469,87 @@ async fn unknown_customers_and_types_are_acknowledged(backend: Backend) {
     assert_eq!(
         app.billing_row("late@example.com").await,
         "cus_u|sub_u|active|set"
+    );
+}
+
+/// A signed event whose ids hold a control character or overrun their column can never be
+/// stored: it is acknowledged (so Stripe stops retrying) and leaves nothing behind, on every
+/// backend. PostgreSQL refuses NUL in text; without the check this was a 500, retried for days.
+async fn signed_events_no_column_can_hold_are_acknowledged_not_stored(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.user("ann@example.com").await;
+    let uid = app.user_id("ann@example.com").await;
+    let now = Utc::now().timestamp();
+    let long = "x".repeat(256);
+    let unstorable = [
+        subscription(
+            "evt_nul",
+            "updated",
+            now,
+            ("cus_a\u{0}b", "sub_n"),
+            "active",
+            now + 86_400,
+            true,
+        ),
+        subscription(
+            "evt_nul_sub",
+            "updated",
+            now,
+            ("cus_n", "sub_\u{1b}[2J"),
+            "active",
+            now + 86_400,
+            true,
+        ),
+        subscription(
+            "evt_\u{0}id",
+            "updated",
+            now,
+            ("cus_n", "sub_n"),
+            "active",
+            now + 86_400,
+            true,
+        ),
+        subscription(
+            "evt_long",
+            "updated",
+            now,
+            (long.as_str(), "sub_n"),
+            "active",
+            now + 86_400,
+            true,
+        ),
+        checkout("evt_nul_checkout", now, uid, "cus_\u{7f}", "sub_n"),
+        event("evt_long_type", &"t".repeat(101), now, Value::Null),
+        event(
+            "evt_deleted",
+            "customer.deleted",
+            now,
+            serde_json::json!({"id": "cus_\u{0}"}),
+        ),
+    ];
+    for body in &unstorable {
+        let (status, answer) = app.deliver_event(body).await;
+        assert_eq!(
+            (status, answer["outcome"].as_str()),
+            (200, Some("unstorable")),
+            "{body}"
+        );
+    }
+    assert_eq!(events_stored(&app).await, "0");
+    assert_eq!(app.billing_row("ann@example.com").await, "-|-|none|-");
+    // At the limits, the same shapes are stored.
+    let longest = "c".repeat(255);
+    app.deliver_event(&checkout("evt_ok", now, uid, &longest, "sub_ok"))
+        .await;
+    let (status, answer) = app
+        .deliver_event(&event("evt_ok_type", &"t".repeat(100), now, Value::Null))
+        .await;
+    assert_eq!((status, answer["outcome"].as_str()), (200, Some("ignored")));
+    assert_eq!(events_stored(&app).await, "2");
+    assert!(
+        app.billing_row("ann@example.com")
+            .await
+            .starts_with(&longest)
     );
 }
 

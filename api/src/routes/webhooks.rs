@@ -21,7 +21,8 @@ use crate::error::{ApiError, ErrorBody};
 use crate::routes::billing::one_of;
 use crate::service::stripe_sync::{self, Outcome};
 use crate::state::AppState;
-use crate::stripe::{event, signature};
+use crate::stripe::event::{self, EventError};
+use crate::stripe::signature;
 
 /// Stripe events can exceed the API's body cap; this is the webhook's own.
 const MAX_EVENT_BYTES: usize = 1024 * 1024;
@@ -35,16 +36,7 @@ pub struct Receipt {
 }
 
 fn outcomes() -> Object {
-    one_of(
-        [
-            Outcome::Applied,
-            Outcome::Duplicate,
-            Outcome::UnknownCustomer,
-            Outcome::UnknownUser,
-            Outcome::Ignored,
-        ]
-        .map(Outcome::as_str),
-    )
+    one_of(Outcome::ALL.map(Outcome::as_str))
 }
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -64,7 +56,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     params(("Stripe-Signature" = String, Header, description = "`t=<unix time>,v1=<hex HMAC-SHA256>` as Stripe signs it; one v1 entry per secret")),
     request_body(content = Object, content_type = "application/json", description = "the Stripe event, as Stripe sent it"),
     responses(
-        (status = 200, description = "received; `outcome` says what it did", body = Receipt),
+        (status = 200, description = "received; `outcome` says what it did (`unstorable`: signed, but an id with a control character or longer than its column; logged, not stored, not retried)", body = Receipt),
         (status = 400, description = "missing, malformed, wrong or stale signature (`invalid_signature`), or a signed body that is not a Stripe event", body = ErrorBody),
         (status = 413, description = "event larger than 1 MiB", body = ErrorBody),
         (status = 500, description = "unexpected error, nothing recorded; Stripe retries", body = ErrorBody),
@@ -97,11 +89,23 @@ async fn receive(
         tracing::warn!(error = %err, "Stripe webhook refused");
         ApiError::InvalidSignature(err.to_string())
     })?;
-    let event = event::parse(&body).map_err(|err| ApiError::BadRequest(err.to_string()))?;
+    let event = match event::parse(&body) {
+        Ok(event) => event,
+        Err(err @ EventError::Malformed(_)) => return Err(ApiError::BadRequest(err.to_string())),
+        Err(err @ EventError::Unstorable { .. }) => {
+            // Signed by our secret, so Stripe (or whoever holds it) sent it; it needs a person.
+            tracing::error!(error = %err, "signed Stripe event acknowledged but not stored");
+            return Ok(receipt(Outcome::Unstorable));
+        }
+    };
     let outcome = stripe_sync::process(&state.db, &event).await?;
     tracing::info!(event = %event.id, kind = %event.kind, outcome = outcome.as_str(), "Stripe event");
-    Ok(Json(Receipt {
+    Ok(receipt(outcome))
+}
+
+fn receipt(outcome: Outcome) -> Json<Receipt> {
+    Json(Receipt {
         received: true,
         outcome: outcome.as_str(),
-    }))
+    })
 }

@@ -29,7 +29,7 @@ use serde_json::Value;
 use crate::error::ApiError;
 use crate::service::stripe_sync::{self, LinkOutcome, Outcome};
 use crate::stripe::client::{ApiKey, Listing, StripeClient, StripeError};
-use crate::stripe::event::snapshot_from_subscription;
+use crate::stripe::event::{MAX_ID_CHARS, snapshot_from_subscription, storable};
 
 /// `billing stripe-sync` flags. The key is read from the environment in preference; it is
 /// never shown (`hide_env_values`, and `ApiKey` has no readable `Debug`).
@@ -231,6 +231,16 @@ impl<N: FnMut(Note<'_>)> Run<'_, N> {
                     continue;
                 };
                 self.tally.customers_seen += 1;
+                if let Err(err) = storable("customer", customer.id.clone(), MAX_ID_CHARS) {
+                    // Querying with it would fail the whole run (PostgreSQL refuses NUL).
+                    self.tally.failed += 1;
+                    let shown = customer.id.escape_debug().to_string();
+                    (self.note)(Note::Customer {
+                        customer: &shown,
+                        detail: format!("not linked: {err}"),
+                    });
+                    continue;
+                }
                 if let Some(email) = &customer.email {
                     *emails_at_stripe.entry(email.clone()).or_default() += 1;
                 }
@@ -408,7 +418,10 @@ impl<N: FnMut(Note<'_>)> Run<'_, N> {
                         let id = object.get("id").and_then(Value::as_str).unwrap_or("?");
                         (self.note)(Note::Customer {
                             customer: customer.unwrap_or("?"),
-                            detail: format!("subscription {id} not applied: {}", err.0),
+                            detail: format!(
+                                "subscription {} not applied: {err}",
+                                id.escape_debug()
+                            ),
                         });
                         continue;
                     }

@@ -60,9 +60,23 @@ pub enum Outcome {
     UnknownCustomer,
     UnknownUser,
     Ignored,
+    /// Signed, but carrying a value no column can hold ([`EventError::Unstorable`]): logged
+    /// and acknowledged, since no retry could ever store it.
+    ///
+    /// [`EventError::Unstorable`]: crate::stripe::event::EventError::Unstorable
+    Unstorable,
 }
 
 impl Outcome {
+    pub const ALL: [Outcome; 6] = [
+        Outcome::Applied,
+        Outcome::Duplicate,
+        Outcome::UnknownCustomer,
+        Outcome::UnknownUser,
+        Outcome::Ignored,
+        Outcome::Unstorable,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Applied => "applied",
@@ -70,6 +84,7 @@ impl Outcome {
             Outcome::UnknownCustomer => "unknown_customer",
             Outcome::UnknownUser => "unknown_user",
             Outcome::Ignored => "ignored",
+            Outcome::Unstorable => "unstorable",
         }
     }
 }

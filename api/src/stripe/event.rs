@@ -41,9 +41,58 @@ pub struct Snapshot {
     pub current_period_end: Option<DateTime<Utc>>,
 }
 
+/// Why a signed body was not turned into an [`Event`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("not a Stripe event: {0}")]
-pub struct MalformedEvent(pub String);
+pub enum EventError {
+    /// Not a Stripe event at all: not JSON, or no id, type, created or object.
+    #[error("not a Stripe event: {0}")]
+    Malformed(String),
+    /// A Stripe event carrying a value no column can hold: a control character (PostgreSQL
+    /// refuses NUL in text) or more characters than the column has. Stripe's ids never look
+    /// like this, and no retry can ever store it, so the webhook acknowledges it (and logs an
+    /// error) rather than have Stripe retry it for days.
+    #[error("{field} cannot be stored: {reason}")]
+    Unstorable { field: &'static str, reason: String },
+}
+
+fn malformed(reason: &str) -> EventError {
+    EventError::Malformed(reason.to_owned())
+}
+
+/// The longest id the tables hold (`VARCHAR(255)` in m006, m007 and m010).
+pub const MAX_ID_CHARS: usize = 255;
+/// The longest event type `stripe_events.event_type` holds (`VARCHAR(100)`, m007).
+pub const MAX_TYPE_CHARS: usize = 100;
+
+/// `value` as a column will hold it, or why it never can. Lengths count characters, as
+/// `VARCHAR(n)` does on PostgreSQL, MariaDB and SQLite.
+pub fn storable(
+    field: &'static str,
+    value: String,
+    max_chars: usize,
+) -> Result<String, EventError> {
+    let unstorable = |reason: String| EventError::Unstorable { field, reason };
+    if let Some(c) = value.chars().find(|c| c.is_control()) {
+        return Err(unstorable(format!(
+            "holds the control character U+{:04X}",
+            u32::from(c)
+        )));
+    }
+    let chars = value.chars().count();
+    if chars > max_chars {
+        return Err(unstorable(format!(
+            "{chars} characters, more than {max_chars}"
+        )));
+    }
+    Ok(value)
+}
+
+/// An id Stripe sent that we store: present, and storable.
+fn stored_id(value: &Value, key: &str, field: &'static str) -> Result<Option<String>, EventError> {
+    text(value, key)
+        .map(|id| storable(field, id, MAX_ID_CHARS))
+        .transpose()
+}
 
 /// Stripe's subscription statuses → ours. None of the extra ones grants Pro.
 ///
@@ -114,11 +163,11 @@ fn period_end(subscription: &Value) -> Option<DateTime<Utc>> {
 
 /// A Stripe subscription object (as in events' `data.object` and in `GET /v1/subscriptions`)
 /// as the snapshot we keep. A status we do not know maps to `none` (see [`map_status`]).
-pub fn snapshot_from_subscription(object: &Value) -> Result<Snapshot, MalformedEvent> {
-    let customer = text(object, "customer")
-        .ok_or_else(|| MalformedEvent("subscription without customer".into()))?;
-    let subscription =
-        text(object, "id").ok_or_else(|| MalformedEvent("subscription without id".into()))?;
+pub fn snapshot_from_subscription(object: &Value) -> Result<Snapshot, EventError> {
+    let customer = stored_id(object, "customer", "customer")?
+        .ok_or_else(|| malformed("subscription without customer"))?;
+    let subscription = stored_id(object, "id", "subscription")?
+        .ok_or_else(|| malformed("subscription without id"))?;
     let stripe_status = text(object, "status").unwrap_or_default();
     let (status, _) = map_status(&stripe_status);
     Ok(Snapshot {
@@ -130,23 +179,24 @@ pub fn snapshot_from_subscription(object: &Value) -> Result<Snapshot, MalformedE
     })
 }
 
-pub fn parse(body: &[u8]) -> Result<Event, MalformedEvent> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| MalformedEvent(format!("invalid JSON: {e}")))?;
-    let id = text(&value, "id").ok_or_else(|| MalformedEvent("no id".into()))?;
-    let kind = text(&value, "type").ok_or_else(|| MalformedEvent("no type".into()))?;
+pub fn parse(body: &[u8]) -> Result<Event, EventError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| EventError::Malformed(format!("invalid JSON: {e}")))?;
+    let id = stored_id(&value, "id", "event id")?.ok_or_else(|| malformed("no id"))?;
+    let kind = text(&value, "type").ok_or_else(|| malformed("no type"))?;
+    let kind = storable("event type", kind, MAX_TYPE_CHARS)?;
     let created = value
         .get("created")
         .and_then(Value::as_i64)
-        .ok_or_else(|| MalformedEvent("no created".into()))?;
+        .ok_or_else(|| malformed("no created"))?;
     let object = value
         .pointer("/data/object")
-        .ok_or_else(|| MalformedEvent("no data.object".into()))?;
+        .ok_or_else(|| malformed("no data.object"))?;
     let action = match kind.as_str() {
         "checkout.session.completed" => Action::LinkCustomer {
             user_id: text(object, "client_reference_id").and_then(|id| id.parse().ok()),
-            customer: text(object, "customer"),
-            subscription: text(object, "subscription"),
+            customer: stored_id(object, "customer", "customer")?,
+            subscription: stored_id(object, "subscription", "subscription")?,
         },
         "customer.subscription.created"
         | "customer.subscription.updated"
@@ -161,8 +211,8 @@ pub fn parse(body: &[u8]) -> Result<Event, MalformedEvent> {
             Action::Subscription(snapshot)
         }
         "customer.deleted" => Action::CustomerDeleted {
-            customer: text(object, "id")
-                .ok_or_else(|| MalformedEvent("customer without id".into()))?,
+            customer: stored_id(object, "id", "customer")?
+                .ok_or_else(|| malformed("customer without id"))?,
         },
         _ => Action::Unhandled,
     };
