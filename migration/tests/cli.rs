@@ -177,6 +177,11 @@ async fn eight_migrators_at_once_all_succeed_and_each_migration_runs_once(backen
         t.texts("SELECT count(*) FROM seaql_migrations").await,
         vec![migration_count().to_string()]
     );
+    // Created once, under the lock, by whichever migrator came first.
+    assert_eq!(
+        t.texts("SELECT count(*) FROM migration_checksums").await,
+        vec![migration_count().to_string()]
+    );
 }
 
 async fn sql_prints_pending_migrations_without_running_them(backend: Backend) {
