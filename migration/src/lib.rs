@@ -2,8 +2,9 @@
 //!
 //! Most migrations are lists of re-runnable [`step::Step`]s (see `step.rs`), which the dry run
 //! can print; a plain `MigrationTrait` (what `sea-orm-cli migrate generate` writes) runs too.
-//! The CLI in `cli.rs` wraps SeaORM's runner with a database-wide lock, a dry run and readable
-//! errors.
+//! The CLI in `cli.rs` wraps SeaORM's runner with a database-wide lock (`lock.rs`), a dry run,
+//! checksums of applied migrations (`checksum.rs`) and typed errors (`error.rs`) that it prints
+//! as one line. `connect.rs` opens databases for the CLI and the API alike.
 //!
 //! Adding a migration: `sea-orm-cli migrate generate NAME` (from the workspace root) writes
 //! `src/mYYYYMMDD_HHMMSS_NAME.rs` and adds its `mod` line and its line in `migrations()` at
