@@ -146,12 +146,17 @@ impl Error {
     }
 
     /// The same error with server text scrubbed of `url`'s secrets (a server may quote what it
-    /// was sent). Only [`Error::Database`] carries text this crate did not write.
+    /// was sent). The variants with a `detail` carry text this crate did not write; those made
+    /// where the URL is at hand ([`ConnectError`], [`Error::LockConnection`]) are scrubbed
+    /// already.
     pub fn scrubbed(self, url: &DatabaseUrl) -> Self {
         match self {
             Self::Database { detail, source } => Self::Database {
                 detail: url.scrub(&detail),
                 source,
+            },
+            Self::LockFailed { detail } => Self::LockFailed {
+                detail: url.scrub(&detail),
             },
             other => other,
         }
