@@ -10,6 +10,7 @@ pub mod routes;
 pub mod service;
 pub mod settings;
 pub mod startup;
+pub mod startup_error;
 pub mod state;
 pub mod stripe;
 pub mod user_queue;

@@ -63,6 +63,28 @@ pub struct Settings {
     /// Run the retention purge every this many seconds inside the server (0: never).
     #[arg(global = true, long, env = "PURGE_EVERY_SECS", default_value_t = 0)]
     pub purge_every_secs: u64,
+    /// What to do about pending migrations before serving (README: "Deploying").
+    #[arg(
+        global = true,
+        long,
+        env = "MIGRATE",
+        value_enum,
+        default_value_t = MigrateMode::OnStart
+    )]
+    pub migrate: MigrateMode,
+}
+
+/// `--migrate`: who applies the migrations.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MigrateMode {
+    /// Apply pending migrations under the migrator's lock, then serve (the embedded SQLite's
+    /// way: nothing else to run).
+    #[default]
+    OnStart,
+    /// Refuse to start while any migration is pending: `migration up` is the deploy's own step.
+    Check,
+    /// Serve the schema as it is, without looking.
+    Skip,
 }
 
 impl Settings {

@@ -10,7 +10,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::Request;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use migration::connect::{self, DatabaseUrl, Failure};
+use migration::connect::{self, DatabaseUrl};
 use sea_orm::{ConnectOptions, DatabaseConnection, DbBackend, sqlx};
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
@@ -20,7 +20,8 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use crate::error::ApiError;
 use crate::health_probe::HealthProbe;
 use crate::routes;
-use crate::settings::Settings;
+use crate::settings::{MigrateMode, Settings};
+use crate::startup_error::StartupError;
 use crate::state::AppState;
 use crate::user_queue::UserQueue;
 
@@ -77,10 +78,42 @@ async fn time_limit(
 /// lock wait bounded by `DB_LOCK_TIMEOUT_MS`.
 pub async fn open_database(
     settings: &Settings,
-) -> Result<(DatabaseConnection, DatabaseUrl), Failure> {
-    let url = migration::cli::resolve_url(settings.database_url())?;
+) -> Result<(DatabaseConnection, DatabaseUrl), StartupError> {
+    let url = connect::resolve_url(settings.database_url())?;
     let db = open_pool(&url, settings).await?;
     Ok((db, url))
+}
+
+/// [`open_database`], with the migrations handled as `--migrate` (`MIGRATE`) says:
+/// * `on-start` (the default, for the embedded SQLite): applies pending migrations under the
+///   migrator's lock;
+/// * `check`: refuses to go on while any is pending (the deploy ran `migration up` already);
+/// * `skip`: uses the schema as it is.
+pub async fn open_migrated(
+    settings: &Settings,
+) -> Result<(DatabaseConnection, DatabaseUrl), StartupError> {
+    match settings.migrate {
+        MigrateMode::OnStart => open_after_migrating(settings).await,
+        MigrateMode::Check => {
+            let (db, url) = open_database(settings).await?;
+            let pending = match migration::cli::pending(&db, &url).await {
+                Ok(pending) => pending,
+                Err(err) => {
+                    let _ = db.close().await;
+                    return Err(err.into());
+                }
+            };
+            if !pending.is_empty() {
+                let _ = db.close().await;
+                return Err(StartupError::PendingMigrations { pending });
+            }
+            Ok((db, url))
+        }
+        MigrateMode::Skip => {
+            tracing::info!("--migrate skip: using the schema as it is, migrations not checked");
+            open_database(settings).await
+        }
+    }
 }
 
 /// [`open_database`] after applying pending migrations under the migrator's lock.
@@ -89,10 +122,10 @@ pub async fn open_database(
 /// its own lock waits, and the API's bound would cut short what must wait longer (`CREATE
 /// INDEX CONCURRENTLY` waits for older transactions to end). SQLite's steps take no such
 /// waits, and a `:memory:` database exists only on its own pool.
-pub async fn open_migrated(
+async fn open_after_migrating(
     settings: &Settings,
-) -> Result<(DatabaseConnection, DatabaseUrl), Failure> {
-    let url = migration::cli::resolve_url(settings.database_url())?;
+) -> Result<(DatabaseConnection, DatabaseUrl), StartupError> {
+    let url = connect::resolve_url(settings.database_url())?;
     if url.backend != DbBackend::Sqlite {
         let migrator = connect::open(
             &url,
@@ -115,7 +148,10 @@ pub async fn open_migrated(
 /// As many as the `migration` command uses.
 const MIGRATOR_CONNECTIONS: u32 = 4;
 
-async fn open_pool(url: &DatabaseUrl, settings: &Settings) -> Result<DatabaseConnection, Failure> {
+async fn open_pool(
+    url: &DatabaseUrl,
+    settings: &Settings,
+) -> Result<DatabaseConnection, StartupError> {
     // SQLite allows one writer at a time; a single connection makes requests queue instead
     // of failing with "database is locked".
     let max = if url.backend == DbBackend::Sqlite {
@@ -124,14 +160,15 @@ async fn open_pool(url: &DatabaseUrl, settings: &Settings) -> Result<DatabaseCon
         settings.db_max_connections.max(1)
     };
     let lock_timeout = settings.lock_timeout();
-    connect::open_with(
+    let db = connect::open_with(
         url,
         settings.database_schema.as_deref(),
         connect::DEFAULT_CONNECT_TIMEOUT,
         max,
         |options| bound_lock_waits(options, url.backend, lock_timeout),
     )
-    .await
+    .await?;
+    Ok(db)
 }
 
 /// Sets the lock timeout on every connection of the pool as it opens, so no statement (in a
@@ -181,12 +218,16 @@ pub struct Application {
 }
 
 impl Application {
-    /// Connects, applies pending migrations under the migrator's lock, and binds.
-    pub async fn build(settings: &Settings) -> Result<Self, Failure> {
+    /// Connects, handles migrations as `--migrate` says ([`open_migrated`]), and binds.
+    pub async fn build(settings: &Settings) -> Result<Self, StartupError> {
         let (db, _) = open_migrated(settings).await?;
-        let listener = TcpListener::bind(&settings.bind)
-            .await
-            .map_err(|e| Failure(format!("cannot listen on {}: {e}", settings.bind)))?;
+        let listener =
+            TcpListener::bind(&settings.bind)
+                .await
+                .map_err(|source| StartupError::Bind {
+                    addr: settings.bind.clone(),
+                    source,
+                })?;
         let state = AppState {
             db,
             limits: Arc::new(settings.limits.clone()),
@@ -205,24 +246,22 @@ impl Application {
         })
     }
 
-    pub fn local_addr(&self) -> Result<SocketAddr, Failure> {
-        self.listener
-            .local_addr()
-            .map_err(|e| Failure(format!("cannot read the bound address: {e}")))
+    pub fn local_addr(&self) -> Result<SocketAddr, StartupError> {
+        self.listener.local_addr().map_err(StartupError::LocalAddr)
     }
 
     /// Serves until `shutdown` resolves, then lets requests in flight finish.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> Result<(), Failure> {
+    ) -> Result<(), StartupError> {
         if let Some(every) = self.purge_every {
             tokio::spawn(purge_periodically(self.state.clone(), every));
         }
         axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown)
             .await
-            .map_err(|e| Failure(format!("server error: {e}")))
+            .map_err(StartupError::Serve)
     }
 }
 

@@ -2,7 +2,9 @@
 //! (`sea-orm-cli migrate ...` runs this binary), plus `sql`, a dry run.
 //!
 //! What it adds to the stock runner: a database-wide lock around every command that changes
-//! the schema, progress on stderr, and one readable message (never a panic) when anything fails.
+//! the schema, checksums of applied migrations (`checksum.rs`), progress on stderr, and one
+//! readable message (never a panic) when anything fails: errors are typed ([`Error`]) up to
+//! [`main`], which prints them.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -14,8 +16,10 @@ use sea_orm_migration::sea_orm::{
 };
 
 use crate::Migrator;
-use crate::connect::{self, DatabaseUrl, Failure};
+use crate::checksum::{self, Check};
+use crate::connect::{self, DatabaseUrl};
 use crate::dry_run::{self, Listed};
+use crate::error::{Error, catching, raise};
 use crate::lock::{self, MigrationLock};
 use crate::settings::{LockSettings, env_number};
 use crate::step::Direction;
@@ -90,6 +94,14 @@ pub enum Command {
     },
     #[command(about = "Print the SQL that up or down would run, without running it")]
     Sql(SqlArgs),
+    #[command(
+        about = "Record the current plan of an applied migration as its checksum, accepting a \
+                 deliberate edit that `up` refuses"
+    )]
+    AcceptChecksum {
+        #[arg(help = "The migration's name, e.g. m006_billing_fields")]
+        name: String,
+    },
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -124,8 +136,8 @@ pub async fn main() -> ExitCode {
     init_tracing(cli.verbose);
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(failure) => {
-            eprintln!("error: {failure}");
+        Err(err) => {
+            eprintln!("error: {err}");
             ExitCode::FAILURE
         }
     }
@@ -155,7 +167,7 @@ fn init_tracing(verbose: bool) {
     };
 }
 
-pub async fn run(cli: Cli) -> Result<(), Failure> {
+pub async fn run(cli: Cli) -> Result<(), Error> {
     let command = cli.command.clone().unwrap_or(Command::Up { num: None });
     if let Command::Sql(args) = &command
         && let Some(name) = &args.backend
@@ -164,7 +176,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             .unwrap_or(crate::schema::DEFAULT_SCHEMA);
         return print_sql_offline(name, schema, args);
     }
-    let url = resolve_url(cli.database_url.as_deref())?;
+    let url = connect::resolve_url(cli.database_url.as_deref())?;
     let timeout = Duration::from_secs(cli.connect_timeout.max(1));
     let schema = cli.database_schema.as_deref();
     let db = match command {
@@ -178,24 +190,24 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
     result
 }
 
-/// The URL to use: the flag or DATABASE_URL, else the embedded SQLite file (said on stderr).
-pub fn resolve_url(given: Option<&str>) -> Result<DatabaseUrl, Failure> {
-    match given.map(str::trim).filter(|u| !u.is_empty()) {
-        Some(url) => DatabaseUrl::parse(url),
-        None => {
-            let url = crate::default_database_url();
-            eprintln!(
-                "DATABASE_URL is not set: using the embedded SQLite database {}",
-                crate::default_sqlite_path().display()
-            );
-            DatabaseUrl::parse(&url)
-        }
-    }
+/// Applies every pending migration under the migrator's lock (what the API does on start).
+pub async fn migrate_up(db: &DatabaseConnection, url: &DatabaseUrl) -> Result<(), Error> {
+    run_with(db, url, &Command::Up { num: None }).await
 }
 
-/// Applies every pending migration under the migrator's lock (what the API does on start).
-pub async fn migrate_up(db: &DatabaseConnection, url: &DatabaseUrl) -> Result<(), Failure> {
-    run_with(db, url, &Command::Up { num: None }).await
+/// The migrations this build has that the database has not applied, oldest first; reads
+/// only (what the API's `--migrate check` asks). Refuses, as `up` would, a database that
+/// records a migration this build does not know.
+pub async fn pending(db: &DatabaseConnection, url: &DatabaseUrl) -> Result<Vec<String>, Error> {
+    let found = async {
+        check_history(db).await?;
+        Ok(Migrator::get_pending_migrations_read_only(db)
+            .await?
+            .iter()
+            .map(|m| m.name().to_owned())
+            .collect())
+    };
+    found.await.map_err(|err: Error| err.scrubbed(url))
 }
 
 /// Runs `command`; a database message in its error never shows the URL's password (a server
@@ -204,38 +216,43 @@ async fn run_with(
     db: &DatabaseConnection,
     url: &DatabaseUrl,
     command: &Command,
-) -> Result<(), Failure> {
+) -> Result<(), Error> {
     run_unscrubbed(db, url, command)
         .await
-        .map_err(|failure| Failure(url.scrub(&failure.0)))
+        .map_err(|err| err.scrubbed(url))
 }
 
 async fn run_unscrubbed(
     db: &DatabaseConnection,
     url: &DatabaseUrl,
     command: &Command,
-) -> Result<(), Failure> {
+) -> Result<(), Error> {
     check_history(db).await?;
     match command {
         Command::Status => return print_status(db).await,
         Command::Sql(args) => return print_sql_pending(db, args).await,
         _ => {}
     }
-    let max_wait = Duration::from_secs(
-        env_number(lock::LOCK_WAIT_ENV, lock::DEFAULT_LOCK_WAIT.as_secs()).map_err(explain)?,
-    );
+    let max_wait = Duration::from_secs(env_number(
+        lock::LOCK_WAIT_ENV,
+        lock::DEFAULT_LOCK_WAIT.as_secs(),
+    )?);
     let held = MigrationLock::acquire(url, max_wait).await?;
-    let result = lock::while_held(held.holder(), url, change_schema(db, command))
-        .await
-        .map_err(explain);
+    let result = lock::while_held(held.holder(), url, catching(change_schema(db, command))).await;
     held.release().await;
     result
 }
 
-/// Everything that changes the schema; the caller holds the migration lock.
-pub async fn change_schema(db: &DatabaseConnection, command: &Command) -> Result<(), DbErr> {
+/// Everything that changes the schema; the caller holds the migration lock. Typed errors
+/// travel as [`raise`]d `DbErr`s here, like those of the migrations inside SeaORM's runner.
+async fn change_schema(db: &DatabaseConnection, command: &Command) -> Result<(), DbErr> {
     match command {
-        Command::Up { num } => Migrator::up(db, *num).await,
+        Command::Up { num } => {
+            // Refused before anything runs: a changed migration means this build's idea of
+            // the schema is not the database's.
+            checksum::backfill_and_verify(db).await.map_err(raise)?;
+            Migrator::up(db, *num).await
+        }
         Command::Down { num } => Migrator::down(db, Some(*num)).await,
         Command::Refresh => Migrator::refresh(db).await,
         Command::Reset => Migrator::reset(db).await,
@@ -243,9 +260,14 @@ pub async fn change_schema(db: &DatabaseConnection, command: &Command) -> Result
             // SeaORM's `fresh` drops what it lists as tables; on MySQL that list includes views,
             // which DROP TABLE refuses, and SQLite keeps them. Views go first, with CASCADE on
             // PostgreSQL (as stock `fresh` drops tables), so a user's view built on ours does
-            // not stop it.
+            // not stop it. Our checksum table goes with the tables, and `up` records anew.
             drop_views(db).await?;
             Migrator::fresh(db).await
+        }
+        Command::AcceptChecksum { name } => {
+            let sum = checksum::accept(db, name).await.map_err(raise)?;
+            tracing::info!("recorded the current plan of {name} as applied (sha256 {sum})");
+            Ok(())
         }
         Command::Status | Command::Sql(_) => Ok(()),
     }
@@ -296,15 +318,14 @@ async fn drop_views(db: &DatabaseConnection) -> Result<(), DbErr> {
 }
 
 /// Refuses to go on when the database records a migration this build does not have.
-async fn check_history(db: &DatabaseConnection) -> Result<(), Failure> {
+async fn check_history(db: &DatabaseConnection) -> Result<(), Error> {
     let backend = db.get_database_backend();
     let exists = crate::probe::Probe::Table {
         table: "seaql_migrations",
         present: true,
     }
     .holds(db)
-    .await
-    .map_err(explain)?;
+    .await?;
     if !exists {
         return Ok(());
     }
@@ -313,15 +334,14 @@ async fn check_history(db: &DatabaseConnection) -> Result<(), Failure> {
             backend,
             "SELECT version FROM seaql_migrations ORDER BY version",
         ))
-        .await
-        .map_err(explain)?;
+        .await?;
     let known: Vec<String> = Migrator::migrations()
         .iter()
         .map(|m| m.name().to_owned())
         .collect();
     let mut unknown = Vec::new();
     for row in rows {
-        let version: String = row.try_get("", "version").map_err(explain)?;
+        let version: String = row.try_get("", "version")?;
         if !known.contains(&version) {
             unknown.push(version);
         }
@@ -329,22 +349,29 @@ async fn check_history(db: &DatabaseConnection) -> Result<(), Failure> {
     if unknown.is_empty() {
         return Ok(());
     }
-    Err(Failure(format!(
-        "the database records migration(s) {} as applied, but this build has no code for them; \
-         it was migrated by a newer (or different) version of this project. Deploy that version, \
-         or roll those migrations back with it, before running this one",
-        unknown.join(", ")
-    )))
+    Err(Error::UnknownApplied { versions: unknown })
 }
 
 /// Reads the history without writing: no `seaql_migrations` is created where there is none
-/// (a read-only user or a read-only SQLite file must be able to ask).
-async fn print_status(db: &DatabaseConnection) -> Result<(), Failure> {
-    let migrations = Migrator::get_migration_with_status_read_only(db)
-        .await
-        .map_err(explain)?;
+/// (a read-only user or a read-only SQLite file must be able to ask). An applied migration
+/// whose plan differs from its recorded checksum is marked.
+async fn print_status(db: &DatabaseConnection) -> Result<(), Error> {
+    let migrations = Migrator::get_migration_with_status_read_only(db).await?;
+    let applied = checksum::applied(db).await?;
+    let changed: Vec<String> = checksum::check_applied(db, &applied)
+        .await?
+        .into_iter()
+        .filter(|(_, check)| *check == Check::Changed)
+        .map(|(name, _)| name)
+        .collect();
     for migration in migrations {
-        println!("{:<32} {}", migration.name(), migration.status());
+        let mark = if changed.iter().any(|name| name == migration.name()) {
+            "  CHANGED since it was applied (checksum differs): `up` refuses to run; see \
+             `migration accept-checksum`"
+        } else {
+            ""
+        };
+        println!("{:<32} {}{mark}", migration.name(), migration.status());
     }
     Ok(())
 }
@@ -367,12 +394,9 @@ fn migration_names() -> Vec<String> {
         .collect()
 }
 
-fn print_sql_offline(backend_name: &str, schema: &str, args: &SqlArgs) -> Result<(), Failure> {
-    let backend = crate::parse_backend(backend_name).ok_or_else(|| {
-        Failure(format!(
-            "unknown backend {backend_name:?}: use postgres, mysql or sqlite"
-        ))
-    })?;
+fn print_sql_offline(backend_name: &str, schema: &str, args: &SqlArgs) -> Result<(), Error> {
+    let backend = crate::parse_backend(backend_name)
+        .ok_or_else(|| Error::UnknownBackend(backend_name.to_owned()))?;
     let names = migration_names();
     let all = listed(&names);
     let mut chosen = match &args.migration {
@@ -386,16 +410,14 @@ fn print_sql_offline(backend_name: &str, schema: &str, args: &SqlArgs) -> Result
     print_rendered(backend, schema, direction, &chosen)
 }
 
-async fn print_sql_pending(db: &DatabaseConnection, args: &SqlArgs) -> Result<(), Failure> {
+async fn print_sql_pending(db: &DatabaseConnection, args: &SqlArgs) -> Result<(), Error> {
     let names = migration_names();
     let all = listed(&names);
     let direction = direction(args.direction);
     let chosen = if let Some(name) = &args.migration {
         vec![find(&all, name)?]
     } else {
-        let statuses = Migrator::get_migration_with_status_read_only(db)
-            .await
-            .map_err(explain)?;
+        let statuses = Migrator::get_migration_with_status_read_only(db).await?;
         let wanted = match direction {
             Direction::Up => sea_orm_migration::MigrationStatus::Pending,
             Direction::Down => sea_orm_migration::MigrationStatus::Applied,
@@ -421,10 +443,7 @@ async fn print_sql_pending(db: &DatabaseConnection, args: &SqlArgs) -> Result<()
     if chosen.is_empty() {
         eprintln!("nothing to {}", direction.as_str());
     }
-    let schema = crate::schema::of(db)
-        .await
-        .map_err(explain)?
-        .unwrap_or_default();
+    let schema = crate::schema::of(db).await?.unwrap_or_default();
     print_rendered(db.get_database_backend(), &schema, direction, &chosen)
 }
 
@@ -435,52 +454,36 @@ fn print_rendered(
     schema: &str,
     direction: Direction,
     chosen: &[Listed<'_>],
-) -> Result<(), Failure> {
-    let settings = LockSettings::from_env().map_err(explain)?;
+) -> Result<(), Error> {
+    let settings = LockSettings::from_env()?;
     print!(
         "{}",
         dry_run::render(backend, schema, direction, chosen, &settings)
     );
-    let plain: Vec<&str> = chosen
+    let plain: Vec<String> = chosen
         .iter()
         .filter(|m| m.plan.is_none())
-        .map(|m| m.name)
+        .map(|m| m.name.to_owned())
         .collect();
     if plain.is_empty() {
         return Ok(());
     }
-    Err(Failure(format!(
-        "cannot print the SQL of {}: a plain MigrationTrait runs code, not a step plan, so its \
-         statements are known only when it runs (the other migrations' SQL is printed above). \
-         Give it a plan to make it printable (README: \"Adding a migration\")",
-        plain.join(", ")
-    )))
+    Err(Error::Unprintable { names: plain })
 }
 
-fn find<'a>(all: &[Listed<'a>], name: &str) -> Result<Listed<'a>, Failure> {
-    all.iter().find(|m| m.name == name).copied().ok_or_else(|| {
-        let names: Vec<&str> = all.iter().map(|m| m.name).collect();
-        Failure(format!(
-            "no migration named {name:?}; known: {}",
-            names.join(", ")
-        ))
-    })
+fn find<'a>(all: &[Listed<'a>], name: &str) -> Result<Listed<'a>, Error> {
+    all.iter()
+        .find(|m| m.name == name)
+        .copied()
+        .ok_or_else(|| Error::UnknownMigration {
+            name: name.to_owned(),
+            known: all.iter().map(|m| m.name.to_owned()).collect(),
+        })
 }
 
 fn direction(direction: SqlDirection) -> Direction {
     match direction {
         SqlDirection::Up => Direction::Up,
         SqlDirection::Down => Direction::Down,
-    }
-}
-
-/// A database error during a migration, as one readable message.
-pub fn explain(err: DbErr) -> Failure {
-    match err {
-        DbErr::Migration(message) | DbErr::Custom(message) => Failure(message),
-        DbErr::Exec(ref runtime) | DbErr::Query(ref runtime) => {
-            Failure(format!("the database rejected a statement: {runtime}"))
-        }
-        other => Failure(other.to_string()),
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! Most migrations are lists of re-runnable [`step::Step`]s (see `step.rs`), which the dry run
 //! can print; a plain `MigrationTrait` (what `sea-orm-cli migrate generate` writes) runs too.
-//! The CLI in `cli.rs` wraps SeaORM's runner with a database-wide lock, a dry run and readable
-//! errors.
+//! The CLI in `cli.rs` wraps SeaORM's runner with a database-wide lock (`lock.rs`), a dry run,
+//! checksums of applied migrations (`checksum.rs`) and typed errors (`error.rs`) that it prints
+//! as one line. `connect.rs` opens databases for the CLI and the API alike.
 //!
 //! Adding a migration: `sea-orm-cli migrate generate NAME` (from the workspace root) writes
 //! `src/mYYYYMMDD_HHMMSS_NAME.rs` and adds its `mod` line and its line in `migrations()` at
@@ -20,9 +21,11 @@ use std::time::Duration;
 pub use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DbBackend;
 
+pub mod checksum;
 pub mod cli;
 pub mod connect;
 pub mod dry_run;
+pub mod error;
 pub mod idents;
 pub mod lock;
 pub mod probe;
@@ -30,6 +33,7 @@ pub mod schema;
 pub mod settings;
 pub mod step;
 
+pub use error::Error;
 use step::{Direction, Planned};
 
 #[doc(hidden)]
@@ -62,19 +66,28 @@ impl Migrator {
     }
 }
 
-/// Runs a planned migration's steps for the connection's backend.
+/// Runs a planned migration's steps for the connection's backend, then records (up) or
+/// deletes (down) its checksum, in the migration's transaction where it has one.
 pub(crate) async fn apply_planned<M>(
     migration: &M,
     manager: &SchemaManager<'_>,
     direction: Direction,
 ) -> Result<(), DbErr>
 where
-    M: Planned + MigrationName,
+    M: PlannedMigration,
 {
     let db = manager.get_connection();
+    let backend = db.get_database_backend();
     let schema = schema::of(db).await?.unwrap_or_default();
-    let steps = step::plan_in(migration, db.get_database_backend(), &schema, direction);
-    step::apply(manager, migration.name(), direction, steps).await
+    let steps = step::plan_in(migration, backend, &schema, direction);
+    step::apply(manager, migration.name(), direction, steps).await?;
+    match direction {
+        Direction::Up => {
+            let sum = checksum::of(migration, backend);
+            checksum::record(db, migration.name(), &sum).await
+        }
+        Direction::Down => checksum::forget(db, migration.name()).await,
+    }
 }
 
 /// Makes a planned migration's steps known to `migration sql` (what [`planned_migration!`]
@@ -127,12 +140,10 @@ pub(crate) async fn require_tables(
     if missing.is_empty() {
         return Ok(());
     }
-    Err(DbErr::Migration(format!(
-        "{migration} needs table(s) {} which this database does not have; \
-         it builds on m001-m005, so run the earlier migrations first \
-         (or point DATABASE_URL at the right database)",
-        missing.join(", ")
-    )))
+    Err(error::raise(Error::MissingTables {
+        migration: migration.to_owned(),
+        tables: missing.iter().map(|t| (*t).to_owned()).collect(),
+    }))
 }
 
 /// `created_at`-style column: timezone-aware, filled by the database.

@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 use sea_orm_migration::sea_orm::sqlx::{self, Connection};
 use sea_orm_migration::sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement};
 
-use crate::connect::{DatabaseUrl, Failure};
+use crate::connect::DatabaseUrl;
+use crate::error::{Error, raise};
 use crate::settings::random_fraction;
 
 pub const LOCK_WAIT_ENV: &str = "MIGRATION_LOCK_WAIT_SECS";
@@ -85,7 +86,7 @@ const MYSQL_HOLDS: &str = "SELECT COALESCE(\
 
 impl MigrationLock {
     /// Waits (polling) until this process holds the lock, saying so while it waits.
-    pub async fn acquire(url: &DatabaseUrl, max_wait: Duration) -> Result<Self, Failure> {
+    pub async fn acquire(url: &DatabaseUrl, max_wait: Duration) -> Result<Self, Error> {
         let started = Instant::now();
         let mut lock = Self::open(url).await?;
         let mut announced = false;
@@ -107,30 +108,26 @@ impl MigrationLock {
                 announced = true;
             }
             if started.elapsed() >= max_wait {
-                return Err(Failure(format!(
-                    "another migrator has held the migration lock on {} for over {}s; \
-                     giving up (raise {LOCK_WAIT_ENV} to wait longer)",
-                    url.display,
-                    max_wait.as_secs()
-                )));
+                return Err(Error::LockWaitedOut {
+                    target: url.display.clone(),
+                    waited: max_wait,
+                });
             }
             crate::sleep(POLL.mul_f64(0.5 + random_fraction())).await;
         }
     }
 
-    async fn open(url: &DatabaseUrl) -> Result<Self, Failure> {
-        let unreachable = |err: sqlx::Error| {
-            Failure(url.scrub(&format!(
-                "cannot open the lock connection to {}: {err}",
-                url.display
-            )))
+    async fn open(url: &DatabaseUrl) -> Result<Self, Error> {
+        let failed = |doing: &'static str| {
+            move |source: sqlx::Error| Error::LockConnection {
+                doing,
+                target: url.display.clone(),
+                detail: url.scrub(&source.to_string()),
+                source,
+            }
         };
-        let setup = |err: sqlx::Error| {
-            Failure(url.scrub(&format!(
-                "cannot set up the lock connection to {}: {err}",
-                url.display
-            )))
-        };
+        let unreachable = failed("open");
+        let setup = failed("set up");
         Ok(match url.backend {
             DbBackend::Postgres => {
                 let mut conn = sqlx::PgConnection::connect(url.as_str())
@@ -173,11 +170,8 @@ impl MigrationLock {
                         .truncate(false)
                         .write(true)
                         .open(&lock_path)
-                        .map_err(|err| {
-                            Failure(format!(
-                                "cannot open lock file {}: {err}",
-                                lock_path.display()
-                            ))
+                        .map_err(|err| Error::LockFailed {
+                            detail: format!("cannot open lock file {}: {err}", lock_path.display()),
                         })?;
                     Self::SqliteFile(file)
                 }
@@ -186,8 +180,10 @@ impl MigrationLock {
         })
     }
 
-    async fn try_lock(&mut self) -> Result<bool, Failure> {
-        let failed = |err: sqlx::Error| Failure(format!("taking the migration lock failed: {err}"));
+    async fn try_lock(&mut self) -> Result<bool, Error> {
+        let failed = |err: sqlx::Error| Error::LockFailed {
+            detail: err.to_string(),
+        };
         match self {
             Self::Postgres(conn, _) => sqlx::query_scalar::<_, bool>(PG_TRY_LOCK)
                 .fetch_one(conn)
@@ -201,18 +197,16 @@ impl MigrationLock {
                 Some(got) => Ok(got == 1),
                 // GET_LOCK answers NULL on an error (a NULL name: no database selected), which
                 // is not "someone else holds it".
-                None => Err(Failure(
-                    "taking the migration lock failed: GET_LOCK returned NULL \
-                     (is a database selected?)"
-                        .to_owned(),
-                )),
+                None => Err(Error::LockFailed {
+                    detail: "GET_LOCK returned NULL (is a database selected?)".to_owned(),
+                }),
             },
             Self::SqliteFile(file) => match file.try_lock() {
                 Ok(()) => Ok(true),
                 Err(std::fs::TryLockError::WouldBlock) => Ok(false),
-                Err(std::fs::TryLockError::Error(err)) => Err(Failure(format!(
-                    "locking the SQLite lock file failed: {err}"
-                ))),
+                Err(std::fs::TryLockError::Error(err)) => Err(Error::LockFailed {
+                    detail: format!("locking the SQLite lock file failed: {err}"),
+                }),
             },
             Self::Unshared => Ok(true),
         }
@@ -355,12 +349,7 @@ pub async fn verify_held_elsewhere() -> Result<(), DbErr> {
 }
 
 fn lost_lock() -> DbErr {
-    DbErr::Migration(
-        "lost the migration lock: its connection was closed (an idle timeout, a proxy or an \
-         administrator), so another migrator may be running now. Stopped before the next step; \
-         run the command again, and it finishes what is left"
-            .to_owned(),
-    )
+    raise(Error::LostLock)
 }
 
 /// Fails when the migration lock this work runs under (if any) is no longer held: the lock's

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use sea_orm_migration::sea_orm::DbErr;
 
+use crate::error::{Error, raise};
+
 /// How lock-timed steps wait for their table lock.
 #[derive(Clone, Debug)]
 pub struct LockSettings {
@@ -23,9 +25,12 @@ impl LockSettings {
     pub const DEFAULT_ATTEMPTS: u32 = 40;
     const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
+    /// Read inside a migration, so a bad value crosses SeaORM's runner as a `DbErr`.
     pub fn from_env() -> Result<Self, DbErr> {
-        let lock_timeout_ms = env_number(LOCK_TIMEOUT_ENV, Self::DEFAULT_LOCK_TIMEOUT_MS)?;
-        let attempts = env_number(LOCK_ATTEMPTS_ENV, u64::from(Self::DEFAULT_ATTEMPTS))?;
+        let lock_timeout_ms =
+            env_number(LOCK_TIMEOUT_ENV, Self::DEFAULT_LOCK_TIMEOUT_MS).map_err(raise)?;
+        let attempts =
+            env_number(LOCK_ATTEMPTS_ENV, u64::from(Self::DEFAULT_ATTEMPTS)).map_err(raise)?;
         Ok(Self {
             lock_timeout: Duration::from_millis(lock_timeout_ms.max(1)),
             attempts: u32::try_from(attempts.max(1)).unwrap_or(u32::MAX),
@@ -43,6 +48,16 @@ impl LockSettings {
     }
 }
 
+/// The defaults, whatever the environment says (what checksums are computed with).
+impl Default for LockSettings {
+    fn default() -> Self {
+        Self {
+            lock_timeout: Duration::from_millis(Self::DEFAULT_LOCK_TIMEOUT_MS),
+            attempts: Self::DEFAULT_ATTEMPTS,
+        }
+    }
+}
+
 /// A number in [0, 1) from the standard library's randomly keyed hasher: enough for jitter,
 /// without a dependency.
 pub fn random_fraction() -> f64 {
@@ -50,12 +65,12 @@ pub fn random_fraction() -> f64 {
     (bits >> 11) as f64 / (1u64 << 53) as f64
 }
 
-pub fn env_number(name: &str, default: u64) -> Result<u64, DbErr> {
+pub fn env_number(name: &'static str, default: u64) -> Result<u64, Error> {
     match std::env::var(name) {
-        Ok(raw) => raw
-            .trim()
-            .parse()
-            .map_err(|_| DbErr::Custom(format!("{name} must be a whole number, got {raw:?}"))),
+        Ok(raw) => raw.trim().parse().map_err(|_| Error::Setting {
+            name,
+            given: raw.clone(),
+        }),
         Err(_) => Ok(default),
     }
 }

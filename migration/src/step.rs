@@ -291,14 +291,12 @@ async fn run_lock_timed(
                 attempt += 1;
             }
             Err(err) if is_lock_conflict(&err) => {
-                return Err(DbErr::Migration(format!(
-                    "{position}: could not take the table lock for \"{}\" after {attempt} attempts \
-                     of {in_force} ms each; a long-running transaction is probably holding it. Find it with \
-                     `SELECT pid, state, xact_start, query FROM pg_stat_activity` (PostgreSQL) or \
-                     `SHOW PROCESSLIST` (MySQL), then run the migration again: finished steps are \
-                     skipped. MIGRATION_LOCK_TIMEOUT_MS and MIGRATION_LOCK_ATTEMPTS tune this.",
-                    step.summary,
-                )));
+                return Err(crate::error::raise(crate::Error::LockNotGranted {
+                    position: position.to_owned(),
+                    step: step.summary.to_owned(),
+                    attempts: attempt,
+                    timeout_ms: in_force,
+                }));
             }
             Err(err) => return Err(err),
         }

@@ -177,6 +177,11 @@ async fn eight_migrators_at_once_all_succeed_and_each_migration_runs_once(backen
         t.texts("SELECT count(*) FROM seaql_migrations").await,
         vec![migration_count().to_string()]
     );
+    // Created once, under the lock, by whichever migrator came first.
+    assert_eq!(
+        t.texts("SELECT count(*) FROM migration_checksums").await,
+        vec![migration_count().to_string()]
+    );
 }
 
 async fn sql_prints_pending_migrations_without_running_them(backend: Backend) {
@@ -1250,14 +1255,22 @@ async fn a_server_message_never_shows_the_password_postgres() {
         all_output(&out)
     );
 
-    let parsed = migration::cli::resolve_url(Some(url)).expect("a host is named");
+    let parsed = migration::connect::resolve_url(Some(url)).expect("a host is named");
     let Err(failure) =
         migration::connect::open(&parsed, None, std::time::Duration::from_secs(2), 1).await
     else {
         panic!("connected to a database that does not exist");
     };
-    assert!(failure.0.contains("does not exist"), "{failure}");
-    assert!(!failure.0.contains("hunter2"), "{failure}");
+    assert!(
+        matches!(
+            failure,
+            migration::connect::ConnectError::DatabaseMissing { .. }
+        ),
+        "{failure:?}"
+    );
+    let message = failure.to_string();
+    assert!(message.contains("does not exist"), "{message}");
+    assert!(!message.contains("hunter2"), "{message}");
 }
 
 /// A quoted schema is refused with a message saying what to give instead, rather than set
@@ -1478,4 +1491,218 @@ async fn logs_to_a_pipe_have_no_colour_codes() {
     assert!(out.status.success(), "{err}");
     assert!(err.contains("DEBUG") || err.contains("INFO"), "{err}");
     assert!(!err.contains('\x1b'), "colour codes in:\n{err:?}");
+}
+
+on_every_backend!(
+    checksums_are_recorded_with_each_migration_and_removed_by_down,
+    checksums_of_a_database_migrated_before_them_are_backfilled,
+    a_migration_changed_after_it_was_applied_is_flagged_and_refused,
+    reset_and_fresh_keep_checksums_in_step,
+);
+
+fn sea_backend(backend: Backend) -> sea_orm::DbBackend {
+    match backend {
+        Backend::Postgres => sea_orm::DbBackend::Postgres,
+        Backend::MySql => sea_orm::DbBackend::MySql,
+        Backend::Sqlite => sea_orm::DbBackend::Sqlite,
+    }
+}
+
+/// What this build's code sums to, as the migrator computes it.
+fn current_checksum(backend: Backend, name: &str) -> String {
+    let plan = migration::plan_of(name).expect("a planned migration");
+    migration::checksum::of(plan, sea_backend(backend))
+}
+
+async fn recorded_checksums(t: &TestDb) -> Vec<String> {
+    let versions = t
+        .texts("SELECT version FROM migration_checksums ORDER BY version")
+        .await;
+    let sums = t
+        .texts("SELECT checksum FROM migration_checksums ORDER BY version")
+        .await;
+    versions
+        .iter()
+        .zip(&sums)
+        .map(|(version, sum)| format!("{version}={sum}"))
+        .collect()
+}
+
+fn expected_checksums(backend: Backend, names: &[&str]) -> Vec<String> {
+    names
+        .iter()
+        .map(|name| format!("{name}={}", current_checksum(backend, name)))
+        .collect()
+}
+
+const FIRST_THREE: [&str; 3] = [
+    "m001_create_users",
+    "m002_create_synced_sessions",
+    "m003_create_api_tokens",
+];
+
+async fn checksums_are_recorded_with_each_migration_and_removed_by_down(backend: Backend) {
+    let t = TestDb::new(backend).await;
+    let up = migration(&["up", "-n", "3"], Some(&t.url));
+    assert!(up.status.success(), "{}", stderr(&up));
+    assert_eq!(
+        recorded_checksums(&t).await,
+        expected_checksums(backend, &FIRST_THREE)
+    );
+    let down = migration(&["down"], Some(&t.url));
+    assert!(down.status.success(), "{}", stderr(&down));
+    assert_eq!(
+        recorded_checksums(&t).await,
+        expected_checksums(backend, &FIRST_THREE[..2])
+    );
+    let all = migration(&["up"], Some(&t.url));
+    assert!(all.status.success(), "{}", stderr(&all));
+    assert_eq!(
+        t.texts("SELECT count(*) FROM migration_checksums").await,
+        vec![migration_count().to_string()]
+    );
+}
+
+/// A database applied before checksums existed has no table of them: the next `up` (with
+/// nothing pending) records the sums of the code that runs now.
+async fn checksums_of_a_database_migrated_before_them_are_backfilled(backend: Backend) {
+    let t = TestDb::new(backend).await;
+    assert!(migration(&["up", "-n", "3"], Some(&t.url)).status.success());
+    t.exec("DROP TABLE migration_checksums").await;
+    let status = migration(&["status"], Some(&t.url));
+    assert!(status.status.success(), "{}", stderr(&status));
+    assert!(
+        !String::from_utf8_lossy(&status.stdout).contains("CHANGED"),
+        "an unrecorded migration is not a changed one"
+    );
+    let up = migration(&["up", "-n", "0"], Some(&t.url));
+    assert!(up.status.success(), "{}", stderr(&up));
+    assert!(
+        stderr(&up).contains("recorded the checksum of m001_create_users"),
+        "{}",
+        stderr(&up)
+    );
+    assert_eq!(
+        recorded_checksums(&t).await,
+        expected_checksums(backend, &FIRST_THREE)
+    );
+    assert_eq!(
+        t.texts("SELECT count(*) FROM seaql_migrations").await,
+        vec!["3"],
+        "-n 0 applied something"
+    );
+}
+
+/// An edit to an applied migration shows as a recorded sum that is not the code's.
+async fn a_migration_changed_after_it_was_applied_is_flagged_and_refused(backend: Backend) {
+    let t = TestDb::new(backend).await;
+    assert!(migration(&["up", "-n", "3"], Some(&t.url)).status.success());
+    t.exec(
+        "UPDATE migration_checksums SET checksum = 'from-the-old-code' \
+         WHERE version = 'm002_create_synced_sessions'",
+    )
+    .await;
+
+    let status = migration(&["status"], Some(&t.url));
+    assert!(status.status.success(), "{}", stderr(&status));
+    let listed = String::from_utf8_lossy(&status.stdout).into_owned();
+    let flagged: Vec<&str> = listed.lines().filter(|l| l.contains("CHANGED")).collect();
+    assert_eq!(flagged.len(), 1, "{listed}");
+    assert!(
+        flagged[0].starts_with("m002_create_synced_sessions"),
+        "{listed}"
+    );
+
+    let refused = migration(&["up"], Some(&t.url));
+    assert_clear_error(&refused, "m002_create_synced_sessions changed after");
+    assert!(
+        stderr(&refused).contains("accept-checksum"),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(
+        t.texts("SELECT count(*) FROM seaql_migrations").await,
+        vec!["3"],
+        "up went past a changed migration"
+    );
+
+    assert_clear_error(
+        &migration(
+            &["accept-checksum", "m009_session_client_id_binary"],
+            Some(&t.url),
+        ),
+        "is not applied",
+    );
+    assert_clear_error(
+        &migration(&["accept-checksum", "m099_nothing"], Some(&t.url)),
+        "no migration named",
+    );
+    let accepted = migration(
+        &["accept-checksum", "m002_create_synced_sessions"],
+        Some(&t.url),
+    );
+    assert!(accepted.status.success(), "{}", stderr(&accepted));
+    assert_eq!(
+        recorded_checksums(&t).await,
+        expected_checksums(backend, &FIRST_THREE)
+    );
+    let up = migration(&["up"], Some(&t.url));
+    assert!(up.status.success(), "{}", stderr(&up));
+    assert_eq!(
+        t.texts("SELECT count(*) FROM seaql_migrations").await,
+        vec![migration_count().to_string()]
+    );
+}
+
+async fn reset_and_fresh_keep_checksums_in_step(backend: Backend) {
+    let t = TestDb::new(backend).await;
+    assert!(migration(&["up"], Some(&t.url)).status.success());
+    let reset = migration(&["reset"], Some(&t.url));
+    assert!(reset.status.success(), "{}", stderr(&reset));
+    assert_eq!(
+        t.texts("SELECT count(*) FROM migration_checksums").await,
+        vec!["0"]
+    );
+    assert!(migration(&["up", "-n", "2"], Some(&t.url)).status.success());
+    t.exec("UPDATE migration_checksums SET checksum = 'stale'")
+        .await;
+    // `fresh` drops every table, ours too, and records anew what it applies.
+    let fresh = migration(&["fresh"], Some(&t.url));
+    assert!(fresh.status.success(), "{}", stderr(&fresh));
+    assert_eq!(
+        t.texts("SELECT count(*) FROM migration_checksums WHERE checksum = 'stale'")
+            .await,
+        vec!["0"]
+    );
+    assert_eq!(
+        t.texts("SELECT count(*) FROM migration_checksums").await,
+        vec![migration_count().to_string()]
+    );
+}
+
+/// With `-s`, the checksums live beside `seaql_migrations` in the chosen schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checksums_live_in_the_chosen_schema_postgres() {
+    let t = TestDb::new(Backend::Postgres).await;
+    t.exec("CREATE SCHEMA tenant").await;
+    let up = migration(&["up", "-n", "3", "-s", "tenant"], Some(&t.url));
+    assert!(up.status.success(), "{}", stderr(&up));
+    let count = |schema: &str| {
+        format!(
+            "SELECT count(*) FROM information_schema.tables \
+             WHERE table_schema = '{schema}' AND table_name = 'migration_checksums'"
+        )
+    };
+    assert_eq!(t.texts(&count("tenant")).await, vec!["1"]);
+    assert_eq!(t.texts(&count("public")).await, vec!["0"]);
+    assert_eq!(
+        t.texts("SELECT count(*) FROM tenant.migration_checksums")
+            .await,
+        vec!["3"]
+    );
+    let status = migration(&["status", "-s", "tenant"], Some(&t.url));
+    assert!(
+        !String::from_utf8_lossy(&status.stdout).contains("CHANGED"),
+        "a schema other than public changed the sums"
+    );
 }

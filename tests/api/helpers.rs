@@ -1,6 +1,6 @@
 //! `spawn_app`: a fresh database on the chosen backend and the API serving it on port 0.
 
-use api::settings::StripeSettings;
+use api::settings::{MigrateMode, StripeSettings};
 use api::stripe::signature::WebhookSecrets;
 use api::{Application, Limits, Settings};
 use reqwest::{Client, Method, RequestBuilder, Response};
@@ -58,6 +58,7 @@ pub fn test_settings(url: &str) -> Settings {
             webhook_tolerance_secs: 300,
         },
         purge_every_secs: 0,
+        migrate: MigrateMode::OnStart,
     }
 }
 

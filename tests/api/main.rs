@@ -11,6 +11,7 @@ mod binary;
 mod busy;
 mod extractors;
 mod limits;
+mod migrate_mode;
 mod openapi;
 mod redaction;
 mod retention;

@@ -83,10 +83,11 @@ pub async fn snapshot_in(t: &TestDb, schema: &str) -> Vec<String> {
     lines
 }
 
-/// The migrator's own bookkeeping table, left out of schema comparisons.
+/// The migrator's own bookkeeping tables (SeaORM's history and our checksums), left out of
+/// schema comparisons.
 pub fn without_bookkeeping(lines: Vec<String>) -> Vec<String> {
     lines
         .into_iter()
-        .filter(|line| !line.contains("seaql_migrations"))
+        .filter(|line| !line.contains("seaql_migrations") && !line.contains("migration_checksums"))
         .collect()
 }

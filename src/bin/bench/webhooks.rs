@@ -69,6 +69,7 @@ pub async fn run(args: Args) -> Result<(), String> {
             webhook_tolerance_secs: 300,
         },
         purge_every_secs: 0,
+        migrate: api::settings::MigrateMode::OnStart,
     };
     let app = api::Application::build(&settings)
         .await
