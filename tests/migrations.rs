@@ -51,7 +51,12 @@ async fn migrates_an_empty_database(backend: Backend) {
     assert!(schema.contains("idx_sessions_deleted_at"));
     match backend {
         Backend::Sqlite => assert!(schema.contains("check|users|1"), "{schema}"),
-        _ => assert!(schema.contains("chk_subscription_status"), "{schema}"),
+        Backend::Postgres => assert!(schema.contains("chk_subscription_status"), "{schema}"),
+        // MariaDB names the column-level CHECK (added without a table copy) after its column.
+        Backend::MySql => assert!(
+            schema.contains("constraint|users|subscription_status|CHECK|"),
+            "{schema}"
+        ),
     }
     assert!(schema.contains("user_tiers"));
     // Exactly one index covers stripe_customer_id.
@@ -635,5 +640,78 @@ mod postgres_only {
             .await
             .join("\n");
         assert!(purge.contains("idx_sessions_deleted_at"), "{purge}");
+    }
+}
+
+mod mysql_only {
+    use super::*;
+
+    /// `ALTER TABLE users` as m006 wrote it on MySQL before its CHECK went inline: the
+    /// columns in one statement, then `chk_subscription_status` by a table copy.
+    const OLDER_M006_COLUMNS: &str = "ALTER TABLE `users` \
+        ADD COLUMN `stripe_customer_id` varchar(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin, \
+        ADD COLUMN `subscription_id` varchar(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin, \
+        ADD COLUMN `subscription_status` varchar(50) NOT NULL DEFAULT 'none', \
+        ADD COLUMN `current_period_end` timestamp NULL, ALGORITHM=INSTANT";
+
+    fn status_checks(schema: &[String]) -> Vec<&str> {
+        schema
+            .iter()
+            .filter(|line| line.starts_with("constraint|users|") && line.contains("|CHECK|"))
+            .map(|line| line.split('|').nth(2).unwrap_or_default())
+            .collect()
+    }
+
+    /// A database that an older m006 left half done (columns, no CHECK) gets the older
+    /// `chk_subscription_status`; one the older m006 finished counts as done (every probe of
+    /// today's m006 holds), and `down` restores m005's schema from it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn databases_migrated_by_the_older_m006_stay_done() {
+        let t = TestDb::new(Backend::MySql).await;
+        Migrator::up(&t.db, Some(position(6) as u32))
+            .await
+            .expect("up to m005");
+        let m005 = without_bookkeeping(snapshot(&t).await);
+        t.exec(OLDER_M006_COLUMNS).await;
+
+        Migrator::up(&t.db, Some(1)).await.expect("m006 finishes");
+        let schema = snapshot(&t).await;
+        assert_eq!(status_checks(&schema), ["chk_subscription_status"]);
+        let bad = "INSERT INTO users (email, subscription_status) VALUES ('a@x.test', 'ACTIVE')";
+        assert!(
+            t.db.execute_unprepared(bad).await.is_err(),
+            "accepted ACTIVE"
+        );
+
+        let (_, steps) = planned(6, t.db_backend(), Direction::Up);
+        for step in steps
+            .iter()
+            .filter(|s| s.done_when != migration::probe::Probe::Never)
+        {
+            assert!(
+                step.done_when.holds(&t.db).await.expect("probe"),
+                "not done: {}",
+                step.summary
+            );
+        }
+
+        Migrator::down(&t.db, Some(1)).await.expect("down");
+        assert_eq!(without_bookkeeping(snapshot(&t).await), m005);
+    }
+
+    /// Today's m006 adds the CHECK inline, where MariaDB names it after the column, and adds
+    /// no second one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn m006_adds_one_column_level_check() {
+        let t = migrated(Backend::MySql).await;
+        let schema = snapshot(&t).await;
+        assert_eq!(status_checks(&schema), ["subscription_status"]);
+        let level = t
+            .texts(
+                "SELECT level FROM information_schema.check_constraints \
+                 WHERE constraint_schema = DATABASE() AND table_name = 'users'",
+            )
+            .await;
+        assert_eq!(level, ["Column"]);
     }
 }
