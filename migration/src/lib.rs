@@ -22,9 +22,11 @@ use sea_orm_migration::sea_orm::DbBackend;
 
 pub mod cli;
 pub mod connect;
+pub mod dialect;
 pub mod dry_run;
 pub mod idents;
 pub mod lock;
+pub mod operation;
 pub mod probe;
 pub mod schema;
 pub mod settings;
@@ -71,6 +73,7 @@ pub(crate) async fn apply_planned<M>(
 where
     M: Planned + MigrationName,
 {
+    require_tables(manager, migration.name(), migration.required_tables()).await?;
     let db = manager.get_connection();
     let schema = schema::of(db).await?.unwrap_or_default();
     let steps = step::plan_in(migration, db.get_database_backend(), &schema, direction);

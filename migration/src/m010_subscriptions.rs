@@ -313,7 +313,10 @@ fn up(backend: DbBackend) -> Vec<Step> {
 
 fn down(backend: DbBackend) -> Vec<Step> {
     vec![
-        replace_view(backend, &crate::m006_billing_fields::tier_view_sql(backend)),
+        replace_view(
+            backend,
+            &crate::m006_billing_fields::tier_view_sql(crate::dialect::of(backend)),
+        ),
         Step::new(
             "drop table stripe_subscriptions",
             Mode::Plain,

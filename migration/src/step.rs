@@ -30,6 +30,7 @@
 //!    `migration/tests/cli.rs`. A test there fails if its PostgreSQL SQL names a table
 //!    without the schema.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use sea_orm_migration::prelude::*;
@@ -62,7 +63,7 @@ pub enum Mode {
 /// One unit of schema change, with the probe that tells it is already done.
 #[derive(Clone, Debug)]
 pub struct Step {
-    pub summary: &'static str,
+    pub summary: Cow<'static, str>,
     pub mode: Mode,
     /// Skip the step when this holds.
     pub done_when: Probe,
@@ -70,9 +71,9 @@ pub struct Step {
 }
 
 impl Step {
-    pub fn new(summary: &'static str, mode: Mode, done_when: Probe) -> Self {
+    pub fn new(summary: impl Into<Cow<'static, str>>, mode: Mode, done_when: Probe) -> Self {
         Self {
-            summary,
+            summary: summary.into(),
             mode,
             done_when,
             statements: Vec::new(),
@@ -98,7 +99,7 @@ impl Step {
 /// of the same name on another table, is left alone.
 pub fn drop_invalid_leftover<T: IntoIden>(
     backend: DbBackend,
-    summary: &'static str,
+    summary: impl Into<Cow<'static, str>>,
     table: T,
     table_name: &'static str,
     index: &'static str,
@@ -141,6 +142,12 @@ pub trait Planned {
     /// The steps for `backend`. Call it through [`plan_in`], which sets the schema that the
     /// statements name; called directly, they name `public`.
     fn plan(&self, backend: DbBackend, direction: Direction) -> Vec<Step>;
+
+    /// Tables that must exist before the migration runs, in either direction: a missing one
+    /// stops it before any step, with an error naming every missing table.
+    fn required_tables(&self) -> &'static [&'static str] {
+        &[]
+    }
 }
 
 /// `migration`'s steps, naming the PostgreSQL schema `schema` (ignored elsewhere).

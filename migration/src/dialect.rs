@@ -1,0 +1,129 @@
+//! What differs per backend, in one place per backend.
+//!
+//! An [`Operation`](crate::operation::Operation) says what changes; a dialect turns it into
+//! [`Step`]s for its backend: the statements, the lock discipline ([`Mode`](crate::step::Mode))
+//! and the probes. `dialect/postgres.rs`, `dialect/mysql.rs` and `dialect/sqlite.rs` each
+//! hold everything their backend does differently, so a new operation is written once per
+//! backend, side by side with that backend's other quirks, never as `match` arms spread over
+//! the crate.
+
+mod mysql;
+mod postgres;
+mod sqlite;
+
+use sea_orm_migration::prelude::*;
+use sea_orm_migration::sea_orm::DbBackend;
+
+use crate::operation::{AddColumns, IndexSpec, ValueCheck, ViewSpec};
+use crate::probe::Probe;
+use crate::step::{Mode, Step};
+
+pub trait Dialect: Sync {
+    fn backend(&self) -> DbBackend;
+
+    /// The steps that add `op`'s columns (and its CHECK).
+    fn add_columns(&self, op: &AddColumns) -> Vec<Step>;
+    /// The steps that drop what [`Dialect::add_columns`] added.
+    fn drop_columns(&self, op: &AddColumns) -> Vec<Step>;
+    /// Adds `op`'s CHECK by a statement of its own where its column exists without it (see
+    /// [`crate::operation::Operation::RepairCheck`]). Nothing, unless the backend has
+    /// databases that need it.
+    fn repair_check(&self, op: &AddColumns) -> Vec<Step> {
+        let _ = op;
+        Vec::new()
+    }
+    fn create_index(&self, index: &IndexSpec) -> Vec<Step>;
+    fn drop_index(&self, index: &IndexSpec) -> Vec<Step>;
+
+    /// `CREATE OR REPLACE VIEW` or what the backend has instead.
+    fn create_view_keyword(&self) -> &'static str {
+        "CREATE OR REPLACE VIEW"
+    }
+    /// SQL that holds while the timestamp `column` plus `days` days is still in the future.
+    fn later_than_now(&self, column: &str, days: u32) -> String;
+
+    /// A column for an identifier from another system (Stripe's ids), compared as bytes:
+    /// `string_len(len)`, nullable.
+    fn case_sensitive_string(&self, name: &'static str, len: u32) -> ColumnDef;
+
+    /// A table or view of ours in raw SQL (schema-qualified on PostgreSQL).
+    fn qualified(&self, name: &str) -> String {
+        crate::schema::qualified(self.backend(), name)
+    }
+
+    /// A table of ours for sea-query builders.
+    fn table(&self, name: &'static str) -> TableName {
+        crate::schema::table(self.backend(), Alias::new(name))
+    }
+}
+
+/// The dialect of `backend`.
+pub fn of(backend: DbBackend) -> &'static dyn Dialect {
+    match backend {
+        DbBackend::Postgres => &postgres::Postgres,
+        DbBackend::MySql => &mysql::MySql,
+        _ => &sqlite::Sqlite,
+    }
+}
+
+/// `CREATE VIEW`, replacing one of the same name where the backend can.
+pub fn create_view(dialect: &dyn Dialect, view: &ViewSpec) -> Step {
+    Step::new(view_summary("create", view), Mode::LockTimed, Probe::Never).raw(format!(
+        "{} {} AS {}",
+        dialect.create_view_keyword(),
+        crate::schema::qualified(dialect.backend(), view.name),
+        (view.body)(dialect)
+    ))
+}
+/// `DROP VIEW IF EXISTS`.
+pub fn drop_view(dialect: &dyn Dialect, view: &ViewSpec) -> Step {
+    Step::new(
+        view_summary("drop", view),
+        Mode::LockTimed,
+        Probe::View {
+            name: view.name,
+            present: false,
+        },
+    )
+    .raw(format!(
+        "DROP VIEW IF EXISTS {}",
+        crate::schema::qualified(dialect.backend(), view.name)
+    ))
+}
+
+fn view_summary(verb: &str, view: &ViewSpec) -> String {
+    format!("{verb} view {}", view.name)
+}
+
+/// `users.stripe_customer_id`-style name of an operation's single column, or its label.
+pub(crate) fn single_column(op: &AddColumns) -> Option<&'static str> {
+    match op.columns.as_slice() {
+        [only] if op.label.is_none() => Some(only.name),
+        _ => None,
+    }
+}
+
+/// Every column of `op` present (or every one gone).
+pub(crate) fn all_columns(op: &AddColumns, present: bool) -> Probe {
+    let probes: Vec<Probe> = op
+        .columns
+        .iter()
+        .map(|column| Probe::Column {
+            table: op.table,
+            column: column.name,
+            present,
+        })
+        .collect();
+    match <[Probe; 1]>::try_from(probes) {
+        Ok([only]) => only,
+        Err(probes) => Probe::All(probes),
+    }
+}
+
+pub(crate) fn check_probe(table: &'static str, check: &ValueCheck, present: bool) -> Probe {
+    Probe::Constraint {
+        table,
+        name: check.name,
+        present,
+    }
+}

@@ -1,0 +1,166 @@
+//! PostgreSQL: DDL is transactional and `ALTER TABLE` takes ACCESS EXCLUSIVE.
+//!
+//! * Column adds with a constant default are catalog updates (PostgreSQL 11+), so they are
+//!   lock-timed steps; `IF NOT EXISTS` makes a raced add harmless.
+//! * A CHECK is added `NOT VALID` with the columns (no scan under ACCESS EXCLUSIVE), then
+//!   validated in a step of its own under SHARE UPDATE EXCLUSIVE, which lets reads and writes
+//!   go on. sea-query cannot write `NOT VALID` or `VALIDATE CONSTRAINT`: raw SQL.
+//! * Indexes are built and dropped `CONCURRENTLY` (no write lock), outside any transaction. An
+//!   interrupted build leaves an INVALID index, dropped by the step before the build.
+//! * Every name carries the schema chosen with `-s`.
+
+use sea_orm_migration::prelude::*;
+use sea_orm_migration::sea_orm::DbBackend;
+
+use super::{Dialect, all_columns, check_probe, single_column};
+use crate::operation::{AddColumns, IndexSpec};
+use crate::probe::Probe;
+use crate::step::{Mode, Step, drop_invalid_leftover};
+
+pub struct Postgres;
+
+impl Dialect for Postgres {
+    fn backend(&self) -> DbBackend {
+        DbBackend::Postgres
+    }
+
+    fn add_columns(&self, op: &AddColumns) -> Vec<Step> {
+        let mut alter = Table::alter();
+        alter.table(self.table(op.table));
+        for column in &op.columns {
+            alter.add_column_if_not_exists(column.def.clone());
+        }
+        let (summary, done) = match (single_column(op), &op.check) {
+            (Some(column), _) => (format!("add {}.{column}", op.table), all_columns(op, true)),
+            (None, check) => (
+                format!(
+                    "add {} to {}{}",
+                    op.label.unwrap_or("columns"),
+                    op.table,
+                    if check.is_some() {
+                        ", CHECK NOT VALID"
+                    } else {
+                        ""
+                    }
+                ),
+                match check {
+                    Some(check) => Probe::All(vec![
+                        all_columns(op, true),
+                        check_probe(op.table, check, true),
+                    ]),
+                    None => all_columns(op, true),
+                },
+            ),
+        };
+        let mut add = Step::new(summary, Mode::LockTimed, done).build(self.backend(), &alter);
+        let Some(check) = &op.check else {
+            return vec![add];
+        };
+        add = add.raw(format!(
+            "ALTER TABLE {} ADD CONSTRAINT \"{}\" CHECK (\"{}\" IN ({})) NOT VALID",
+            self.qualified(op.table),
+            check.name,
+            check.column,
+            check.value_list()
+        ));
+        let validate = Step::new(
+            format!("validate {}", check.name),
+            Mode::LockTimed,
+            Probe::ConstraintValidated {
+                table: op.table,
+                name: check.name,
+            },
+        )
+        .raw(format!(
+            "ALTER TABLE {} VALIDATE CONSTRAINT \"{}\"",
+            self.qualified(op.table),
+            check.name
+        ));
+        vec![add, validate]
+    }
+
+    fn drop_columns(&self, op: &AddColumns) -> Vec<Step> {
+        let mut alter = Table::alter();
+        alter.table(self.table(op.table));
+        for column in &op.columns {
+            alter.drop_column_if_exists(Alias::new(column.name));
+        }
+        let summary = match (single_column(op), &op.check) {
+            (Some(column), _) => format!("drop {}.{column}", op.table),
+            (None, Some(check)) => format!(
+                "drop {} and the {}",
+                check.name,
+                op.label.unwrap_or("columns")
+            ),
+            (None, None) => format!("drop the {}", op.label.unwrap_or("columns")),
+        };
+        let mut step = Step::new(summary, Mode::LockTimed, all_columns(op, false));
+        if let Some(check) = &op.check {
+            // sea-query's ALTER TABLE cannot drop a constraint.
+            step = step.raw(format!(
+                "ALTER TABLE {} DROP CONSTRAINT IF EXISTS \"{}\"",
+                self.qualified(op.table),
+                check.name
+            ));
+        }
+        vec![step.build(self.backend(), &alter)]
+    }
+
+    fn create_index(&self, index: &IndexSpec) -> Vec<Step> {
+        let mut stmt = index.create(self);
+        stmt.concurrently().if_not_exists();
+        if let Some(column) = index.partial_not_null {
+            stmt.and_where(Expr::col(Alias::new(column)).is_not_null());
+        }
+        vec![
+            drop_invalid_leftover(
+                self.backend(),
+                format!(
+                    "drop an INVALID {} left by an interrupted build",
+                    index.name
+                ),
+                Alias::new(index.table),
+                index.table,
+                index.name,
+            ),
+            Step::new(
+                format!("build {} {} concurrently", index.kind(true), index.name),
+                Mode::Online,
+                Probe::index_present(index.table, index.name),
+            )
+            .build(self.backend(), &stmt),
+        ]
+    }
+
+    fn drop_index(&self, index: &IndexSpec) -> Vec<Step> {
+        vec![
+            Step::new(
+                format!("drop index {} concurrently", index.name),
+                Mode::Online,
+                Probe::index_absent(index.table, index.name),
+            )
+            .build(
+                self.backend(),
+                Index::drop()
+                    .name(index.name)
+                    .table(self.table(index.table))
+                    .if_exists()
+                    .concurrently(),
+            ),
+        ]
+    }
+
+    fn later_than_now(&self, column: &str, days: u32) -> String {
+        match days {
+            0 => format!("{column} > now()"),
+            days => format!("{column} + interval '{days} days' > now()"),
+        }
+    }
+
+    fn case_sensitive_string(&self, name: &'static str, len: u32) -> ColumnDef {
+        ColumnDef::new(Alias::new(name))
+            .string_len(len)
+            .null()
+            .take()
+    }
+}
