@@ -5,6 +5,7 @@ mod support;
 use chrono::{Duration, Utc};
 use entity::{SubscriptionStatus, Tier, stripe_customers, stripe_subscriptions, users};
 use migration::m006_billing_fields::SUBSCRIPTION_STATUSES;
+use migration::probe::Probe;
 use migration::step::{self, Direction};
 use migration::{Migrator, MigratorTrait, SchemaManager};
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, ConnectionTrait, EntityTrait};
@@ -24,6 +25,8 @@ on_every_backend!(
     client_ids_differing_by_case_are_two_sessions,
     rust_and_sql_agree_over_several_subscriptions,
     m010_backfills_customers_and_each_subscriptions_latest_snapshot,
+    an_online_step_is_refused_inside_a_transaction,
+    a_migration_declares_the_tables_it_needs,
 );
 
 async fn migrated(backend: Backend) -> TestDb {
@@ -279,6 +282,76 @@ async fn an_interrupted_up_or_down_finishes_when_run_again(backend: Backend) {
             }
         }
     }
+}
+
+/// An `Online` step (`CREATE INDEX CONCURRENTLY` and friends) cannot share a transaction:
+/// handed one, the engine refuses the whole plan before its first step, by a typed check.
+async fn an_online_step_is_refused_inside_a_transaction(backend: Backend) {
+    use sea_orm::TransactionTrait;
+    let t = TestDb::new(backend).await;
+    let steps = vec![
+        step::Step::new("create table before", step::Mode::Plain, Probe::Never)
+            .raw("CREATE TABLE before_online (x INT)"),
+        step::Step::new("an online step", step::Mode::Online, Probe::Never).raw("SELECT 1"),
+    ];
+    let refusal = {
+        let txn = t.db.begin().await.expect("begin");
+        let manager = SchemaManager::new(&txn);
+        assert_eq!(
+            step::check_runnable(manager.get_connection(), "m999_test", &steps),
+            Err(step::Refusal::OnlineInTransaction {
+                migration: "m999_test".into(),
+                step: "an online step".into(),
+            })
+        );
+        let outcome = step::apply(&manager, "m999_test", Direction::Up, steps.clone()).await;
+        txn.commit().await.expect("commit");
+        outcome.expect_err("refused")
+    };
+    assert!(
+        refusal
+            .to_string()
+            .contains("use_transaction() -> Some(false)"),
+        "{refusal}"
+    );
+    let tables = without_bookkeeping(snapshot(&t).await).join("\n");
+    assert!(!tables.contains("before_online"), "a step ran: {tables}");
+
+    // Outside a transaction the same plan runs.
+    let manager = SchemaManager::new(&t.db);
+    step::apply(&manager, "m999_test", Direction::Up, steps)
+        .await
+        .expect("runs outside a transaction");
+    assert!(
+        without_bookkeeping(snapshot(&t).await)
+            .join("\n")
+            .contains("before_online")
+    );
+}
+
+/// m006, m008 and m010 declare the tables they build on: missing ones stop them before any
+/// step, named in the error.
+async fn a_migration_declares_the_tables_it_needs(backend: Backend) {
+    for (version, needs) in [
+        (6, &["users", "synced_sessions"][..]),
+        (8, &["synced_sessions"][..]),
+        (10, &["users", "stripe_events"][..]),
+    ] {
+        let all = Migrator::planned();
+        assert_eq!(
+            all[position(version)].required_tables(),
+            needs,
+            "m{version:03}"
+        );
+    }
+    let t = TestDb::new(backend).await;
+    let manager = SchemaManager::new(&t.db);
+    let all = Migrator::migrations();
+    let m006 = &all[position(6)];
+    let err = m006.up(&manager).await.expect_err("no tables");
+    assert!(err.to_string().contains("users, synced_sessions"), "{err}");
+    let schema = without_bookkeeping(snapshot(&t).await).join("\n");
+    assert!(!schema.contains("stripe_customer_id"), "{schema}");
 }
 
 /// After m009, `Laptop` and `laptop` are two sessions of one user on every backend (MySQL

@@ -152,6 +152,8 @@ fn init_tracing(verbose: bool) {
 }
 
 pub async fn run(cli: Cli) -> Result<(), Failure> {
+    // The engine's knobs are read here, at the edge, and handed to it.
+    crate::step::configure(crate::step::EngineSettings::from_env().map_err(explain)?);
     let command = cli.command.clone().unwrap_or(Command::Up { num: None });
     if let Command::Sql(args) = &command
         && let Some(name) = &args.backend

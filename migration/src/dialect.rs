@@ -14,7 +14,9 @@ mod sqlite;
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DbBackend;
 
-use crate::operation::{AddColumns, IndexSpec, ValueCheck, ViewSpec};
+use crate::operation::{
+    AddColumns, IndexSpec, StringColumn, TableSpec, TextWidening, TieBreak, ValueCheck, ViewSpec,
+};
 use crate::probe::Probe;
 use crate::step::{Mode, Step};
 
@@ -34,11 +36,49 @@ pub trait Dialect: Sync {
     }
     fn create_index(&self, index: &IndexSpec) -> Vec<Step>;
     fn drop_index(&self, index: &IndexSpec) -> Vec<Step>;
+    /// The steps that make `column` compare as bytes (`binary`) or by the table's default
+    /// collation.
+    fn string_collation(&self, column: &StringColumn, binary: bool) -> Vec<Step> {
+        // PostgreSQL and SQLite compare strings as bytes by default: nothing to do.
+        let _ = (column, binary);
+        Vec::new()
+    }
+    /// The steps that give `text` its wide (`wide`) or narrow type.
+    fn text_width(&self, text: &TextWidening, wide: bool) -> Vec<Step> {
+        // PostgreSQL's and SQLite's text has no size cap: nothing to do.
+        let _ = (text, wide);
+        Vec::new()
+    }
+    /// The steps that give `index` the trailing `key` (`by_key`) or take it away.
+    fn order_ties_by_key(&self, index: &TieBreak, by_key: bool) -> Vec<Step>;
 
     /// `CREATE OR REPLACE VIEW` or what the backend has instead.
     fn create_view_keyword(&self) -> &'static str {
         "CREATE OR REPLACE VIEW"
     }
+    /// Replaces view `name` with `create` (a whole `CREATE ... VIEW` statement) in one
+    /// lock-timed transaction: by default dropped and created, which transactional DDL makes
+    /// atomic (readers never see the view missing).
+    fn replace_view(&self, name: &str, create: &str) -> Step {
+        Step::new(
+            format!("replace view {name}"),
+            Mode::LockTimed,
+            Probe::Never,
+        )
+        .raw(format!("DROP VIEW IF EXISTS {}", self.qualified(name)))
+        .raw(create)
+    }
+    /// The keyword that creates a view in place of the one [`Dialect::replace_view`] drops.
+    fn replacing_view_keyword(&self) -> &'static str {
+        "CREATE VIEW"
+    }
+
+    /// A new table whose text columns compare as bytes, as identifiers from other systems
+    /// need.
+    fn case_sensitive_table(&self, name: &'static str) -> TableCreateStatement {
+        Table::create().table(self.table(name)).take()
+    }
+
     /// SQL that holds while the timestamp `column` plus `days` days is still in the future.
     fn later_than_now(&self, column: &str, days: u32) -> String;
 
@@ -75,6 +115,66 @@ pub fn create_view(dialect: &dyn Dialect, view: &ViewSpec) -> Step {
         (view.body)(dialect)
     ))
 }
+/// `CREATE TABLE`, then its indexes, each a step.
+pub fn create_table(dialect: &dyn Dialect, spec: &TableSpec) -> Vec<Step> {
+    let (summary, mode) = table_summary("create", spec);
+    let mut steps = vec![
+        Step::new(
+            summary,
+            mode,
+            Probe::Table {
+                table: spec.name,
+                present: true,
+            },
+        )
+        .build(dialect.backend(), &(spec.create)(dialect)),
+    ];
+    for index in spec.indexes {
+        let mut stmt = Index::create();
+        stmt.name(index.name).table(dialect.table(spec.name));
+        for column in index.columns {
+            stmt.col(Alias::new(*column));
+        }
+        steps.push(
+            Step::new(
+                format!("index {} by {}", spec.name, index.by),
+                Mode::Plain,
+                Probe::index_present(spec.name, index.name),
+            )
+            .build(dialect.backend(), &stmt),
+        );
+    }
+    steps
+}
+
+/// `DROP TABLE IF EXISTS`, which takes its indexes with it.
+pub fn drop_table(dialect: &dyn Dialect, spec: &TableSpec) -> Step {
+    let (summary, mode) = table_summary("drop", spec);
+    Step::new(
+        summary,
+        mode,
+        Probe::Table {
+            table: spec.name,
+            present: false,
+        },
+    )
+    .build(
+        dialect.backend(),
+        Table::drop().table(dialect.table(spec.name)).if_exists(),
+    )
+}
+
+/// A table with a foreign key locks the table it references, so its step is lock-timed.
+fn table_summary(verb: &str, spec: &TableSpec) -> (String, Mode) {
+    match spec.references {
+        Some(other) => (
+            format!("{verb} table {} (foreign key to {other})", spec.name),
+            Mode::LockTimed,
+        ),
+        None => (format!("{verb} table {}", spec.name), Mode::Plain),
+    }
+}
+
 /// `DROP VIEW IF EXISTS`.
 pub fn drop_view(dialect: &dyn Dialect, view: &ViewSpec) -> Step {
     Step::new(

@@ -105,6 +105,70 @@ impl IndexSpec {
     }
 }
 
+/// A table created by a migration, with the indexes built on it while it is still empty.
+#[derive(Clone, Copy)]
+pub struct TableSpec {
+    pub name: &'static str,
+    /// The existing table its foreign key points to, if any: creating the key locks that
+    /// table briefly, so the step is lock-timed.
+    pub references: Option<&'static str>,
+    pub create: fn(&dyn Dialect) -> TableCreateStatement,
+    pub indexes: &'static [NewTableIndex],
+}
+
+/// An index on a new table: no traffic reads or writes it yet, so it is built plainly.
+#[derive(Clone, Copy)]
+pub struct NewTableIndex {
+    pub name: &'static str,
+    /// "user" in the summary "index stripe_customers by user".
+    pub by: &'static str,
+    pub columns: &'static [&'static str],
+}
+
+/// A view replaced by another of the same name; each is its whole `CREATE` statement.
+#[derive(Clone, Copy)]
+pub struct ViewChange {
+    pub name: &'static str,
+    pub old: fn(&dyn Dialect) -> String,
+    pub new: fn(&dyn Dialect) -> String,
+}
+
+/// An existing string column, by its SQL type (`varchar(100)`).
+#[derive(Clone, Copy)]
+pub struct StringColumn {
+    pub table: &'static str,
+    pub column: &'static str,
+    pub sql_type: &'static str,
+    pub not_null: bool,
+}
+
+/// An existing text column whose type caps its size on some backend (MySQL's `text`, 65,535
+/// bytes) and a wider type of the same kind (`mediumtext`).
+#[derive(Clone, Copy)]
+pub struct TextWidening {
+    pub table: &'static str,
+    pub column: &'static str,
+    pub narrow: &'static str,
+    pub wide: &'static str,
+    pub not_null: bool,
+}
+
+/// An index whose ties should be ordered by the row's key: `columns`, then the key, where the
+/// backend's index does not already end with it.
+#[derive(Clone, Copy)]
+pub struct TieBreak {
+    pub index: &'static str,
+    pub table: &'static str,
+    pub columns: &'static [&'static str],
+    /// `columns` followed by the key.
+    pub with_key: &'static [&'static str],
+    /// The names each shape is built under before it takes `index`'s name (where the backend
+    /// builds a new index to reshape one).
+    pub with_key_as: &'static str,
+    pub alone_as: &'static str,
+    pub partial_not_null: Option<&'static str>,
+}
+
 /// A view whose body (`SELECT ...`) is rendered for a dialect.
 #[derive(Clone, Copy)]
 pub struct ViewSpec {
@@ -122,6 +186,23 @@ pub enum Operation {
     DropIndex(IndexSpec),
     CreateView(ViewSpec),
     DropView(ViewSpec),
+    CreateTable(TableSpec),
+    DropTable(TableSpec),
+    ReplaceView(ViewChange),
+    /// Makes an existing string column compare as bytes, where the backend's default
+    /// collation does not (MySQL). Nothing elsewhere.
+    CompareAsBytes(StringColumn),
+    /// The inverse of [`Operation::CompareAsBytes`]: the table's default collation again.
+    CompareByTableDefault(StringColumn),
+    /// Widens a text column where the backend caps it (MySQL). Nothing elsewhere.
+    WidenText(TextWidening),
+    /// The inverse of [`Operation::WidenText`].
+    NarrowText(TextWidening),
+    /// Reshapes an index from `columns` to `columns, key` under the same name, never leaving
+    /// the table without it. Nothing where the backend's index already ends with the key.
+    OrderTiesByKey(TieBreak),
+    /// The inverse of [`Operation::OrderTiesByKey`].
+    UnorderTies(TieBreak),
     /// Adds the CHECK of an [`AddColumns`] by a statement of its own, where its column exists
     /// but the CHECK does not: what an m006 from before the inline MariaDB CHECK left when
     /// interrupted between its two statements. Only MySQL has such databases; elsewhere it
@@ -146,6 +227,17 @@ impl Operation {
             Operation::CreateView(view) => vec![dialect::create_view(dialect, view)],
             Operation::DropView(view) => vec![dialect::drop_view(dialect, view)],
             Operation::RepairCheck(op) => dialect.repair_check(op),
+            Operation::CreateTable(spec) => dialect::create_table(dialect, spec),
+            Operation::DropTable(spec) => vec![dialect::drop_table(dialect, spec)],
+            Operation::ReplaceView(change) => {
+                vec![dialect.replace_view(change.name, &(change.new)(dialect))]
+            }
+            Operation::CompareAsBytes(column) => dialect.string_collation(column, true),
+            Operation::CompareByTableDefault(column) => dialect.string_collation(column, false),
+            Operation::WidenText(text) => dialect.text_width(text, true),
+            Operation::NarrowText(text) => dialect.text_width(text, false),
+            Operation::OrderTiesByKey(index) => dialect.order_ties_by_key(index, true),
+            Operation::UnorderTies(index) => dialect.order_ties_by_key(index, false),
             Operation::Custom { up, .. } => up(dialect),
             Operation::Nothing => Vec::new(),
         }
@@ -160,6 +252,19 @@ impl Operation {
             Operation::DropIndex(index) => Operation::CreateIndex(*index),
             Operation::CreateView(view) => Operation::DropView(*view),
             Operation::DropView(view) => Operation::CreateView(*view),
+            Operation::CreateTable(spec) => Operation::DropTable(*spec),
+            Operation::DropTable(spec) => Operation::CreateTable(*spec),
+            Operation::ReplaceView(change) => Operation::ReplaceView(ViewChange {
+                name: change.name,
+                old: change.new,
+                new: change.old,
+            }),
+            Operation::CompareAsBytes(column) => Operation::CompareByTableDefault(*column),
+            Operation::CompareByTableDefault(column) => Operation::CompareAsBytes(*column),
+            Operation::WidenText(text) => Operation::NarrowText(*text),
+            Operation::NarrowText(text) => Operation::WidenText(*text),
+            Operation::OrderTiesByKey(index) => Operation::UnorderTies(*index),
+            Operation::UnorderTies(index) => Operation::OrderTiesByKey(*index),
             Operation::RepairCheck(_) | Operation::Nothing => Operation::Nothing,
             Operation::Custom { up, down } => Operation::Custom {
                 up: *down,

@@ -160,17 +160,115 @@ pub fn plan_in<M: Planned + ?Sized>(
     crate::schema::planning_in(schema, || migration.plan(backend, direction))
 }
 
-/// Runs `steps` in order, skipping those already done. The probes read the schema the
-/// connection works in ([`crate::schema::of`]), which must be the one `steps` were planned in.
+/// What the engine takes from outside: how lock-timed steps wait for their locks, and where
+/// the crash tests pause it. Read once, at the edge ([`EngineSettings::from_env`] in the CLI,
+/// which hands it to [`configure`]), never by the engine while it runs.
+#[derive(Clone, Debug)]
+pub struct EngineSettings {
+    pub lock: LockSettings,
+    /// `<migration>:<up|down>:<n>`: pause before that statement (see [`PauseHook`]).
+    pub pause_before: Option<String>,
+}
+
+pub const PAUSE_BEFORE_ENV: &str = "MIGRATION_PAUSE_BEFORE";
+
+impl EngineSettings {
+    pub fn from_env() -> Result<Self, DbErr> {
+        Ok(Self {
+            lock: LockSettings::from_env()?,
+            pause_before: std::env::var(PAUSE_BEFORE_ENV).ok(),
+        })
+    }
+}
+
+static CONFIGURED: std::sync::OnceLock<EngineSettings> = std::sync::OnceLock::new();
+
+/// Sets the settings every later run of a planned migration uses (SeaORM's runner calls
+/// `MigrationTrait::up` with nothing but a connection, so they cannot be handed down). The
+/// first call wins.
+pub fn configure(settings: EngineSettings) {
+    let _ = CONFIGURED.set(settings);
+}
+
+/// The settings given to [`configure`]; where nothing configured them (the API's embedded
+/// run, the tests), the environment's, read now.
+pub fn configured() -> Result<EngineSettings, DbErr> {
+    match CONFIGURED.get() {
+        Some(settings) => Ok(settings.clone()),
+        None => EngineSettings::from_env(),
+    }
+}
+
+/// A plan the engine refuses to start, before any of its steps runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// An [`Mode::Online`] step on a connection inside a transaction: PostgreSQL refuses
+    /// `CONCURRENTLY` there, and the transaction would hold every earlier step's locks for the
+    /// whole build. The migration must say `use_transaction() -> Some(false)`.
+    OnlineInTransaction { migration: String, step: String },
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::OnlineInTransaction { migration, step } => write!(
+                f,
+                "{migration}: step \"{step}\" must run outside any transaction, but the \
+                 migration runs in one; its `impl MigrationTrait` must say \
+                 `use_transaction() -> Some(false)`"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+impl From<Refusal> for DbErr {
+    fn from(refusal: Refusal) -> Self {
+        DbErr::Migration(refusal.to_string())
+    }
+}
+
+/// Whether `steps` may run on `db`: no [`Mode::Online`] step inside a transaction.
+pub fn check_runnable(
+    db: &SchemaManagerConnection<'_>,
+    migration: &str,
+    steps: &[Step],
+) -> Result<(), Refusal> {
+    let in_transaction = !matches!(db, SchemaManagerConnection::Connection(_));
+    match steps.iter().find(|step| step.mode == Mode::Online) {
+        Some(step) if in_transaction => Err(Refusal::OnlineInTransaction {
+            migration: migration.to_owned(),
+            step: step.summary.to_string(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Runs `steps` in order with the [`configured`] settings; see [`apply_with`].
 pub async fn apply(
     manager: &SchemaManager<'_>,
     migration: &str,
     direction: Direction,
     steps: Vec<Step>,
 ) -> Result<(), DbErr> {
+    apply_with(manager, migration, direction, steps, &configured()?).await
+}
+
+/// Runs `steps` in order, skipping those already done. The probes read the schema the
+/// connection works in ([`crate::schema::of`]), which must be the one `steps` were planned in.
+/// A plan it cannot run safely ([`check_runnable`]) is refused before its first step.
+pub async fn apply_with(
+    manager: &SchemaManager<'_>,
+    migration: &str,
+    direction: Direction,
+    steps: Vec<Step>,
+    engine: &EngineSettings,
+) -> Result<(), DbErr> {
     let db = manager.get_connection();
+    check_runnable(db, migration, &steps)?;
     let schema = crate::schema::of(db).await?.unwrap_or_default();
-    let settings = LockSettings::from_env()?;
+    let settings = &engine.lock;
     let total = steps.len();
     let mut statement_index = 0usize;
     for (i, step) in steps.iter().enumerate() {
@@ -183,15 +281,16 @@ pub async fn apply(
         }
         tracing::info!("{position}: {}", step.summary);
         let pause = PauseHook {
+            target: engine.pause_before.as_deref(),
             migration,
             direction,
             first_statement: statement_index,
         };
         let outcome = match step.mode {
             Mode::Plain | Mode::Online => run_plain(db, step, &pause).await,
-            Mode::LockTimed => run_lock_timed(db, step, &settings, &position, &pause).await,
+            Mode::LockTimed => run_lock_timed(db, step, settings, &position, &pause).await,
             Mode::TableCopy { table } => {
-                run_table_copy(db, step, table, &settings, &position, &pause).await
+                run_table_copy(db, step, table, settings, &position, &pause).await
             }
         };
         if let Err(err) = outcome {
@@ -487,9 +586,11 @@ pub fn is_lock_conflict(err: &DbErr) -> bool {
 /// `MIGRATION_PAUSE_BEFORE=<migration>:<up|down>:<n>` pauses before the n-th statement
 /// (counting from 0 across the whole migration), prints `paused before ...` on stderr and
 /// sleeps until killed, or until a line arrives on stdin (tests that change the database
-/// under a paused migrator resume it that way; end of input keeps it asleep). Unset, it costs
-/// one environment lookup per statement.
+/// under a paused migrator resume it that way; end of input keeps it asleep). The variable is
+/// read once, into [`EngineSettings`].
 struct PauseHook<'a> {
+    /// [`EngineSettings::pause_before`].
+    target: Option<&'a str>,
     migration: &'a str,
     direction: Direction,
     first_statement: usize,
@@ -497,7 +598,7 @@ struct PauseHook<'a> {
 
 impl PauseHook<'_> {
     fn check(&self, offset: usize) {
-        let Ok(target) = std::env::var("MIGRATION_PAUSE_BEFORE") else {
+        let Some(target) = self.target else {
             return;
         };
         let here = format!(

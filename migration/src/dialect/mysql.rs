@@ -14,13 +14,34 @@ use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DbBackend;
 
 use super::{Dialect, all_columns, check_probe, single_column};
-use crate::operation::{AddColumns, IndexSpec, ValueCheck};
-use crate::probe::Probe;
+use crate::operation::{AddColumns, IndexSpec, StringColumn, TextWidening, TieBreak, ValueCheck};
+use crate::probe::{MySqlCollation, Probe};
 use crate::step::{Mode, Step};
 
 pub struct MySql;
 
 impl MySql {
+    /// `ALTER TABLE .. MODIFY COLUMN`, with `clauses` (ALGORITHM/LOCK) appended as text.
+    fn modify_column(
+        &self,
+        table: &'static str,
+        column: &'static str,
+        sql_type: &str,
+        not_null: bool,
+        clauses: &str,
+    ) -> String {
+        let mut def = ColumnDef::new(Alias::new(column));
+        def.custom(Alias::new(sql_type));
+        if not_null {
+            def.not_null();
+        }
+        format!(
+            "{}, {clauses}",
+            self.backend()
+                .build(Table::alter().table(self.table(table)).modify_column(def))
+        )
+    }
+
     fn inline_check(check: &ValueCheck) -> Expr {
         Expr::col(Alias::new(check.column))
             .cast_as("BINARY")
@@ -164,6 +185,110 @@ impl Dialect for MySql {
                     .table(self.table(index.table)),
             ),
         ]
+    }
+
+    /// An InnoDB secondary index carries the primary key after its own columns, so its ties are already ordered by the key: nothing to do either way.
+    fn order_ties_by_key(&self, _index: &TieBreak, _by_key: bool) -> Vec<Step> {
+        Vec::new()
+    }
+
+    /// sea-query writes a column's character set and collation only after NOT NULL, where
+    /// MySQL refuses CHARACTER SET; as part of the type it is accepted. The collation change
+    /// rebuilds the column's indexes in place: `ALGORITHM=INPLACE, LOCK=NONE` lets reads and
+    /// writes go on.
+    fn string_collation(&self, column: &StringColumn, binary: bool) -> Vec<Step> {
+        let (summary, sql_type, collation) = if binary {
+            (
+                format!(
+                    "{} COLLATE utf8mb4_bin (INPLACE, LOCK=NONE: rebuilds its index)",
+                    column.column
+                ),
+                format!(
+                    "{} CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
+                    column.sql_type
+                ),
+                MySqlCollation::Named("utf8mb4_bin"),
+            )
+        } else {
+            (
+                format!(
+                    "{} back to the table's collation (INPLACE, LOCK=NONE)",
+                    column.column
+                ),
+                column.sql_type.to_owned(),
+                MySqlCollation::TableDefault,
+            )
+        };
+        vec![
+            Step::new(
+                summary,
+                Mode::LockTimed,
+                Probe::MySqlColumnType {
+                    table: column.table,
+                    column: column.column,
+                    column_type: column.sql_type,
+                    collation,
+                },
+            )
+            .raw(self.modify_column(
+                column.table,
+                column.column,
+                &sql_type,
+                column.not_null,
+                "ALGORITHM=INPLACE, LOCK=NONE",
+            )),
+        ]
+    }
+
+    /// A type change copies the table (INSTANT, NOCOPY and INPLACE are refused): `LOCK=SHARED`
+    /// keeps reads going while writes wait, and [`Mode::TableCopy`] never retries a copy blindly.
+    fn text_width(&self, text: &TextWidening, wide: bool) -> Vec<Step> {
+        let to = if wide { text.wide } else { text.narrow };
+        vec![
+            Step::new(
+                format!(
+                    "{} {} (table copy, writes wait)",
+                    text.column,
+                    to.to_ascii_uppercase()
+                ),
+                Mode::TableCopy { table: text.table },
+                Probe::MySqlColumnType {
+                    table: text.table,
+                    column: text.column,
+                    column_type: to,
+                    collation: MySqlCollation::TableDefault,
+                },
+            )
+            .raw(self.modify_column(
+                text.table,
+                text.column,
+                to,
+                text.not_null,
+                "ALGORITHM=COPY, LOCK=SHARED",
+            )),
+        ]
+    }
+
+    /// MySQL replaces a view in place.
+    fn replace_view(&self, name: &str, create: &str) -> Step {
+        Step::new(
+            format!("replace view {name}"),
+            Mode::LockTimed,
+            Probe::Never,
+        )
+        .raw(create)
+    }
+
+    fn replacing_view_keyword(&self) -> &'static str {
+        "CREATE OR REPLACE VIEW"
+    }
+
+    fn case_sensitive_table(&self, name: &'static str) -> TableCreateStatement {
+        Table::create()
+            .table(self.table(name))
+            .character_set("utf8mb4")
+            .collate("utf8mb4_bin")
+            .take()
     }
 
     fn later_than_now(&self, column: &str, days: u32) -> String {

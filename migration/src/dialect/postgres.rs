@@ -13,7 +13,7 @@ use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DbBackend;
 
 use super::{Dialect, all_columns, check_probe, single_column};
-use crate::operation::{AddColumns, IndexSpec};
+use crate::operation::{AddColumns, IndexSpec, TieBreak};
 use crate::probe::Probe;
 use crate::step::{Mode, Step, drop_invalid_leftover};
 
@@ -147,6 +147,98 @@ impl Dialect for Postgres {
                     .if_exists()
                     .concurrently(),
             ),
+        ]
+    }
+
+    /// Build under a temporary name, drop the old, rename: never drop-then-build, so the
+    /// table always has the index. Each step's probe reads the index's columns, so a run
+    /// interrupted anywhere, in either direction, finishes when run again; each direction first
+    /// drops the other's half-built index. sea-query has no `ALTER INDEX ... RENAME`: raw SQL.
+    fn order_ties_by_key(&self, index: &TieBreak, by_key: bool) -> Vec<Step> {
+        let (target, building_as, other, other_name, other_direction) = if by_key {
+            (
+                index.with_key,
+                index.with_key_as,
+                index.columns,
+                index.alone_as,
+                "down",
+            )
+        } else {
+            (
+                index.columns,
+                index.alone_as,
+                index.with_key,
+                index.with_key_as,
+                "up",
+            )
+        };
+        let table = index.table;
+        let done = || Probe::IndexOn {
+            table,
+            index: index.index,
+            columns: target,
+        };
+        let mut build = Index::create();
+        build.name(building_as).table(self.table(table));
+        for column in target {
+            build.col(Alias::new(*column));
+        }
+        build.concurrently().if_not_exists();
+        if let Some(column) = index.partial_not_null {
+            build.and_where(Expr::col(Alias::new(column)).is_not_null());
+        }
+        let drop = |name: &str| {
+            let mut statement = Index::drop();
+            statement
+                .name(name)
+                .table(self.table(table))
+                .if_exists()
+                .concurrently();
+            statement
+        };
+        vec![
+            Step::new(
+                format!("drop a half-built {other_name} left by `{other_direction}`"),
+                Mode::Online,
+                Probe::index_absent(table, other_name),
+            )
+            .build(self.backend(), &drop(other_name)),
+            drop_invalid_leftover(
+                self.backend(),
+                format!("drop an INVALID {building_as} left by an interrupted build"),
+                Alias::new(table),
+                table,
+                building_as,
+            ),
+            Step::new(
+                format!("build {building_as} ({}) concurrently", target.join(", ")),
+                Mode::Online,
+                Probe::Any(vec![
+                    done(),
+                    Probe::IndexOn {
+                        table,
+                        index: building_as,
+                        columns: target,
+                    },
+                ]),
+            )
+            .build(self.backend(), &build),
+            Step::new(
+                format!("drop {} ({}) concurrently", index.index, other.join(", ")),
+                Mode::Online,
+                Probe::Any(vec![done(), Probe::index_absent(table, index.index)]),
+            )
+            .build(self.backend(), &drop(index.index)),
+            Step::new(
+                format!("rename {building_as} to {}", index.index),
+                Mode::LockTimed,
+                done(),
+            )
+            .raw(format!(
+                "ALTER INDEX {} RENAME TO \"{}\"",
+                self.qualified(building_as),
+                index.index
+            )),
         ]
     }
 

@@ -10,7 +10,7 @@ use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DbBackend;
 
 use super::Dialect;
-use crate::operation::{AddColumns, IndexSpec};
+use crate::operation::{AddColumns, IndexSpec, TieBreak};
 use crate::probe::Probe;
 use crate::step::{Mode, Step};
 
@@ -99,6 +99,11 @@ impl Dialect for Sqlite {
 
     fn create_view_keyword(&self) -> &'static str {
         "CREATE VIEW IF NOT EXISTS"
+    }
+
+    /// A SQLite index carries the rowid after its own columns (an INTEGER PRIMARY KEY is the rowid), so its ties are already ordered by the key: nothing to do either way.
+    fn order_ties_by_key(&self, _index: &TieBreak, _by_key: bool) -> Vec<Step> {
+        Vec::new()
     }
 
     fn later_than_now(&self, column: &str, days: u32) -> String {
