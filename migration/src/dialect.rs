@@ -17,11 +17,32 @@ use sea_orm_migration::sea_orm::DbBackend;
 use crate::operation::{
     AddColumns, IndexSpec, StringColumn, TableSpec, TextWidening, TieBreak, ValueCheck, ViewSpec,
 };
-use crate::probe::Probe;
+use crate::probe::{CatalogQueries, Probe};
 use crate::step::{Mode, Step};
 
 pub trait Dialect: Sync {
     fn backend(&self) -> DbBackend;
+    /// How users name the backend (`--backend`), as the dry run prints it.
+    fn name(&self) -> &'static str;
+
+    /// The catalog queries its probes ask.
+    fn catalog(&self) -> &'static CatalogQueries;
+
+    /// The statement that bounds lock waits for the rest of the current transaction; `None`
+    /// where there is none (SQLite has one writer at a time and waits through its busy
+    /// timeout).
+    fn lock_timeout_sql(&self, timeout: std::time::Duration) -> Option<String> {
+        let _ = timeout;
+        None
+    }
+    /// The lock timeout the server applies when `asked` for.
+    fn lock_timeout_in_force(&self, asked: std::time::Duration) -> std::time::Duration {
+        asked
+    }
+    /// Undoes [`Dialect::lock_timeout_sql`] where it outlives the transaction.
+    fn lock_timeout_reset_sql(&self) -> Option<&'static str> {
+        None
+    }
 
     /// The steps that add `op`'s columns (and its CHECK).
     fn add_columns(&self, op: &AddColumns) -> Vec<Step>;

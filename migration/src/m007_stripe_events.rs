@@ -36,12 +36,7 @@ const CUSTOMER_INDEX: &str = "idx_stripe_events_customer";
 /// Stripe ids are case-sensitive; MySQL's default collations are not, which would merge
 /// `evt_AbC` with `evt_abc`. There the whole table compares bytes.
 fn stripe_table(backend: DbBackend) -> TableCreateStatement {
-    let mut create = Table::create();
-    create.table(table(backend, StripeEvents::Table));
-    if backend == DbBackend::MySql {
-        create.character_set("utf8mb4").collate("utf8mb4_bin");
-    }
-    create
+    crate::dialect::of(backend).case_sensitive_table("stripe_events")
 }
 
 impl Planned for Migration {

@@ -7,6 +7,10 @@
 //!
 //! # How to write a migration
 //!
+//! Write it as operations (`operation.rs`; README "Operations"): the dialects turn them into
+//! the steps below, with the probes and lock modes this engine needs. A migration can still
+//! return its steps itself (m001-m005 and m007 do), as follows:
+//!
 //! 1. `sea-orm-cli migrate generate what_it_does` writes the file with
 //!    `#[derive(DeriveMigrationName)] pub struct Migration;` and lists it at the end of
 //!    `migrations()` in `lib.rs` (see there).
@@ -15,6 +19,7 @@
 //!    locks are bounded) and a [`Probe`] that holds once the step's work is done, so a re-run
 //!    after a crash skips it. Build statements with sea-query (`.build(backend, &stmt)`) and
 //!    raw SQL only for what sea-query cannot say (`.raw(sql)`, with a comment saying why).
+//!    `required_tables` names the tables it builds on.
 //! 3. Name every table through `crate::schema::table(backend, Foo::Table)` in builders
 //!    (`Index::drop()` included: that is what puts the schema on the index) and
 //!    `crate::schema::qualified(backend, "foo")` in raw SQL. On PostgreSQL they write the
@@ -22,13 +27,15 @@
 //! 4. `crate::planned_migration!(Migration);` implements `MigrationTrait` from the plan (in
 //!    one transaction on PostgreSQL) and registers the plan for `migration sql`; write the
 //!    `impl` by hand for `use_transaction() -> Some(false)`, as m006 and m008 do for
-//!    `CONCURRENTLY`, and then call `crate::register_plan!(Migration);`.
+//!    `CONCURRENTLY` (an `Online` step in a transaction is refused: [`Refusal`]), and then
+//!    call `crate::register_plan!(Migration);`.
 //! 5. The doc comment says why each step is shaped as it is: the lock it takes on each
 //!    backend and for how long (measured), and the backend quirks it works around.
 //! 6. Tests: add it to the lists in `tests/migrations.rs` (down restores the schema, an
 //!    interrupted run finishes) and, for a live-safety claim, to the kill test in
 //!    `migration/tests/cli.rs`. A test there fails if its PostgreSQL SQL names a table
-//!    without the schema.
+//!    without the schema. `migration/tests/plan_fixture.rs` pins the SQL it emits:
+//!    regenerate the fixtures with `UPDATE_PLAN_FIXTURES=1` and review the diff.
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -532,35 +539,21 @@ pub async fn table_in_use(
     }
 }
 
-/// The lock timeout the server applies for `asked`: MySQL counts whole seconds.
+/// The lock timeout the server applies for `asked` ([`crate::dialect::Dialect::lock_timeout_in_force`]).
 pub fn lock_timeout_in_force(backend: DbBackend, asked: Duration) -> Duration {
-    match backend {
-        DbBackend::MySql => Duration::from_secs(asked.as_millis().div_ceil(1000).max(1) as u64),
-        _ => asked,
-    }
+    crate::dialect::of(backend).lock_timeout_in_force(asked)
 }
 
-/// The statement that bounds lock waits for the rest of the current transaction.
+/// The statement that bounds lock waits for the rest of the current transaction
+/// ([`crate::dialect::Dialect::lock_timeout_sql`]).
 pub fn lock_timeout_sql(backend: DbBackend, timeout: Duration) -> Option<String> {
-    match backend {
-        DbBackend::Postgres => Some(format!(
-            "SET LOCAL lock_timeout = '{}ms'",
-            timeout.as_millis()
-        )),
-        // MySQL counts metadata-lock waits in whole seconds: round up (never wait less than
-        // asked), one second at least.
-        DbBackend::MySql => Some(format!(
-            "SET SESSION lock_wait_timeout = {}",
-            lock_timeout_in_force(backend, timeout).as_secs()
-        )),
-        // SQLite has one writer at a time and waits through its busy timeout.
-        _ => None,
-    }
+    crate::dialect::of(backend).lock_timeout_sql(timeout)
 }
 
-/// Undoes [`lock_timeout_sql`] where it outlives the transaction (MySQL's session variable).
+/// Undoes [`lock_timeout_sql`] where it outlives the transaction
+/// ([`crate::dialect::Dialect::lock_timeout_reset_sql`]).
 pub fn lock_timeout_reset_sql(backend: DbBackend) -> Option<&'static str> {
-    (backend == DbBackend::MySql).then_some("SET SESSION lock_wait_timeout = DEFAULT")
+    crate::dialect::of(backend).lock_timeout_reset_sql()
 }
 
 /// Whether `err` is a lock conflict worth retrying: PostgreSQL `55P03 lock_not_available`,

@@ -15,10 +15,43 @@ use sea_orm_migration::sea_orm::DbBackend;
 
 use super::{Dialect, all_columns, check_probe, single_column};
 use crate::operation::{AddColumns, IndexSpec, StringColumn, TextWidening, TieBreak, ValueCheck};
-use crate::probe::{MySqlCollation, Probe};
+use crate::probe::{CatalogQueries, MySqlCollation, Probe};
 use crate::step::{Mode, Step};
 
 pub struct MySql;
+
+/// The schema is the connection's database (`DATABASE()`).
+const CATALOG: CatalogQueries = CatalogQueries {
+    binds_schema: false,
+    column: "SELECT 1 FROM information_schema.columns \
+             WHERE table_schema = DATABASE() AND table_name = ? AND column_name = ?",
+    index: INDEX,
+    valid_index: INDEX,
+    invalid_index: None,
+    index_columns: "SELECT column_name FROM information_schema.statistics \
+                    WHERE table_schema = DATABASE() AND table_name = ? AND index_name = ? \
+                    ORDER BY seq_in_index",
+    column_type: Some(
+        "SELECT CAST(c.column_type AS CHAR) AS column_type, \
+         CAST(c.collation_name AS CHAR) AS collation, \
+         CAST(t.table_collation AS CHAR) AS table_collation \
+         FROM information_schema.columns c JOIN information_schema.tables t \
+         ON t.table_schema = c.table_schema AND t.table_name = c.table_name \
+         WHERE c.table_schema = DATABASE() AND c.table_name = ? AND c.column_name = ?",
+    ),
+    constraint: CONSTRAINT,
+    // MySQL and MariaDB validate a CHECK when they add it.
+    validated_constraint: CONSTRAINT,
+    view: "SELECT 1 FROM information_schema.views \
+           WHERE table_schema = DATABASE() AND table_name = ?",
+    table: "SELECT 1 FROM information_schema.tables \
+            WHERE table_schema = DATABASE() AND table_name = ? AND table_type = 'BASE TABLE'",
+};
+const INDEX: &str = "SELECT 1 FROM information_schema.statistics \
+                     WHERE table_schema = DATABASE() AND table_name = ? AND index_name = ? LIMIT 1";
+const CONSTRAINT: &str = "SELECT 1 FROM information_schema.table_constraints \
+                          WHERE constraint_schema = DATABASE() AND table_name = ? \
+                          AND constraint_name = ?";
 
 impl MySql {
     /// `ALTER TABLE .. MODIFY COLUMN`, with `clauses` (ALGORITHM/LOCK) appended as text.
@@ -52,6 +85,32 @@ impl MySql {
 impl Dialect for MySql {
     fn backend(&self) -> DbBackend {
         DbBackend::MySql
+    }
+
+    fn name(&self) -> &'static str {
+        "mysql"
+    }
+
+    fn catalog(&self) -> &'static CatalogQueries {
+        &CATALOG
+    }
+
+    /// A session variable (there is no per-transaction one), reset after the step.
+    fn lock_timeout_sql(&self, timeout: std::time::Duration) -> Option<String> {
+        Some(format!(
+            "SET SESSION lock_wait_timeout = {}",
+            self.lock_timeout_in_force(timeout).as_secs()
+        ))
+    }
+
+    /// MySQL counts metadata-lock waits in whole seconds: rounded up (never less than
+    /// asked), one second at least.
+    fn lock_timeout_in_force(&self, asked: std::time::Duration) -> std::time::Duration {
+        std::time::Duration::from_secs(asked.as_millis().div_ceil(1000).max(1) as u64)
+    }
+
+    fn lock_timeout_reset_sql(&self) -> Option<&'static str> {
+        Some("SET SESSION lock_wait_timeout = DEFAULT")
     }
 
     fn add_columns(&self, op: &AddColumns) -> Vec<Step> {

@@ -14,14 +14,77 @@ use sea_orm_migration::sea_orm::DbBackend;
 
 use super::{Dialect, all_columns, check_probe, single_column};
 use crate::operation::{AddColumns, IndexSpec, TieBreak};
-use crate::probe::Probe;
+use crate::probe::{CatalogQueries, Probe};
 use crate::step::{Mode, Step, drop_invalid_leftover};
 
 pub struct Postgres;
 
+/// Every query reads the migrations' schema (bound last), never `current_schema()`, which
+/// follows `search_path`. An index counts as built only when valid.
+const CATALOG: CatalogQueries = CatalogQueries {
+    binds_schema: true,
+    column: "SELECT 1 FROM information_schema.columns \
+             WHERE table_name = $1 AND column_name = $2 AND table_schema = $3",
+    index: "SELECT 1 FROM pg_index i \
+            JOIN pg_class ic ON ic.oid = i.indexrelid \
+            JOIN pg_class tc ON tc.oid = i.indrelid \
+            JOIN pg_namespace n ON n.oid = ic.relnamespace \
+            WHERE tc.relname = $1 AND ic.relname = $2 AND n.nspname = $3",
+    valid_index: "SELECT 1 FROM pg_index i \
+                  JOIN pg_class ic ON ic.oid = i.indexrelid \
+                  JOIN pg_class tc ON tc.oid = i.indrelid \
+                  JOIN pg_namespace n ON n.oid = ic.relnamespace \
+                  WHERE tc.relname = $1 AND ic.relname = $2 AND n.nspname = $3 \
+                  AND i.indisvalid",
+    invalid_index: Some(
+        "SELECT 1 FROM pg_index i \
+         JOIN pg_class ic ON ic.oid = i.indexrelid \
+         JOIN pg_class tc ON tc.oid = i.indrelid \
+         JOIN pg_namespace n ON n.oid = ic.relnamespace \
+         WHERE tc.relname = $1 AND ic.relname = $2 AND n.nspname = $3 \
+         AND NOT i.indisvalid",
+    ),
+    index_columns: "SELECT a.attname::text FROM pg_index i \
+                    JOIN pg_class ic ON ic.oid = i.indexrelid \
+                    JOIN pg_class tc ON tc.oid = i.indrelid \
+                    JOIN pg_namespace n ON n.oid = ic.relnamespace \
+                    CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, position) \
+                    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+                    WHERE tc.relname = $1 AND ic.relname = $2 AND n.nspname = $3 \
+                    AND i.indisvalid ORDER BY k.position",
+    column_type: None,
+    constraint: "SELECT 1 FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid \
+                 JOIN pg_namespace n ON n.oid = t.relnamespace \
+                 WHERE t.relname = $1 AND c.conname = $2 AND n.nspname = $3",
+    validated_constraint: "SELECT 1 FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid \
+                           JOIN pg_namespace n ON n.oid = t.relnamespace \
+                           WHERE t.relname = $1 AND c.conname = $2 AND n.nspname = $3 \
+                           AND c.convalidated",
+    view: "SELECT 1 FROM information_schema.views \
+           WHERE table_name = $1 AND table_schema = $2",
+    table: "SELECT 1 FROM information_schema.tables \
+            WHERE table_name = $1 AND table_schema = $2 AND table_type = 'BASE TABLE'",
+};
+
 impl Dialect for Postgres {
     fn backend(&self) -> DbBackend {
         DbBackend::Postgres
+    }
+
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn catalog(&self) -> &'static CatalogQueries {
+        &CATALOG
+    }
+
+    /// `SET LOCAL`: it ends with the step's own transaction.
+    fn lock_timeout_sql(&self, timeout: std::time::Duration) -> Option<String> {
+        Some(format!(
+            "SET LOCAL lock_timeout = '{}ms'",
+            timeout.as_millis()
+        ))
     }
 
     fn add_columns(&self, op: &AddColumns) -> Vec<Step> {

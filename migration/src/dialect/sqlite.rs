@@ -11,14 +11,43 @@ use sea_orm_migration::sea_orm::DbBackend;
 
 use super::Dialect;
 use crate::operation::{AddColumns, IndexSpec, TieBreak};
-use crate::probe::Probe;
+use crate::probe::{CatalogQueries, Probe};
 use crate::step::{Mode, Step};
 
 pub struct Sqlite;
 
+/// The `main` schema.
+const CATALOG: CatalogQueries = CatalogQueries {
+    binds_schema: false,
+    column: "SELECT 1 FROM pragma_table_info(?) WHERE name = ?",
+    index: INDEX,
+    valid_index: INDEX,
+    invalid_index: None,
+    index_columns: "SELECT p.name FROM sqlite_master m JOIN pragma_index_info(m.name) p \
+                    WHERE m.type = 'index' AND m.tbl_name = ? AND m.name = ? ORDER BY p.seqno",
+    column_type: None,
+    constraint: CONSTRAINT,
+    // SQLite keeps constraints in the table's CREATE text and validates on ADD COLUMN.
+    validated_constraint: CONSTRAINT,
+    view: "SELECT 1 FROM sqlite_master WHERE type = 'view' AND name = ?",
+    table: "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+};
+const INDEX: &str =
+    "SELECT 1 FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND name = ?";
+const CONSTRAINT: &str = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ? \
+                          AND instr(sql, ?) > 0";
+
 impl Dialect for Sqlite {
     fn backend(&self) -> DbBackend {
         DbBackend::Sqlite
+    }
+
+    fn name(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn catalog(&self) -> &'static CatalogQueries {
+        &CATALOG
     }
 
     fn add_columns(&self, op: &AddColumns) -> Vec<Step> {
