@@ -132,7 +132,7 @@ pub(crate) async fn require_tables(
     }
     Err(DbErr::Migration(format!(
         "{migration} needs table(s) {} which this database does not have; \
-         it builds on m001-m005, so run the earlier migrations first \
+         it builds on the migrations before it, so run those first \
          (or point DATABASE_URL at the right database)",
         missing.join(", ")
     )))
