@@ -156,9 +156,12 @@ pub fn create_table(dialect: &dyn Dialect, spec: &TableSpec) -> Vec<Step> {
         for column in index.columns {
             stmt.col(Alias::new(*column));
         }
+        if index.unique {
+            stmt.unique();
+        }
         steps.push(
             Step::new(
-                format!("index {} by {}", spec.name, index.by),
+                index.summary,
                 Mode::Plain,
                 Probe::index_present(spec.name, index.name),
             )
@@ -179,21 +182,22 @@ pub fn drop_table(dialect: &dyn Dialect, spec: &TableSpec) -> Step {
             present: false,
         },
     )
-    .build(
-        dialect.backend(),
-        Table::drop().table(dialect.table(spec.name)).if_exists(),
-    )
+    .build(dialect.backend(), &{
+        let mut drop = Table::drop();
+        drop.table(dialect.table(spec.name));
+        if spec.drop_if_exists {
+            drop.if_exists();
+        }
+        drop
+    })
 }
 
-/// A table with a foreign key locks the table it references, so its step is lock-timed.
 fn table_summary(verb: &str, spec: &TableSpec) -> (String, Mode) {
-    match spec.references {
-        Some(other) => (
-            format!("{verb} table {} (foreign key to {other})", spec.name),
-            Mode::LockTimed,
-        ),
-        None => (format!("{verb} table {}", spec.name), Mode::Plain),
-    }
+    let summary = match spec.note {
+        Some(note) => format!("{verb} table {} ({note})", spec.name),
+        None => format!("{verb} table {}", spec.name),
+    };
+    (summary, spec.mode)
 }
 
 /// `DROP VIEW IF EXISTS`.

@@ -143,23 +143,30 @@ impl MigrationTrait for Migration {
 
 const CUSTOMERS_TABLE: TableSpec = TableSpec {
     name: CUSTOMERS,
-    references: Some("users"),
+    note: Some("foreign key to users"),
+    // Creating the foreign key locks `users`, which serves traffic.
+    mode: Mode::LockTimed,
+    drop_if_exists: true,
     create: create_customers,
     indexes: &[NewTableIndex {
         name: CUSTOMERS_BY_USER,
-        by: "user",
+        summary: "index stripe_customers by user",
         columns: &["user_id"],
+        unique: false,
     }],
 };
 
 const SUBSCRIPTIONS_TABLE: TableSpec = TableSpec {
     name: SUBSCRIPTIONS,
-    references: None,
+    note: None,
+    mode: Mode::Plain,
+    drop_if_exists: true,
     create: create_subscriptions,
     indexes: &[NewTableIndex {
         name: SUBSCRIPTIONS_BY_CUSTOMER,
-        by: "customer",
+        summary: "index stripe_subscriptions by customer",
         columns: &["customer_id"],
+        unique: false,
     }],
 };
 

@@ -109,9 +109,14 @@ impl IndexSpec {
 #[derive(Clone, Copy)]
 pub struct TableSpec {
     pub name: &'static str,
-    /// The existing table its foreign key points to, if any: creating the key locks that
-    /// table briefly, so the step is lock-timed.
-    pub references: Option<&'static str>,
+    /// Said after the name in the step's summary: "foreign key to users".
+    pub note: Option<&'static str>,
+    /// How the create and drop steps run: lock-timed where the table's foreign key locks a
+    /// table that serves traffic (m010); plain for the tables m001-m007 created.
+    pub mode: crate::step::Mode,
+    /// `DROP TABLE IF EXISTS` (m010 on); m001-m007 drop without it, and their SQL stays as
+    /// applied.
+    pub drop_if_exists: bool,
     pub create: fn(&dyn Dialect) -> TableCreateStatement,
     pub indexes: &'static [NewTableIndex],
 }
@@ -120,9 +125,10 @@ pub struct TableSpec {
 #[derive(Clone, Copy)]
 pub struct NewTableIndex {
     pub name: &'static str,
-    /// "user" in the summary "index stripe_customers by user".
-    pub by: &'static str,
+    /// What its step prints ("index stripe_customers by user").
+    pub summary: &'static str,
     pub columns: &'static [&'static str],
+    pub unique: bool,
 }
 
 /// A view replaced by another of the same name; each is its whole `CREATE` statement.
