@@ -159,6 +159,25 @@ pub struct TextWidening {
     pub not_null: bool,
 }
 
+/// An index built plainly, in the migration's transaction, with the same statement on every
+/// backend: for a table no traffic used yet when the migration was written (m004).
+#[derive(Clone, Copy)]
+pub struct PlainIndex {
+    pub name: &'static str,
+    pub table: &'static str,
+    pub columns: &'static [&'static str],
+    /// What the build step prints ("index sessions by (user_id, id)").
+    pub summary: &'static str,
+}
+
+/// A column added plainly, in the migration's transaction, with the same statement on every
+/// backend (m005).
+#[derive(Clone)]
+pub struct PlainColumn {
+    pub table: &'static str,
+    pub column: NewColumn,
+}
+
 /// An index whose ties should be ordered by the row's key: `columns`, then the key, where the
 /// backend's index does not already end with it.
 #[derive(Clone, Copy)]
@@ -195,6 +214,10 @@ pub enum Operation {
     CreateTable(TableSpec),
     DropTable(TableSpec),
     ReplaceView(ViewChange),
+    PlainCreateIndex(PlainIndex),
+    PlainDropIndex(PlainIndex),
+    PlainAddColumn(PlainColumn),
+    PlainDropColumn(PlainColumn),
     /// Makes an existing string column compare as bytes, where the backend's default
     /// collation does not (MySQL). Nothing elsewhere.
     CompareAsBytes(StringColumn),
@@ -238,6 +261,10 @@ impl Operation {
             Operation::ReplaceView(change) => {
                 vec![dialect.replace_view(change.name, &(change.new)(dialect))]
             }
+            Operation::PlainCreateIndex(index) => vec![plain_create_index(dialect, index)],
+            Operation::PlainDropIndex(index) => vec![plain_drop_index(dialect, index)],
+            Operation::PlainAddColumn(column) => vec![plain_add_column(dialect, column)],
+            Operation::PlainDropColumn(column) => vec![plain_drop_column(dialect, column)],
             Operation::CompareAsBytes(column) => dialect.string_collation(column, true),
             Operation::CompareByTableDefault(column) => dialect.string_collation(column, false),
             Operation::WidenText(text) => dialect.text_width(text, true),
@@ -265,6 +292,10 @@ impl Operation {
                 old: change.new,
                 new: change.old,
             }),
+            Operation::PlainCreateIndex(index) => Operation::PlainDropIndex(*index),
+            Operation::PlainDropIndex(index) => Operation::PlainCreateIndex(*index),
+            Operation::PlainAddColumn(column) => Operation::PlainDropColumn(column.clone()),
+            Operation::PlainDropColumn(column) => Operation::PlainAddColumn(column.clone()),
             Operation::CompareAsBytes(column) => Operation::CompareByTableDefault(*column),
             Operation::CompareByTableDefault(column) => Operation::CompareAsBytes(*column),
             Operation::WidenText(text) => Operation::NarrowText(*text),
@@ -278,6 +309,62 @@ impl Operation {
             },
         }
     }
+}
+
+fn plain_create_index(dialect: &dyn Dialect, index: &PlainIndex) -> Step {
+    let mut stmt = Index::create();
+    stmt.name(index.name).table(dialect.table(index.table));
+    for column in index.columns {
+        stmt.col(Alias::new(*column));
+    }
+    Step::new(
+        index.summary,
+        crate::step::Mode::Plain,
+        crate::probe::Probe::index_present(index.table, index.name),
+    )
+    .build(dialect.backend(), &stmt)
+}
+
+fn plain_drop_index(dialect: &dyn Dialect, index: &PlainIndex) -> Step {
+    Step::new(
+        format!("drop index {}", index.name),
+        crate::step::Mode::Plain,
+        crate::probe::Probe::index_absent(index.table, index.name),
+    )
+    .build(
+        dialect.backend(),
+        Index::drop()
+            .name(index.name)
+            .table(dialect.table(index.table)),
+    )
+}
+
+fn plain_add_column(dialect: &dyn Dialect, column: &PlainColumn) -> Step {
+    Step::new(
+        format!("add {}.{}", column.table, column.column.name),
+        crate::step::Mode::Plain,
+        crate::probe::Probe::column_present(column.table, column.column.name),
+    )
+    .build(
+        dialect.backend(),
+        Table::alter()
+            .table(dialect.table(column.table))
+            .add_column(column.column.def.clone()),
+    )
+}
+
+fn plain_drop_column(dialect: &dyn Dialect, column: &PlainColumn) -> Step {
+    Step::new(
+        format!("drop {}.{}", column.table, column.column.name),
+        crate::step::Mode::Plain,
+        crate::probe::Probe::column_absent(column.table, column.column.name),
+    )
+    .build(
+        dialect.backend(),
+        Table::alter()
+            .table(dialect.table(column.table))
+            .drop_column(Alias::new(column.column.name)),
+    )
 }
 
 /// A migration written as operations.

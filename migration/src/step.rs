@@ -9,7 +9,7 @@
 //!
 //! Write it as operations (`operation.rs`; README "Operations"): the dialects turn them into
 //! the steps below, with the probes and lock modes this engine needs. A migration can still
-//! return its steps itself (m004 and m005 do), as follows:
+//! return its steps itself (none does today), as follows:
 //!
 //! 1. `sea-orm-cli migrate generate what_it_does` writes the file with
 //!    `#[derive(DeriveMigrationName)] pub struct Migration;` and lists it at the end of
