@@ -5,6 +5,7 @@ mod support;
 use chrono::{Duration, Utc};
 use entity::{SubscriptionStatus, Tier, stripe_customers, stripe_subscriptions, users};
 use migration::m006_billing_fields::SUBSCRIPTION_STATUSES;
+use migration::probe::Probe;
 use migration::step::{self, Direction};
 use migration::{Migrator, MigratorTrait, SchemaManager};
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, ConnectionTrait, EntityTrait};
@@ -24,6 +25,8 @@ on_every_backend!(
     client_ids_differing_by_case_are_two_sessions,
     rust_and_sql_agree_over_several_subscriptions,
     m010_backfills_customers_and_each_subscriptions_latest_snapshot,
+    an_online_step_is_refused_inside_a_transaction,
+    a_migration_declares_the_tables_it_needs,
 );
 
 async fn migrated(backend: Backend) -> TestDb {
@@ -51,7 +54,12 @@ async fn migrates_an_empty_database(backend: Backend) {
     assert!(schema.contains("idx_sessions_deleted_at"));
     match backend {
         Backend::Sqlite => assert!(schema.contains("check|users|1"), "{schema}"),
-        _ => assert!(schema.contains("chk_subscription_status"), "{schema}"),
+        Backend::Postgres => assert!(schema.contains("chk_subscription_status"), "{schema}"),
+        // MariaDB names the column-level CHECK (added without a table copy) after its column.
+        Backend::MySql => assert!(
+            schema.contains("constraint|users|subscription_status|CHECK|"),
+            "{schema}"
+        ),
     }
     assert!(schema.contains("user_tiers"));
     // Exactly one index covers stripe_customer_id.
@@ -274,6 +282,76 @@ async fn an_interrupted_up_or_down_finishes_when_run_again(backend: Backend) {
             }
         }
     }
+}
+
+/// An `Online` step (`CREATE INDEX CONCURRENTLY` and friends) cannot share a transaction:
+/// handed one, the engine refuses the whole plan before its first step, by a typed check.
+async fn an_online_step_is_refused_inside_a_transaction(backend: Backend) {
+    use sea_orm::TransactionTrait;
+    let t = TestDb::new(backend).await;
+    let steps = vec![
+        step::Step::new("create table before", step::Mode::Plain, Probe::Never)
+            .raw("CREATE TABLE before_online (x INT)"),
+        step::Step::new("an online step", step::Mode::Online, Probe::Never).raw("SELECT 1"),
+    ];
+    let refusal = {
+        let txn = t.db.begin().await.expect("begin");
+        let manager = SchemaManager::new(&txn);
+        assert_eq!(
+            step::check_runnable(manager.get_connection(), "m999_test", &steps),
+            Err(step::Refusal::OnlineInTransaction {
+                migration: "m999_test".into(),
+                step: "an online step".into(),
+            })
+        );
+        let outcome = step::apply(&manager, "m999_test", Direction::Up, steps.clone()).await;
+        txn.commit().await.expect("commit");
+        outcome.expect_err("refused")
+    };
+    assert!(
+        refusal
+            .to_string()
+            .contains("use_transaction() -> Some(false)"),
+        "{refusal}"
+    );
+    let tables = without_bookkeeping(snapshot(&t).await).join("\n");
+    assert!(!tables.contains("before_online"), "a step ran: {tables}");
+
+    // Outside a transaction the same plan runs.
+    let manager = SchemaManager::new(&t.db);
+    step::apply(&manager, "m999_test", Direction::Up, steps)
+        .await
+        .expect("runs outside a transaction");
+    assert!(
+        without_bookkeeping(snapshot(&t).await)
+            .join("\n")
+            .contains("before_online")
+    );
+}
+
+/// m006, m008 and m010 declare the tables they build on: missing ones stop them before any
+/// step, named in the error.
+async fn a_migration_declares_the_tables_it_needs(backend: Backend) {
+    for (version, needs) in [
+        (6, &["users", "synced_sessions"][..]),
+        (8, &["synced_sessions"][..]),
+        (10, &["users", "stripe_events"][..]),
+    ] {
+        let all = Migrator::planned();
+        assert_eq!(
+            all[position(version)].required_tables(),
+            needs,
+            "m{version:03}"
+        );
+    }
+    let t = TestDb::new(backend).await;
+    let manager = SchemaManager::new(&t.db);
+    let all = Migrator::migrations();
+    let m006 = &all[position(6)];
+    let err = m006.up(&manager).await.expect_err("no tables");
+    assert!(err.to_string().contains("users, synced_sessions"), "{err}");
+    let schema = without_bookkeeping(snapshot(&t).await).join("\n");
+    assert!(!schema.contains("stripe_customer_id"), "{schema}");
 }
 
 /// After m009, `Laptop` and `laptop` are two sessions of one user on every backend (MySQL
@@ -635,5 +713,78 @@ mod postgres_only {
             .await
             .join("\n");
         assert!(purge.contains("idx_sessions_deleted_at"), "{purge}");
+    }
+}
+
+mod mysql_only {
+    use super::*;
+
+    /// `ALTER TABLE users` as m006 wrote it on MySQL before its CHECK went inline: the
+    /// columns in one statement, then `chk_subscription_status` by a table copy.
+    const OLDER_M006_COLUMNS: &str = "ALTER TABLE `users` \
+        ADD COLUMN `stripe_customer_id` varchar(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin, \
+        ADD COLUMN `subscription_id` varchar(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin, \
+        ADD COLUMN `subscription_status` varchar(50) NOT NULL DEFAULT 'none', \
+        ADD COLUMN `current_period_end` timestamp NULL, ALGORITHM=INSTANT";
+
+    fn status_checks(schema: &[String]) -> Vec<&str> {
+        schema
+            .iter()
+            .filter(|line| line.starts_with("constraint|users|") && line.contains("|CHECK|"))
+            .map(|line| line.split('|').nth(2).unwrap_or_default())
+            .collect()
+    }
+
+    /// A database that an older m006 left half done (columns, no CHECK) gets the older
+    /// `chk_subscription_status`; one the older m006 finished counts as done (every probe of
+    /// today's m006 holds), and `down` restores m005's schema from it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn databases_migrated_by_the_older_m006_stay_done() {
+        let t = TestDb::new(Backend::MySql).await;
+        Migrator::up(&t.db, Some(position(6) as u32))
+            .await
+            .expect("up to m005");
+        let m005 = without_bookkeeping(snapshot(&t).await);
+        t.exec(OLDER_M006_COLUMNS).await;
+
+        Migrator::up(&t.db, Some(1)).await.expect("m006 finishes");
+        let schema = snapshot(&t).await;
+        assert_eq!(status_checks(&schema), ["chk_subscription_status"]);
+        let bad = "INSERT INTO users (email, subscription_status) VALUES ('a@x.test', 'ACTIVE')";
+        assert!(
+            t.db.execute_unprepared(bad).await.is_err(),
+            "accepted ACTIVE"
+        );
+
+        let (_, steps) = planned(6, t.db_backend(), Direction::Up);
+        for step in steps
+            .iter()
+            .filter(|s| s.done_when != migration::probe::Probe::Never)
+        {
+            assert!(
+                step.done_when.holds(&t.db).await.expect("probe"),
+                "not done: {}",
+                step.summary
+            );
+        }
+
+        Migrator::down(&t.db, Some(1)).await.expect("down");
+        assert_eq!(without_bookkeeping(snapshot(&t).await), m005);
+    }
+
+    /// Today's m006 adds the CHECK inline, where MariaDB names it after the column, and adds
+    /// no second one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn m006_adds_one_column_level_check() {
+        let t = migrated(Backend::MySql).await;
+        let schema = snapshot(&t).await;
+        assert_eq!(status_checks(&schema), ["subscription_status"]);
+        let level = t
+            .texts(
+                "SELECT level FROM information_schema.check_constraints \
+                 WHERE constraint_schema = DATABASE() AND table_name = 'users'",
+            )
+            .await;
+        assert_eq!(level, ["Column"]);
     }
 }

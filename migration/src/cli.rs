@@ -168,6 +168,9 @@ fn init_tracing(verbose: bool) {
 }
 
 pub async fn run(cli: Cli) -> Result<(), Error> {
+    // The engine's knobs are read here, at the edge, and handed to it.
+    let engine = crate::error::catching(async { crate::step::EngineSettings::from_env() }).await?;
+    crate::step::configure(engine);
     let command = cli.command.clone().unwrap_or(Command::Up { num: None });
     if let Command::Sql(args) = &command
         && let Some(name) = &args.backend

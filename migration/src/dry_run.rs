@@ -14,11 +14,7 @@ use crate::settings::LockSettings;
 use crate::step::{Direction, Mode, lock_timeout_reset_sql, lock_timeout_sql};
 
 pub fn backend_name(backend: DbBackend) -> &'static str {
-    match backend {
-        DbBackend::Postgres => "postgres",
-        DbBackend::MySql => "mysql",
-        _ => "sqlite",
-    }
+    crate::dialect::of(backend).name()
 }
 
 /// A migration as the dry run sees it: its name, and its step plan unless it is a plain

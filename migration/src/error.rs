@@ -74,7 +74,7 @@ pub enum Error {
 
     #[error(
         "{migration} needs table(s) {} which this database does not have; it builds on \
-         m001-m005, so run the earlier migrations first (or point DATABASE_URL at the right \
+         the migrations before it, so run those first (or point DATABASE_URL at the right \
          database)",
         tables.join(", ")
     )]

@@ -24,10 +24,12 @@ use sea_orm_migration::sea_orm::DbBackend;
 pub mod checksum;
 pub mod cli;
 pub mod connect;
+pub mod dialect;
 pub mod dry_run;
 pub mod error;
 pub mod idents;
 pub mod lock;
+pub mod operation;
 pub mod probe;
 pub mod schema;
 pub mod settings;
@@ -76,6 +78,7 @@ pub(crate) async fn apply_planned<M>(
 where
     M: PlannedMigration,
 {
+    require_tables(manager, migration.name(), migration.required_tables()).await?;
     let db = manager.get_connection();
     let backend = db.get_database_backend();
     let schema = schema::of(db).await?.unwrap_or_default();

@@ -2,101 +2,78 @@
 //! device can retry a sync safely. Deleting a user deletes their sessions.
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::DbBackend;
 
+use crate::dialect::Dialect;
 use crate::idents::{SyncedSessions, Users};
-use crate::probe::Probe;
-use crate::schema::table;
-use crate::step::{Direction, Mode, Planned, Step};
+use crate::operation::{NewTableIndex, Operation, Operations, TableSpec};
+use crate::step::Mode;
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
 pub const CLIENT_ID_INDEX: &str = "idx_sessions_user_client";
 
-impl Planned for Migration {
-    fn plan(&self, backend: DbBackend, direction: Direction) -> Vec<Step> {
-        match direction {
-            Direction::Up => vec![
-                Step::new(
-                    "create table synced_sessions",
-                    Mode::Plain,
-                    Probe::Table {
-                        table: "synced_sessions",
-                        present: true,
-                    },
-                )
-                .build(
-                    backend,
-                    Table::create()
-                        .table(table(backend, SyncedSessions::Table))
-                        .col(
-                            ColumnDef::new(SyncedSessions::Id)
-                                .big_integer()
-                                .not_null()
-                                .auto_increment()
-                                .primary_key(),
-                        )
-                        .col(
-                            ColumnDef::new(SyncedSessions::UserId)
-                                .big_integer()
-                                .not_null(),
-                        )
-                        .col(
-                            ColumnDef::new(SyncedSessions::ClientId)
-                                .string_len(100)
-                                .not_null(),
-                        )
-                        .col(
-                            ColumnDef::new(SyncedSessions::DeviceName)
-                                .string_len(255)
-                                .not_null(),
-                        )
-                        .col(ColumnDef::new(SyncedSessions::Payload).text().not_null())
-                        .col(crate::created_at(SyncedSessions::CreatedAt))
-                        .col(crate::created_at(SyncedSessions::UpdatedAt))
-                        .foreign_key(
-                            ForeignKey::create()
-                                .name("fk_sessions_user")
-                                .from(
-                                    table(backend, SyncedSessions::Table),
-                                    SyncedSessions::UserId,
-                                )
-                                .to(table(backend, Users::Table), Users::Id)
-                                .on_delete(ForeignKeyAction::Cascade),
-                        ),
-                ),
-                Step::new(
-                    "unique client id per user",
-                    Mode::Plain,
-                    Probe::index_present("synced_sessions", CLIENT_ID_INDEX),
-                )
-                .build(
-                    backend,
-                    Index::create()
-                        .name(CLIENT_ID_INDEX)
-                        .table(table(backend, SyncedSessions::Table))
-                        .col(SyncedSessions::UserId)
-                        .col(SyncedSessions::ClientId)
-                        .unique(),
-                ),
-            ],
-            Direction::Down => vec![
-                Step::new(
-                    "drop table synced_sessions",
-                    Mode::Plain,
-                    Probe::Table {
-                        table: "synced_sessions",
-                        present: false,
-                    },
-                )
-                .build(
-                    backend,
-                    Table::drop().table(table(backend, SyncedSessions::Table)),
-                ),
-            ],
-        }
+impl Operations for Migration {
+    const REQUIRED_TABLES: &'static [&'static str] = &["users"];
+
+    /// `down` is derived: the table dropped.
+    fn up(&self, _dialect: &dyn Dialect) -> Vec<Operation> {
+        vec![Operation::CreateTable(TABLE)]
     }
+}
+
+/// A new table, created in the migration's transaction (no traffic uses it yet), and dropped
+/// without `IF EXISTS`, as this migration always has been (its SQL stays as applied).
+const TABLE: TableSpec = TableSpec {
+    name: "synced_sessions",
+    note: None,
+    mode: Mode::Plain,
+    drop_if_exists: false,
+    create: create_table,
+    indexes: &[NewTableIndex {
+        name: CLIENT_ID_INDEX,
+        summary: "unique client id per user",
+        columns: &["user_id", "client_id"],
+        unique: true,
+    }],
+};
+
+fn create_table(dialect: &dyn Dialect) -> TableCreateStatement {
+    Table::create()
+        .table(dialect.table("synced_sessions"))
+        .col(
+            ColumnDef::new(SyncedSessions::Id)
+                .big_integer()
+                .not_null()
+                .auto_increment()
+                .primary_key(),
+        )
+        .col(
+            ColumnDef::new(SyncedSessions::UserId)
+                .big_integer()
+                .not_null(),
+        )
+        .col(
+            ColumnDef::new(SyncedSessions::ClientId)
+                .string_len(100)
+                .not_null(),
+        )
+        .col(
+            ColumnDef::new(SyncedSessions::DeviceName)
+                .string_len(255)
+                .not_null(),
+        )
+        .col(ColumnDef::new(SyncedSessions::Payload).text().not_null())
+        .col(crate::created_at(SyncedSessions::CreatedAt))
+        .col(crate::created_at(SyncedSessions::UpdatedAt))
+        .foreign_key(
+            ForeignKey::create()
+                .name("fk_sessions_user")
+                .from(dialect.table("synced_sessions"), SyncedSessions::UserId)
+                .to(dialect.table("users"), Users::Id)
+                .on_delete(ForeignKeyAction::Cascade),
+        )
+        .take()
 }
 
 crate::planned_migration!(Migration);

@@ -2,50 +2,26 @@
 //! API's cursor pagination walks.
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::DbBackend;
 
-use crate::idents::SyncedSessions;
-use crate::probe::Probe;
-use crate::schema::table;
-use crate::step::{Direction, Mode, Planned, Step};
+use crate::dialect::Dialect;
+use crate::operation::{Operation, Operations, PlainIndex};
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
 const INDEX: &str = "idx_sessions_user_id_id";
 
-impl Planned for Migration {
-    fn plan(&self, backend: DbBackend, direction: Direction) -> Vec<Step> {
-        match direction {
-            Direction::Up => vec![
-                Step::new(
-                    "index sessions by (user_id, id)",
-                    Mode::Plain,
-                    Probe::index_present("synced_sessions", INDEX),
-                )
-                .build(
-                    backend,
-                    Index::create()
-                        .name(INDEX)
-                        .table(table(backend, SyncedSessions::Table))
-                        .col(SyncedSessions::UserId)
-                        .col(SyncedSessions::Id),
-                ),
-            ],
-            Direction::Down => vec![
-                Step::new(
-                    "drop index idx_sessions_user_id_id",
-                    Mode::Plain,
-                    Probe::index_absent("synced_sessions", INDEX),
-                )
-                .build(
-                    backend,
-                    Index::drop()
-                        .name(INDEX)
-                        .table(table(backend, SyncedSessions::Table)),
-                ),
-            ],
-        }
+impl Operations for Migration {
+    const REQUIRED_TABLES: &'static [&'static str] = &["synced_sessions"];
+
+    /// `down` is derived: the index dropped.
+    fn up(&self, _dialect: &dyn Dialect) -> Vec<Operation> {
+        vec![Operation::PlainCreateIndex(PlainIndex {
+            name: INDEX,
+            table: "synced_sessions",
+            columns: &["user_id", "id"],
+            summary: "index sessions by (user_id, id)",
+        })]
     }
 }
 

@@ -1,46 +1,28 @@
 //! `users.display_name`: a nullable column with no default, metadata-only on every backend.
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::DbBackend;
 
-use crate::idents::Users;
-use crate::probe::Probe;
-use crate::schema::table;
-use crate::step::{Direction, Mode, Planned, Step};
+use crate::dialect::Dialect;
+use crate::operation::{NewColumn, Operation, Operations, PlainColumn};
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
-impl Planned for Migration {
-    fn plan(&self, backend: DbBackend, direction: Direction) -> Vec<Step> {
-        match direction {
-            Direction::Up => vec![
-                Step::new(
-                    "add users.display_name",
-                    Mode::Plain,
-                    Probe::column_present("users", "display_name"),
-                )
-                .build(
-                    backend,
-                    Table::alter()
-                        .table(table(backend, Users::Table))
-                        .add_column(ColumnDef::new(Users::DisplayName).string_len(100).null()),
-                ),
-            ],
-            Direction::Down => vec![
-                Step::new(
-                    "drop users.display_name",
-                    Mode::Plain,
-                    Probe::column_absent("users", "display_name"),
-                )
-                .build(
-                    backend,
-                    Table::alter()
-                        .table(table(backend, Users::Table))
-                        .drop_column(Users::DisplayName),
-                ),
-            ],
-        }
+impl Operations for Migration {
+    const REQUIRED_TABLES: &'static [&'static str] = &["users"];
+
+    /// `down` is derived: the column dropped.
+    fn up(&self, _dialect: &dyn Dialect) -> Vec<Operation> {
+        vec![Operation::PlainAddColumn(PlainColumn {
+            table: "users",
+            column: NewColumn {
+                name: "display_name",
+                def: ColumnDef::new(Alias::new("display_name"))
+                    .string_len(100)
+                    .null()
+                    .take(),
+            },
+        })]
     }
 }
 

@@ -14,6 +14,8 @@
 //!
 //! # Why each step is shaped as it is
 //!
+//! The migration is one operation, `OrderTiesByKey`; `dialect/postgres.rs` renders it as:
+//!
 //! * **Build, drop, rename**, never drop-then-build: the purge always has an index to use.
 //! * **`CONCURRENTLY`** for the build and the drop: no lock that stops writes while the index
 //!   is read or removed. It cannot run in a transaction, hence `use_transaction() -> false`.
@@ -44,130 +46,32 @@
 //! ties by `id` on MySQL/MariaDB and SQLite. The migration has no steps there.
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::DbBackend;
 
-use crate::idents::SyncedSessions;
-use crate::probe::Probe;
-use crate::schema::{qualified, table};
-use crate::step::{Direction, Mode, Planned, Step, drop_invalid_leftover};
+use crate::dialect::Dialect;
+use crate::operation::{Operation, Operations, TieBreak};
+use crate::step::Direction;
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
 /// Frozen here rather than read from m006: each migration keeps the names it was written with.
-const INDEX: &str = "idx_sessions_deleted_at";
-const TABLE: &str = "synced_sessions";
-
-/// One shape of the index: its columns, and the name it is built under before the swap.
-struct Shape {
-    columns: &'static [&'static str],
-    building_as: &'static str,
-    drop_invalid: &'static str,
-    build: &'static str,
-    drop_old: &'static str,
-    rename: &'static str,
-    drop_other_leftover: &'static str,
-}
-
-const BY_ID: Shape = Shape {
-    columns: &["deleted_at", "id"],
-    building_as: "idx_sessions_deleted_at_by_id",
-    drop_invalid: "drop an INVALID idx_sessions_deleted_at_by_id left by an interrupted build",
-    build: "build idx_sessions_deleted_at_by_id (deleted_at, id) concurrently",
-    drop_old: "drop idx_sessions_deleted_at (deleted_at) concurrently",
-    rename: "rename idx_sessions_deleted_at_by_id to idx_sessions_deleted_at",
-    drop_other_leftover: "drop a half-built idx_sessions_deleted_at_alone left by `down`",
-};
-
-const ALONE: Shape = Shape {
+const DELETED_AT_INDEX: TieBreak = TieBreak {
+    index: "idx_sessions_deleted_at",
+    table: "synced_sessions",
     columns: &["deleted_at"],
-    building_as: "idx_sessions_deleted_at_alone",
-    drop_invalid: "drop an INVALID idx_sessions_deleted_at_alone left by an interrupted build",
-    build: "build idx_sessions_deleted_at_alone (deleted_at) concurrently",
-    drop_old: "drop idx_sessions_deleted_at (deleted_at, id) concurrently",
-    rename: "rename idx_sessions_deleted_at_alone to idx_sessions_deleted_at",
-    drop_other_leftover: "drop a half-built idx_sessions_deleted_at_by_id left by `up`",
+    with_key: &["deleted_at", "id"],
+    with_key_as: "idx_sessions_deleted_at_by_id",
+    alone_as: "idx_sessions_deleted_at_alone",
+    partial_not_null: Some("deleted_at"),
 };
 
-impl Planned for Migration {
-    fn plan(&self, backend: DbBackend, direction: Direction) -> Vec<Step> {
-        if backend != DbBackend::Postgres {
-            return Vec::new();
-        }
-        match direction {
-            Direction::Up => reshape(backend, &BY_ID, &ALONE),
-            Direction::Down => reshape(backend, &ALONE, &BY_ID),
-        }
-    }
-}
+impl Operations for Migration {
+    const REQUIRED_TABLES: &'static [&'static str] = &["synced_sessions"];
 
-/// Steps that turn `idx_sessions_deleted_at` into `target`, whatever half-way state a previous
-/// run in either direction left behind.
-fn reshape(backend: DbBackend, target: &Shape, other: &Shape) -> Vec<Step> {
-    let done = || Probe::IndexOn {
-        table: TABLE,
-        index: INDEX,
-        columns: target.columns,
-    };
-    let mut build = Index::create()
-        .name(target.building_as)
-        .table(table(backend, SyncedSessions::Table))
-        .col(SyncedSessions::DeletedAt)
-        .take();
-    if target.columns.contains(&"id") {
-        build.col(SyncedSessions::Id);
+    /// `down` is derived: the index back on `(deleted_at)` alone.
+    fn up(&self, _dialect: &dyn Dialect) -> Vec<Operation> {
+        vec![Operation::OrderTiesByKey(DELETED_AT_INDEX)]
     }
-    build
-        .concurrently()
-        .if_not_exists()
-        .and_where(Expr::col(SyncedSessions::DeletedAt).is_not_null());
-    let drop = |name: &str| {
-        let mut statement = Index::drop();
-        statement
-            .name(name)
-            .table(table(backend, SyncedSessions::Table))
-            .if_exists()
-            .concurrently();
-        statement
-    };
-    vec![
-        Step::new(
-            target.drop_other_leftover,
-            Mode::Online,
-            Probe::index_absent(TABLE, other.building_as),
-        )
-        .build(backend, &drop(other.building_as)),
-        drop_invalid_leftover(
-            backend,
-            target.drop_invalid,
-            SyncedSessions::Table,
-            TABLE,
-            target.building_as,
-        ),
-        Step::new(
-            target.build,
-            Mode::Online,
-            Probe::Any(vec![
-                done(),
-                Probe::IndexOn {
-                    table: TABLE,
-                    index: target.building_as,
-                    columns: target.columns,
-                },
-            ]),
-        )
-        .build(backend, &build),
-        Step::new(
-            target.drop_old,
-            Mode::Online,
-            Probe::Any(vec![done(), Probe::index_absent(TABLE, INDEX)]),
-        )
-        .build(backend, &drop(INDEX)),
-        Step::new(target.rename, Mode::LockTimed, done()).raw(format!(
-            "ALTER INDEX {} RENAME TO \"{INDEX}\"",
-            qualified(backend, target.building_as)
-        )),
-    ]
 }
 
 crate::register_plan!(Migration);

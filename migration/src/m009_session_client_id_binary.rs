@@ -56,96 +56,34 @@
 //! limit is a gigabyte too), so the migration has no steps there.
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::DbBackend;
 
-use crate::idents::SyncedSessions;
-use crate::probe::{MySqlCollation, Probe};
-use crate::schema::table;
-use crate::step::{Direction, Mode, Planned, Step};
+use crate::dialect::Dialect;
+use crate::operation::{Operation, Operations, StringColumn, TextWidening};
+use crate::step::Direction;
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
-const TABLE: &str = "synced_sessions";
+impl Operations for Migration {
+    const REQUIRED_TABLES: &'static [&'static str] = &["synced_sessions"];
 
-impl Planned for Migration {
-    fn plan(&self, backend: DbBackend, direction: Direction) -> Vec<Step> {
-        if backend != DbBackend::MySql {
-            return Vec::new();
-        }
-        let column = |name: &'static str, column_type, collation| Probe::MySqlColumnType {
-            table: TABLE,
-            column: name,
-            column_type,
-            collation,
-        };
-        // sea-query writes a column's character set and collation only after NOT NULL, where
-        // MySQL refuses CHARACTER SET; as part of the type it is accepted. ALGORITHM/LOCK
-        // clauses are appended as text, as in m006.
-        let client_id = |def: &mut ColumnDef, algorithm: &str| {
-            format!(
-                "{}, {algorithm}",
-                backend.build(
-                    Table::alter()
-                        .table(table(backend, SyncedSessions::Table))
-                        .modify_column(def.not_null())
-                )
-            )
-        };
-        let payload = |def: &mut ColumnDef| {
-            format!(
-                "{}, ALGORITHM=COPY, LOCK=SHARED",
-                backend.build(
-                    Table::alter()
-                        .table(table(backend, SyncedSessions::Table))
-                        .modify_column(def.not_null())
-                )
-            )
-        };
-        match direction {
-            Direction::Up => vec![
-                Step::new(
-                    "client_id COLLATE utf8mb4_bin (INPLACE, LOCK=NONE: rebuilds its index)",
-                    Mode::LockTimed,
-                    column(
-                        "client_id",
-                        "varchar(100)",
-                        MySqlCollation::Named("utf8mb4_bin"),
-                    ),
-                )
-                .raw(client_id(
-                    ColumnDef::new(SyncedSessions::ClientId).custom(Alias::new(
-                        "varchar(100) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
-                    )),
-                    "ALGORITHM=INPLACE, LOCK=NONE",
-                )),
-                Step::new(
-                    "payload MEDIUMTEXT (table copy, writes wait)",
-                    Mode::TableCopy { table: TABLE },
-                    column("payload", "mediumtext", MySqlCollation::TableDefault),
-                )
-                .raw(payload(
-                    ColumnDef::new(SyncedSessions::Payload).custom(Alias::new("mediumtext")),
-                )),
-            ],
-            Direction::Down => vec![
-                Step::new(
-                    "payload TEXT (table copy, writes wait)",
-                    Mode::TableCopy { table: TABLE },
-                    column("payload", "text", MySqlCollation::TableDefault),
-                )
-                .raw(payload(ColumnDef::new(SyncedSessions::Payload).text())),
-                Step::new(
-                    "client_id back to the table's collation (INPLACE, LOCK=NONE)",
-                    Mode::LockTimed,
-                    column("client_id", "varchar(100)", MySqlCollation::TableDefault),
-                )
-                .raw(client_id(
-                    ColumnDef::new(SyncedSessions::ClientId).string_len(100),
-                    "ALGORITHM=INPLACE, LOCK=NONE",
-                )),
-            ],
-        }
+    /// `down` is derived: `payload` back to TEXT, then `client_id` to the table's collation.
+    fn up(&self, _dialect: &dyn Dialect) -> Vec<Operation> {
+        vec![
+            Operation::CompareAsBytes(StringColumn {
+                table: "synced_sessions",
+                column: "client_id",
+                sql_type: "varchar(100)",
+                not_null: true,
+            }),
+            Operation::WidenText(TextWidening {
+                table: "synced_sessions",
+                column: "payload",
+                narrow: "text",
+                wide: "mediumtext",
+                not_null: true,
+            }),
+        ]
     }
 }
 

@@ -56,12 +56,12 @@
 //! * **SQLite** stores timestamps as RFC 3339 text; the view compares them with `julianday()`.
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::DbBackend;
 
+use crate::dialect::Dialect;
 use crate::idents::Users;
+use crate::operation::{NewTableIndex, Operation, Operations, TableSpec, ViewChange};
 use crate::probe::Probe;
-use crate::schema::{qualified, table};
-use crate::step::{Direction, Mode, Planned, Step};
+use crate::step::{Direction, Mode, Step};
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -81,7 +81,6 @@ const SUBSCRIPTIONS_BY_CUSTOMER: &str = "idx_stripe_subscriptions_customer";
 
 #[derive(DeriveIden, Clone, Copy)]
 enum StripeCustomers {
-    Table,
     CustomerId,
     UserId,
     DeletedAt,
@@ -90,7 +89,6 @@ enum StripeCustomers {
 
 #[derive(DeriveIden, Clone, Copy)]
 enum StripeSubscriptions {
-    Table,
     SubscriptionId,
     CustomerId,
     Status,
@@ -100,12 +98,29 @@ enum StripeSubscriptions {
     UpdatedAt,
 }
 
-impl Planned for Migration {
-    fn plan(&self, backend: DbBackend, direction: Direction) -> Vec<Step> {
-        match direction {
-            Direction::Up => up(backend),
-            Direction::Down => down(backend),
-        }
+impl Operations for Migration {
+    const REQUIRED_TABLES: &'static [&'static str] = &["users", "stripe_events"];
+
+    /// `down` is derived: m006's view back, then the tables dropped (the backfills' inverse is
+    /// nothing: dropping the tables discards what they copied).
+    fn up(&self, _dialect: &dyn Dialect) -> Vec<Operation> {
+        vec![
+            Operation::CreateTable(CUSTOMERS_TABLE),
+            Operation::CreateTable(SUBSCRIPTIONS_TABLE),
+            Operation::Custom {
+                up: backfill_customers,
+                down: nothing,
+            },
+            Operation::Custom {
+                up: backfill_subscriptions,
+                down: nothing,
+            },
+            Operation::ReplaceView(ViewChange {
+                name: VIEW,
+                old: crate::m006_billing_fields::tier_view_sql,
+                new: tier_view_sql,
+            }),
+        ]
     }
 }
 
@@ -114,7 +129,6 @@ crate::register_plan!(Migration);
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        crate::require_tables(manager, self.name(), &["users", "stripe_events"]).await?;
         crate::apply_planned(self, manager, Direction::Up).await
     }
 
@@ -127,18 +141,43 @@ impl MigrationTrait for Migration {
     }
 }
 
-/// A table whose text columns compare bytes on MySQL (see the module comment).
-fn stripe_table<T: IntoIden>(backend: DbBackend, name: T) -> TableCreateStatement {
-    let mut create = Table::create();
-    create.table(table(backend, name));
-    if backend == DbBackend::MySql {
-        create.character_set("utf8mb4").collate("utf8mb4_bin");
-    }
-    create
+const CUSTOMERS_TABLE: TableSpec = TableSpec {
+    name: CUSTOMERS,
+    note: Some("foreign key to users"),
+    // Creating the foreign key locks `users`, which serves traffic.
+    mode: Mode::LockTimed,
+    drop_if_exists: true,
+    create: create_customers,
+    indexes: &[NewTableIndex {
+        name: CUSTOMERS_BY_USER,
+        summary: "index stripe_customers by user",
+        columns: &["user_id"],
+        unique: false,
+    }],
+};
+
+const SUBSCRIPTIONS_TABLE: TableSpec = TableSpec {
+    name: SUBSCRIPTIONS,
+    note: None,
+    mode: Mode::Plain,
+    drop_if_exists: true,
+    create: create_subscriptions,
+    indexes: &[NewTableIndex {
+        name: SUBSCRIPTIONS_BY_CUSTOMER,
+        summary: "index stripe_subscriptions by customer",
+        columns: &["customer_id"],
+        unique: false,
+    }],
+};
+
+fn nothing(_dialect: &dyn Dialect) -> Vec<Step> {
+    Vec::new()
 }
 
-fn create_customers(backend: DbBackend) -> TableCreateStatement {
-    stripe_table(backend, StripeCustomers::Table)
+/// Its text columns compare bytes on MySQL (see the module comment).
+fn create_customers(dialect: &dyn Dialect) -> TableCreateStatement {
+    dialect
+        .case_sensitive_table(CUSTOMERS)
         .col(
             ColumnDef::new(StripeCustomers::CustomerId)
                 .string_len(255)
@@ -158,18 +197,17 @@ fn create_customers(backend: DbBackend) -> TableCreateStatement {
         .foreign_key(
             ForeignKey::create()
                 .name("fk_stripe_customers_user")
-                .from(
-                    table(backend, StripeCustomers::Table),
-                    StripeCustomers::UserId,
-                )
-                .to(table(backend, Users::Table), Users::Id)
+                .from(dialect.table(CUSTOMERS), StripeCustomers::UserId)
+                .to(dialect.table("users"), Users::Id)
                 .on_delete(ForeignKeyAction::Cascade),
         )
         .take()
 }
 
-fn create_subscriptions(backend: DbBackend) -> TableCreateStatement {
-    stripe_table(backend, StripeSubscriptions::Table)
+/// Its text columns compare bytes on MySQL (see the module comment).
+fn create_subscriptions(dialect: &dyn Dialect) -> TableCreateStatement {
+    dialect
+        .case_sensitive_table(SUBSCRIPTIONS)
         .col(
             ColumnDef::new(StripeSubscriptions::SubscriptionId)
                 .string_len(255)
@@ -207,60 +245,12 @@ fn create_subscriptions(backend: DbBackend) -> TableCreateStatement {
         .take()
 }
 
-fn table_present(table: &'static str) -> Probe {
-    Probe::Table {
-        table,
-        present: true,
-    }
-}
-
-fn table_absent(table: &'static str) -> Probe {
-    Probe::Table {
-        table,
-        present: false,
-    }
-}
-
-fn up(backend: DbBackend) -> Vec<Step> {
+// Raw SQL: sea-query cannot say INSERT ... SELECT ... WHERE NOT EXISTS over a window
+// function portably.
+fn backfill_customers(dialect: &dyn Dialect) -> Vec<Step> {
+    let customers = dialect.qualified(CUSTOMERS);
+    let events = dialect.qualified("stripe_events");
     vec![
-        Step::new(
-            "create table stripe_customers (foreign key to users)",
-            Mode::LockTimed,
-            table_present(CUSTOMERS),
-        )
-        .build(backend, &create_customers(backend)),
-        Step::new(
-            "index stripe_customers by user",
-            Mode::Plain,
-            Probe::index_present(CUSTOMERS, CUSTOMERS_BY_USER),
-        )
-        .build(
-            backend,
-            Index::create()
-                .name(CUSTOMERS_BY_USER)
-                .table(table(backend, StripeCustomers::Table))
-                .col(StripeCustomers::UserId),
-        ),
-        Step::new(
-            "create table stripe_subscriptions",
-            Mode::Plain,
-            table_present(SUBSCRIPTIONS),
-        )
-        .build(backend, &create_subscriptions(backend)),
-        Step::new(
-            "index stripe_subscriptions by customer",
-            Mode::Plain,
-            Probe::index_present(SUBSCRIPTIONS, SUBSCRIPTIONS_BY_CUSTOMER),
-        )
-        .build(
-            backend,
-            Index::create()
-                .name(SUBSCRIPTIONS_BY_CUSTOMER)
-                .table(table(backend, StripeSubscriptions::Table))
-                .col(StripeSubscriptions::CustomerId),
-        ),
-        // Raw SQL: sea-query cannot say INSERT ... SELECT ... WHERE NOT EXISTS over a window
-        // function portably.
         Step::new(
             "backfill stripe_customers from users and stripe_events",
             Mode::Plain,
@@ -271,30 +261,30 @@ fn up(backend: DbBackend) -> Vec<Step> {
              SELECT u.stripe_customer_id, u.id FROM {users} u \
              WHERE u.stripe_customer_id IS NOT NULL AND NOT EXISTS \
              (SELECT 1 FROM {customers} c WHERE c.customer_id = u.stripe_customer_id)",
-            customers = qualified(backend, CUSTOMERS),
-            users = qualified(backend, "users"),
+            users = dialect.qualified("users"),
         ))
         .raw(format!(
             "INSERT INTO {customers} (customer_id) \
              SELECT DISTINCT e.customer_id FROM {events} e \
              WHERE e.customer_id IS NOT NULL AND NOT EXISTS \
              (SELECT 1 FROM {customers} c WHERE c.customer_id = e.customer_id)",
-            customers = qualified(backend, CUSTOMERS),
-            events = qualified(backend, "stripe_events"),
         ))
         .raw(format!(
             "UPDATE {customers} SET deleted_at = CURRENT_TIMESTAMP \
              WHERE deleted_at IS NULL AND customer_id IN \
              (SELECT e.customer_id FROM {events} e WHERE e.event_type = 'customer.deleted')",
-            customers = qualified(backend, CUSTOMERS),
-            events = qualified(backend, "stripe_events"),
         )),
+    ]
+}
+
+fn backfill_subscriptions(dialect: &dyn Dialect) -> Vec<Step> {
+    vec![
         Step::new(
             "backfill stripe_subscriptions from stripe_events and users",
             Mode::Plain,
             Probe::Never,
         )
-        .raw(latest_snapshots_sql(backend))
+        .raw(latest_snapshots_sql(dialect))
         .raw(format!(
             "INSERT INTO {subscriptions} \
              (subscription_id, customer_id, status, current_period_end, created, lifecycle_rank) \
@@ -304,52 +294,10 @@ fn up(backend: DbBackend) -> Vec<Step> {
              AND u.subscription_status <> 'none' AND NOT EXISTS \
              (SELECT 1 FROM {subscriptions} s WHERE s.subscription_id = u.subscription_id)",
             rank = rank_sql("u.subscription_status"),
-            subscriptions = qualified(backend, SUBSCRIPTIONS),
-            users = qualified(backend, "users"),
+            subscriptions = dialect.qualified(SUBSCRIPTIONS),
+            users = dialect.qualified("users"),
         )),
-        replace_view(backend, &tier_view_sql(backend)),
     ]
-}
-
-fn down(backend: DbBackend) -> Vec<Step> {
-    vec![
-        replace_view(backend, &crate::m006_billing_fields::tier_view_sql(backend)),
-        Step::new(
-            "drop table stripe_subscriptions",
-            Mode::Plain,
-            table_absent(SUBSCRIPTIONS),
-        )
-        .build(
-            backend,
-            Table::drop()
-                .table(table(backend, StripeSubscriptions::Table))
-                .if_exists(),
-        ),
-        Step::new(
-            "drop table stripe_customers (foreign key to users)",
-            Mode::LockTimed,
-            table_absent(CUSTOMERS),
-        )
-        .build(
-            backend,
-            Table::drop()
-                .table(table(backend, StripeCustomers::Table))
-                .if_exists(),
-        ),
-    ]
-}
-
-/// Replaces `user_tiers` in one lock-timed transaction. MySQL replaces in place; PostgreSQL
-/// and SQLite drop and create, which their transactional DDL makes atomic (readers never see
-/// the view missing).
-fn replace_view(backend: DbBackend, create: &str) -> Step {
-    let step = Step::new("replace view user_tiers", Mode::LockTimed, Probe::Never);
-    match backend {
-        DbBackend::MySql => step.raw(create),
-        _ => step
-            .raw(format!("DROP VIEW IF EXISTS {}", qualified(backend, VIEW)))
-            .raw(create),
-    }
 }
 
 /// `lifecycle_rank` of the application (`api::stripe::event::lifecycle_rank`), in SQL.
@@ -362,7 +310,7 @@ fn rank_sql(status: &str) -> String {
 
 /// Each subscription's greatest `(created, rank, period end, event id)` among the stored
 /// events. A missing period end orders below any instant, as `None < Some` does in Rust.
-fn latest_snapshots_sql(backend: DbBackend) -> String {
+fn latest_snapshots_sql(dialect: &dyn Dialect) -> String {
     let rank = rank_sql("e.status");
     format!(
         "INSERT INTO {subscriptions} \
@@ -377,48 +325,39 @@ fn latest_snapshots_sql(backend: DbBackend) -> String {
          AND e.customer_id IS NOT NULL AND e.status IS NOT NULL) l \
          WHERE l.pick = 1 AND NOT EXISTS \
          (SELECT 1 FROM {subscriptions} s WHERE s.subscription_id = l.subscription_id)",
-        subscriptions = qualified(backend, SUBSCRIPTIONS),
-        events = qualified(backend, "stripe_events"),
+        subscriptions = dialect.qualified(SUBSCRIPTIONS),
+        events = dialect.qualified("stripe_events"),
     )
-}
-
-/// `{end} + days > now`, per backend.
-fn ends_after_now(backend: DbBackend, end: &str, days: u32) -> String {
-    match backend {
-        DbBackend::Postgres => format!("{end} + interval '{days} days' > now()"),
-        DbBackend::MySql => format!("{end} + INTERVAL {days} DAY > CURRENT_TIMESTAMP"),
-        _ => format!("julianday({end}) + {days} > julianday('now')"),
-    }
 }
 
 /// Whether a subscription in `status` with period end `end` grants Pro `offset_days` before
 /// now. The rule of `entity::tier_for`.
-fn grants_pro(backend: DbBackend, status: &str, end: &str, offset_days: u32) -> String {
+fn grants_pro(dialect: &dyn Dialect, status: &str, end: &str, offset_days: u32) -> String {
     format!(
         "(({status} IN ('active', 'trialing') AND ({end} IS NULL OR {renewal})) \
          OR ({status} = 'past_due' AND {end} IS NOT NULL AND {past_due}))",
-        renewal = ends_after_now(backend, end, RENEWAL_GRACE_DAYS + offset_days),
-        past_due = ends_after_now(backend, end, PAST_DUE_GRACE_DAYS + offset_days),
+        renewal = dialect.later_than_now(end, RENEWAL_GRACE_DAYS + offset_days),
+        past_due = dialect.later_than_now(end, PAST_DUE_GRACE_DAYS + offset_days),
     )
 }
 
 /// Pro when the user's own columns or any subscription of a customer linked to them (and not
 /// deleted) grants Pro `offset_days` before now.
-fn pro_over_subscriptions(backend: DbBackend, offset_days: u32) -> String {
+fn pro_over_subscriptions(dialect: &dyn Dialect, offset_days: u32) -> String {
     format!(
         "CASE WHEN {own} OR EXISTS (SELECT 1 FROM {customers} c \
          JOIN {subscriptions} s ON s.customer_id = c.customer_id \
          WHERE c.user_id = u.id AND c.deleted_at IS NULL AND {theirs}) \
          THEN 'pro' ELSE 'free' END",
         own = grants_pro(
-            backend,
+            dialect,
             "u.subscription_status",
             "u.current_period_end",
             offset_days
         ),
-        theirs = grants_pro(backend, "s.status", "s.current_period_end", offset_days),
-        customers = qualified(backend, CUSTOMERS),
-        subscriptions = qualified(backend, SUBSCRIPTIONS),
+        theirs = grants_pro(dialect, "s.status", "s.current_period_end", offset_days),
+        customers = dialect.qualified(CUSTOMERS),
+        subscriptions = dialect.qualified(SUBSCRIPTIONS),
     )
 }
 
@@ -426,17 +365,14 @@ fn pro_over_subscriptions(backend: DbBackend, offset_days: u32) -> String {
 /// Pro when the user held Pro at any moment of the last RENEWAL_GRACE_DAYS (a grant only ever
 /// ends, so that is the tier as it stood then), which the purge applies so that a renewal
 /// later than the grace still finds the trash as Pro keeps it.
-fn tier_view_sql(backend: DbBackend) -> String {
-    let create = match backend {
-        DbBackend::MySql => "CREATE OR REPLACE VIEW",
-        _ => "CREATE VIEW",
-    };
+fn tier_view_sql(dialect: &dyn Dialect) -> String {
     format!(
         "{create} {view} AS SELECT u.id AS user_id, {tier} AS tier, {retention} AS retention_tier \
          FROM {users} u",
-        view = qualified(backend, VIEW),
-        tier = pro_over_subscriptions(backend, 0),
-        retention = pro_over_subscriptions(backend, RENEWAL_GRACE_DAYS),
-        users = qualified(backend, "users"),
+        create = dialect.replacing_view_keyword(),
+        view = dialect.qualified(VIEW),
+        tier = pro_over_subscriptions(dialect, 0),
+        retention = pro_over_subscriptions(dialect, RENEWAL_GRACE_DAYS),
+        users = dialect.qualified("users"),
     )
 }

@@ -170,6 +170,7 @@ impl Probe {
         let at = Catalog {
             db,
             backend,
+            sql: crate::dialect::of(backend).catalog(),
             schema,
         };
         let (found, present) = match self {
@@ -270,13 +271,37 @@ struct MySqlColumn {
 struct Catalog<'a, C> {
     db: &'a C,
     backend: DbBackend,
-    /// PostgreSQL only; bound as the last parameter of every PostgreSQL query.
+    /// The backend's catalog queries (its dialect's).
+    sql: &'static CatalogQueries,
+    /// PostgreSQL only; bound as the last parameter of every query that names it.
     schema: &'a str,
+}
+
+/// The queries a backend's catalog answers the probes with, each selecting a row when the
+/// object exists. Parameters: the table (or relation) name, then the object's name where it
+/// has one; the schema last where [`CatalogQueries::binds_schema`]. Each dialect holds its own.
+pub struct CatalogQueries {
+    /// Whether the queries take the PostgreSQL schema as their last parameter.
+    pub binds_schema: bool,
+    pub column: &'static str,
+    /// Any index of that name; [`CatalogQueries::valid_index`] counts only a usable one.
+    pub index: &'static str,
+    pub valid_index: &'static str,
+    /// An INVALID index (an interrupted concurrent build); `None` where there are none.
+    pub invalid_index: Option<&'static str>,
+    /// A valid index's column names, in key order.
+    pub index_columns: &'static str,
+    /// A column's `column_type`, `collation` and its table's `table_collation` (MySQL).
+    pub column_type: Option<&'static str>,
+    pub constraint: &'static str,
+    pub validated_constraint: &'static str,
+    pub view: &'static str,
+    pub table: &'static str,
 }
 
 impl<C: ConnectionTrait> Catalog<'_, C> {
     fn statement(&self, sql: &str, mut values: Vec<Value>) -> Statement {
-        if self.backend == DbBackend::Postgres {
+        if self.sql.binds_schema {
             values.push(self.schema.into());
         }
         Statement::from_sql_and_values(self.backend, sql, values)
@@ -288,18 +313,8 @@ impl<C: ConnectionTrait> Catalog<'_, C> {
     }
 
     async fn column_exists(&self, table: &str, column: &str) -> Result<bool, DbErr> {
-        let sql = match self.backend {
-            DbBackend::Postgres => {
-                "SELECT 1 FROM information_schema.columns \
-                 WHERE table_name = $1 AND column_name = $2 AND table_schema = $3"
-            }
-            DbBackend::MySql => {
-                "SELECT 1 FROM information_schema.columns \
-                 WHERE table_schema = DATABASE() AND table_name = ? AND column_name = ?"
-            }
-            _ => "SELECT 1 FROM pragma_table_info(?) WHERE name = ?",
-        };
-        self.exists(sql, vec![table.into(), column.into()]).await
+        self.exists(self.sql.column, vec![table.into(), column.into()])
+            .await
     }
 
     async fn index_exists(
@@ -308,70 +323,25 @@ impl<C: ConnectionTrait> Catalog<'_, C> {
         index: &str,
         valid_only: bool,
     ) -> Result<bool, DbErr> {
-        let sql = match self.backend {
-            DbBackend::Postgres if valid_only => {
-                "SELECT 1 FROM pg_index i \
-                 JOIN pg_class ic ON ic.oid = i.indexrelid \
-                 JOIN pg_class tc ON tc.oid = i.indrelid \
-                 JOIN pg_namespace n ON n.oid = ic.relnamespace \
-                 WHERE tc.relname = $1 AND ic.relname = $2 AND n.nspname = $3 \
-                 AND i.indisvalid"
-            }
-            DbBackend::Postgres => {
-                "SELECT 1 FROM pg_index i \
-                 JOIN pg_class ic ON ic.oid = i.indexrelid \
-                 JOIN pg_class tc ON tc.oid = i.indrelid \
-                 JOIN pg_namespace n ON n.oid = ic.relnamespace \
-                 WHERE tc.relname = $1 AND ic.relname = $2 AND n.nspname = $3"
-            }
-            DbBackend::MySql => {
-                "SELECT 1 FROM information_schema.statistics \
-                 WHERE table_schema = DATABASE() AND table_name = ? AND index_name = ? LIMIT 1"
-            }
-            _ => "SELECT 1 FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND name = ?",
+        let sql = if valid_only {
+            self.sql.valid_index
+        } else {
+            self.sql.index
         };
         self.exists(sql, vec![table.into(), index.into()]).await
     }
 
-    /// Whether `index` is an INVALID index on `table` (an interrupted concurrent build);
-    /// only PostgreSQL has those.
+    /// Whether `index` is an INVALID index on `table` (an interrupted concurrent build).
     async fn invalid_index_exists(&self, table: &str, index: &str) -> Result<bool, DbErr> {
-        if self.backend != DbBackend::Postgres {
+        let Some(sql) = self.sql.invalid_index else {
             return Ok(false);
-        }
-        let sql = "SELECT 1 FROM pg_index i \
-                   JOIN pg_class ic ON ic.oid = i.indexrelid \
-                   JOIN pg_class tc ON tc.oid = i.indrelid \
-                   JOIN pg_namespace n ON n.oid = ic.relnamespace \
-                   WHERE tc.relname = $1 AND ic.relname = $2 AND n.nspname = $3 \
-                   AND NOT i.indisvalid";
+        };
         self.exists(sql, vec![table.into(), index.into()]).await
     }
 
     /// The columns of a valid index, in key order; `None` when there is no such index.
     async fn index_columns(&self, table: &str, index: &str) -> Result<Option<Vec<String>>, DbErr> {
-        let sql = match self.backend {
-            DbBackend::Postgres => {
-                "SELECT a.attname::text FROM pg_index i \
-                 JOIN pg_class ic ON ic.oid = i.indexrelid \
-                 JOIN pg_class tc ON tc.oid = i.indrelid \
-                 JOIN pg_namespace n ON n.oid = ic.relnamespace \
-                 CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, position) \
-                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
-                 WHERE tc.relname = $1 AND ic.relname = $2 AND n.nspname = $3 \
-                 AND i.indisvalid ORDER BY k.position"
-            }
-            DbBackend::MySql => {
-                "SELECT column_name FROM information_schema.statistics \
-                 WHERE table_schema = DATABASE() AND table_name = ? AND index_name = ? \
-                 ORDER BY seq_in_index"
-            }
-            _ => {
-                "SELECT p.name FROM sqlite_master m JOIN pragma_index_info(m.name) p \
-                 WHERE m.type = 'index' AND m.tbl_name = ? AND m.name = ? ORDER BY p.seqno"
-            }
-        };
-        let stmt = self.statement(sql, vec![table.into(), index.into()]);
+        let stmt = self.statement(self.sql.index_columns, vec![table.into(), index.into()]);
         let rows = self.db.query_all_raw(stmt).await?;
         if rows.is_empty() {
             return Ok(None);
@@ -390,18 +360,10 @@ impl<C: ConnectionTrait> Catalog<'_, C> {
         table: &str,
         column: &str,
     ) -> Result<Option<MySqlColumn>, DbErr> {
-        if self.backend != DbBackend::MySql {
+        let Some(sql) = self.sql.column_type else {
             return Ok(None);
-        }
-        let stmt = self.statement(
-            "SELECT CAST(c.column_type AS CHAR) AS column_type, \
-             CAST(c.collation_name AS CHAR) AS collation, \
-             CAST(t.table_collation AS CHAR) AS table_collation \
-             FROM information_schema.columns c JOIN information_schema.tables t \
-             ON t.table_schema = c.table_schema AND t.table_name = c.table_name \
-             WHERE c.table_schema = DATABASE() AND c.table_name = ? AND c.column_name = ?",
-            vec![table.into(), column.into()],
-        );
+        };
+        let stmt = self.statement(sql, vec![table.into(), column.into()]);
         let Some(row) = self.db.query_one_raw(stmt).await? else {
             return Ok(None);
         };
@@ -418,53 +380,16 @@ impl<C: ConnectionTrait> Catalog<'_, C> {
         name: &str,
         validated: bool,
     ) -> Result<bool, DbErr> {
-        let sql = match (self.backend, validated) {
-            (DbBackend::Postgres, false) => {
-                "SELECT 1 FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid \
-                 JOIN pg_namespace n ON n.oid = t.relnamespace \
-                 WHERE t.relname = $1 AND c.conname = $2 AND n.nspname = $3"
-            }
-            (DbBackend::Postgres, true) => {
-                "SELECT 1 FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid \
-                 JOIN pg_namespace n ON n.oid = t.relnamespace \
-                 WHERE t.relname = $1 AND c.conname = $2 AND n.nspname = $3 \
-                 AND c.convalidated"
-            }
-            // MySQL and MariaDB validate a CHECK when they add it.
-            (DbBackend::MySql, _) => {
-                "SELECT 1 FROM information_schema.table_constraints \
-                 WHERE constraint_schema = DATABASE() AND table_name = ? AND constraint_name = ?"
-            }
-            // SQLite keeps constraints in the table's CREATE text and validates on ADD COLUMN.
-            _ => {
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ? \
-                 AND instr(sql, ?) > 0"
-            }
+        let sql = if validated {
+            self.sql.validated_constraint
+        } else {
+            self.sql.constraint
         };
         self.exists(sql, vec![table.into(), name.into()]).await
     }
 
     async fn relation_exists(&self, name: &str, view: bool) -> Result<bool, DbErr> {
-        let sql = match (self.backend, view) {
-            (DbBackend::Postgres, true) => {
-                "SELECT 1 FROM information_schema.views \
-                 WHERE table_name = $1 AND table_schema = $2"
-            }
-            (DbBackend::Postgres, false) => {
-                "SELECT 1 FROM information_schema.tables \
-                 WHERE table_name = $1 AND table_schema = $2 AND table_type = 'BASE TABLE'"
-            }
-            (DbBackend::MySql, true) => {
-                "SELECT 1 FROM information_schema.views \
-                 WHERE table_schema = DATABASE() AND table_name = ?"
-            }
-            (DbBackend::MySql, false) => {
-                "SELECT 1 FROM information_schema.tables \
-                 WHERE table_schema = DATABASE() AND table_name = ? AND table_type = 'BASE TABLE'"
-            }
-            (_, true) => "SELECT 1 FROM sqlite_master WHERE type = 'view' AND name = ?",
-            (_, false) => "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
-        };
+        let sql = if view { self.sql.view } else { self.sql.table };
         self.exists(sql, vec![name.into()]).await
     }
 }

@@ -7,6 +7,10 @@
 //!
 //! # How to write a migration
 //!
+//! Write it as operations (`operation.rs`; README "Operations"): the dialects turn them into
+//! the steps below, with the probes and lock modes this engine needs. A migration can still
+//! return its steps itself (none does today), as follows:
+//!
 //! 1. `sea-orm-cli migrate generate what_it_does` writes the file with
 //!    `#[derive(DeriveMigrationName)] pub struct Migration;` and lists it at the end of
 //!    `migrations()` in `lib.rs` (see there).
@@ -15,6 +19,7 @@
 //!    locks are bounded) and a [`Probe`] that holds once the step's work is done, so a re-run
 //!    after a crash skips it. Build statements with sea-query (`.build(backend, &stmt)`) and
 //!    raw SQL only for what sea-query cannot say (`.raw(sql)`, with a comment saying why).
+//!    `required_tables` names the tables it builds on.
 //! 3. Name every table through `crate::schema::table(backend, Foo::Table)` in builders
 //!    (`Index::drop()` included: that is what puts the schema on the index) and
 //!    `crate::schema::qualified(backend, "foo")` in raw SQL. On PostgreSQL they write the
@@ -22,14 +27,17 @@
 //! 4. `crate::planned_migration!(Migration);` implements `MigrationTrait` from the plan (in
 //!    one transaction on PostgreSQL) and registers the plan for `migration sql`; write the
 //!    `impl` by hand for `use_transaction() -> Some(false)`, as m006 and m008 do for
-//!    `CONCURRENTLY`, and then call `crate::register_plan!(Migration);`.
+//!    `CONCURRENTLY` (an `Online` step in a transaction is refused: [`Refusal`]), and then
+//!    call `crate::register_plan!(Migration);`.
 //! 5. The doc comment says why each step is shaped as it is: the lock it takes on each
 //!    backend and for how long (measured), and the backend quirks it works around.
 //! 6. Tests: add it to the lists in `tests/migrations.rs` (down restores the schema, an
 //!    interrupted run finishes) and, for a live-safety claim, to the kill test in
 //!    `migration/tests/cli.rs`. A test there fails if its PostgreSQL SQL names a table
-//!    without the schema.
+//!    without the schema. `migration/tests/plan_fixture.rs` pins the SQL it emits:
+//!    regenerate the fixtures with `UPDATE_PLAN_FIXTURES=1` and review the diff.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use sea_orm_migration::prelude::*;
@@ -62,7 +70,7 @@ pub enum Mode {
 /// One unit of schema change, with the probe that tells it is already done.
 #[derive(Clone, Debug)]
 pub struct Step {
-    pub summary: &'static str,
+    pub summary: Cow<'static, str>,
     pub mode: Mode,
     /// Skip the step when this holds.
     pub done_when: Probe,
@@ -70,9 +78,9 @@ pub struct Step {
 }
 
 impl Step {
-    pub fn new(summary: &'static str, mode: Mode, done_when: Probe) -> Self {
+    pub fn new(summary: impl Into<Cow<'static, str>>, mode: Mode, done_when: Probe) -> Self {
         Self {
-            summary,
+            summary: summary.into(),
             mode,
             done_when,
             statements: Vec::new(),
@@ -98,7 +106,7 @@ impl Step {
 /// of the same name on another table, is left alone.
 pub fn drop_invalid_leftover<T: IntoIden>(
     backend: DbBackend,
-    summary: &'static str,
+    summary: impl Into<Cow<'static, str>>,
     table: T,
     table_name: &'static str,
     index: &'static str,
@@ -141,6 +149,12 @@ pub trait Planned {
     /// The steps for `backend`. Call it through [`plan_in`], which sets the schema that the
     /// statements name; called directly, they name `public`.
     fn plan(&self, backend: DbBackend, direction: Direction) -> Vec<Step>;
+
+    /// Tables that must exist before the migration runs, in either direction: a missing one
+    /// stops it before any step, with an error naming every missing table.
+    fn required_tables(&self) -> &'static [&'static str] {
+        &[]
+    }
 }
 
 /// `migration`'s steps, naming the PostgreSQL schema `schema` (ignored elsewhere).
@@ -153,17 +167,115 @@ pub fn plan_in<M: Planned + ?Sized>(
     crate::schema::planning_in(schema, || migration.plan(backend, direction))
 }
 
-/// Runs `steps` in order, skipping those already done. The probes read the schema the
-/// connection works in ([`crate::schema::of`]), which must be the one `steps` were planned in.
+/// What the engine takes from outside: how lock-timed steps wait for their locks, and where
+/// the crash tests pause it. Read once, at the edge ([`EngineSettings::from_env`] in the CLI,
+/// which hands it to [`configure`]), never by the engine while it runs.
+#[derive(Clone, Debug)]
+pub struct EngineSettings {
+    pub lock: LockSettings,
+    /// `<migration>:<up|down>:<n>`: pause before that statement (see [`PauseHook`]).
+    pub pause_before: Option<String>,
+}
+
+pub const PAUSE_BEFORE_ENV: &str = "MIGRATION_PAUSE_BEFORE";
+
+impl EngineSettings {
+    pub fn from_env() -> Result<Self, DbErr> {
+        Ok(Self {
+            lock: LockSettings::from_env()?,
+            pause_before: std::env::var(PAUSE_BEFORE_ENV).ok(),
+        })
+    }
+}
+
+static CONFIGURED: std::sync::OnceLock<EngineSettings> = std::sync::OnceLock::new();
+
+/// Sets the settings every later run of a planned migration uses (SeaORM's runner calls
+/// `MigrationTrait::up` with nothing but a connection, so they cannot be handed down). The
+/// first call wins.
+pub fn configure(settings: EngineSettings) {
+    let _ = CONFIGURED.set(settings);
+}
+
+/// The settings given to [`configure`]; where nothing configured them (the API's embedded
+/// run, the tests), the environment's, read now.
+pub fn configured() -> Result<EngineSettings, DbErr> {
+    match CONFIGURED.get() {
+        Some(settings) => Ok(settings.clone()),
+        None => EngineSettings::from_env(),
+    }
+}
+
+/// A plan the engine refuses to start, before any of its steps runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// An [`Mode::Online`] step on a connection inside a transaction: PostgreSQL refuses
+    /// `CONCURRENTLY` there, and the transaction would hold every earlier step's locks for the
+    /// whole build. The migration must say `use_transaction() -> Some(false)`.
+    OnlineInTransaction { migration: String, step: String },
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::OnlineInTransaction { migration, step } => write!(
+                f,
+                "{migration}: step \"{step}\" must run outside any transaction, but the \
+                 migration runs in one; its `impl MigrationTrait` must say \
+                 `use_transaction() -> Some(false)`"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+impl From<Refusal> for DbErr {
+    fn from(refusal: Refusal) -> Self {
+        DbErr::Migration(refusal.to_string())
+    }
+}
+
+/// Whether `steps` may run on `db`: no [`Mode::Online`] step inside a transaction.
+pub fn check_runnable(
+    db: &SchemaManagerConnection<'_>,
+    migration: &str,
+    steps: &[Step],
+) -> Result<(), Refusal> {
+    let in_transaction = !matches!(db, SchemaManagerConnection::Connection(_));
+    match steps.iter().find(|step| step.mode == Mode::Online) {
+        Some(step) if in_transaction => Err(Refusal::OnlineInTransaction {
+            migration: migration.to_owned(),
+            step: step.summary.to_string(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Runs `steps` in order with the [`configured`] settings; see [`apply_with`].
 pub async fn apply(
     manager: &SchemaManager<'_>,
     migration: &str,
     direction: Direction,
     steps: Vec<Step>,
 ) -> Result<(), DbErr> {
+    apply_with(manager, migration, direction, steps, &configured()?).await
+}
+
+/// Runs `steps` in order, skipping those already done. The probes read the schema the
+/// connection works in ([`crate::schema::of`]), which must be the one `steps` were planned in.
+/// A plan it cannot run safely ([`check_runnable`]) is refused before its first step.
+pub async fn apply_with(
+    manager: &SchemaManager<'_>,
+    migration: &str,
+    direction: Direction,
+    steps: Vec<Step>,
+    engine: &EngineSettings,
+) -> Result<(), DbErr> {
     let db = manager.get_connection();
+    check_runnable(db, migration, &steps)?;
     let schema = crate::schema::of(db).await?.unwrap_or_default();
-    let settings = LockSettings::from_env()?;
+    let settings = &engine.lock;
     let total = steps.len();
     let mut statement_index = 0usize;
     for (i, step) in steps.iter().enumerate() {
@@ -176,15 +288,16 @@ pub async fn apply(
         }
         tracing::info!("{position}: {}", step.summary);
         let pause = PauseHook {
+            target: engine.pause_before.as_deref(),
             migration,
             direction,
             first_statement: statement_index,
         };
         let outcome = match step.mode {
             Mode::Plain | Mode::Online => run_plain(db, step, &pause).await,
-            Mode::LockTimed => run_lock_timed(db, step, &settings, &position, &pause).await,
+            Mode::LockTimed => run_lock_timed(db, step, settings, &position, &pause).await,
             Mode::TableCopy { table } => {
-                run_table_copy(db, step, table, &settings, &position, &pause).await
+                run_table_copy(db, step, table, settings, &position, &pause).await
             }
         };
         if let Err(err) = outcome {
@@ -293,7 +406,7 @@ async fn run_lock_timed(
             Err(err) if is_lock_conflict(&err) => {
                 return Err(crate::error::raise(crate::Error::LockNotGranted {
                     position: position.to_owned(),
-                    step: step.summary.to_owned(),
+                    step: step.summary.to_string(),
                     attempts: attempt,
                     timeout_ms: in_force,
                 }));
@@ -424,35 +537,21 @@ pub async fn table_in_use(
     }
 }
 
-/// The lock timeout the server applies for `asked`: MySQL counts whole seconds.
+/// The lock timeout the server applies for `asked` ([`crate::dialect::Dialect::lock_timeout_in_force`]).
 pub fn lock_timeout_in_force(backend: DbBackend, asked: Duration) -> Duration {
-    match backend {
-        DbBackend::MySql => Duration::from_secs(asked.as_millis().div_ceil(1000).max(1) as u64),
-        _ => asked,
-    }
+    crate::dialect::of(backend).lock_timeout_in_force(asked)
 }
 
-/// The statement that bounds lock waits for the rest of the current transaction.
+/// The statement that bounds lock waits for the rest of the current transaction
+/// ([`crate::dialect::Dialect::lock_timeout_sql`]).
 pub fn lock_timeout_sql(backend: DbBackend, timeout: Duration) -> Option<String> {
-    match backend {
-        DbBackend::Postgres => Some(format!(
-            "SET LOCAL lock_timeout = '{}ms'",
-            timeout.as_millis()
-        )),
-        // MySQL counts metadata-lock waits in whole seconds: round up (never wait less than
-        // asked), one second at least.
-        DbBackend::MySql => Some(format!(
-            "SET SESSION lock_wait_timeout = {}",
-            lock_timeout_in_force(backend, timeout).as_secs()
-        )),
-        // SQLite has one writer at a time and waits through its busy timeout.
-        _ => None,
-    }
+    crate::dialect::of(backend).lock_timeout_sql(timeout)
 }
 
-/// Undoes [`lock_timeout_sql`] where it outlives the transaction (MySQL's session variable).
+/// Undoes [`lock_timeout_sql`] where it outlives the transaction
+/// ([`crate::dialect::Dialect::lock_timeout_reset_sql`]).
 pub fn lock_timeout_reset_sql(backend: DbBackend) -> Option<&'static str> {
-    (backend == DbBackend::MySql).then_some("SET SESSION lock_wait_timeout = DEFAULT")
+    crate::dialect::of(backend).lock_timeout_reset_sql()
 }
 
 /// Whether `err` is a lock conflict worth retrying: PostgreSQL `55P03 lock_not_available`,
@@ -478,9 +577,11 @@ pub fn is_lock_conflict(err: &DbErr) -> bool {
 /// `MIGRATION_PAUSE_BEFORE=<migration>:<up|down>:<n>` pauses before the n-th statement
 /// (counting from 0 across the whole migration), prints `paused before ...` on stderr and
 /// sleeps until killed, or until a line arrives on stdin (tests that change the database
-/// under a paused migrator resume it that way; end of input keeps it asleep). Unset, it costs
-/// one environment lookup per statement.
+/// under a paused migrator resume it that way; end of input keeps it asleep). The variable is
+/// read once, into [`EngineSettings`].
 struct PauseHook<'a> {
+    /// [`EngineSettings::pause_before`].
+    target: Option<&'a str>,
     migration: &'a str,
     direction: Direction,
     first_statement: usize,
@@ -488,7 +589,7 @@ struct PauseHook<'a> {
 
 impl PauseHook<'_> {
     fn check(&self, offset: usize) {
-        let Ok(target) = std::env::var("MIGRATION_PAUSE_BEFORE") else {
+        let Some(target) = self.target else {
             return;
         };
         let here = format!(
