@@ -37,12 +37,19 @@ pub struct Common {
 }
 
 pub async fn connect(url: &str, max: u32) -> Result<DatabaseConnection, String> {
+    connect_with(url, max, true).await
+}
+
+/// `ping`: check each connection with a round trip as it leaves the pool, as the API's pool
+/// does (SeaORM's default); a floor turns it off to run nothing but its statements.
+pub async fn connect_with(url: &str, max: u32, ping: bool) -> Result<DatabaseConnection, String> {
     let mut options = ConnectOptions::new(url.to_owned());
     // Every connection opened up front: opening one mid-window would read as latency.
     options
         .max_connections(max)
         .min_connections(max)
         .connect_timeout(Duration::from_secs(10))
+        .test_before_acquire(ping)
         .sqlx_logging(false);
     Database::connect(options)
         .await
@@ -211,11 +218,20 @@ pub struct Window {
 }
 
 impl Window {
-    /// The longest single operation, writers and readers together.
-    pub fn worst(&self) -> Duration {
-        self.writers
+    /// The operations that overlapped the work (not those of the margins around it).
+    pub fn during(&self, samples: &[Sample]) -> Vec<Sample> {
+        samples
             .iter()
-            .chain(&self.readers)
+            .filter(|s| s.at <= self.ended && s.at + s.latency.as_secs_f64() >= self.started)
+            .copied()
+            .collect()
+    }
+
+    /// The longest single operation that overlapped the work, writers and readers together.
+    pub fn worst(&self) -> Duration {
+        self.during(&self.writers)
+            .iter()
+            .chain(&self.during(&self.readers))
             .map(|s| s.latency)
             .max()
             .unwrap_or_default()
@@ -233,7 +249,9 @@ impl Window {
     }
 }
 
-/// Runs traffic for `margin`, then `work` under traffic, then `margin` more.
+/// Runs traffic for `margin`, then `work` under traffic, then `margin` more. Keeps every
+/// operation, the margins' too (the charts show them); [`Window::during`] picks those that
+/// overlapped the work, which is what the figures are about.
 pub async fn measure(
     db: &DatabaseConnection,
     common: &Common,
@@ -399,8 +417,8 @@ pub fn report(name: &str, window: &Window) {
             "FAILED"
         },
         window.wall.as_secs_f64(),
-        percentiles(&latencies(&window.writers)),
-        percentiles(&latencies(&window.readers)),
+        percentiles(&latencies(&window.during(&window.writers))),
+        percentiles(&latencies(&window.during(&window.readers))),
     );
     if let Err(e) = &window.outcome {
         println!("  error: {e}");

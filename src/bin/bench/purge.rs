@@ -91,7 +91,7 @@ pub async fn run(args: Args) -> Result<(), String> {
     load::report("purge", &purge);
     let floor_p99 = load::quantile(&load::latencies(&floor.writers), 0.99);
     let worst = purge
-        .writers
+        .during(&purge.writers)
         .iter()
         .map(|s| s.latency)
         .max()

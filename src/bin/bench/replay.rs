@@ -103,3 +103,83 @@ pub fn describe(statements: &[Statement]) {
         println!("    {sql}");
     }
 }
+
+/// The API's router served in-process on a pool of our choosing (the real server,
+/// `api::Application`, opens its own).
+pub struct ApiServer {
+    /// `http://127.0.0.1:<port>`
+    pub base: String,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl ApiServer {
+    /// `nodelay`: answer with TCP_NODELAY set on each connection (Nagle's algorithm off),
+    /// which `axum::serve` leaves to the caller.
+    pub async fn start(
+        db: DatabaseConnection,
+        settings: &api::Settings,
+        nodelay: bool,
+    ) -> Result<Self, String> {
+        use axum::serve::ListenerExt;
+        let state = api::AppState {
+            db,
+            limits: Arc::new(settings.limits.clone()),
+            stripe: Arc::new(settings.stripe.clone()),
+            request_timeout: settings.request_timeout(),
+            lock_timeout: settings.lock_timeout(),
+            user_queue: Default::default(),
+            health_probe: Default::default(),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| e.to_string())?;
+        let base = format!(
+            "http://{}",
+            listener.local_addr().map_err(|e| e.to_string())?
+        );
+        let router = api::startup::router(state);
+        let server = if nodelay {
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, router).await;
+            })
+        } else {
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, router).await;
+            })
+        };
+        Ok(Self { base, server })
+    }
+
+    pub fn stop(self) {
+        self.server.abort();
+    }
+}
+
+/// The API's router served on a [`Recorder`]: every statement a request executes, the
+/// extractors' and middleware's included, is recorded.
+pub struct RecordingServer {
+    pub recorder: Recorder,
+    /// `http://127.0.0.1:<port>`
+    pub base: String,
+    server: ApiServer,
+}
+
+impl RecordingServer {
+    pub async fn start(url: &str, settings: &api::Settings) -> Result<Self, String> {
+        let recorder = Recorder::open(url, 2).await?;
+        let server = ApiServer::start(recorder.db.clone(), settings, false).await?;
+        Ok(Self {
+            recorder,
+            base: server.base.clone(),
+            server,
+        })
+    }
+
+    pub async fn stop(self) {
+        self.server.stop();
+        let _ = self.recorder.db.close().await;
+    }
+}

@@ -23,7 +23,7 @@ use crate::about::About;
 use crate::chart::{self, Series, Span};
 use crate::cpu::Cpu;
 use crate::load::{self, Bench, Common, Fill, Sample};
-use crate::replay::{self, Recorder, Shape};
+use crate::replay::{self, RecordingServer, Shape};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -305,26 +305,7 @@ async fn record(
     client: &reqwest::Client,
     args: &Args,
 ) -> Result<Vec<(Vec<Statement>, Request)>, String> {
-    let recorder = Recorder::open(url, 2).await?;
-    let state = api::AppState {
-        db: recorder.db.clone(),
-        limits: Arc::new(settings.limits.clone()),
-        stripe: Arc::new(settings.stripe.clone()),
-        request_timeout: settings.request_timeout(),
-        lock_timeout: settings.lock_timeout(),
-        user_queue: Default::default(),
-        health_probe: Default::default(),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| e.to_string())?;
-    let base = format!(
-        "http://{}",
-        listener.local_addr().map_err(|e| e.to_string())?
-    );
-    let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, api::startup::router(state)).await;
-    });
+    let server = RecordingServer::start(url, settings).await?;
     let probes = [
         Request {
             op: Op::Create,
@@ -350,15 +331,14 @@ async fn record(
     let mut templates = Vec::new();
     let mut failure = None;
     for probe in probes {
-        let _ = recorder.take();
-        if !send(client, &base, &probe).await {
+        let _ = server.recorder.take();
+        if !send(client, &server.base, &probe).await {
             failure = Some(format!("the probe request {} failed", probe.op.name()));
             break;
         }
-        templates.push((recorder.take(), probe));
+        templates.push((server.recorder.take(), probe));
     }
-    server.abort();
-    let _ = recorder.db.close().await;
+    server.stop().await;
     match failure {
         Some(failure) => Err(failure),
         None => Ok(templates),
