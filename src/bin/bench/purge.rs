@@ -67,6 +67,8 @@ pub async fn run(args: Args) -> Result<(), String> {
     let mut last = (load::now(), Instant::now());
     let started = Instant::now();
     let purge = load::measure(db, common, margin, async {
+        // The first batch starts now, after the margin of traffic before the work.
+        last = (load::now(), Instant::now());
         let purged = api::service::retention::purge_expired(&purger, &limits, Utc::now(), |p| {
             // One sample per batch: when it started and how long it took (with its pause).
             batches.push(Sample {
