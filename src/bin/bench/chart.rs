@@ -55,6 +55,18 @@ pub fn buckets(samples: &[Sample], width: f64) -> Vec<(f64, usize, f64, f64)> {
         .collect()
 }
 
+/// `buckets` split wherever consecutive buckets are more than `gap` seconds apart.
+fn split_at_gaps(buckets: &[(f64, usize, f64, f64)], gap: f64) -> Vec<Vec<(f64, usize, f64, f64)>> {
+    let mut runs: Vec<Vec<(f64, usize, f64, f64)>> = Vec::new();
+    for b in buckets {
+        match runs.last_mut() {
+            Some(run) if run.last().is_some_and(|last| b.0 - last.0 <= gap) => run.push(*b),
+            _ => runs.push(vec![*b]),
+        }
+    }
+    runs
+}
+
 fn failed(e: impl std::fmt::Debug) -> String {
     format!("cannot draw the chart: {e:?}")
 }
@@ -250,37 +262,47 @@ pub fn throughput_timeline(
     }
     for (s, points) in series.iter().zip(&per_second) {
         let color = s.color;
-        // The first and last buckets of a phase are partial: leave them out of the rate.
-        let whole: Vec<_> = points
-            .iter()
-            .skip(1)
-            .take(points.len().saturating_sub(2))
-            .collect();
-        rate.draw_series(LineSeries::new(
-            whole.iter().map(|p| (p.0 - x0 + 0.5, p.1 as f64)),
-            color.stroke_width(2),
-        ))
-        .map_err(failed)?
-        .label(s.name.to_owned())
-        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
-        latency
-            .draw_series(LineSeries::new(
-                points.iter().map(|p| (p.0 - x0 + 0.5, p.2.max(0.1))),
-                color.stroke_width(2),
-            ))
-            .map_err(failed)?
-            .label(format!("{} p99", s.name))
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
-            });
-        latency
-            .draw_series(LineSeries::new(
-                points.iter().map(|p| (p.0 - x0 + 0.5, p.3.max(0.1))),
-                color.mix(0.45),
-            ))
-            .map_err(failed)?
-            .label(format!("{} max", s.name))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.mix(0.45)));
+        let thick = color.stroke_width(2);
+        let thin: ShapeStyle = color.mix(0.45).into();
+        // One line per phase: a series' phases are apart when the benchmark interleaves them.
+        let phases = split_at_gaps(points, 1.5);
+        for (k, phase) in phases.iter().enumerate() {
+            // The first and last buckets of a phase are partial: leave them out of the rate.
+            let whole = phase.iter().skip(1).take(phase.len().saturating_sub(2));
+            let drawn = rate
+                .draw_series(LineSeries::new(
+                    whole.map(|p| (p.0 - x0 + 0.5, p.1 as f64)),
+                    thick,
+                ))
+                .map_err(failed)?;
+            if k == 0 {
+                drawn
+                    .label(s.name.to_owned())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], thick));
+            }
+            let drawn = latency
+                .draw_series(LineSeries::new(
+                    phase.iter().map(|p| (p.0 - x0 + 0.5, p.2.max(0.1))),
+                    thick,
+                ))
+                .map_err(failed)?;
+            if k == 0 {
+                drawn
+                    .label(format!("{} p99", s.name))
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], thick));
+            }
+            let drawn = latency
+                .draw_series(LineSeries::new(
+                    phase.iter().map(|p| (p.0 - x0 + 0.5, p.3.max(0.1))),
+                    thin,
+                ))
+                .map_err(failed)?;
+            if k == 0 {
+                drawn
+                    .label(format!("{} max", s.name))
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], thin));
+            }
+        }
     }
     rate.configure_series_labels()
         .position(SeriesLabelPosition::LowerRight)
