@@ -1,8 +1,8 @@
 //! What every benchmark shares: a fresh PostgreSQL database, bulk population with progress,
 //! concurrent writers and readers, and latency percentiles.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use sea_orm::{
@@ -37,12 +37,19 @@ pub struct Common {
 }
 
 pub async fn connect(url: &str, max: u32) -> Result<DatabaseConnection, String> {
+    connect_with(url, max, true).await
+}
+
+/// `ping`: check each connection with a round trip as it leaves the pool, as the API's pool
+/// does (SeaORM's default); a floor turns it off to run nothing but its statements.
+pub async fn connect_with(url: &str, max: u32, ping: bool) -> Result<DatabaseConnection, String> {
     let mut options = ConnectOptions::new(url.to_owned());
     // Every connection opened up front: opening one mid-window would read as latency.
     options
         .max_connections(max)
         .min_connections(max)
         .connect_timeout(Duration::from_secs(10))
+        .test_before_acquire(ping)
         .sqlx_logging(false);
     Database::connect(options)
         .await
@@ -103,6 +110,10 @@ pub struct Fill {
     pub customer_ids: bool,
     /// This many sessions soft-deleted ten days ago (needs m006).
     pub deleted_sessions: Option<i64>,
+    /// Every user on Pro until next year, so no session limit applies (needs m006).
+    pub pro: bool,
+    /// Payloads as the API stores them (JSON), for benchmarks that read them back.
+    pub json_payload: bool,
 }
 
 pub async fn populate(
@@ -112,15 +123,20 @@ pub async fn populate(
     fill: Fill,
 ) -> Result<(), String> {
     let started = Instant::now();
-    let customer = if fill.customer_ids {
-        ", stripe_customer_id"
+    let mut customer = String::new();
+    let mut customer_value = String::new();
+    if fill.customer_ids {
+        customer.push_str(", stripe_customer_id");
+        customer_value.push_str(", 'cus_' || g");
+    }
+    if fill.pro {
+        customer.push_str(", subscription_status, current_period_end");
+        customer_value.push_str(", 'active', now() + interval '1 year'");
+    }
+    let payload = if fill.json_payload {
+        "'{\"note\": \"' || repeat('x', 200) || '\"}'"
     } else {
-        ""
-    };
-    let customer_value = if fill.customer_ids {
-        ", 'cus_' || g"
-    } else {
-        ""
+        "repeat('x', 200)"
     };
     let (deleted, deleted_value) = match fill.deleted_sessions {
         Some(n) => (
@@ -139,7 +155,7 @@ pub async fn populate(
     let sessions_sql = |from: i64, upto: i64| {
         format!(
             "INSERT INTO synced_sessions (user_id, client_id, device_name, payload{deleted}) \
-             SELECT 1 + (g % {users}), 'c' || g, 'device', repeat('x', 200){deleted_value} \
+             SELECT 1 + (g % {users}), 'c' || g, 'device', {payload}{deleted_value} \
              FROM generate_series({from}, {upto}) g"
         )
     };
@@ -174,14 +190,68 @@ pub async fn populate(
     Ok(())
 }
 
+/// Seconds since the benchmark's first measurement: the time axis every chart shares.
+pub fn now() -> f64 {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    ORIGIN.get_or_init(Instant::now).elapsed().as_secs_f64()
+}
+
+/// One operation: when it started ([`now`]) and how long it took.
+#[derive(Clone, Copy, Debug)]
+pub struct Sample {
+    pub at: f64,
+    pub latency: Duration,
+}
+
+pub fn latencies(samples: &[Sample]) -> Vec<Duration> {
+    samples.iter().map(|s| s.latency).collect()
+}
+
 pub struct Window {
     pub outcome: Result<(), String>,
     pub wall: Duration,
-    pub writers: Vec<Duration>,
-    pub readers: Vec<Duration>,
+    /// When the work started and ended ([`now`]).
+    pub started: f64,
+    pub ended: f64,
+    pub writers: Vec<Sample>,
+    pub readers: Vec<Sample>,
 }
 
-/// Runs traffic for `margin`, then `work` under traffic, then `margin` more.
+impl Window {
+    /// The operations that overlapped the work (not those of the margins around it).
+    pub fn during(&self, samples: &[Sample]) -> Vec<Sample> {
+        samples
+            .iter()
+            .filter(|s| s.at <= self.ended && s.at + s.latency.as_secs_f64() >= self.started)
+            .copied()
+            .collect()
+    }
+
+    /// The longest single operation that overlapped the work, writers and readers together.
+    pub fn worst(&self) -> Duration {
+        self.during(&self.writers)
+            .iter()
+            .chain(&self.during(&self.readers))
+            .map(|s| s.latency)
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// How far the worst operation exceeded the floor's p99 (zero when it did not).
+    pub fn worst_above(&self, floor: &Window) -> Duration {
+        let all: Vec<Duration> = floor
+            .writers
+            .iter()
+            .chain(&floor.readers)
+            .map(|s| s.latency)
+            .collect();
+        self.worst().saturating_sub(quantile(&all, 0.99))
+    }
+}
+
+/// Runs traffic for `margin`, then `work` under traffic, then `margin` more. Keeps every
+/// operation, the margins' too (the charts show them); [`Window::during`] picks those that
+/// overlapped the work, which is what the figures are about.
 pub async fn measure(
     db: &DatabaseConnection,
     common: &Common,
@@ -201,6 +271,7 @@ pub async fn measure(
     let writers: Vec<_> = (0..common.writers).map(|i| spawn(i, true)).collect();
     let readers: Vec<_> = (0..common.readers).map(|i| spawn(i, false)).collect();
     tokio::time::sleep(margin).await;
+    let started_at = now();
     let started = Instant::now();
     // Bounded: the benchmark stops by itself even if the work hangs.
     let outcome = match tokio::time::timeout(Duration::from_secs(900), work).await {
@@ -208,11 +279,14 @@ pub async fn measure(
         Err(_) => Err("timed out after 900 s".to_owned()),
     };
     let wall = started.elapsed();
+    let ended = now();
     tokio::time::sleep(margin).await;
     stop.store(true, Ordering::Relaxed);
     let mut window = Window {
         outcome,
         wall,
+        started: started_at,
+        ended,
         writers: Vec::new(),
         readers: Vec::new(),
     };
@@ -226,20 +300,21 @@ pub async fn measure(
 }
 
 /// One client: writers update a user, then add a session for them; readers fetch a
-/// user and count their sessions. Returns each operation's latency (errors count too).
+/// user and count their sessions. Returns each operation (errors count too).
 async fn traffic(
     db: DatabaseConnection,
     stop: Arc<AtomicBool>,
     users: i64,
     seed: i64,
     write: bool,
-) -> Vec<Duration> {
-    let mut latencies = Vec::new();
+) -> Vec<Sample> {
+    let mut samples = Vec::new();
     let mut id = 1 + (seed * 7919) % users;
     let mut n = 0i64;
     while !stop.load(Ordering::Relaxed) {
         id = 1 + (id * 48271 + 11) % users;
         n += 1;
+        let at = now();
         let started = Instant::now();
         let _ = if write {
             // Two autocommit statements, as pgbench runs a script: the INSERT holds
@@ -280,9 +355,22 @@ async fn traffic(
             }
             .await
         };
-        latencies.push(started.elapsed());
+        samples.push(Sample {
+            at,
+            latency: started.elapsed(),
+        });
     }
-    latencies
+    samples
+}
+
+/// The `q` quantile (0..=1) of `samples`; zero when there are none.
+pub fn quantile(samples: &[Duration], q: f64) -> Duration {
+    if samples.is_empty() {
+        return Duration::ZERO;
+    }
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    sorted[((sorted.len() - 1) as f64 * q.clamp(0.0, 1.0)) as usize]
 }
 
 /// `p50/p99/max` in milliseconds.
@@ -297,7 +385,12 @@ pub fn percentiles(samples: &[Duration]) -> String {
 }
 
 /// A warm-up (discarded), then the table header and the no-work window: the noise floor.
-pub async fn noise_floor(db: &DatabaseConnection, common: &Common, margin: Duration, name: &str) {
+pub async fn noise_floor(
+    db: &DatabaseConnection,
+    common: &Common,
+    margin: Duration,
+    name: &str,
+) -> Window {
     let _ = measure(db, common, margin, async { Ok(()) }).await;
     header();
     let floor = measure(db, common, margin, async {
@@ -306,6 +399,7 @@ pub async fn noise_floor(db: &DatabaseConnection, common: &Common, margin: Durat
     })
     .await;
     report(name, &floor);
+    floor
 }
 
 fn header() {
@@ -323,8 +417,8 @@ pub fn report(name: &str, window: &Window) {
             "FAILED"
         },
         window.wall.as_secs_f64(),
-        percentiles(&window.writers),
-        percentiles(&window.readers),
+        percentiles(&latencies(&window.during(&window.writers))),
+        percentiles(&latencies(&window.during(&window.readers))),
     );
     if let Err(e) = &window.outcome {
         println!("  error: {e}");

@@ -1,14 +1,24 @@
-//! Benchmarks on PostgreSQL (results in README; never timed tests):
+//! Benchmarks on PostgreSQL (results in docs/benchmarks.md; never timed tests):
 //!
 //! * `bench m006`: the billing migration under live traffic, beside the card's SQL;
 //! * `bench webhooks`: Stripe webhook deliveries per second and their latency;
-//! * `bench purge`: the retention purge of soft-deleted sessions under live traffic.
+//! * `bench purge`: the retention purge of soft-deleted sessions under live traffic;
+//! * `bench sync`: session sync requests per second and their latency, beside their SQL.
 //!
-//! `cargo run --release --bin bench -- <m006|webhooks|purge> --help`
+//! Each measures its own floor in the same run and prints its figures as ratios to it, and
+//! writes an SVG chart of what it measured.
+//!
+//! `cargo run --release --bin bench -- <m006|webhooks|purge|sync> --help`
 
+mod about;
+mod chart;
+mod cpu;
 mod load;
 mod m006;
+mod migrator_log;
 mod purge;
+mod replay;
+mod sync;
 mod webhooks;
 
 use clap::{Parser, Subcommand};
@@ -28,6 +38,8 @@ enum Bench {
     Webhooks(webhooks::Args),
     /// The retention purge under concurrent writers and readers.
     Purge(purge::Args),
+    /// Session sync (PUT and GET /v1/sessions) from many users, beside its SQL alone.
+    Sync(sync::Args),
 }
 
 #[tokio::main]
@@ -36,6 +48,7 @@ async fn main() -> std::process::ExitCode {
         Bench::M006(args) => m006::run(args).await,
         Bench::Webhooks(args) => webhooks::run(args).await,
         Bench::Purge(args) => purge::run(args).await,
+        Bench::Sync(args) => sync::run(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

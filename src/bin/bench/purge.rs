@@ -3,12 +3,17 @@
 //! the traffic's latency, beside a no-work window (the noise floor). m008, which reshapes the
 //! index the purge reads, runs under the same traffic first, over the populated table.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use migration::{Migrator, MigratorTrait};
 
-use crate::load::{self, Bench, Common, Fill};
+use plotters::style::RGBColor;
+
+use crate::about::About;
+use crate::chart::{self, Series, Span};
+use crate::load::{self, Bench, Common, Fill, Sample};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -22,12 +27,18 @@ pub struct Args {
     /// Milliseconds between batches (PURGE_PAUSE_MS).
     #[arg(long, default_value_t = 0)]
     pub pause_ms: u64,
+    /// Where to write the SVG chart.
+    #[arg(long, default_value = "bench-purge.svg")]
+    pub chart: PathBuf,
 }
 
 pub async fn run(args: Args) -> Result<(), String> {
     let common = &args.common;
     let bench = Bench::create(common).await?;
     let db = &bench.db;
+    crate::migrator_log::install();
+    let about = About::read(db).await;
+    about.print();
     // Up to m007: m008 is measured below, over the populated table.
     Migrator::up(db, Some(7)).await.map_err(|e| e.to_string())?;
     let fill = Fill {
@@ -36,7 +47,7 @@ pub async fn run(args: Args) -> Result<(), String> {
     };
     load::populate(db, common.users, common.sessions, fill).await?;
     let margin = Duration::from_secs(1);
-    load::noise_floor(db, common, margin, "no work").await;
+    let floor = load::noise_floor(db, common, margin, "no work").await;
 
     let purger = load::connect(&bench.url, 2).await?;
     let m008 = load::measure(db, common, margin, async {
@@ -52,9 +63,19 @@ pub async fn run(args: Args) -> Result<(), String> {
         ..api::Limits::default()
     };
     let mut removed = 0;
+    let mut batches: Vec<Sample> = Vec::new();
+    let mut last = (load::now(), Instant::now());
     let started = Instant::now();
     let purge = load::measure(db, common, margin, async {
+        // The first batch starts now, after the margin of traffic before the work.
+        last = (load::now(), Instant::now());
         let purged = api::service::retention::purge_expired(&purger, &limits, Utc::now(), |p| {
+            // One sample per batch: when it started and how long it took (with its pause).
+            batches.push(Sample {
+                at: last.0,
+                latency: last.1.elapsed(),
+            });
+            last = (load::now(), Instant::now());
             if p.batches % 100 == 0 {
                 eprintln!(
                     "purged {} rows ({:.0}s)",
@@ -70,13 +91,72 @@ pub async fn run(args: Args) -> Result<(), String> {
     })
     .await;
     load::report("purge", &purge);
+    let floor_p99 = load::quantile(&load::latencies(&floor.writers), 0.99);
+    let worst = purge
+        .during(&purge.writers)
+        .iter()
+        .map(|s| s.latency)
+        .max()
+        .unwrap_or_default();
+    let rate = removed as f64 / purge.wall.as_secs_f64().max(1e-9);
     println!(
-        "purged {removed} rows in {:.1}s: {:.0} rows/s (batch {}, pause {} ms)",
+        "\npurged {removed} rows in {:.1}s: {rate:.0} rows/s (batch {}, pause {} ms); worst writer \
+         {:.1} ms = {:.1} ms above the floor's writer p99 ({:.1} ms)",
         purge.wall.as_secs_f64(),
-        removed as f64 / purge.wall.as_secs_f64().max(1e-9),
         args.batch_size,
-        args.pause_ms
+        args.pause_ms,
+        worst.as_secs_f64() * 1e3,
+        worst.saturating_sub(floor_p99).as_secs_f64() * 1e3,
+        floor_p99.as_secs_f64() * 1e3,
     );
+    let title = format!(
+        "Purge of {}M soft-deleted among {}M sessions under 4 writers + 2 readers: {rate:.0} rows/s",
+        args.deleted / 1_000_000,
+        common.sessions / 1_000_000
+    );
+    let windows = [&floor, &m008, &purge];
+    let writers: Vec<Sample> = windows.iter().flat_map(|w| w.writers.clone()).collect();
+    let readers: Vec<Sample> = windows.iter().flat_map(|w| w.readers.clone()).collect();
+    chart::throughput_timeline(
+        &args.chart,
+        &title,
+        &about.lines(),
+        &[
+            Series {
+                name: "writers",
+                samples: &writers,
+                color: RGBColor(200, 30, 30),
+            },
+            Series {
+                name: "readers",
+                samples: &readers,
+                color: RGBColor(30, 60, 200),
+            },
+            Series {
+                name: &format!("purge batches ({} rows)", args.batch_size),
+                samples: &batches,
+                color: RGBColor(0, 140, 0),
+            },
+        ],
+        &[
+            Span {
+                label: "no work (floor)",
+                from: floor.started,
+                to: floor.ended,
+            },
+            Span {
+                label: "m008",
+                from: m008.started,
+                to: m008.ended,
+            },
+            Span {
+                label: "purge",
+                from: purge.started,
+                to: purge.ended,
+            },
+        ],
+    )?;
+    println!("chart: {}", args.chart.display());
     let _ = purger.close().await;
     bench.drop_database().await;
     if removed != args.deleted.min(common.sessions) as u64 {
