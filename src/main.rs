@@ -90,9 +90,10 @@ async fn run(cli: Cli) -> Result<(), String> {
             let (user, token) = accounts::create_user(&db, &email)
                 .await
                 .map_err(|e| e.to_string())?;
-            println!("created user {} <{}>", user.id, user.email);
-            println!("token (shown once): {token}");
-            Ok(())
+            say(&format!(
+                "created user {} <{}>\ntoken (shown once): {token}",
+                user.id, user.email
+            ))
         }
         Command::CreateToken { email } => {
             let db = migrated(&settings).await?;
@@ -103,8 +104,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             let token = api::auth::issue(&db, user.id, Some("created from the CLI".to_owned()))
                 .await
                 .map_err(|e| e.to_string())?;
-            println!("token (shown once): {token}");
-            Ok(())
+            say(&format!("token (shown once): {token}"))
         }
         Command::PurgeDeleted => purge(&settings).await,
         Command::StripeSync(args) => stripe_sync(&settings, &args).await,
@@ -117,8 +117,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             let n = api::auth::revoke_all(&db, user.id)
                 .await
                 .map_err(|e| e.to_string())?;
-            println!("revoked {n} token(s) of {}", user.email);
-            Ok(())
+            say(&format!("revoked {n} token(s) of {}", user.email))
         }
     }
 }
@@ -138,11 +137,10 @@ async fn purge(settings: &Settings) -> Result<(), String> {
     )
     .await
     .map_err(|e| format!("purge failed: {e}"))?;
-    println!(
+    say(&format!(
         "removed {} session(s) soft-deleted past their retention window (Free {} days, Pro {} days)",
         purged.removed, settings.limits.retention_days_free, settings.limits.retention_days_pro
-    );
-    Ok(())
+    ))
 }
 
 async fn stripe_sync(settings: &Settings, args: &stripe_backfill::SyncArgs) -> Result<(), String> {
@@ -162,7 +160,7 @@ async fn stripe_sync(settings: &Settings, args: &stripe_backfill::SyncArgs) -> R
     )
     .await
     .map_err(|e| e.to_string())?;
-    println!("stripe-sync: {tally}");
+    say(&format!("stripe-sync: {tally}"))?;
     if tally.failed > 0 {
         return Err(format!(
             "stripe-sync: {} customer(s) or subscription(s) failed (see above); the rest is synced",
@@ -170,6 +168,20 @@ async fn stripe_sync(settings: &Settings, args: &stripe_backfill::SyncArgs) -> R
         ));
     }
     Ok(())
+}
+
+/// One line of a command's result on standard output. A reader that closed the pipe early
+/// (`| head -1`) ends it quietly, where `println!` would panic; any other write failure is
+/// an error.
+fn say(line: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
+        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(format!("cannot write the output: {err}"))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The database, migrated (a newcomer's first `create-user` works on a fresh clone).

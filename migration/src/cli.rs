@@ -367,6 +367,7 @@ async fn print_status(db: &DatabaseConnection) -> Result<(), Error> {
         .filter(|(_, check)| *check == Check::Changed)
         .map(|(name, _)| name)
         .collect();
+    let mut listing = String::new();
     for migration in migrations {
         let mark = if changed.iter().any(|name| name == migration.name()) {
             "  CHANGED since it was applied (checksum differs): `up` refuses to run; see \
@@ -374,9 +375,28 @@ async fn print_status(db: &DatabaseConnection) -> Result<(), Error> {
         } else {
             ""
         };
-        println!("{:<32} {}{mark}", migration.name(), migration.status());
+        listing.push_str(&format!(
+            "{:<32} {}{mark}\n",
+            migration.name(),
+            migration.status()
+        ));
     }
-    Ok(())
+    print_out(&listing)
+}
+
+/// Writes `text` to standard output. A reader that closed the pipe early (`| head -1`,
+/// `| grep -q`) has had what it wanted, so that ends the output quietly; `print!` would panic
+/// there. Any other failure to write is an error.
+fn print_out(text: &str) -> Result<(), Error> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::Output(err)),
+        _ => Ok(()),
+    }
 }
 
 /// Every migration, oldest first, with its step plan where it has one.
@@ -459,10 +479,9 @@ fn print_rendered(
     chosen: &[Listed<'_>],
 ) -> Result<(), Error> {
     let settings = LockSettings::from_env()?;
-    print!(
-        "{}",
-        dry_run::render(backend, schema, direction, chosen, &settings)
-    );
+    print_out(&dry_run::render(
+        backend, schema, direction, chosen, &settings,
+    ))?;
     let plain: Vec<String> = chosen
         .iter()
         .filter(|m| m.plan.is_none())

@@ -120,6 +120,10 @@ pub enum Error {
     )]
     Unprintable { names: Vec<String> },
 
+    /// Standard output could not be written (a full disk behind a redirect, say).
+    #[error("cannot write the output: {0}")]
+    Output(#[source] std::io::Error),
+
     /// Anything else the database said; `detail` is what to print.
     #[error("{detail}")]
     Database {

@@ -1706,3 +1706,31 @@ async fn checksums_live_in_the_chosen_schema_postgres() {
         "a schema other than public changed the sums"
     );
 }
+
+/// `migration status | grep -q …` and `migration sql | head` close the pipe before the output
+/// ends: that ends the output quietly (exit 0), where `println!` panicked (exit 101, which CI's
+/// `set -o pipefail` turned into a failure whenever grep won the race).
+#[tokio::test]
+async fn a_reader_that_closes_the_pipe_early_gets_no_panic() {
+    let t = TestDb::new(Backend::Sqlite).await;
+    let out = migration(&["up"], Some(&t.url));
+    assert!(out.status.success(), "{}", stderr(&out));
+    for args in [
+        vec!["status", "-u", t.url.as_str()],
+        vec!["sql", "up", "--backend", "postgres"],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_migration"))
+            .args(&args)
+            .env_remove("DATABASE_URL")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run migration binary");
+        // The reader goes away before the first line is written.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("wait for migration");
+        let err = stderr(&out);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(out.status.success(), "{args:?}: {:?} {err}", out.status);
+    }
+}
