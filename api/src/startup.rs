@@ -184,8 +184,12 @@ fn bound_lock_waits(options: &mut ConnectOptions, backend: DbBackend, timeout: D
     match backend {
         DbBackend::Postgres => {
             let millis = timeout.as_millis().to_string();
-            options
-                .map_sqlx_postgres_opts(move |pg| pg.options([("lock_timeout", millis.clone())]));
+            options.map_sqlx_postgres_opts(move |pg| {
+                pg.options([
+                    ("lock_timeout", millis.clone()),
+                    ("plan_cache_mode", "force_custom_plan".to_owned()),
+                ])
+            });
         }
         DbBackend::MySql => {
             let seconds = timeout.as_millis().div_ceil(1000).max(1);
