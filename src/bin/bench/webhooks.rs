@@ -235,10 +235,8 @@ async fn phases(args: &Args, bench: &Bench, about: &About) -> Result<(), String>
         let (api_pool, _) = api::startup::open_database(&settings)
             .await
             .map_err(|e| e.to_string())?;
-        let plain_nodelay = std::env::var("WH_PLAIN_NODELAY").map_or(true, |v| v != "0");
-        let nodelay = ApiServer::start(api_pool, &settings, plain_nodelay)
+        let nodelay = ApiServer::start(api_pool, &settings, true)
         .await?;
-        println!("EXPERIMENT plain nodelay={plain_nodelay} warm={:?}", std::env::var("WH_WARM").ok());
         let nodelay_url = format!("{}/webhooks/stripe", nodelay.base);
         let kind = |i: usize| match i {
             0 => Kind::Sql {
@@ -251,9 +249,8 @@ async fn phases(args: &Args, bench: &Bench, about: &About) -> Result<(), String>
             3 => Kind::Http(url.clone()),
             _ => Kind::Http(nodelay_url.clone()),
         };
-        let warm = if std::env::var("WH_WARM").is_ok_and(|v| v == "plain") { nodelay_url.clone() } else { url.clone() };
         sender
-            .phase(Kind::Http(warm), Duration::from_secs(2.min(args.duration)))
+            .phase(Kind::Http(url.clone()), Duration::from_secs(2.min(args.duration)))
             .await?;
         let rounds = args.rounds.max(1);
         let span = Duration::from_secs_f64(args.duration as f64 / rounds as f64);
