@@ -2,9 +2,10 @@
 //!
 //! A connection keeps its prepared statements for its whole life. Left to itself, PostgreSQL
 //! switches a prepared statement to one generic plan after five executions when that plan
-//! looks no dearer than the custom ones, and keeps it; plans made while `stripe_subscriptions`
-//! was nearly empty then scan it as it grows (measured by `bench webhooks`: the pool used first
-//! served 3x fewer deliveries than a pool opened later, on the same router).
+//! looks no dearer than the custom ones, and keeps it until the table is next analyzed; plans
+//! made while `stripe_subscriptions` was nearly empty then scan it as it grows (measured by
+//! `bench webhooks`: the pool used first served 3x fewer deliveries than a pool opened later,
+//! on the same router).
 
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
