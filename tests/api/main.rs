@@ -13,6 +13,7 @@ mod extractors;
 mod limits;
 mod migrate_mode;
 mod openapi;
+mod pool;
 mod redaction;
 mod retention;
 mod sessions;
