@@ -180,7 +180,8 @@ async fn open_pool(
 ///   for its whole life, and PostgreSQL's default would fix each on one generic plan after five
 ///   runs, chosen with the statistics of that moment. Plans fixed while `stripe_subscriptions`
 ///   was nearly empty kept scanning it as it grew (bench webhooks: the pool used first served
-///   a third of the deliveries of a pool opened later). Planning each run costs little here.
+///   a third of the deliveries of a pool opened later). Planning every run costs CPU (not
+///   measured side by side; docs/benchmarks.md), which beats a plan gone stale.
 /// * MySQL/MariaDB: `innodb_lock_wait_timeout` (row locks) and `lock_wait_timeout` (metadata
 ///   locks, e.g. behind a migration's DDL) for the session; both count whole seconds, so the
 ///   value is rounded up.
