@@ -182,7 +182,12 @@ pub async fn populate(
         }
     }
     // Flush the bulk load now, so its checkpoint does not land in a measured window.
-    for sql in ["VACUUM ANALYZE", "CHECKPOINT"] {
+    execute_all(db, &["VACUUM ANALYZE", "CHECKPOINT"]).await
+}
+
+/// Runs `statements` one after another, stopping at the first that fails.
+pub async fn execute_all(db: &DatabaseConnection, statements: &[&str]) -> Result<(), String> {
+    for sql in statements {
         db.execute_unprepared(sql)
             .await
             .map_err(|e| e.to_string())?;

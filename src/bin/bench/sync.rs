@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use migration::{Migrator, MigratorTrait};
 use plotters::style::RGBColor;
-use sea_orm::{ConnectionTrait, DatabaseConnection, Statement, Value};
+use sea_orm::{DatabaseConnection, Statement, Value};
 use serde_json::json;
 
 use crate::about::About;
@@ -170,17 +170,15 @@ async fn measure(args: &Args, bench: &Bench, about: &About) -> Result<(), String
     };
     load::populate(&bench.db, args.users, args.sessions, fill).await?;
     // One token per user, `bst_bench_<id>`, stored as the API stores tokens (SHA-256, hex).
-    for sql in [
-        "INSERT INTO api_tokens (user_id, token_hash) \
+    load::execute_all(
+        &bench.db,
+        &[
+            "INSERT INTO api_tokens (user_id, token_hash) \
          SELECT id, encode(sha256(('bst_bench_' || id)::bytea), 'hex') FROM users",
-        "ANALYZE api_tokens",
-    ] {
-        bench
-            .db
-            .execute_unprepared(sql)
-            .await
-            .map_err(|e| e.to_string())?;
-    }
+            "ANALYZE api_tokens",
+        ],
+    )
+    .await?;
 
     let settings = api::Settings {
         bind: "127.0.0.1:0".to_owned(),

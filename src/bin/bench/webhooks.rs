@@ -114,17 +114,15 @@ pub async fn run(args: Args) -> Result<(), String> {
     // ANALYZE: a connection that prepares a delivery's statements while the planner still
     // believes stripe_customers empty keeps a plan that scans its million rows (measured:
     // latency climbing to a second within a minute, on the pools used first).
-    for sql in [
-        "INSERT INTO stripe_customers (customer_id, user_id) \
+    load::execute_all(
+        &bench.db,
+        &[
+            "INSERT INTO stripe_customers (customer_id, user_id) \
          SELECT stripe_customer_id, id FROM users WHERE stripe_customer_id IS NOT NULL",
-        "ANALYZE stripe_customers",
-    ] {
-        bench
-            .db
-            .execute_unprepared(sql)
-            .await
-            .map_err(|e| e.to_string())?;
-    }
+            "ANALYZE stripe_customers",
+        ],
+    )
+    .await?;
     let result = phases(&args, &bench, &about).await;
     bench.drop_database().await;
     result
