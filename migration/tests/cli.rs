@@ -234,23 +234,27 @@ fn postgres_dry_run_is_lock_aware() {
 
 /// SIGKILL the migrator before every statement of m006's and m008's `up` and `down` (m009's on
 /// MySQL, below), run it again, and compare with a clean run; existing rows must be untouched.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_at_any_statement_postgres_recovers() {
-    for (name, version) in [
-        ("m006_billing_fields", 6),
-        ("m008_deleted_at_index_by_id", 8),
-    ] {
-        killed_at_any_statement_of(Backend::Postgres, name, version).await;
-    }
+/// One test per migration and direction, so that the harness runs them side by side.
+macro_rules! killed_at_any_statement {
+    ($($test:ident: $backend:ident, $name:literal, $version:literal, $direction:literal;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $test() {
+            killed_at_any_statement_of(Backend::$backend, $name, $version, $direction).await;
+        }
+    )*};
 }
 
-/// The same for m009 on MariaDB/MySQL, the one backend where it has steps.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_at_any_statement_mysql_recovers() {
-    killed_at_any_statement_of(Backend::MySql, "m009_session_client_id_binary", 9).await;
+killed_at_any_statement! {
+    killed_in_m006_up_postgres_recovers: Postgres, "m006_billing_fields", 6, "up";
+    killed_in_m006_down_postgres_recovers: Postgres, "m006_billing_fields", 6, "down";
+    killed_in_m008_up_postgres_recovers: Postgres, "m008_deleted_at_index_by_id", 8, "up";
+    killed_in_m008_down_postgres_recovers: Postgres, "m008_deleted_at_index_by_id", 8, "down";
+    // m009 has steps on MariaDB/MySQL only.
+    killed_in_m009_up_mysql_recovers: MySql, "m009_session_client_id_binary", 9, "up";
+    killed_in_m009_down_mysql_recovers: MySql, "m009_session_client_id_binary", 9, "down";
 }
 
-async fn killed_at_any_statement_of(backend: Backend, name: &str, version: u32) {
+async fn killed_at_any_statement_of(backend: Backend, name: &str, version: u32, direction: &str) {
     let (before_it, with_it) = ((version - 1).to_string(), version.to_string());
     let backend_name = match backend {
         Backend::Postgres => "postgres",
@@ -305,97 +309,96 @@ async fn killed_at_any_statement_of(backend: Backend, name: &str, version: u32) 
         (sql.lines().filter(is_statement).count(), cleanup_len(&sql))
     };
 
-    for (direction, (statements, cleanup)) in [("up", plan("up")), ("down", plan("down"))] {
-        assert!(statements >= 2, "{name} {direction}: {statements}");
-        let mut reached = 0;
-        for n in 0..statements {
-            let t = TestDb::new(backend).await;
-            let target = if direction == "up" {
-                &before_it
-            } else {
-                &with_it
-            };
-            assert!(
-                migration(&["up", "-n", target], Some(&t.url))
-                    .status
-                    .success()
-            );
-            let (users, sessions, checksum) = match backend {
-                Backend::Postgres => (
-                    "INSERT INTO users (email) SELECT 'u' || g || '@x.test' FROM generate_series(1, 200) g",
-                    "INSERT INTO synced_sessions (user_id, client_id, device_name, payload) SELECT id, 'c', 'd', 'p' || id FROM users",
-                    "SELECT md5(string_agg(concat_ws('|', u.id, u.email, s.id, s.payload), ',' ORDER BY u.id, s.id)) \
-                     FROM users u JOIN synced_sessions s ON s.user_id = u.id",
-                ),
-                _ => (
-                    "INSERT INTO users (email) WITH RECURSIVE g(n) AS \
-                     (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 200) \
-                     SELECT concat('u', n, '@x.test') FROM g",
-                    "INSERT INTO synced_sessions (user_id, client_id, device_name, payload) SELECT id, 'c', 'd', concat('p', id) FROM users",
-                    "SELECT md5(group_concat(concat_ws('|', u.id, u.email, s.id, s.client_id, s.payload) \
-                     ORDER BY u.id, s.id SEPARATOR ',')) FROM users u JOIN synced_sessions s ON s.user_id = u.id",
-                ),
-            };
-            t.exec(users).await;
-            t.exec(sessions).await;
-            let rows_before = t.texts(checksum).await;
+    let (statements, cleanup) = plan(direction);
+    assert!(statements >= 2, "{name} {direction}: {statements}");
+    let mut reached = 0;
+    for n in 0..statements {
+        let t = TestDb::new(backend).await;
+        let target = if direction == "up" {
+            &before_it
+        } else {
+            &with_it
+        };
+        assert!(
+            migration(&["up", "-n", target], Some(&t.url))
+                .status
+                .success()
+        );
+        let (users, sessions, checksum) = match backend {
+            Backend::Postgres => (
+                "INSERT INTO users (email) SELECT 'u' || g || '@x.test' FROM generate_series(1, 200) g",
+                "INSERT INTO synced_sessions (user_id, client_id, device_name, payload) SELECT id, 'c', 'd', 'p' || id FROM users",
+                "SELECT md5(string_agg(concat_ws('|', u.id, u.email, s.id, s.payload), ',' ORDER BY u.id, s.id)) \
+                 FROM users u JOIN synced_sessions s ON s.user_id = u.id",
+            ),
+            _ => (
+                "INSERT INTO users (email) WITH RECURSIVE g(n) AS \
+                 (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 200) \
+                 SELECT concat('u', n, '@x.test') FROM g",
+                "INSERT INTO synced_sessions (user_id, client_id, device_name, payload) SELECT id, 'c', 'd', concat('p', id) FROM users",
+                "SELECT md5(group_concat(concat_ws('|', u.id, u.email, s.id, s.client_id, s.payload) \
+                 ORDER BY u.id, s.id SEPARATOR ',')) FROM users u JOIN synced_sessions s ON s.user_id = u.id",
+            ),
+        };
+        t.exec(users).await;
+        t.exec(sessions).await;
+        let rows_before = t.texts(checksum).await;
 
-            // Exactly this one migration, each way.
-            let command = [direction, "-n", "1"];
-            let mut child = Command::new(env!("CARGO_BIN_EXE_migration"))
-                .args(command)
-                .args(["-u", &t.url])
-                .env("MIGRATION_PAUSE_BEFORE", format!("{name}:{direction}:{n}"))
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn");
-            let reader = BufReader::new(child.stderr.take().expect("stderr"));
-            let (mut paused, mut skipped_step) = (false, false);
-            for line in reader.lines() {
-                let line = line.expect("read stderr");
-                if line.contains("paused before") {
-                    paused = true;
-                    break;
-                }
-                skipped_step |= line.contains("already done, skipped");
+        // Exactly this one migration, each way.
+        let command = [direction, "-n", "1"];
+        let mut child = Command::new(env!("CARGO_BIN_EXE_migration"))
+            .args(command)
+            .args(["-u", &t.url])
+            .env("MIGRATION_PAUSE_BEFORE", format!("{name}:{direction}:{n}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let reader = BufReader::new(child.stderr.take().expect("stderr"));
+        let (mut paused, mut skipped_step) = (false, false);
+        for line in reader.lines() {
+            let line = line.expect("read stderr");
+            if line.contains("paused before") {
+                paused = true;
+                break;
             }
-            if paused {
-                child.kill().expect("SIGKILL");
-                let _ = child.wait();
-                reached += 1;
-                let rerun = migration(&command, Some(&t.url));
-                assert!(
-                    rerun.status.success(),
-                    "{name} {direction} after kill at {n}: {}",
-                    stderr(&rerun)
-                );
-            } else {
-                // The statement belongs to a step whose probe says there is nothing to do
-                // (m008's cleanup of the other direction's leftovers): the run went past it.
-                let finished = child.wait().expect("wait");
-                assert!(
-                    finished.success() && skipped_step,
-                    "{name} {direction}: never reached statement {n}"
-                );
-            }
-            let expected = if direction == "up" { &after } else { &before };
-            assert_eq!(
-                &without_bookkeeping(snapshot(&t).await),
-                expected,
-                "{name} {direction} killed at {n}"
+            skipped_step |= line.contains("already done, skipped");
+        }
+        if paused {
+            child.kill().expect("SIGKILL");
+            let _ = child.wait();
+            reached += 1;
+            let rerun = migration(&command, Some(&t.url));
+            assert!(
+                rerun.status.success(),
+                "{name} {direction} after kill at {n}: {}",
+                stderr(&rerun)
             );
-            assert_eq!(
-                t.texts(checksum).await,
-                rows_before,
-                "{name} {direction} killed at {n} changed rows"
+        } else {
+            // The statement belongs to a step whose probe says there is nothing to do
+            // (m008's cleanup of the other direction's leftovers): the run went past it.
+            let finished = child.wait().expect("wait");
+            assert!(
+                finished.success() && skipped_step,
+                "{name} {direction}: never reached statement {n}"
             );
         }
-        assert!(
-            reached + cleanup >= statements,
-            "{name} {direction}: killed at only {reached} of {statements} statements"
+        let expected = if direction == "up" { &after } else { &before };
+        assert_eq!(
+            &without_bookkeeping(snapshot(&t).await),
+            expected,
+            "{name} {direction} killed at {n}"
+        );
+        assert_eq!(
+            t.texts(checksum).await,
+            rows_before,
+            "{name} {direction} killed at {n} changed rows"
         );
     }
+    assert!(
+        reached + cleanup >= statements,
+        "{name} {direction}: killed at only {reached} of {statements} statements"
+    );
 }
 
 /// A long transaction holding `users`: the migrator retries within its budget, then says
@@ -422,22 +425,31 @@ async fn a_held_table_lock_is_retried_then_reported_postgres() {
     assert_eq!(err.matches("retrying in").count(), 2, "{err}");
     assert!(err.contains("pg_stat_activity"), "{err}");
     // Nothing half-done is left that a re-run cannot finish.
-    let retry = Command::new(env!("CARGO_BIN_EXE_migration"))
+    let mut retry = Command::new(env!("CARGO_BIN_EXE_migration"))
         .args(["up", "-u", &t.url])
         .env("MIGRATION_LOCK_TIMEOUT_MS", "20")
         .env("MIGRATION_LOCK_ATTEMPTS", "100")
+        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn migrator");
-    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    // Release the lock only once the migrator says it met it: a fixed sleep here raced a
+    // slow process start on a loaded CI machine (the lock was gone before the first try).
+    let mut reader = BufReader::new(retry.stderr.take().expect("stderr"));
+    let mut err = String::new();
+    while !err.contains("retrying in") {
+        let mut line = String::new();
+        let read = reader.read_line(&mut line).expect("read stderr");
+        assert!(
+            read > 0,
+            "the migrator ended without meeting the lock:\n{err}"
+        );
+        err.push_str(&line);
+    }
     blocker.commit().await.expect("release");
-    let out = retry.wait_with_output().expect("wait");
-    let err = stderr(&out);
-    assert!(out.status.success(), "{err}");
-    assert!(
-        err.contains("retrying in"),
-        "the lock was held, so it must have retried: {err}"
-    );
+    std::io::Read::read_to_string(&mut reader, &mut err).expect("read stderr");
+    let status = retry.wait().expect("wait");
+    assert!(status.success(), "{err}");
     assert!(
         err.contains("Migration 'm006_billing_fields' has been applied"),
         "{err}"
@@ -913,8 +925,8 @@ fn copy_sources(from: &std::path::Path, to: &std::path::Path) {
 
 /// `sea-orm-cli migrate generate` on a copy of the workspace keeps m001-m008 and adds a
 /// migration that builds and runs on every backend; the dry run says it cannot print it.
-/// Ignored by default: it builds the copy in a target folder of its own (minutes the first
-/// time) and needs sea-orm-cli 2.0.4. `.ci/run` runs it.
+/// Ignored by default: it needs sea-orm-cli 2.0.4, and it builds the copy (seconds after
+/// `cargo test --workspace`, minutes after a narrower build). `.ci/run` runs it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "builds a copy of the workspace and needs sea-orm-cli; .ci/run runs it"]
 async fn sea_orm_cli_generate_adds_a_migration_that_builds_and_runs() {
@@ -975,19 +987,64 @@ async fn sea_orm_cli_generate_adds_a_migration_that_builds_and_runs() {
         );
     std::fs::write(&generated, body).unwrap();
 
-    let target = Path::new(env!("CARGO_BIN_EXE_migration"))
+    // The copy builds into this build's own target folder, so it compiles only its own crates
+    // (cargo holds no lock on the folder while tests run). `--workspace` resolves dependency
+    // features as `cargo test --workspace` did (`-p migration` would pick a narrower set and
+    // rebuild them all). Cargo names a path package's build output after its path inside the
+    // workspace, the same in the copy, so the copy's package is renamed: under its own name
+    // it cannot overwrite this workspace's `migration` library or binary.
+    let rename = |file: &str, from: &str, to: &str| {
+        let path = copy.join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(from), "{file} has no {from:?}");
+        std::fs::write(&path, text.replace(from, to)).unwrap();
+    };
+    let renamed = "name = \"migration-generated\"";
+    rename(
+        "migration/Cargo.toml",
+        "name = \"migration\"\nversion",
+        &format!("{renamed}\nversion"),
+    );
+    rename(
+        "migration/Cargo.toml",
+        "[[bin]]\nname = \"migration\"",
+        &format!("[[bin]]\n{renamed}"),
+    );
+    for (file, path) in [
+        ("Cargo.toml", "migration"),
+        ("api/Cargo.toml", "../migration"),
+    ] {
+        let from = format!("migration = {{ path = \"{path}\" }}");
+        let to = format!("migration = {{ path = \"{path}\", package = \"migration-generated\" }}");
+        rename(file, &from, &to);
+    }
+    rename(
+        "Cargo.lock",
+        "name = \"migration\"\n",
+        &format!("{renamed}\n"),
+    );
+    rename(
+        "Cargo.lock",
+        " \"migration\",\n",
+        " \"migration-generated\",\n",
+    );
+    let debug = Path::new(env!("CARGO_BIN_EXE_migration"))
         .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join("sea-orm-cli-generate");
-    let build = Command::new(env!("CARGO"))
-        .args(["build", "--locked", "-p", "migration", "--bin", "migration"])
+        .expect("target/debug");
+    let build = support::cargo()
+        .args([
+            "build",
+            "--locked",
+            "--workspace",
+            "--bin",
+            "migration-generated",
+        ])
         .current_dir(&copy)
-        .env("CARGO_TARGET_DIR", &target)
+        .env("CARGO_TARGET_DIR", debug.parent().expect("target"))
         .status()
         .expect("cargo build");
     assert!(build.success(), "the generated migration does not build");
-    let bin = target.join("debug").join("migration");
+    let bin = debug.join("migration-generated");
     let run = |args: &[&str], url: &str| {
         Command::new(&bin)
             .args(args)

@@ -196,7 +196,7 @@ fn the_device_name_pattern_is_the_servers_rule() {
             .as_str()
             .unwrap()
             .to_owned();
-    let documented = regex::Regex::new(&pattern).unwrap();
+    let documented = regex_automata::dfa::regex::Regex::new(&pattern).unwrap();
     let accepted = |name: &str| {
         let request: SyncRequest =
             serde_json::from_value(serde_json::json!({"device_name": name, "payload": 1})).unwrap();

@@ -191,11 +191,33 @@ pub async fn connect(url: &str) -> DatabaseConnection {
 }
 
 /// The `migration` binary, built once per test run.
+/// `cargo` for a test to run, without what `cargo test` set for this test process: that
+/// describes the test's package, and build scripts (ring's, for one) re-run when any of it
+/// differs from the outer build's environment, rebuilding every crate above them.
+pub fn cargo() -> std::process::Command {
+    let mut cargo = std::process::Command::new(env!("CARGO"));
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_MANIFEST_")
+            || matches!(
+                &*name,
+                "CARGO_CRATE_NAME" | "CARGO_PRIMARY_PACKAGE" | "OUT_DIR"
+            )
+        {
+            cargo.env_remove(&*name);
+        }
+    }
+    cargo
+}
+
 pub fn migration_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "-p", "migration", "--bin", "migration"])
+        // `--workspace`: the dependency features of `cargo test --workspace`, so after it this
+        // builds nothing (`-p migration` would resolve a narrower set and rebuild them).
+        let status = cargo()
+            .args(["build", "--quiet", "--workspace", "--bin", "migration"])
             .status()
             .expect("run cargo build");
         assert!(status.success(), "building the migration binary failed");
