@@ -435,21 +435,11 @@ async fn a_held_table_lock_is_retried_then_reported_postgres() {
         .expect("spawn migrator");
     // Release the lock only once the migrator says it met it: a fixed sleep here raced a
     // slow process start on a loaded CI machine (the lock was gone before the first try).
-    let mut reader = BufReader::new(retry.stderr.take().expect("stderr"));
-    let mut err = String::new();
-    while !err.contains("retrying in") {
-        let mut line = String::new();
-        let read = reader.read_line(&mut line).expect("read stderr");
-        assert!(
-            read > 0,
-            "the migrator ended without meeting the lock:\n{err}"
-        );
-        err.push_str(&line);
-    }
+    let met = read_stderr_until(&mut retry, "retrying in");
     blocker.commit().await.expect("release");
-    std::io::Read::read_to_string(&mut reader, &mut err).expect("read stderr");
-    let status = retry.wait().expect("wait");
-    assert!(status.success(), "{err}");
+    let out = retry.wait_with_output().expect("wait");
+    let err = format!("{met}{}", stderr(&out));
+    assert!(out.status.success(), "{err}");
     assert!(
         err.contains("Migration 'm006_billing_fields' has been applied"),
         "{err}"
@@ -685,20 +675,44 @@ fn spawn_paused(args: &[&str], url: &str, pause: &str) -> std::process::Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn migrator");
-    let mut reader = BufReader::new(child.stderr.take().expect("stderr"));
-    let mut seen = String::new();
-    loop {
+    read_stderr_until(&mut child, "paused before");
+    child
+}
+
+/// Reads `child`'s stderr until a line contains `marker` and returns all it read; the rest
+/// stays with the child (for `wait_with_output`). A child that stays silent for a minute is
+/// killed and the test fails, rather than hanging the whole run.
+fn read_stderr_until(child: &mut std::process::Child, marker: &str) -> String {
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let wanted = marker.to_owned();
+    let (found, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stderr);
+        let mut read = String::new();
         let mut line = String::new();
-        let read = reader.read_line(&mut line).expect("read stderr");
-        assert!(read > 0, "the migrator never paused at {pause}:\n{seen}");
-        seen.push_str(&line);
-        if line.contains("paused before") {
-            break;
+        while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
+            read.push_str(&line);
+            if line.contains(&wanted) {
+                // What the reader holds beyond the marker's line belongs to the caller too.
+                read.push_str(&String::from_utf8_lossy(reader.buffer()));
+                let _ = found.send(Ok((reader.into_inner(), read)));
+                return;
+            }
+            line.clear();
+        }
+        let _ = found.send(Err(read));
+    });
+    match seen.recv_timeout(std::time::Duration::from_secs(60)) {
+        Ok(Ok((rest, read))) => {
+            child.stderr = Some(rest);
+            read
+        }
+        Ok(Err(read)) => panic!("the process ended before saying {marker:?}:\n{read}"),
+        Err(_) => {
+            let _ = child.kill();
+            panic!("no {marker:?} from the process within 60 s")
         }
     }
-    // Hand the rest of stderr back for wait_with_output.
-    child.stderr = Some(reader.into_inner());
-    child
 }
 
 fn resume(child: &mut std::process::Child) {
@@ -1028,23 +1042,27 @@ async fn sea_orm_cli_generate_adds_a_migration_that_builds_and_runs() {
         " \"migration\",\n",
         " \"migration-generated\",\n",
     );
-    let debug = Path::new(env!("CARGO_BIN_EXE_migration"))
+    // The renamed package has no path dependency of its own: one (say `entity`) would keep
+    // our name and path, and the copy's build would overwrite our artifacts of it.
+    let manifest = std::fs::read_to_string(copy.join("migration/Cargo.toml")).unwrap();
+    assert!(!manifest.contains("path = \".."), "{manifest}");
+    // The profile this test was built with: its binaries sit in target/<debug|release|name>.
+    let profile_dir = Path::new(env!("CARGO_BIN_EXE_migration"))
         .parent()
-        .expect("target/debug");
+        .expect("target/<profile>");
+    let profile = match profile_dir.file_name().and_then(|name| name.to_str()) {
+        Some("debug") | None => "dev",
+        Some(name) => name,
+    };
     let build = support::cargo()
-        .args([
-            "build",
-            "--locked",
-            "--workspace",
-            "--bin",
-            "migration-generated",
-        ])
+        .args(["build", "--locked", "--workspace", "--profile", profile])
+        .args(["--bin", "migration-generated"])
         .current_dir(&copy)
-        .env("CARGO_TARGET_DIR", debug.parent().expect("target"))
+        .env("CARGO_TARGET_DIR", profile_dir.parent().expect("target"))
         .status()
         .expect("cargo build");
     assert!(build.success(), "the generated migration does not build");
-    let bin = debug.join("migration-generated");
+    let bin = profile_dir.join("migration-generated");
     let run = |args: &[&str], url: &str| {
         Command::new(&bin)
             .args(args)
@@ -1502,14 +1520,7 @@ async fn a_table_copy_that_loses_its_final_lock_is_not_retried_mysql() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn migrator");
-    let mut reader_out = BufReader::new(child.stderr.take().expect("stderr"));
-    let mut seen = String::new();
-    while !seen.contains("paused before") {
-        let mut line = String::new();
-        assert!(reader_out.read_line(&mut line).expect("read") > 0, "{seen}");
-        seen.push_str(&line);
-    }
-    child.stderr = Some(reader_out.into_inner());
+    read_stderr_until(&mut child, "paused before");
     let reader = t.db.begin().await.expect("begin");
     reader
         .execute_unprepared("SELECT count(*) FROM synced_sessions")

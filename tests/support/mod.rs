@@ -190,7 +190,6 @@ pub async fn connect(url: &str) -> DatabaseConnection {
         .unwrap_or_else(|e| panic!("cannot connect to {url}: {e} (is the server running?)"))
 }
 
-/// The `migration` binary, built once per test run.
 /// `cargo` for a test to run, without what `cargo test` set for this test process: that
 /// describes the test's package, and build scripts (ring's, for one) re-run when any of it
 /// differs from the outer build's environment, rebuilding every crate above them.
@@ -211,6 +210,7 @@ pub fn cargo() -> std::process::Command {
     cargo
 }
 
+/// The `migration` binary, built once per test run.
 pub fn migration_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
