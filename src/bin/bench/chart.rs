@@ -27,6 +27,12 @@ pub struct Mark {
     pub at: f64,
 }
 
+/// The palette the charts share (writers are red and readers blue wherever both appear).
+pub const INK_RED: RGBColor = RGBColor(200, 30, 30);
+pub const INK_BLUE: RGBColor = RGBColor(30, 60, 200);
+pub const INK_GREEN: RGBColor = RGBColor(0, 140, 0);
+pub const INK_GREY: RGBColor = RGBColor(120, 120, 120);
+
 /// A latency series: the p99 and maximum of each bucket are drawn.
 pub struct Series<'a> {
     pub name: &'a str,
@@ -126,7 +132,7 @@ pub fn latency_timeline(
         .y_desc("latency, ms (log)")
         .draw()
         .map_err(failed)?;
-    let shades = [RGBColor(120, 120, 120), BLUE, RGBColor(0, 140, 0), RED];
+    let shades = [INK_GREY, BLUE, INK_GREEN, RED];
     for (i, span) in spans.iter().enumerate() {
         let color = shades[i % shades.len()];
         let (a, b) = (span.from - x0, (span.to - x0).max(span.from - x0 + 0.02));
@@ -247,7 +253,7 @@ pub fn throughput_timeline(
         .map_err(failed)?;
     for (i, span) in spans.iter().enumerate() {
         let (a, b) = (span.from - x0, span.to - x0);
-        let shade = [RGBColor(120, 120, 120), BLUE, RGBColor(0, 140, 0), RED][i % 4];
+        let shade = [INK_GREY, BLUE, INK_GREEN, RED][i % 4];
         rate.draw_series(std::iter::once(Rectangle::new(
             [(a, 0.0), (b, rate_max)],
             shade.mix(0.10).filled(),

@@ -382,12 +382,12 @@ fn timeline(path: &std::path::Path, about: &About, m: &Measured) -> Result<(), S
             Series {
                 name: "writers",
                 samples: &writers,
-                color: RGBColor(200, 30, 30),
+                color: chart::INK_RED,
             },
             Series {
                 name: "readers",
                 samples: &readers,
-                color: RGBColor(30, 60, 200),
+                color: chart::INK_BLUE,
             },
         ],
         &spans,
@@ -445,10 +445,8 @@ fn scale_chart(path: &std::path::Path, about: &About, rows: &[Measured]) -> Resu
         "m006 --scale: wall time grows with the table; does waiting?",
         &about.lines(),
         &[
-            curve("m006 wall", RGBColor(200, 30, 30), &|m| {
-                m.ours.wall.as_secs_f64()
-            }),
-            curve("lock-aware SQL wall", RGBColor(0, 140, 0), &|m| {
+            curve("m006 wall", chart::INK_RED, &|m| m.ours.wall.as_secs_f64()),
+            curve("lock-aware SQL wall", chart::INK_GREEN, &|m| {
                 m.sql.wall.as_secs_f64()
             }),
             curve("m006 worst wait above floor", RGBColor(240, 140, 0), &|m| {
@@ -456,7 +454,7 @@ fn scale_chart(path: &std::path::Path, about: &About, rows: &[Measured]) -> Resu
             }),
             curve(
                 "lock-aware SQL worst wait above floor",
-                RGBColor(30, 60, 200),
+                chart::INK_BLUE,
                 &|m| m.sql.worst_above(&m.floor).as_secs_f64(),
             ),
         ],

@@ -9,8 +9,6 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use migration::{Migrator, MigratorTrait};
 
-use plotters::style::RGBColor;
-
 use crate::about::About;
 use crate::chart::{self, Series, Span};
 use crate::load::{self, Bench, Common, Fill, Sample};
@@ -125,17 +123,17 @@ pub async fn run(args: Args) -> Result<(), String> {
             Series {
                 name: "writers",
                 samples: &writers,
-                color: RGBColor(200, 30, 30),
+                color: chart::INK_RED,
             },
             Series {
                 name: "readers",
                 samples: &readers,
-                color: RGBColor(30, 60, 200),
+                color: chart::INK_BLUE,
             },
             Series {
                 name: &format!("purge batches ({} rows)", args.batch_size),
                 samples: &batches,
-                color: RGBColor(0, 140, 0),
+                color: chart::INK_GREEN,
             },
         ],
         &[

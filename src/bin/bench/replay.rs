@@ -11,6 +11,32 @@ use sea_orm::{
 
 use crate::load;
 
+/// Connections in the API's pool and in each same-size pool the floor is measured on.
+pub const POOL: u32 = 16;
+
+/// The API as `webhooks` and `sync` serve it: a pool of [`POOL`], migrations on start, no
+/// purge job, the default limits.
+pub fn api_settings(
+    url: &str,
+    webhook_secrets: api::stripe::signature::WebhookSecrets,
+) -> api::Settings {
+    api::Settings {
+        bind: "127.0.0.1:0".to_owned(),
+        database_url: Some(url.into()),
+        database_schema: None,
+        db_max_connections: POOL,
+        db_lock_timeout_ms: 2000,
+        request_timeout_secs: 30,
+        limits: api::Limits::default(),
+        stripe: api::settings::StripeSettings {
+            webhook_secrets,
+            webhook_tolerance_secs: 300,
+        },
+        purge_every_secs: 0,
+        migrate: api::settings::MigrateMode::OnStart,
+    }
+}
+
 /// A connection that records every statement run through it.
 pub struct Recorder {
     pub db: DatabaseConnection,

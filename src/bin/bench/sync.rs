@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use migration::{Migrator, MigratorTrait};
-use plotters::style::RGBColor;
 use sea_orm::{DatabaseConnection, Statement, Value};
 use serde_json::json;
 
@@ -23,7 +22,7 @@ use crate::about::About;
 use crate::chart::{self, Series, Span};
 use crate::cpu::Cpu;
 use crate::load::{self, Bench, Common, Fill, Sample};
-use crate::replay::{self, RecordingServer, Shape};
+use crate::replay::{self, POOL, RecordingServer, Shape};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -54,7 +53,6 @@ pub struct Args {
     pub chart: PathBuf,
 }
 
-const POOL: u32 = 16;
 /// The probe's user: large enough not to equal any small number a statement binds (a page
 /// size, a limit).
 const PROBE_USER: i64 = 7919;
@@ -180,21 +178,10 @@ async fn measure(args: &Args, bench: &Bench, about: &About) -> Result<(), String
     )
     .await?;
 
-    let settings = api::Settings {
-        bind: "127.0.0.1:0".to_owned(),
-        database_url: Some(bench.url.as_str().into()),
-        database_schema: None,
-        db_max_connections: POOL,
-        db_lock_timeout_ms: 2000,
-        request_timeout_secs: 30,
-        limits: api::Limits::default(),
-        stripe: api::settings::StripeSettings {
-            webhook_secrets: api::stripe::signature::WebhookSecrets::default(),
-            webhook_tolerance_secs: 300,
-        },
-        purge_every_secs: 0,
-        migrate: api::settings::MigrateMode::OnStart,
-    };
+    let settings = replay::api_settings(
+        &bench.url,
+        api::stripe::signature::WebhookSecrets::default(),
+    );
     let client = reqwest::Client::new();
     let templates = record(&bench.url, &settings, &client, args).await?;
     for (op, (statements, _)) in OPS.iter().zip(&templates) {
@@ -260,12 +247,12 @@ async fn measure(args: &Args, bench: &Bench, about: &About) -> Result<(), String
                 Series {
                     name: "sql only",
                     samples: &sql.samples,
-                    color: RGBColor(0, 140, 0),
+                    color: chart::INK_GREEN,
                 },
                 Series {
                     name: "http",
                     samples: &http.samples,
-                    color: RGBColor(200, 30, 30),
+                    color: chart::INK_RED,
                 },
             ],
             &[

@@ -35,7 +35,7 @@ use crate::about::About;
 use crate::chart::{self, Series, Span};
 use crate::cpu::Cpu;
 use crate::load::{self, Bench, Common, Fill, Sample};
-use crate::replay::{self, ApiServer, RecordingServer, Shape};
+use crate::replay::{self, ApiServer, POOL, RecordingServer, Shape};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -59,7 +59,6 @@ pub struct Args {
 }
 
 const SECRET: &str = "whsec_bench";
-const POOL: u32 = 16;
 
 /// The ids one delivery is about; what the replayed statements substitute.
 #[derive(Clone)]
@@ -129,22 +128,9 @@ pub async fn run(args: Args) -> Result<(), String> {
 }
 
 fn settings(url: &str) -> Result<api::Settings, String> {
-    Ok(api::Settings {
-        bind: "127.0.0.1:0".to_owned(),
-        database_url: Some(url.into()),
-        database_schema: None,
-        db_max_connections: POOL,
-        db_lock_timeout_ms: 2000,
-        request_timeout_secs: 30,
-        limits: api::Limits::default(),
-        stripe: api::settings::StripeSettings {
-            webhook_secrets: api::stripe::signature::WebhookSecrets::parse(SECRET)
-                .map_err(|e| e.to_string())?,
-            webhook_tolerance_secs: 300,
-        },
-        purge_every_secs: 0,
-        migrate: api::settings::MigrateMode::OnStart,
-    })
+    let secrets =
+        api::stripe::signature::WebhookSecrets::parse(SECRET).map_err(|e| e.to_string())?;
+    Ok(replay::api_settings(url, secrets))
 }
 
 /// Every phase of one kind, across the rounds.
@@ -292,11 +278,11 @@ async fn phases(args: &Args, bench: &Bench, about: &About) -> Result<(), String>
         );
         sign_cost(args.common.users);
         let colors = [
-            RGBColor(0, 140, 0),
+            chart::INK_GREEN,
             RGBColor(160, 100, 0),
-            RGBColor(120, 120, 120),
-            RGBColor(30, 60, 200),
-            RGBColor(200, 30, 30),
+            chart::INK_GREY,
+            chart::INK_BLUE,
+            chart::INK_RED,
         ];
         let series: Vec<Series<'_>> = KINDS
             .iter()
