@@ -151,6 +151,7 @@ async fn stripe_sync(settings: &Settings, args: &stripe_backfill::SyncArgs) -> R
         &db,
         &mut client,
         args.customer.as_deref(),
+        args.link_by_email,
         |note| match note {
             stripe_backfill::Note::Progress(tally) => eprintln!("stripe-sync: {tally}"),
             stripe_backfill::Note::Customer { customer, detail } => {
