@@ -127,7 +127,6 @@ async fn purge(settings: &Settings) -> Result<(), String> {
     let purged = api::service::retention::purge_expired(
         &db,
         &settings.limits,
-        chrono::Utc::now(),
         |so_far| {
             eprintln!(
                 "purged {} session(s) in {} batch(es)",

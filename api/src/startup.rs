@@ -283,7 +283,6 @@ async fn purge_periodically(state: AppState, every: Duration) {
         let result = crate::service::retention::purge_expired(
             &state.db,
             &state.limits,
-            chrono::Utc::now(),
             |_| {},
         )
         .await;

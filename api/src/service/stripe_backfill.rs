@@ -52,8 +52,9 @@ use crate::stripe::event::{MAX_ID_CHARS, Snapshot, snapshot_from_subscription, s
 /// never shown (`hide_env_values`, and `ApiKey` has no readable `Debug`).
 #[derive(clap::Args, Clone, Debug)]
 pub struct SyncArgs {
-    /// Stripe secret key (sk_...), or a restricted key (rk_...) that may read customers and
-    /// subscriptions. Prefer the environment: a flag shows in the process list.
+    /// Stripe secret key (sk_live_..., sk_test_...), or a restricted key (rk_...) that may read
+    /// customers, Checkout Sessions and subscriptions; its prefix is the mode the run reads.
+    /// Prefer the environment: a flag shows in the process list.
     #[arg(
         long = "stripe-api-key",
         env = "STRIPE_API_KEY",
@@ -120,7 +121,7 @@ fn is_customer_id(id: &str) -> bool {
 pub enum SyncError {
     #[error(
         "STRIPE_API_KEY is not set: a Stripe secret key (sk_...) or a restricted key (rk_...) \
-         that may read customers and subscriptions"
+         that may read customers, Checkout Sessions and subscriptions"
     )]
     NoKey,
     #[error(

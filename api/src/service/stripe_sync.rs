@@ -275,6 +275,12 @@ async fn process_in(txn: &DatabaseTransaction, event: &Event) -> Result<Outcome,
 /// Test-only fault injection: with `WEBHOOK_PAUSE_AFTER_RECORD=1` a delivery stops between
 /// recording the event and applying it, transaction open, and says so on stderr, so a test can
 /// SIGKILL the server there. Unset, it costs one environment lookup per delivery.
+///
+/// Compiled into debug builds only, the ones tests run; a release build has no such hook and
+/// ignores the variable. Not `cfg(test)`: the tests run the `billing` binary, which is not
+/// built with it. Not a cargo feature: `cargo build` after `cargo test` would then rebuild
+/// the crate, which CI's `.ci/built-binaries --fresh` refuses.
+#[cfg(debug_assertions)]
 async fn pause_after_record(event: &str) {
     if std::env::var("WEBHOOK_PAUSE_AFTER_RECORD").as_deref() != Ok("1") {
         return;
@@ -284,6 +290,9 @@ async fn pause_after_record(event: &str) {
         tokio::time::sleep(Duration::from_secs(3600)).await;
     }
 }
+
+#[cfg(not(debug_assertions))]
+async fn pause_after_record(_event: &str) {}
 
 /// Stores the event; false when it was stored before (a repeated delivery). A concurrent
 /// twin's insert shows as a unique violation, which restarts the transaction.

@@ -96,7 +96,7 @@ impl ApiKey {
 pub enum StripeError {
     #[error(
         "Stripe refused STRIPE_API_KEY (HTTP {status}): use a secret key, or a restricted key \
-         that may read customers and subscriptions"
+         that may read customers, Checkout Sessions and subscriptions"
     )]
     Unauthorized { status: u16 },
     #[error("Stripe answered HTTP {status} to {path}: {message}")]
