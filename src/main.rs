@@ -124,16 +124,12 @@ async fn run(cli: Cli) -> Result<(), String> {
 
 async fn purge(settings: &Settings) -> Result<(), String> {
     let db = migrated(settings).await?;
-    let purged = api::service::retention::purge_expired(
-        &db,
-        &settings.limits,
-        |so_far| {
-            eprintln!(
-                "purged {} session(s) in {} batch(es)",
-                so_far.removed, so_far.batches
-            )
-        },
-    )
+    let purged = api::service::retention::purge_expired(&db, &settings.limits, |so_far| {
+        eprintln!(
+            "purged {} session(s) in {} batch(es)",
+            so_far.removed, so_far.batches
+        )
+    })
     .await
     .map_err(|e| format!("purge failed: {e}"))?;
     say(&format!(

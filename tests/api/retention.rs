@@ -86,11 +86,9 @@ async fn purges_exactly_what_is_past_each_window(backend: Backend) {
     .await;
 
     let mut progress = Vec::new();
-    let purged = purge_expired(&app.db.db, &batches_of(1), |p| {
-        progress.push(p.removed)
-    })
-    .await
-    .expect("purge");
+    let purged = purge_expired(&app.db.db, &batches_of(1), |p| progress.push(p.removed))
+        .await
+        .expect("purge");
     assert_eq!(purged.removed, 2);
     // One progress call per batch of one row, oldest deletion first: pro-outside (removed),
     // pro-inside and pro-at-8-days (kept: Pro keeps 30 days), free-outside (removed).
@@ -247,9 +245,7 @@ async fn concurrent_purges_share_the_work(backend: Backend) {
     let runs: Vec<_> = (0..4)
         .map(|_| {
             let db = app.db.db.clone();
-            tokio::spawn(
-                async move { purge_expired(&db, &batches_of(7), |_| {}).await },
-            )
+            tokio::spawn(async move { purge_expired(&db, &batches_of(7), |_| {}).await })
         })
         .collect();
     let mut total = 0;

@@ -603,10 +603,8 @@ impl<N: FnMut(Note<'_>)> Run<'_, N> {
                 self.users_of.insert(id.to_owned(), owner);
             }
         } else {
-            self.ambiguous(
-                id,
-                format!("user {user} may not take this customer (it has another one)"),
-            );
+            // LinkOutcome::CustomerDeleted: a webhook said so since the customer was read.
+            self.left_alone(id, "not linked: deleted at Stripe".to_owned());
         }
     }
 
