@@ -230,11 +230,7 @@ fn route(
             let wanted = data
                 .sessions
                 .iter()
-                .filter(|s| {
-                    query
-                        .get("customer")
-                        .is_none_or(|c| s["customer"].as_str() == Some(c.as_str()))
-                })
+                .filter(|s| of_customer(query, s))
                 .filter(|s| {
                     query
                         .get("status")
@@ -248,11 +244,7 @@ fn route(
             let wanted = data
                 .subscriptions
                 .iter()
-                .filter(|s| {
-                    query
-                        .get("customer")
-                        .is_none_or(|c| s["customer"].as_str() == Some(c.as_str()))
-                })
+                .filter(|s| of_customer(query, s))
                 .filter(|s| {
                     let status = s["status"].as_str().unwrap_or("");
                     match query.get("status").map(String::as_str) {
@@ -299,6 +291,13 @@ fn route(
             ),
         },
     }
+}
+
+/// Whether `object` passes a list's `customer=` filter (no filter: every object does).
+fn of_customer(query: &HashMap<String, String>, object: &Value) -> bool {
+    query
+        .get("customer")
+        .is_none_or(|c| object["customer"].as_str() == Some(c.as_str()))
 }
 
 /// One page of `objects` in Stripe's list envelope.

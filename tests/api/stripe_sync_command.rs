@@ -508,6 +508,18 @@ async fn one_customer_with_the_customer_flag(backend: Backend) {
     assert_eq!(stripe.take_log().len(), 1, "only cus_missing was asked for");
 }
 
+/// A customer with `email` and its one subscription, at Stripe.
+fn at_stripe(
+    stripe: &FakeStripe,
+    (customer_id, email): (&str, &str),
+    sub: &str,
+    status: &str,
+    end: i64,
+) {
+    stripe.add_customer(customer(customer_id, Some(email), None));
+    stripe.put_subscription(subscription(sub, customer_id, status, end));
+}
+
 /// Delivers `customer.subscription.{kind}` for `(customer, sub)`, created at `created`; 200.
 async fn deliver_subscription(
     app: &TestApp,
@@ -545,8 +557,13 @@ async fn a_host_clock_two_days_ahead_does_not_outrank_a_later_cancel(backend: Ba
         stripe_now - 86_400,
     )
     .await;
-    stripe.add_customer(customer("cus_pro", Some("pro@example.com"), None));
-    stripe.put_subscription(subscription("sub_pro", "cus_pro", "active", period_end));
+    at_stripe(
+        &stripe,
+        ("cus_pro", "pro@example.com"),
+        "sub_pro",
+        "active",
+        period_end,
+    );
     stripe.set_clock(Some(stripe_now));
     let run = stripe_sync(&app, &stripe, Some(KEY), &[]).await;
     assert!(run.success, "{}\n{}", run.stdout, run.stderr);
@@ -604,8 +621,13 @@ async fn a_payment_in_the_same_second_as_the_read_wins(backend: Backend) {
         period_end,
     )
     .await;
-    stripe.add_customer(customer("cus_late", Some("late@example.com"), None));
-    stripe.put_subscription(subscription("sub_late", "cus_late", "unpaid", period_end));
+    at_stripe(
+        &stripe,
+        ("cus_late", "late@example.com"),
+        "sub_late",
+        "unpaid",
+        period_end,
+    );
     stripe.set_clock(Some(now));
     let run = stripe_sync(&app, &stripe, Some(KEY), &[]).await;
     assert!(run.success, "{}\n{}", run.stdout, run.stderr);
@@ -644,13 +666,13 @@ async fn a_newer_stored_state_that_differs_is_read_again_then_fails(backend: Bac
         period_end,
     )
     .await;
-    stripe.add_customer(customer("cus_ahead", Some("ahead@example.com"), None));
-    stripe.put_subscription(subscription(
+    at_stripe(
+        &stripe,
+        ("cus_ahead", "ahead@example.com"),
         "sub_ahead",
-        "cus_ahead",
         "canceled",
         period_end,
-    ));
+    );
     let run = stripe_sync(&app, &stripe, Some(KEY), &[]).await;
     assert!(!run.success, "{}\n{}", run.stdout, run.stderr);
     assert_eq!(run.count("unchanged"), 0, "{}", run.stdout);
