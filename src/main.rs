@@ -54,7 +54,7 @@ enum Command {
     /// (batch size and pause: --purge-batch-size, --purge-pause-ms).
     PurgeDeleted,
     /// Backfill and repair customer links and billing columns from Stripe's API
-    /// (STRIPE_API_KEY; README, "stripe-sync").
+    /// (STRIPE_API_KEY; docs/stripe.md).
     StripeSync(stripe_backfill::SyncArgs),
 }
 
