@@ -272,12 +272,14 @@ fn tables(page: &str) -> Vec<(Vec<String>, Vec<Vec<String>>)> {
 }
 
 /// The variables docs/configuration.md documents: the first cell of each row of its tables
-/// whose first header is `variable` (`—` for a flag without one).
+/// whose first header is `variable` or `name`, in any case (`—` for a flag without one).
+/// Tables headed otherwise (the tools' variables) are not counted.
 fn variables_documented() -> BTreeSet<String> {
     let page = read(&workspace().join("docs/configuration.md"));
     let mut documented = BTreeSet::new();
     for (header, rows) in tables(&page) {
-        if header.first().map(String::as_str) != Some("variable") {
+        let first = header.first().map(|cell| cell.to_lowercase());
+        if !matches!(first.as_deref(), Some("variable" | "name")) {
             continue;
         }
         for row in rows {
@@ -402,16 +404,14 @@ fn flags_of_the_binaries() -> BTreeMap<String, String> {
     flags
 }
 
-/// Every `-x` and `--flag` in code spans of docs/configuration.md's tables.
+/// Every `-x` and `--flag` written as code on docs/configuration.md.
 fn flags_documented() -> BTreeSet<String> {
     let page = read(&workspace().join("docs/configuration.md"));
     let mut documented = BTreeSet::new();
-    for (_, rows) in tables(&page) {
-        for cell in rows.iter().flatten() {
-            for (i, span) in cell.split('`').enumerate() {
-                if i % 2 == 1 && span.starts_with('-') {
-                    documented.extend(flags_in_help(&format!("  {span}")));
-                }
+    for line in page.lines() {
+        for (i, span) in line.split('`').enumerate() {
+            if i % 2 == 1 && span.starts_with('-') {
+                documented.extend(flags_in_help(&format!("  {span}")));
             }
         }
     }
