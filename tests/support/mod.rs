@@ -33,6 +33,14 @@ pub fn server_url(backend: Backend) -> String {
         .to_owned()
 }
 
+/// `url` (a database on the PostgreSQL server of [`server_url`]) by way of the transaction-mode
+/// pooler at TEST_POSTGRES_POOLER_URL, when that is set (CI's second pass of the API suite).
+pub fn through_pooler(url: &str) -> Option<String> {
+    let pooler = std::env::var("TEST_POSTGRES_POOLER_URL").ok()?;
+    let database = url.strip_prefix(&format!("{}/", server_url(Backend::Postgres)))?;
+    Some(format!("{}/{database}", pooler.trim_end_matches('/')))
+}
+
 pub fn random_name() -> String {
     let bits = RandomState::new().hash_one(std::time::SystemTime::now());
     format!("t_{bits:016x}")

@@ -22,9 +22,10 @@ use std::time::Duration;
 use chrono::{DateTime, FixedOffset, Utc};
 use entity::Tier;
 
+use crate::db::Db;
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, IsolationLevel, SqliteTransactionMode,
-    Statement, TransactionOptions, TransactionTrait,
+    ConnectionTrait, DbBackend, DbErr, IsolationLevel, SqliteTransactionMode, Statement,
+    TransactionOptions,
 };
 
 use crate::settings::Limits;
@@ -38,7 +39,7 @@ pub struct Purged {
 /// Purges until nothing expired is left, calling `progress` after each batch.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn purge_expired(
-    db: &DatabaseConnection,
+    db: &Db,
     limits: &Limits,
     now: DateTime<Utc>,
     mut progress: impl FnMut(Purged),
@@ -150,7 +151,7 @@ pub fn candidates(
 /// One batch in one short transaction: `None` when no candidate is left, else how many rows it
 /// deleted and where it ended.
 async fn purge_batch(
-    db: &DatabaseConnection,
+    db: &Db,
     cutoffs: &Cutoffs,
     cursor: Option<&Cursor>,
     batch: u64,

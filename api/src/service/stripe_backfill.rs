@@ -22,8 +22,9 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use crate::db::Db;
 use entity::users;
-use sea_orm::{DatabaseConnection, EntityTrait, QuerySelect};
+use sea_orm::{EntityTrait, QuerySelect};
 use serde_json::Value;
 
 use crate::error::ApiError;
@@ -158,7 +159,7 @@ pub enum Note<'a> {
 /// Syncs every customer, or only `only`.
 #[tracing::instrument(level = "debug", skip_all, fields(only = only))]
 pub async fn sync(
-    db: &DatabaseConnection,
+    db: &Db,
     client: &mut StripeClient,
     only: Option<&str>,
     mut note: impl FnMut(Note<'_>),
@@ -210,7 +211,7 @@ enum Via {
 }
 
 struct Run<'a, N: FnMut(Note<'_>)> {
-    db: &'a DatabaseConnection,
+    db: &'a Db,
     tally: Tally,
     /// Customer → its user, for every customer looked at (None: not linked).
     users_of: HashMap<String, Option<i64>>,
@@ -472,7 +473,7 @@ impl<N: FnMut(Note<'_>)> Run<'_, N> {
 }
 
 /// Every user by lower-cased e-mail (several when rows differ only in case).
-async fn users_by_email(db: &DatabaseConnection) -> Result<HashMap<String, Vec<i64>>, ApiError> {
+async fn users_by_email(db: &Db) -> Result<HashMap<String, Vec<i64>>, ApiError> {
     let rows: Vec<(i64, String)> = users::Entity::find()
         .select_only()
         .column(users::Column::Id)
