@@ -33,12 +33,22 @@ pub fn server_url(backend: Backend) -> String {
         .to_owned()
 }
 
+/// The transaction-mode PgBouncer in front of [`server_url`]'s PostgreSQL (.ci/pgbouncer starts
+/// it), without a database name; override with TEST_POSTGRES_POOLER_URL. Tests that need it
+/// fail when it is unreachable.
+pub fn pooler_url() -> String {
+    std::env::var("TEST_POSTGRES_POOLER_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:6432".to_owned())
+        .trim_end_matches('/')
+        .to_owned()
+}
+
 /// `url` (a database on the PostgreSQL server of [`server_url`]) by way of the transaction-mode
 /// pooler at TEST_POSTGRES_POOLER_URL, when that is set (CI's second pass of the API suite).
 pub fn through_pooler(url: &str) -> Option<String> {
-    let pooler = std::env::var("TEST_POSTGRES_POOLER_URL").ok()?;
+    std::env::var("TEST_POSTGRES_POOLER_URL").ok()?;
     let database = url.strip_prefix(&format!("{}/", server_url(Backend::Postgres)))?;
-    Some(format!("{}/{database}", pooler.trim_end_matches('/')))
+    Some(format!("{}/{database}", pooler_url()))
 }
 
 pub fn random_name() -> String {
