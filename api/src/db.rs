@@ -102,11 +102,16 @@ impl Db {
     }
 
     /// `lock_timeout` as the statements on this handle see it, in milliseconds (PostgreSQL).
+    /// Read in a transaction whatever the mode: a pooler that dropped the startup options
+    /// may also split a prepared statement from its bind outside one, and the answer wanted
+    /// then is "0", not that error.
     pub async fn lock_timeout_in_force(&self) -> Result<Option<u64>, DbErr> {
         let sql = "SELECT setting FROM pg_settings WHERE name = 'lock_timeout'";
-        let row = self
+        let txn = self.begin().await?;
+        let row = txn
             .query_one_raw(Statement::from_string(DbBackend::Postgres, sql))
-            .await?;
+            .await;
+        let row = finish(txn, row).await?;
         let Some(row) = row else { return Ok(None) };
         let setting: String = row.try_get_by_index(0)?;
         Ok(setting.parse().ok())

@@ -76,6 +76,27 @@ async fn the_api_names_db_pooler_when_pgbouncer_refuses_its_options() {
     }
 }
 
+/// A pooler told to ignore the `options` startup parameter drops lock_timeout silently (the
+/// issue measured an 8 s wait answered `timeout` where 2 s and `busy` were due): the API reads
+/// the setting back at start and refuses to serve.
+#[tokio::test]
+async fn the_api_refuses_to_serve_when_its_lock_timeout_is_dropped() {
+    let t = TestDb::new(Backend::Postgres).await;
+    let mut settings = test_settings(&t.url);
+    settings.database_url = Some(format!("{}/{}", support::dropping_pooler_url(), t.name).into());
+    settings.migration_database_url = Some(t.url.clone().into());
+    settings.db_pooler = Pooler::None;
+    match api::Application::build(&settings).await {
+        Err(err @ StartupError::LockTimeoutNotInForce { .. }) => {
+            let line = err.to_string();
+            assert!(line.contains("lock_timeout is 0 ms"), "{line}");
+            assert!(line.contains("DB_POOLER=transaction"), "{line}");
+        }
+        Err(other) => panic!("not the lock-timeout error: {other}"),
+        Ok(_) => panic!("served with lock_timeout dropped"),
+    }
+}
+
 /// `--migrate on-start` behind the pooler needs the direct URL; given the pooler's URL as the
 /// direct one, the migrator sees through it and refuses before taking its lock.
 #[tokio::test]

@@ -43,6 +43,15 @@ pub fn pooler_url() -> String {
         .to_owned()
 }
 
+/// A PgBouncer like [`pooler_url`]'s that also drops the `options` startup parameter without a
+/// word (`ignore_startup_parameters = options`); override with TEST_POSTGRES_DROPPING_POOLER_URL.
+pub fn dropping_pooler_url() -> String {
+    std::env::var("TEST_POSTGRES_DROPPING_POOLER_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:6434".to_owned())
+        .trim_end_matches('/')
+        .to_owned()
+}
+
 /// `url` (a database on the PostgreSQL server of [`server_url`]) by way of the transaction-mode
 /// pooler at TEST_POSTGRES_POOLER_URL, when that is set (CI's second pass of the API suite).
 pub fn through_pooler(url: &str) -> Option<String> {
