@@ -130,6 +130,26 @@ async fn finish<T>(txn: DatabaseTransaction, result: Result<T, DbErr>) -> Result
     }
 }
 
+/// `$call` on `$db`'s pool (bound as `$conn`), or behind a transaction-mode pooler in a
+/// transaction of its own with the settings in force. A macro: the four methods differ in
+/// their call and result type only, and a closure returning a future that borrows its
+/// argument cannot be named in a stable signature.
+macro_rules! per_statement {
+    ($db:expr, |$conn:ident| $call:expr) => {{
+        if $db.per_transaction.is_none() {
+            let $conn = &$db.pool;
+            $call.await
+        } else {
+            let txn = $db.begin().await?;
+            let result = {
+                let $conn = &txn;
+                $call.await
+            };
+            finish(txn, result).await
+        }
+    }};
+}
+
 #[async_trait::async_trait]
 impl ConnectionTrait for Db {
     fn get_database_backend(&self) -> DbBackend {
@@ -137,38 +157,18 @@ impl ConnectionTrait for Db {
     }
 
     async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
-        if self.per_transaction.is_none() {
-            return self.pool.execute_raw(stmt).await;
-        }
-        let txn = self.begin().await?;
-        let result = txn.execute_raw(stmt).await;
-        finish(txn, result).await
+        per_statement!(self, |conn| conn.execute_raw(stmt))
     }
 
     async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
-        if self.per_transaction.is_none() {
-            return self.pool.execute_unprepared(sql).await;
-        }
-        let txn = self.begin().await?;
-        let result = txn.execute_unprepared(sql).await;
-        finish(txn, result).await
+        per_statement!(self, |conn| conn.execute_unprepared(sql))
     }
 
     async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
-        if self.per_transaction.is_none() {
-            return self.pool.query_one_raw(stmt).await;
-        }
-        let txn = self.begin().await?;
-        let result = txn.query_one_raw(stmt).await;
-        finish(txn, result).await
+        per_statement!(self, |conn| conn.query_one_raw(stmt))
     }
 
     async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
-        if self.per_transaction.is_none() {
-            return self.pool.query_all_raw(stmt).await;
-        }
-        let txn = self.begin().await?;
-        let result = txn.query_all_raw(stmt).await;
-        finish(txn, result).await
+        per_statement!(self, |conn| conn.query_all_raw(stmt))
     }
 }

@@ -6,6 +6,7 @@
 use std::process::Command;
 use std::time::Duration;
 
+use api::Settings;
 use api::db::Pooler;
 use api::settings::MigrateMode;
 use api::startup_error::StartupError;
@@ -21,6 +22,29 @@ fn pooled(t: &TestDb) -> String {
     format!("{}/{}", support::pooler_url(), t.name)
 }
 
+/// A server for `t` reached through the PgBouncer at `pooler` with `DB_POOLER=mode`, migrating
+/// on the direct URL.
+fn behind(pooler: &str, t: &TestDb, mode: Pooler) -> Settings {
+    let mut settings = test_settings(&t.url);
+    settings.database_url = Some(format!("{pooler}/{}", t.name).into());
+    settings.migration_database_url = Some(t.url.clone().into());
+    settings.db_pooler = mode;
+    settings
+}
+
+/// Why the server refused to start.
+async fn refusal(settings: &Settings) -> StartupError {
+    match api::Application::build(settings).await {
+        Ok(_) => panic!("started"),
+        Err(err) => err,
+    }
+}
+
+async fn migrations_table(t: &TestDb) -> Vec<String> {
+    t.texts("SELECT count(*) FROM pg_tables WHERE tablename = 'seaql_migrations'")
+        .await
+}
+
 /// A row held by another session makes a write answer `busy` once DB_LOCK_TIMEOUT_MS has
 /// passed, not `timeout` when the request's own time runs out: the lock timeout is in force
 /// on whichever server connection PgBouncer lends. (With the setting lost, the write waited
@@ -28,11 +52,9 @@ fn pooled(t: &TestDb) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_row_answers_busy_through_pgbouncer() {
     let t = TestDb::new(Backend::Postgres).await;
-    let (direct, through) = (t.url.clone(), pooled(&t));
+    let pooled_settings = behind(&support::pooler_url(), &t, Pooler::Transaction);
     let app = spawn_app_on(t, |settings| {
-        settings.database_url = Some(through.into());
-        settings.migration_database_url = Some(direct.into());
-        settings.db_pooler = Pooler::Transaction;
+        *settings = pooled_settings;
         settings.db_lock_timeout_ms = 300;
         settings.request_timeout_secs = 20;
     })
@@ -65,14 +87,10 @@ async fn a_held_row_answers_busy_through_pgbouncer() {
 #[tokio::test]
 async fn the_api_names_db_pooler_when_pgbouncer_refuses_its_options() {
     let t = TestDb::new(Backend::Postgres).await;
-    let mut settings = test_settings(&t.url);
-    settings.database_url = Some(pooled(&t).into());
-    settings.migration_database_url = Some(t.url.clone().into());
-    settings.db_pooler = Pooler::None;
-    match api::Application::build(&settings).await {
-        Err(StartupError::PoolerRefusedOptions) => {}
-        Err(other) => panic!("not the pooler error: {other}"),
-        Ok(_) => panic!("served through PgBouncer with its options refused"),
+    let settings = behind(&support::pooler_url(), &t, Pooler::None);
+    match refusal(&settings).await {
+        StartupError::PoolerRefusedOptions => {}
+        other => panic!("not the pooler error: {other}"),
     }
 }
 
@@ -82,18 +100,14 @@ async fn the_api_names_db_pooler_when_pgbouncer_refuses_its_options() {
 #[tokio::test]
 async fn the_api_refuses_to_serve_when_its_lock_timeout_is_dropped() {
     let t = TestDb::new(Backend::Postgres).await;
-    let mut settings = test_settings(&t.url);
-    settings.database_url = Some(format!("{}/{}", support::dropping_pooler_url(), t.name).into());
-    settings.migration_database_url = Some(t.url.clone().into());
-    settings.db_pooler = Pooler::None;
-    match api::Application::build(&settings).await {
-        Err(err @ StartupError::LockTimeoutNotInForce { .. }) => {
+    let settings = behind(&support::dropping_pooler_url(), &t, Pooler::None);
+    match refusal(&settings).await {
+        err @ StartupError::LockTimeoutNotInForce { .. } => {
             let line = err.to_string();
             assert!(line.contains("lock_timeout is 0 ms"), "{line}");
             assert!(line.contains("DB_POOLER=transaction"), "{line}");
         }
-        Err(other) => panic!("not the lock-timeout error: {other}"),
-        Ok(_) => panic!("served with lock_timeout dropped"),
+        other => panic!("not the lock-timeout error: {other}"),
     }
 }
 
@@ -102,28 +116,23 @@ async fn the_api_refuses_to_serve_when_its_lock_timeout_is_dropped() {
 #[tokio::test]
 async fn migrations_refuse_to_run_through_pgbouncer() {
     let t = TestDb::new(Backend::Postgres).await;
-    let mut settings = test_settings(&t.url);
-    settings.database_url = Some(pooled(&t).into());
+    let mut settings = behind(&support::pooler_url(), &t, Pooler::Transaction);
     settings.migration_database_url = None;
-    settings.db_pooler = Pooler::Transaction;
     for migrate in [MigrateMode::OnStart, MigrateMode::Check] {
         settings.migrate = migrate;
-        match api::Application::build(&settings).await {
-            Err(StartupError::MigrationsNeedDirectUrl) => {}
-            Err(other) => panic!("{migrate:?}: not the direct-URL error: {other}"),
-            Ok(_) => panic!("{migrate:?}: migrated through PgBouncer"),
+        match refusal(&settings).await {
+            StartupError::MigrationsNeedDirectUrl => {}
+            other => panic!("{migrate:?}: not the direct-URL error: {other}"),
         }
     }
     settings.migrate = MigrateMode::OnStart;
     settings.migration_database_url = Some(pooled(&t).into());
-    match api::Application::build(&settings).await {
-        Err(StartupError::Migration(migration::Error::TransactionPooler { .. })) => {}
-        Err(other) => panic!("not the pooler error: {other}"),
-        Ok(_) => panic!("migrated through PgBouncer"),
+    match refusal(&settings).await {
+        StartupError::Migration(migration::Error::TransactionPooler { .. }) => {}
+        other => panic!("not the pooler error: {other}"),
     }
     assert_eq!(
-        t.texts("SELECT count(*) FROM pg_tables WHERE tablename = 'seaql_migrations'")
-            .await,
+        migrations_table(&t).await,
         vec!["0"],
         "a migration ran through the pooler"
     );
@@ -153,20 +162,12 @@ async fn the_migrator_takes_migration_database_url_and_refuses_pgbouncer() {
     assert_eq!(errors.len(), 1, "{err}");
     assert!(errors[0].contains("transaction-mode pooler"), "{err}");
     assert!(errors[0].contains("MIGRATION_DATABASE_URL"), "{err}");
-    assert_eq!(
-        t.texts("SELECT count(*) FROM pg_tables WHERE tablename = 'seaql_migrations'")
-            .await,
-        vec!["0"]
-    );
+    assert_eq!(migrations_table(&t).await, vec!["0"]);
     let direct = run(Some(&t.url));
     assert!(
         direct.status.success(),
         "{}",
         String::from_utf8_lossy(&direct.stderr)
     );
-    assert_eq!(
-        t.texts("SELECT count(*) FROM pg_tables WHERE tablename = 'seaql_migrations'")
-            .await,
-        vec!["1"]
-    );
+    assert_eq!(migrations_table(&t).await, vec!["1"]);
 }
