@@ -220,7 +220,7 @@ fn say(line: &str) -> Result<(), String> {
 }
 
 /// The database, migrated (a newcomer's first `create-user` works on a fresh clone).
-async fn migrated(settings: &Settings) -> Result<sea_orm::DatabaseConnection, String> {
+async fn migrated(settings: &Settings) -> Result<api::db::Db, String> {
     let (db, _) = api::startup::open_migrated(settings)
         .await
         .map_err(|e| e.to_string())?;

@@ -2,6 +2,7 @@
 //! state, and Free-tier limits. `startup` builds it; `routes` are thin over `service`.
 
 pub mod auth;
+pub mod db;
 pub mod domain;
 pub mod error;
 pub mod health_probe;

@@ -9,6 +9,7 @@ use clap::builder::TypedValueParser;
 use clap::error::ErrorKind;
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::db::Pooler;
 use crate::stripe::signature::WebhookSecrets;
 
 #[derive(clap::Args, Clone, Debug)]
@@ -31,6 +32,27 @@ pub struct Settings {
         value_parser = secret_text
     )]
     pub database_url: Option<SecretString>,
+    /// Database URL for the migrations (`--migrate on-start` and `check`): a direct connection
+    /// to PostgreSQL, not a transaction-mode pooler, whose session-level migration lock would
+    /// mean nothing (default: DATABASE_URL).
+    #[arg(
+        global = true,
+        long,
+        env = "MIGRATION_DATABASE_URL",
+        hide_env_values = true,
+        value_parser = secret_text
+    )]
+    pub migration_database_url: Option<SecretString>,
+    /// What stands between the API and PostgreSQL: `transaction` behind a transaction-mode
+    /// pooler (PgBouncer `pool_mode = transaction`), which the lock timeout must survive.
+    #[arg(
+        global = true,
+        long,
+        env = "DB_POOLER",
+        value_enum,
+        default_value_t = Pooler::None
+    )]
+    pub db_pooler: Pooler,
     /// PostgreSQL schema holding the tables (default: public), as for `migration -s`.
     #[arg(global = true, short = 's', long, env = "DATABASE_SCHEMA")]
     pub database_schema: Option<String>,
@@ -91,6 +113,14 @@ impl Settings {
     /// `DATABASE_URL` as written, for the code that opens it; never for a message.
     pub fn database_url(&self) -> Option<&str> {
         self.database_url.as_ref().map(ExposeSecret::expose_secret)
+    }
+
+    /// `MIGRATION_DATABASE_URL`, else `DATABASE_URL`: where migrations run.
+    pub fn migration_database_url(&self) -> Option<&str> {
+        self.migration_database_url
+            .as_ref()
+            .map(ExposeSecret::expose_secret)
+            .or_else(|| self.database_url())
     }
 
     pub fn lock_timeout(&self) -> Duration {

@@ -11,12 +11,13 @@ use axum::http::Request;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use migration::connect::{self, DatabaseUrl};
-use sea_orm::{ConnectOptions, DatabaseConnection, DbBackend, sqlx};
+use sea_orm::{ConnectOptions, DbBackend, sqlx};
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
+use crate::db::{Db, Pooler};
 use crate::error::ApiError;
 use crate::health_probe::HealthProbe;
 use crate::routes;
@@ -76,9 +77,7 @@ async fn time_limit(
 
 /// Opens the database named by the settings (or the embedded SQLite default), with every
 /// lock wait bounded by `DB_LOCK_TIMEOUT_MS`.
-pub async fn open_database(
-    settings: &Settings,
-) -> Result<(DatabaseConnection, DatabaseUrl), StartupError> {
+pub async fn open_database(settings: &Settings) -> Result<(Db, DatabaseUrl), StartupError> {
     let url = connect::resolve_url(settings.database_url())?;
     let db = open_pool(&url, settings).await?;
     Ok((db, url))
@@ -89,23 +88,23 @@ pub async fn open_database(
 ///   migrator's lock;
 /// * `check`: refuses to go on while any is pending (the deploy ran `migration up` already);
 /// * `skip`: uses the schema as it is.
-pub async fn open_migrated(
-    settings: &Settings,
-) -> Result<(DatabaseConnection, DatabaseUrl), StartupError> {
+///
+/// Both look at the migrations on `MIGRATION_DATABASE_URL` when it is set: the migrator's
+/// lock is a session's, which a transaction-mode pooler does not keep.
+pub async fn open_migrated(settings: &Settings) -> Result<(Db, DatabaseUrl), StartupError> {
+    if settings.db_pooler == Pooler::Transaction
+        && settings.migration_database_url.is_none()
+        && settings.migrate != MigrateMode::Skip
+    {
+        return Err(StartupError::MigrationsNeedDirectUrl);
+    }
     match settings.migrate {
         MigrateMode::OnStart => open_after_migrating(settings).await,
         MigrateMode::Check => {
             let (db, url) = open_database(settings).await?;
-            let pending = match migration::cli::pending(&db, &url).await {
-                Ok(pending) => pending,
-                Err(err) => {
-                    let _ = db.close().await;
-                    return Err(err.into());
-                }
-            };
-            if !pending.is_empty() {
+            if let Err(err) = check_nothing_pending(settings, &db, &url).await {
                 let _ = db.close().await;
-                return Err(StartupError::PendingMigrations { pending });
+                return Err(err);
             }
             Ok((db, url))
         }
@@ -116,31 +115,60 @@ pub async fn open_migrated(
     }
 }
 
+/// `--migrate check`: reads the migration history on the migrations' URL (the pool's own
+/// connection when that is the same database).
+async fn check_nothing_pending(
+    settings: &Settings,
+    db: &Db,
+    url: &DatabaseUrl,
+) -> Result<(), StartupError> {
+    let pending = if settings.migration_database_url.is_some() {
+        let migrations_url = connect::resolve_url(settings.migration_database_url())?;
+        let reader = connect::open_to_read(
+            &migrations_url,
+            settings.database_schema.as_deref(),
+            connect::DEFAULT_CONNECT_TIMEOUT,
+            1,
+        )
+        .await?;
+        let pending = migration::cli::pending(&reader, &migrations_url).await;
+        let _ = reader.close().await;
+        pending?
+    } else {
+        migration::cli::pending(db.pool(), url).await?
+    };
+    if pending.is_empty() {
+        Ok(())
+    } else {
+        Err(StartupError::PendingMigrations { pending })
+    }
+}
+
 /// [`open_database`] after applying pending migrations under the migrator's lock.
 ///
-/// On PostgreSQL and MySQL they run on connections of their own: each migration step bounds
-/// its own lock waits, and the API's bound would cut short what must wait longer (`CREATE
-/// INDEX CONCURRENTLY` waits for older transactions to end). SQLite's steps take no such
-/// waits, and a `:memory:` database exists only on its own pool.
-async fn open_after_migrating(
-    settings: &Settings,
-) -> Result<(DatabaseConnection, DatabaseUrl), StartupError> {
+/// On PostgreSQL and MySQL they run on connections of their own, to `MIGRATION_DATABASE_URL`
+/// (else `DATABASE_URL`): each migration step bounds its own lock waits, and the API's bound
+/// would cut short what must wait longer (`CREATE INDEX CONCURRENTLY` waits for older
+/// transactions to end). SQLite's steps take no such waits, and a `:memory:` database exists
+/// only on its own pool.
+async fn open_after_migrating(settings: &Settings) -> Result<(Db, DatabaseUrl), StartupError> {
     let url = connect::resolve_url(settings.database_url())?;
     if url.backend != DbBackend::Sqlite {
+        let migrations_url = connect::resolve_url(settings.migration_database_url())?;
         let migrator = connect::open(
-            &url,
+            &migrations_url,
             settings.database_schema.as_deref(),
             connect::DEFAULT_CONNECT_TIMEOUT,
             MIGRATOR_CONNECTIONS,
         )
         .await?;
-        let migrated = migration::cli::migrate_up(&migrator, &url).await;
+        let migrated = migration::cli::migrate_up(&migrator, &migrations_url).await;
         let _ = migrator.close().await;
         migrated?;
     }
     let db = open_pool(&url, settings).await?;
     if url.backend == DbBackend::Sqlite {
-        migration::cli::migrate_up(&db, &url).await?;
+        migration::cli::migrate_up(db.pool(), &url).await?;
     }
     Ok((db, url))
 }
@@ -148,10 +176,7 @@ async fn open_after_migrating(
 /// As many as the `migration` command uses.
 const MIGRATOR_CONNECTIONS: u32 = 4;
 
-async fn open_pool(
-    url: &DatabaseUrl,
-    settings: &Settings,
-) -> Result<DatabaseConnection, StartupError> {
+async fn open_pool(url: &DatabaseUrl, settings: &Settings) -> Result<Db, StartupError> {
     // SQLite allows one writer at a time; a single connection makes requests queue instead
     // of failing with "database is locked".
     let max = if url.backend == DbBackend::Sqlite {
@@ -160,15 +185,78 @@ async fn open_pool(
         settings.db_max_connections.max(1)
     };
     let lock_timeout = settings.lock_timeout();
-    let db = connect::open_with(
+    let per_transaction =
+        url.backend == DbBackend::Postgres && settings.db_pooler == Pooler::Transaction;
+    let pool = connect::open_with(
         url,
         settings.database_schema.as_deref(),
         connect::DEFAULT_CONNECT_TIMEOUT,
         max,
-        |options| bound_lock_waits(options, url.backend, lock_timeout),
+        |options| {
+            if per_transaction {
+                behind_transaction_pooler(options)
+            } else {
+                bound_lock_waits(options, url.backend, lock_timeout)
+            }
+        },
     )
-    .await?;
+    .await
+    .map_err(|err| match err.to_string() {
+        detail if detail.contains("unsupported startup parameter: options") => {
+            StartupError::PoolerRefusedOptions
+        }
+        _ => err.into(),
+    })?;
+    let db = if per_transaction {
+        let schema = settings
+            .database_schema
+            .as_deref()
+            .unwrap_or(migration::schema::DEFAULT_SCHEMA);
+        Db::per_transaction(pool, lock_timeout, schema)
+    } else {
+        Db::direct(pool)
+    };
+    if url.backend == DbBackend::Postgres
+        && let Err(err) = check_lock_timeout(&db, lock_timeout).await
+    {
+        let _ = db.close().await;
+        return Err(err);
+    }
     Ok(db)
+}
+
+/// Refuses to serve when the statements do not see `DB_LOCK_TIMEOUT_MS`: a pooler that drops
+/// the startup options (`ignore_startup_parameters = options`) would otherwise leave every
+/// lock wait unbounded without a word.
+async fn check_lock_timeout(db: &Db, expected: Duration) -> Result<(), StartupError> {
+    let found =
+        db.lock_timeout_in_force()
+            .await
+            .map_err(|err| StartupError::SettingsUnreadable {
+                detail: err.to_string(),
+            })?;
+    let expected = u64::try_from(expected.as_millis()).unwrap_or(u64::MAX);
+    match found {
+        Some(ms) if ms == expected => Ok(()),
+        found => Err(StartupError::LockTimeoutNotInForce {
+            found: found.map_or_else(|| "unknown".to_owned(), |ms| format!("{ms} ms")),
+            expected,
+        }),
+    }
+}
+
+/// Behind a transaction-mode pooler: no startup `options` (PgBouncer refuses them; [`Db`] sets
+/// the lock timeout in each transaction instead), and no statement cache. sqlx would keep
+/// each prepared statement by name on the server connection it was prepared on, and reuse the
+/// name on whichever server connection the pooler lends next ("prepared statement "sqlx_s_2"
+/// does not exist", or "already exists" where another client's statement of that name was
+/// left). Uncached, sqlx 0.9 still prepares a named statement for each query but binds it at
+/// once, in the same transaction; PgBouncer's `server_reset_query_always` drops the names
+/// when the transaction ends (docs/operations.md). Each query then costs a Parse round trip
+/// and a plan of its own, which is what `plan_cache_mode = force_custom_plan` asks of a
+/// direct connection anyway (see [`bound_lock_waits`]).
+fn behind_transaction_pooler(options: &mut ConnectOptions) {
+    options.map_sqlx_postgres_opts(|pg| pg.statement_cache_capacity(0));
 }
 
 /// Sets the lock timeout on every connection of the pool as it opens, so no statement (in a

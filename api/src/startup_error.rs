@@ -17,6 +17,26 @@ pub enum StartupError {
         pending.join(", ")
     )]
     PendingMigrations { pending: Vec<String> },
+    #[error(
+        "DATABASE_URL leads to a pooler that refused the `options` startup parameter (PgBouncer \
+         does): behind a transaction-mode pooler set DB_POOLER=transaction (docs/operations.md)"
+    )]
+    PoolerRefusedOptions,
+    #[error(
+        "lock_timeout is {found} on DATABASE_URL's connections, not DB_LOCK_TIMEOUT_MS={expected}: \
+         something between the API and PostgreSQL dropped the setting (a pooler with \
+         ignore_startup_parameters = options?); behind a transaction-mode pooler set \
+         DB_POOLER=transaction"
+    )]
+    LockTimeoutNotInForce { found: String, expected: u64 },
+    #[error(
+        "DB_POOLER=transaction: --migrate on-start and check need MIGRATION_DATABASE_URL, a direct \
+         connection to PostgreSQL (the migration lock is a session's, which the pooler does not \
+         keep); or run `migration up` as a deploy step and start with --migrate skip"
+    )]
+    MigrationsNeedDirectUrl,
+    #[error("cannot read lock_timeout on DATABASE_URL's connections: {detail}")]
+    SettingsUnreadable { detail: String },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,

@@ -4,15 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sea_orm::DatabaseConnection;
-
+use crate::db::Db;
 use crate::health_probe::HealthProbe;
 use crate::settings::{Limits, StripeSettings};
 use crate::user_queue::UserQueue;
 
 #[derive(Clone)]
 pub struct AppState {
-    pub db: DatabaseConnection,
+    pub db: Db,
     pub limits: Arc<Limits>,
     pub stripe: Arc<StripeSettings>,
     /// How long a request may take in all.

@@ -47,10 +47,11 @@ pub struct Cli {
         short = 'u',
         long,
         global = true,
-        env = "DATABASE_URL",
+        env = "MIGRATION_DATABASE_URL",
         // The URL may hold a password: `--help` must not print the environment's value.
         hide_env_values = true,
-        help = "Database URL (default: the embedded SQLite file data/billing.sqlite)"
+        help = "Database URL: a direct connection, not a transaction-mode pooler (default: \
+                DATABASE_URL, else the embedded SQLite file data/billing.sqlite)"
     )]
     pub database_url: Option<String>,
 
@@ -167,6 +168,9 @@ fn init_tracing(verbose: bool) {
     };
 }
 
+/// The API's database URL, the migrator's fallback after `MIGRATION_DATABASE_URL`.
+const DATABASE_URL_ENV: &str = "DATABASE_URL";
+
 pub async fn run(cli: Cli) -> Result<(), Error> {
     // The engine's knobs are read here, at the edge, and handed to it.
     let engine = crate::error::catching(async { crate::step::EngineSettings::from_env() }).await?;
@@ -179,7 +183,12 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             .unwrap_or(crate::schema::DEFAULT_SCHEMA);
         return print_sql_offline(name, schema, args);
     }
-    let url = connect::resolve_url(cli.database_url.as_deref())?;
+    // -u, else MIGRATION_DATABASE_URL (clap), else the URL the API uses.
+    let raw_url = cli
+        .database_url
+        .clone()
+        .or_else(|| std::env::var(DATABASE_URL_ENV).ok());
+    let url = connect::resolve_url(raw_url.as_deref())?;
     let timeout = Duration::from_secs(cli.connect_timeout.max(1));
     let schema = cli.database_schema.as_deref();
     let db = match command {
@@ -230,6 +239,11 @@ async fn run_unscrubbed(
     url: &DatabaseUrl,
     command: &Command,
 ) -> Result<(), Error> {
+    // First: behind a transaction-mode pooler even reading the history may fail half-way
+    // (a prepared statement bound on another server connection), and the lock would not hold.
+    if url.backend == DbBackend::Postgres {
+        crate::pooler::refuse_transaction_pooler(url).await?;
+    }
     check_history(db).await?;
     match command {
         Command::Status => return print_status(db).await,

@@ -14,7 +14,7 @@ use std::time::Duration;
 use sea_orm_migration::sea_orm::sqlx;
 use sea_orm_migration::sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, RuntimeErr,
-    Statement,
+    Statement, TransactionTrait,
 };
 
 /// Why a database could not be opened, by kind. Every message is safe to print: text that came
@@ -532,19 +532,26 @@ async fn require_schema(
     url: &DatabaseUrl,
     name: &str,
 ) -> Result<(), ConnectError> {
-    let found = db
-        .query_one_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "SELECT 1 FROM pg_namespace WHERE nspname = $1",
-            [name.into()],
-        ))
-        .await
-        .map_err(|source| ConnectError::SchemaLookup {
-            schema: name.to_owned(),
-            target: url.display.clone(),
-            detail: url.scrub(&source.to_string()),
-            source: Box::new(source),
-        })?;
+    // In a transaction: behind a transaction-mode pooler, sqlx's prepare and bind of one
+    // statement outside a transaction may reach two different server connections.
+    let lookup = async {
+        let txn = db.begin().await?;
+        let found = txn
+            .query_one_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT 1 FROM pg_namespace WHERE nspname = $1",
+                [name.into()],
+            ))
+            .await?;
+        txn.commit().await?;
+        Ok::<_, DbErr>(found)
+    };
+    let found = lookup.await.map_err(|source| ConnectError::SchemaLookup {
+        schema: name.to_owned(),
+        target: url.display.clone(),
+        detail: url.scrub(&source.to_string()),
+        source: Box::new(source),
+    })?;
     if found.is_none() {
         return Err(ConnectError::SchemaMissing {
             schema: name.to_owned(),

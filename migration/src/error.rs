@@ -47,6 +47,13 @@ pub enum Error {
         source: sqlx::Error,
     },
 
+    #[error(
+        "{target} leads to a transaction-mode pooler (one connection's server session changed \
+         between transactions): the migration lock is a session's and would mean nothing there. \
+         Give the migrator a direct connection to PostgreSQL in MIGRATION_DATABASE_URL (or -u)"
+    )]
+    TransactionPooler { target: String },
+
     #[error("taking the migration lock failed: {detail}")]
     LockFailed { detail: String },
 

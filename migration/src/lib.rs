@@ -30,6 +30,7 @@ pub mod error;
 pub mod idents;
 pub mod lock;
 pub mod operation;
+pub mod pooler;
 pub mod probe;
 pub mod schema;
 pub mod settings;

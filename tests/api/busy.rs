@@ -372,13 +372,19 @@ async fn forward(
 /// waiting for it, and `/healthz` must call it `unreachable` (503), not `busy` (200), or a
 /// load balancer keeps a dead instance in service. Once it answers again, so does `/healthz`.
 async fn healthz_calls_a_database_that_stopped_answering_unreachable(backend: Backend) {
-    let server = support::server_url(backend);
-    let upstream = server
+    // The server the API reaches: the database, or the pooler in front of it.
+    let db = support::TestDb::new(backend).await;
+    let reached = crate::helpers::test_settings(&db.url)
+        .database_url()
+        .map(str::to_owned)
+        .expect("a database URL");
+    let upstream = reached
         .rsplit_once('@')
-        .map(|(_, host)| host.trim_end_matches('/').to_owned())
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .map(|(host, _)| host.to_owned())
         .expect("host:port in the server URL");
     let proxy = Proxy::start(upstream.clone()).await;
-    let app = spawn_app_with(backend, |settings| {
+    let app = crate::helpers::spawn_app_on(db, |settings| {
         settings.database_url = settings.database_url.as_ref().map(|url| {
             url.expose_secret()
                 .replacen(&upstream, &proxy.address, 1)

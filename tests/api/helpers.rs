@@ -1,12 +1,13 @@
 //! `spawn_app`: a fresh database on the chosen backend and the API serving it on port 0.
 
+use api::db::Pooler;
 use api::settings::{MigrateMode, StripeSettings};
 use api::stripe::signature::WebhookSecrets;
 use api::{Application, Limits, Settings};
 use reqwest::{Client, Method, RequestBuilder, Response};
 use serde_json::{Value, json};
 
-use crate::support::{Backend, TestDb};
+use crate::support::{self, Backend, TestDb};
 
 /// The signing secret in use, and the one being rotated out.
 pub const SECRET: &str = "whsec_test_current";
@@ -25,7 +26,11 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 
 /// Like `spawn_app`, with `configure` changing the settings first.
 pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Settings)) -> TestApp {
-    let db = TestDb::new(backend).await;
+    spawn_app_on(TestDb::new(backend).await, configure).await
+}
+
+/// Like `spawn_app_with`, on a database the test made.
+pub async fn spawn_app_on(db: TestDb, configure: impl FnOnce(&mut Settings)) -> TestApp {
     let mut settings = test_settings(&db.url);
     configure(&mut settings);
     let app = Application::build(&settings).await.expect("build app");
@@ -42,11 +47,19 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Settin
     }
 }
 
-/// The settings every test server starts from, for the database at `url`.
+/// The settings every test server starts from, for the database at `url`. With
+/// TEST_POSTGRES_POOLER_URL set, a PostgreSQL server is reached the production way: through
+/// the transaction-mode pooler there, and migrations on the direct URL.
 pub fn test_settings(url: &str) -> Settings {
+    let (database_url, migration_database_url, db_pooler) = match support::through_pooler(url) {
+        Some(pooled) => (pooled, Some(url.into()), Pooler::Transaction),
+        None => (url.to_owned(), None, Pooler::None),
+    };
     Settings {
         bind: "127.0.0.1:0".to_owned(),
-        database_url: Some(url.into()),
+        database_url: Some(database_url.into()),
+        migration_database_url,
+        db_pooler,
         database_schema: None,
         db_max_connections: 5,
         db_lock_timeout_ms: 2000,
@@ -79,6 +92,11 @@ impl TestApp {
             Some(token) => builder.bearer_auth(token),
             None => builder,
         }
+    }
+
+    /// The test's own connection (direct, not the server's pool), for calling services.
+    pub fn service_db(&self) -> api::db::Db {
+        api::db::Db::direct(self.db.db.clone())
     }
 
     /// A new user; returns their token.

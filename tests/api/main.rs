@@ -15,6 +15,7 @@ mod limits;
 mod migrate_mode;
 mod openapi;
 mod pool;
+mod pooler;
 mod redaction;
 mod retention;
 mod sessions;

@@ -86,9 +86,11 @@ async fn purges_exactly_what_is_past_each_window(backend: Backend) {
     .await;
 
     let mut progress = Vec::new();
-    let purged = purge_expired(&app.db.db, &batches_of(1), |p| progress.push(p.removed))
-        .await
-        .expect("purge");
+    let purged = purge_expired(&app.service_db(), &batches_of(1), |p| {
+        progress.push(p.removed)
+    })
+    .await
+    .expect("purge");
     assert_eq!(purged.removed, 2);
     // One progress call per batch of one row, oldest deletion first: pro-outside (removed),
     // pro-inside and pro-at-8-days (kept: Pro keeps 30 days), free-outside (removed).
@@ -105,7 +107,7 @@ async fn purges_exactly_what_is_past_each_window(backend: Backend) {
         ]
     );
     // Again: nothing left to do.
-    let again = purge_expired(&app.db.db, &batches_of(10), |_| {})
+    let again = purge_expired(&app.service_db(), &batches_of(10), |_| {})
         .await
         .unwrap();
     assert_eq!(again.removed, 0);
@@ -125,7 +127,7 @@ async fn rows_sharing_one_timestamp_are_purged_across_batches(backend: Backend) 
             session_deleted_at(&app, &email, &format!("{owner}-{i:02}"), Some(stamp)).await;
         }
     }
-    let purged = purge_expired(&app.db.db, &batches_of(7), |_| {})
+    let purged = purge_expired(&app.service_db(), &batches_of(7), |_| {})
         .await
         .expect("purge");
     assert_eq!(purged.removed, 20, "every Free row, past its 7 days");
@@ -244,7 +246,7 @@ async fn concurrent_purges_share_the_work(backend: Backend) {
     session(&app, "free@example.com", "keep", None).await;
     let runs: Vec<_> = (0..4)
         .map(|_| {
-            let db = app.db.db.clone();
+            let db = app.service_db();
             tokio::spawn(async move { purge_expired(&db, &batches_of(7), |_| {}).await })
         })
         .collect();
@@ -330,7 +332,7 @@ async fn a_renewal_later_than_the_grace_finds_the_trash_pro_keeps(backend: Backe
             .await;
         assert_eq!(tiers, vec![tier], "{email}");
     }
-    purge_expired(&app.db.db, &batches_of(10), |_| {})
+    purge_expired(&app.service_db(), &batches_of(10), |_| {})
         .await
         .expect("purge");
     let mut kept: Vec<String> = cases

@@ -2,6 +2,7 @@
 //! case, and payloads of every size the server accepts.
 
 use reqwest::Method;
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use serde_json::{Value, json};
 
 use crate::helpers::{code, spawn_app, spawn_app_with, test_settings};
@@ -109,10 +110,22 @@ async fn the_api_works_in_the_chosen_schema_postgres() {
     for (chosen, expected) in [(None, "public"), (Some("tenant"), "tenant")] {
         let mut settings = test_settings(&t.url);
         settings.database_schema = chosen.map(str::to_owned);
-        let (db, url) = api::startup::open_database(&settings).await.expect("open");
-        migration::cli::migrate_up(&db, &url)
+        let (db, _) = api::startup::open_migrated(&settings)
             .await
-            .expect("migrate");
+            .expect("open and migrate");
+        // The API's own statements, too (through a pooler, on whichever server connection).
+        for _ in 0..5 {
+            let row = db
+                .query_one_raw(Statement::from_string(
+                    DbBackend::Postgres,
+                    "SELECT current_schema()::text",
+                ))
+                .await
+                .expect("current_schema()")
+                .expect("one row");
+            let schema: String = row.try_get_by_index(0).expect("text");
+            assert_eq!(schema, expected);
+        }
         let _ = db.close().await;
         let tables = |schema: &str| {
             format!(

@@ -1221,7 +1221,7 @@ async fn fetched_snapshots_go_through_the_same_rule_as_events(backend: Backend) 
         LinkOutcome, Outcome, apply_fetched_subscription, link_customer, user_of_customer,
     };
     let app = spawn_app(backend).await;
-    let db = &app.db.db;
+    let db = &app.service_db();
     app.user("ann@example.com").await;
     app.user("bob@example.com").await;
     let (ann, bob) = (

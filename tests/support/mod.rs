@@ -40,6 +40,33 @@ pub fn server_url(backend: Backend) -> String {
         .to_owned()
 }
 
+/// The transaction-mode PgBouncer in front of [`server_url`]'s PostgreSQL (.ci/pgbouncer starts
+/// it), without a database name; override with TEST_POSTGRES_POOLER_URL. Tests that need it
+/// fail when it is unreachable.
+pub fn pooler_url() -> String {
+    std::env::var("TEST_POSTGRES_POOLER_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:6432".to_owned())
+        .trim_end_matches('/')
+        .to_owned()
+}
+
+/// A PgBouncer like [`pooler_url`]'s that also drops the `options` startup parameter without a
+/// word (`ignore_startup_parameters = options`); override with TEST_POSTGRES_DROPPING_POOLER_URL.
+pub fn dropping_pooler_url() -> String {
+    std::env::var("TEST_POSTGRES_DROPPING_POOLER_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:6434".to_owned())
+        .trim_end_matches('/')
+        .to_owned()
+}
+
+/// `url` (a database on the PostgreSQL server of [`server_url`]) by way of the transaction-mode
+/// pooler at TEST_POSTGRES_POOLER_URL, when that is set (CI's second pass of the API suite).
+pub fn through_pooler(url: &str) -> Option<String> {
+    std::env::var("TEST_POSTGRES_POOLER_URL").ok()?;
+    let database = url.strip_prefix(&format!("{}/", server_url(Backend::Postgres)))?;
+    Some(format!("{}/{database}", pooler_url()))
+}
+
 /// The test server of `backend` in parts: (scheme, `user[:password]` or empty, `host:port`).
 pub fn server_parts(backend: Backend) -> (String, String, String) {
     let url = server_url(backend);

@@ -58,13 +58,13 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[tracing::instrument(skip_all)]
 async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
     // A ping on the pool would queue behind the requests holding every connection.
-    if pool_exhausted(&state.db) {
+    if pool_exhausted(state.db.pool()) {
         return busy_or_down(&state).await;
     }
-    match tokio::time::timeout(PING_WAIT, state.db.ping()).await {
+    match tokio::time::timeout(PING_WAIT, state.db.pool().ping()).await {
         Ok(Ok(())) => answer(StatusCode::OK, Database::Reachable),
         // Requests took the last connections while we waited.
-        _ if pool_exhausted(&state.db) => busy_or_down(&state).await,
+        _ if pool_exhausted(state.db.pool()) => busy_or_down(&state).await,
         Ok(Err(err)) => {
             tracing::warn!(error = %err, "health check: database unreachable");
             answer(StatusCode::SERVICE_UNAVAILABLE, Database::Unreachable)
@@ -95,7 +95,7 @@ async fn busy_or_down(state: &AppState) -> (StatusCode, Json<Health>) {
     if state.db.get_database_backend() == DbBackend::Sqlite {
         return answer(StatusCode::OK, Database::Busy);
     }
-    match state.health_probe.ping(&state.db).await {
+    match state.health_probe.ping(state.db.pool()).await {
         Ok(()) => answer(StatusCode::OK, Database::Busy),
         Err(reason) => {
             tracing::warn!(%reason, "health check: every pooled connection is in use and the database does not answer");

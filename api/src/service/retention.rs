@@ -27,9 +27,10 @@ use std::time::Duration;
 use chrono::{DateTime, FixedOffset, NaiveDateTime, Utc};
 use entity::Tier;
 
+use crate::db::Db;
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, IsolationLevel, SqliteTransactionMode,
-    Statement, TransactionOptions, TransactionTrait,
+    ConnectionTrait, DbBackend, DbErr, IsolationLevel, SqliteTransactionMode, Statement,
+    TransactionOptions,
 };
 
 use crate::settings::Limits;
@@ -44,7 +45,7 @@ pub struct Purged {
 /// each batch.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn purge_expired(
-    db: &DatabaseConnection,
+    db: &Db,
     limits: &Limits,
     mut progress: impl FnMut(Purged),
 ) -> Result<Purged, DbErr> {
@@ -178,7 +179,7 @@ pub fn candidates(
 /// One batch in one short transaction: `None` when no candidate is left, else how many rows it
 /// deleted and where it ended.
 async fn purge_batch(
-    db: &DatabaseConnection,
+    db: &Db,
     cutoffs: &Cutoffs,
     cursor: Option<&Cursor>,
     batch: u64,

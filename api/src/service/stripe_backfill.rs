@@ -40,7 +40,9 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use entity::{stripe_customers, stripe_subscriptions, users};
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
+
+use crate::db::Db;
 use serde_json::Value;
 
 use crate::error::ApiError;
@@ -210,7 +212,7 @@ pub enum Note<'a> {
 /// Syncs every customer, or only `only`; links by e-mail too when `link_by_email`.
 #[tracing::instrument(level = "debug", skip_all, fields(only = only))]
 pub async fn sync(
-    db: &DatabaseConnection,
+    db: &Db,
     client: &mut StripeClient,
     only: Option<&str>,
     link_by_email: bool,
@@ -295,7 +297,7 @@ fn is_live(stripe_status: &str) -> bool {
 }
 
 struct Run<'a, N: FnMut(Note<'_>)> {
-    db: &'a DatabaseConnection,
+    db: &'a Db,
     link_by_email: bool,
     tally: Tally,
     /// Customer → its user, for every customer looked at (None: not linked).
@@ -749,10 +751,7 @@ impl<N: FnMut(Note<'_>)> Run<'_, N> {
 
 /// The stored state of the snapshot's subscription when it is not the snapshot's (shown for a
 /// note), or `None` when they agree.
-async fn stored_differs(
-    db: &DatabaseConnection,
-    snapshot: &Snapshot,
-) -> Result<Option<String>, ApiError> {
+async fn stored_differs(db: &Db, snapshot: &Snapshot) -> Result<Option<String>, ApiError> {
     let stored = stripe_subscriptions::Entity::find_by_id(snapshot.subscription.as_str())
         .one(db)
         .await?;
@@ -782,7 +781,7 @@ fn is_deleted(customer: &Value) -> bool {
 }
 
 /// Every user by lower-cased e-mail (several when rows differ only in case).
-async fn users_by_email(db: &DatabaseConnection) -> Result<HashMap<String, Vec<i64>>, ApiError> {
+async fn users_by_email(db: &Db) -> Result<HashMap<String, Vec<i64>>, ApiError> {
     let rows: Vec<(i64, String)> = users::Entity::find()
         .select_only()
         .column(users::Column::Id)

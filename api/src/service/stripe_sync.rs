@@ -36,16 +36,16 @@
 
 use std::time::Duration;
 
+use crate::db::Db;
 use chrono::Utc;
 use entity::{
     Standing, SubscriptionStatus, decider, stripe_customers, stripe_events, stripe_subscriptions,
     users,
 };
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
-    DatabaseTransaction, DbBackend, DbErr, EntityTrait, IntoActiveModel, IsolationLevel,
-    QueryFilter, QueryOrder, QuerySelect, SqlErr, SqliteTransactionMode, TransactionOptions,
-    TransactionTrait,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction,
+    DbBackend, DbErr, EntityTrait, IntoActiveModel, IsolationLevel, QueryFilter, QueryOrder,
+    QuerySelect, SqlErr, SqliteTransactionMode, TransactionOptions,
 };
 
 use crate::error::ApiError;
@@ -103,7 +103,7 @@ pub enum LinkOutcome {
 
 /// Records and applies one webhook event, in one transaction.
 #[tracing::instrument(level = "debug", skip_all, fields(event = %event.id, kind = %event.kind))]
-pub async fn process(db: &DatabaseConnection, event: &Event) -> Result<Outcome, ApiError> {
+pub async fn process(db: &Db, event: &Event) -> Result<Outcome, ApiError> {
     Ok(retrying!(db, |txn| process_in(txn, event)))
 }
 
@@ -120,7 +120,7 @@ pub async fn process(db: &DatabaseConnection, event: &Event) -> Result<Outcome, 
 /// that is newer also answers [`Outcome::Duplicate`]: the caller compares it.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn apply_fetched_subscription(
-    db: &DatabaseConnection,
+    db: &Db,
     snapshot: &Snapshot,
     observed_at: i64,
 ) -> Result<Outcome, ApiError> {
@@ -139,26 +139,19 @@ pub async fn apply_fetched_subscription(
 /// orphaned. `users.stripe_customer_id` becomes this customer, unless a subscription of
 /// another of the user's customers decides the tier.
 #[tracing::instrument(level = "debug", skip_all, fields(user_id = user_id, customer = customer))]
-pub async fn link_customer(
-    db: &DatabaseConnection,
-    user_id: i64,
-    customer: &str,
-) -> Result<LinkOutcome, ApiError> {
+pub async fn link_customer(db: &Db, user_id: i64, customer: &str) -> Result<LinkOutcome, ApiError> {
     Ok(retrying!(db, |txn| link(txn, user_id, customer, None)))
 }
 
 /// `stripe-sync` found the customer deleted at Stripe: as `customer.deleted` does.
 #[tracing::instrument(level = "debug", skip_all, fields(customer = customer))]
-pub async fn customer_deleted(db: &DatabaseConnection, customer: &str) -> Result<(), ApiError> {
+pub async fn customer_deleted(db: &Db, customer: &str) -> Result<(), ApiError> {
     retrying!(db, |txn| forget_customer(txn, customer));
     Ok(())
 }
 
 /// The user a customer is linked to, if any.
-pub async fn user_of_customer(
-    db: &DatabaseConnection,
-    customer: &str,
-) -> Result<Option<i64>, ApiError> {
+pub async fn user_of_customer(db: &Db, customer: &str) -> Result<Option<i64>, ApiError> {
     Ok(stripe_customers::Entity::find_by_id(customer)
         .one(db)
         .await?
@@ -176,7 +169,7 @@ const ATTEMPTS: u32 = 5;
 /// cannot be named in a stable function signature.
 macro_rules! retrying {
     ($db:expr, |$txn:ident| $work:expr) => {{
-        let db: &DatabaseConnection = $db;
+        let db: &Db = $db;
         let mut attempt = 1;
         loop {
             let txn = db

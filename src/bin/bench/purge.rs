@@ -66,21 +66,25 @@ pub async fn run(args: Args) -> Result<(), String> {
     let purge = load::measure(db, common, margin, async {
         // The first batch starts now, after the margin of traffic before the work.
         last = (load::now(), Instant::now());
-        let purged = api::service::retention::purge_expired(&purger, &limits, |p| {
-            // One sample per batch: when it started and how long it took (with its pause).
-            batches.push(Sample {
-                at: last.0,
-                latency: last.1.elapsed(),
-            });
-            last = (load::now(), Instant::now());
-            if p.batches % 100 == 0 {
-                eprintln!(
-                    "purged {} rows ({:.0}s)",
-                    p.removed,
-                    started.elapsed().as_secs_f64()
-                );
-            }
-        })
+        let purged = api::service::retention::purge_expired(
+            &api::db::Db::direct(purger.clone()),
+            &limits,
+            |p| {
+                // One sample per batch: when it started and how long it took (with its pause).
+                batches.push(Sample {
+                    at: last.0,
+                    latency: last.1.elapsed(),
+                });
+                last = (load::now(), Instant::now());
+                if p.batches % 100 == 0 {
+                    eprintln!(
+                        "purged {} rows ({:.0}s)",
+                        p.removed,
+                        started.elapsed().as_secs_f64()
+                    );
+                }
+            },
+        )
         .await
         .map_err(|e| e.to_string())?;
         removed = purged.removed;

@@ -23,6 +23,8 @@ pub fn api_settings(
     api::Settings {
         bind: "127.0.0.1:0".to_owned(),
         database_url: Some(url.into()),
+        migration_database_url: None,
+        db_pooler: api::db::Pooler::None,
         database_schema: None,
         db_max_connections: POOL,
         db_lock_timeout_ms: 2000,
@@ -142,7 +144,7 @@ impl ApiServer {
     /// `nodelay`: answer with TCP_NODELAY set on each connection (Nagle's algorithm off),
     /// which `axum::serve` leaves to the caller.
     pub async fn start(
-        db: DatabaseConnection,
+        db: api::db::Db,
         settings: &api::Settings,
         nodelay: bool,
     ) -> Result<Self, String> {
@@ -196,7 +198,8 @@ pub struct RecordingServer {
 impl RecordingServer {
     pub async fn start(url: &str, settings: &api::Settings) -> Result<Self, String> {
         let recorder = Recorder::open(url, 2).await?;
-        let server = ApiServer::start(recorder.db.clone(), settings, false).await?;
+        let server =
+            ApiServer::start(api::db::Db::direct(recorder.db.clone()), settings, false).await?;
         Ok(Self {
             recorder,
             base: server.base.clone(),

@@ -228,8 +228,8 @@ async fn phases(args: &Args, bench: &Bench, about: &About) -> Result<(), String>
                 template: template.clone(),
                 from: captured_from.clone(),
             },
-            1 => Kind::Service { db: bare.clone() },
-            2 => Kind::Service { db: pinged.clone() },
+            1 => Kind::Service { db: api::db::Db::direct(bare.clone()) },
+            2 => Kind::Service { db: api::db::Db::direct(pinged.clone()) },
             3 => Kind::Http(url.clone()),
             _ => Kind::Http(nodelay_url.clone()),
         };
@@ -428,7 +428,7 @@ enum Kind {
         from: Ids,
     },
     Service {
-        db: DatabaseConnection,
+        db: api::db::Db,
     },
     /// Signed deliveries to this URL.
     Http(String),
