@@ -9,6 +9,10 @@
 //!   older event never rolls a subscription back, a duplicate changes nothing, and two
 //!   same-second events resolve the same way whichever comes first (the later lifecycle stage
 //!   wins). Snapshots of customers no user has yet are kept and count once checkout links them.
+//!   With the snapshot go `past_due_since` (when the current past-due stretch began: the
+//!   first snapshot showing it, see [`keep_snapshot`]) and `ends_at_period_end` (Stripe said
+//!   no renewal is coming), which the tier rule reads (m011). A delivery older than the stored
+//!   snapshot answers [`Outcome::Stale`].
 //! * `stripe_customers`: every customer we have heard of and the user it is linked to. A user
 //!   keeps every customer they ever checked out with, so a second checkout orphans nothing: the
 //!   first customer's renewals still apply. A customer is never linked to a second user.
