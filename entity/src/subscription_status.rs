@@ -40,15 +40,10 @@ impl SubscriptionStatus {
         Self::Paused,
     ];
 
-    /// The six that `users.subscription_status` admits.
-    pub const USER_COLUMN: [SubscriptionStatus; 6] = [
-        Self::None,
-        Self::Trialing,
-        Self::Active,
-        Self::PastDue,
-        Self::Canceled,
-        Self::Unpaid,
-    ];
+    /// Whether `users.subscription_status` admits it (six of them do).
+    pub fn fits_user_column(self) -> bool {
+        self.for_user_column() == self
+    }
 
     /// The nearest status `users.subscription_status` admits: `incomplete` grants nothing yet
     /// (`none`), `paused` grants nothing until paid (`unpaid`).
@@ -112,8 +107,13 @@ mod tests {
     #[test]
     fn the_user_column_gets_one_of_its_six() {
         for status in SubscriptionStatus::ALL {
-            assert!(SubscriptionStatus::USER_COLUMN.contains(&status.for_user_column()));
+            assert!(status.for_user_column().fits_user_column());
         }
+        let fitting = SubscriptionStatus::ALL
+            .into_iter()
+            .filter(|s| s.fits_user_column())
+            .count();
+        assert_eq!(fitting, 6);
     }
 
     #[test]

@@ -94,37 +94,24 @@ async fn past_due_keeps_pro_for_the_grace_from_the_failed_payment(backend: Backe
         let failed = now - failed_days_ago * DAY;
         let renewal_start = failed - 3_600;
         let token = linked_user(&app, email, &customer, renewal_start - interval * DAY).await;
-        let paid = subscription(
-            &format!("evt_paid_{customer}"),
-            "created",
-            renewal_start - interval * DAY,
-            (&customer, &sub),
-            "active",
-            renewal_start,
-            true,
-        );
-        assert_eq!(deliver(&app, &paid).await, "applied");
-        // Invoiced: the period moved on before the charge.
-        let invoiced = subscription(
-            &format!("evt_inv_{customer}"),
-            "updated",
-            renewal_start,
-            (&customer, &sub),
-            "active",
-            renewal_start + interval * DAY,
-            true,
-        );
-        assert_eq!(deliver(&app, &invoiced).await, "applied");
-        let past_due = subscription(
-            &format!("evt_pd_{customer}"),
-            "updated",
-            failed,
-            (&customer, &sub),
-            "past_due",
-            renewal_start + interval * DAY,
-            true,
-        );
-        assert_eq!(deliver(&app, &past_due).await, "applied");
+        // Paid for a period, then invoiced (the period moves on before the charge), then the
+        // charge failed.
+        let next_end = renewal_start + interval * DAY;
+        for (tag, kind, created, status, end) in [
+            (
+                "paid",
+                "created",
+                renewal_start - interval * DAY,
+                "active",
+                renewal_start,
+            ),
+            ("inv", "updated", renewal_start, "active", next_end),
+            ("pd", "updated", failed, "past_due", next_end),
+        ] {
+            let id = format!("evt_{tag}_{customer}");
+            let sent = subscription(&id, kind, created, (&customer, &sub), status, end, true);
+            assert_eq!(deliver(&app, &sent).await, "applied", "{id}");
+        }
         assert_eq!(
             billing(&app, &token).await,
             (expected.to_owned(), "past_due".to_owned()),
