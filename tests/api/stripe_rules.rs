@@ -174,26 +174,40 @@ async fn the_first_past_due_event_dates_the_failure_in_any_order(backend: Backen
     );
     assert_eq!(billing(&app, &token).await.0, "free");
     assert_eq!(view_tier(&app, "ann@example.com").await, "free");
+    // Dunning set to leave it past due: Stripe invoices the next period, which fails too.
+    // Still the same unpaid stretch: no new grace.
+    let next_period = subscription(
+        "evt_2b",
+        "updated",
+        now - DAY,
+        ("cus_a", "sub_a"),
+        "past_due",
+        end + 30 * DAY,
+        true,
+    );
+    assert_eq!(deliver(&app, &next_period).await, "applied");
+    assert_eq!(billing(&app, &token).await.0, "free");
+    assert_eq!(view_tier(&app, "ann@example.com").await, "free");
     // Paid: active again.
     let paid = subscription(
         "evt_3",
         "updated",
-        now - DAY,
+        now - DAY + 60,
         ("cus_a", "sub_a"),
         "active",
-        end,
+        end + 30 * DAY,
         true,
     );
     assert_eq!(deliver(&app, &paid).await, "applied");
     assert_eq!(billing(&app, &token).await, ("pro".into(), "active".into()));
-    // A failure of the next period starts a new stretch, from its own event.
+    // A failure after the payment starts a new stretch, from its own event.
     let next = subscription(
         "evt_4",
         "updated",
         now - 60,
         ("cus_a", "sub_a"),
         "past_due",
-        end + 30 * DAY,
+        end + 60 * DAY,
         true,
     );
     assert_eq!(deliver(&app, &next).await, "applied");

@@ -395,9 +395,13 @@ async fn apply_snapshot<C: ConnectionTrait>(
 /// `created` is the event's time (or the fetch's, for `stripe-sync`).
 ///
 /// `past_due_since` is the start of the current past-due stretch, the first snapshot showing
-/// it: a snapshot of the same stretch (`past_due` over `past_due`, same period) keeps the
-/// earlier start, even one older than the stored snapshot (a late first `past_due` event moves
-/// the start back, and nothing else); any other status clears it.
+/// it: a newer `past_due` snapshot over a stored `past_due` one continues the stretch and
+/// keeps the earlier start, even when the period has moved on (dunning set to leave
+/// subscriptions past due invoices period after period: counting from each new period's
+/// failure would give 7 days of unpaid Pro every period). An older `past_due` snapshot of the
+/// same period (a late first event) moves the start back, and changes nothing else; one of
+/// another period may belong to an earlier stretch, and changes nothing. Any other status
+/// clears it.
 async fn keep_snapshot<C: ConnectionTrait>(
     db: &C,
     snapshot: &Snapshot,
@@ -428,10 +432,9 @@ async fn keep_snapshot<C: ConnectionTrait>(
         .await?;
         return Ok(Kept::Changed);
     };
-    let same_stretch = failed_at.is_some()
-        && stored.status == SubscriptionStatus::PastDue.as_str()
-        && stored.current_period_end == period_end;
-    let past_due_since = match (same_stretch, stored.past_due_since, failed_at) {
+    let still_past_due =
+        failed_at.is_some() && stored.status == SubscriptionStatus::PastDue.as_str();
+    let past_due_since = match (still_past_due, stored.past_due_since, failed_at) {
         (true, Some(stored_since), Some(incoming_since)) => Some(stored_since.min(incoming_since)),
         (_, _, incoming_since) => incoming_since,
     };
@@ -441,8 +444,11 @@ async fn keep_snapshot<C: ConnectionTrait>(
         stored.current_period_end,
     );
     if incoming <= stored_key {
-        // Older, but it may date the stretch's start earlier than the snapshot stored.
-        if same_stretch && past_due_since != stored.past_due_since {
+        // Older, but of the same period it may date the stretch's start earlier.
+        if still_past_due
+            && stored.current_period_end == period_end
+            && past_due_since != stored.past_due_since
+        {
             let mut row = stored.into_active_model();
             row.past_due_since = Set(past_due_since);
             row.updated_at = Set(now);
