@@ -67,6 +67,8 @@ def cases():
     yield "valid", BODY, SECRET, good
     yield "valid_a_minute_old", BODY, SECRET, sign(BODY, SECRET, NOW - 60)
     yield "valid_at_the_tolerance_edge", BODY, SECRET, sign(BODY, SECRET, NOW - TOLERANCE)
+    # The tolerance bounds the age only: a signature from ahead of the verifier's clock passes.
+    yield "valid_from_an_hour_ahead", BODY, SECRET, sign(BODY, SECRET, NOW + 3600)
     yield "valid_unicode_body", UNICODE_BODY, SECRET, sign(UNICODE_BODY, SECRET, NOW)
     yield "valid_crlf_body", CRLF_BODY, SECRET, sign(CRLF_BODY, SECRET, NOW)
     yield "several_v1_second_matches", BODY, SECRET, f"t={NOW},v1={v1_of(other)},v1={v1_of(good)}"

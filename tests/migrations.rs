@@ -1,4 +1,4 @@
-//! m001-m010 on every backend, each test in a database of its own.
+//! m001-m011 on every backend, each test in a database of its own.
 
 mod support;
 
@@ -25,6 +25,8 @@ on_every_backend!(
     client_ids_differing_by_case_are_two_sessions,
     rust_and_sql_agree_over_several_subscriptions,
     m010_backfills_customers_and_each_subscriptions_latest_snapshot,
+    m011_dates_past_due_from_the_first_event_showing_it,
+    past_due_grace_counts_from_the_failure_not_the_period_end,
     an_online_step_is_refused_inside_a_transaction,
     a_migration_declares_the_tables_it_needs,
 );
@@ -132,7 +134,11 @@ async fn keeps_existing_rows(backend: Backend) {
 
 async fn constraint_admits_exactly_the_six_statuses(backend: Backend) {
     // The migration's frozen list and the entity's enum agree, both ways.
-    let from_entity: Vec<&str> = SubscriptionStatus::ALL.iter().map(|s| s.as_str()).collect();
+    let from_entity: Vec<&str> = SubscriptionStatus::ALL
+        .into_iter()
+        .filter(|s| s.fits_user_column())
+        .map(|s| s.as_str())
+        .collect();
     assert_eq!(from_entity, SUBSCRIPTION_STATUSES);
 
     let t = migrated(backend).await;
@@ -393,49 +399,72 @@ async fn client_ids_differing_by_case_are_two_sessions(backend: Backend) {
     );
 }
 
-/// Every status crossed with every period-end position, read through the `user_tiers` view
-/// and through `users::Model::tier_at()`.
+/// Every status the user's columns admit crossed with every period-end position, every
+/// past-due-since position and both renewal flags, read through the `user_tiers` view and
+/// through `users::Model::billing_at()`.
 async fn rust_and_sql_agree_on_the_tier(backend: Backend) {
     let t = migrated(backend).await;
     let now = Utc::now();
-    let positions = [
+    let days = |d: i64| Some(now + Duration::days(d));
+    let ends = [
         ("null", None),
-        ("future", Some(now + Duration::days(3))),
-        ("within_renewal_grace", Some(now - Duration::days(1))),
-        ("within_past_due_grace", Some(now - Duration::days(5))),
-        ("beyond_grace", Some(now - Duration::days(9))),
+        ("future", days(3)),
+        ("within_renewal_grace", days(-1)),
+        ("beyond_renewal_grace", days(-5)),
     ];
-    for status in SubscriptionStatus::ALL {
-        for (label, end) in positions {
-            users::ActiveModel {
-                email: Set(format!("{status}-{label}@x.test")),
-                subscription_status: Set(status.into()),
-                current_period_end: Set(end.map(|e| e.fixed_offset())),
-                ..Default::default()
+    let since = [
+        ("never", None),
+        ("yesterday", days(-1)),
+        ("within_grace", days(-6)),
+        ("beyond_grace", days(-8)),
+    ];
+    let mut n = 0;
+    for status in SubscriptionStatus::ALL
+        .into_iter()
+        .filter(|s| s.fits_user_column())
+    {
+        for (end_label, end) in ends {
+            for (since_label, past_due_since) in since {
+                for ends_at_period_end in [false, true] {
+                    n += 1;
+                    users::ActiveModel {
+                        email: Set(format!(
+                            "{status}-{end_label}-{since_label}-{ends_at_period_end}@x.test"
+                        )),
+                        subscription_status: Set(status.into()),
+                        current_period_end: Set(end.map(|e| e.fixed_offset())),
+                        past_due_since: Set(past_due_since.map(|e| e.fixed_offset())),
+                        ends_at_period_end: Set(ends_at_period_end),
+                        ..Default::default()
+                    }
+                    .insert(&t.db)
+                    .await
+                    .unwrap_or_else(|e| panic!("insert {status} {end_label}: {e}"));
+                }
             }
-            .insert(&t.db)
-            .await
-            .unwrap_or_else(|e| panic!("insert {status} {label}: {e}"));
         }
     }
     let models = users::Entity::find().all(&t.db).await.expect("load users");
-    assert_eq!(models.len(), 30);
-    let mut pro = 0;
+    assert_eq!(models.len(), n);
+    let (mut pro, mut retention_pro) = (0, 0);
     for model in models {
-        let (sql_tier, _) = sql_tiers(&t, model.id).await;
-        let rust_tier = model.tier_at(&t.db, Utc::now()).await.expect("tier");
+        let (sql_tier, sql_retention) = sql_tiers(&t, model.id).await;
+        let billing = model.billing_at(&t.db, Utc::now()).await.expect("tier");
+        assert_eq!(sql_tier, billing.tier.as_str(), "tier: {}", model.email);
         assert_eq!(
-            sql_tier,
-            rust_tier.as_str(),
-            "{} {:?}",
-            model.email,
-            model.current_period_end
+            sql_retention,
+            billing.retention_tier.as_str(),
+            "retention tier: {}",
+            model.email
         );
-        pro += usize::from(rust_tier == Tier::Pro);
+        pro += usize::from(billing.tier == Tier::Pro);
+        retention_pro += usize::from(billing.retention_tier == Tier::Pro);
     }
-    // active and trialing: null, future and within the renewal grace; past_due: future and
-    // both graces.
-    assert_eq!(pro, 9);
+    // active and trialing: 16 each, less the ended-with-no-renewal and lapsed ones (null and
+    // future: 8 each, within the renewal grace: 4 (renewing only)); past_due: yesterday and
+    // within the grace, whatever the period end (4 x 2 x 2 = 16).
+    assert_eq!(pro, 2 * (8 + 8 + 4) + 16, "of {n}");
+    assert!(retention_pro > pro, "{retention_pro} vs {pro}");
 }
 
 /// `(tier, retention_tier)` of one user, from the view.
@@ -482,12 +511,23 @@ async fn rust_and_sql_agree_over_several_subscriptions(backend: Backend) {
             for (second_status, second_end) in seconds {
                 for layout in ["one_customer", "two_customers", "second_deleted"] {
                     n += 1;
+                    // A past_due subscription became past due on its period-end position's
+                    // day, a period later (Stripe moves the period first); every fourth one
+                    // was told to end at the period end.
+                    let since = |status, end: Option<chrono::DateTime<chrono::FixedOffset>>| {
+                        (status == S::PastDue)
+                            .then(|| end.map(|e| e - Duration::days(30)))
+                            .flatten()
+                    };
+                    let ends_at_period_end = n % 4 == 0;
                     let user = users::ActiveModel {
                         email: Set(format!("u{n}@x.test")),
                         // The columns as an earlier write left them: the first subscription.
                         subscription_id: Set(Some(format!("sub_{n}_a"))),
-                        subscription_status: Set(status.into()),
+                        subscription_status: Set(status.for_user_column().into()),
                         current_period_end: Set(end),
+                        past_due_since: Set(since(status, end)),
+                        ends_at_period_end: Set(ends_at_period_end),
                         stripe_customer_id: Set(Some(format!("cus_{n}_a"))),
                         ..Default::default()
                     }
@@ -529,6 +569,8 @@ async fn rust_and_sql_agree_over_several_subscriptions(backend: Backend) {
                             created: Set(1),
                             lifecycle_rank: Set(0),
                             updated_at: Set(now.fixed_offset()),
+                            past_due_since: Set(since(status, end)),
+                            ends_at_period_end: Set(ends_at_period_end),
                         }
                         .insert(&t.db)
                         .await
@@ -555,13 +597,141 @@ async fn rust_and_sql_agree_over_several_subscriptions(backend: Backend) {
     assert!(retention_pro > pro, "{retention_pro} vs {pro}");
 }
 
-/// The view's renewal grace is a number frozen in m010; the Rust rule's must equal it.
+/// The view's graces are numbers frozen in m010 and m011; the Rust rule's must equal them.
 #[test]
-fn the_renewal_grace_is_the_same_in_sql_and_rust() {
+fn the_graces_are_the_same_in_sql_and_rust() {
     assert_eq!(
         i64::from(migration::m010_subscriptions::RENEWAL_GRACE_DAYS),
         entity::RENEWAL_GRACE_DAYS
     );
+    assert_eq!(
+        i64::from(migration::m011_past_due_since::RENEWAL_GRACE_DAYS),
+        entity::RENEWAL_GRACE_DAYS
+    );
+    assert_eq!(
+        i64::from(migration::m011_past_due_since::PAST_DUE_GRACE_DAYS),
+        entity::GRACE_PERIOD_DAYS
+    );
+}
+
+/// Issue 18's first reproduction: Stripe moved the period to the one being billed, and the
+/// renewal failed 20 days ago (monthly) or 300 days ago (yearly). Both were Pro until the
+/// unpaid period's end + 7 days; now Free, in the view and in Rust. A failure 2 days ago
+/// still keeps Pro, whatever the period end.
+async fn past_due_grace_counts_from_the_failure_not_the_period_end(backend: Backend) {
+    let t = migrated(backend).await;
+    let now = Utc::now();
+    let at = |d: i64| Some((now + Duration::days(d)).fixed_offset());
+    for (email, failed, period_end, expected) in [
+        ("monthly@x.test", -20, 10, Tier::Free),
+        ("yearly@x.test", -300, 65, Tier::Free),
+        ("recent@x.test", -2, 28, Tier::Pro),
+        ("recent-yearly@x.test", -2, 363, Tier::Pro),
+    ] {
+        let user = users::ActiveModel {
+            email: Set(email.to_owned()),
+            stripe_customer_id: Set(Some(format!("cus_{email}"))),
+            ..Default::default()
+        }
+        .insert(&t.db)
+        .await
+        .expect("user");
+        stripe_customers::ActiveModel {
+            customer_id: Set(format!("cus_{email}")),
+            user_id: Set(Some(user.id)),
+            deleted_at: Set(None),
+            created_at: Set(now.fixed_offset()),
+        }
+        .insert(&t.db)
+        .await
+        .expect("customer");
+        stripe_subscriptions::ActiveModel {
+            subscription_id: Set(format!("sub_{email}")),
+            customer_id: Set(format!("cus_{email}")),
+            status: Set("past_due".to_owned()),
+            current_period_end: Set(at(period_end)),
+            created: Set(now.timestamp() + failed * 86_400),
+            lifecycle_rank: Set(3),
+            updated_at: Set(now.fixed_offset()),
+            past_due_since: Set(at(failed)),
+            ends_at_period_end: Set(false),
+        }
+        .insert(&t.db)
+        .await
+        .expect("subscription");
+        let (sql_tier, _) = sql_tiers(&t, user.id).await;
+        let rust_tier = user.billing_at(&t.db, now).await.expect("billing").tier;
+        assert_eq!(rust_tier, expected, "{email}");
+        assert_eq!(sql_tier, expected.as_str(), "{email}");
+    }
+}
+
+/// m011's backfill: a past_due subscription's `past_due_since` is its first past_due event
+/// after the last event in another status; one no event dates (sync, by hand) gets the
+/// migration's time; a user's own past_due columns take their subscription's.
+async fn m011_dates_past_due_from_the_first_event_showing_it(backend: Backend) {
+    let t = TestDb::new(backend).await;
+    Migrator::up(&t.db, Some(position(10) as u32))
+        .await
+        .expect("up to m009");
+    let now = Utc::now().timestamp();
+    let day = 86_400;
+    let (old, first, second) = (now - 40 * day, now - 10 * day, now - 2 * day);
+    t.exec(
+        "INSERT INTO users (email, stripe_customer_id, subscription_id, subscription_status)          VALUES ('a@x.test', 'cus_a', 'sub_a', 'past_due'),          ('b@x.test', 'cus_b', 'sub_b', 'past_due'), ('c@x.test', 'cus_c', 'sub_c', 'active')",
+    )
+    .await;
+    t.exec(&format!(
+        "INSERT INTO stripe_events (id, event_type, created, customer_id, subscription_id, status)          VALUES ('evt_1', 'customer.subscription.updated', {old}, 'cus_a', 'sub_a', 'past_due'),          ('evt_2', 'customer.subscription.updated', {}, 'cus_a', 'sub_a', 'active'),          ('evt_3', 'customer.subscription.updated', {second}, 'cus_a', 'sub_a', 'past_due'),          ('evt_4', 'customer.subscription.updated', {first}, 'cus_a', 'sub_a', 'past_due'),          ('evt_5', 'customer.subscription.updated', {first}, 'cus_c', 'sub_c', 'active')",
+        old + day
+    ))
+    .await;
+    // m010 backfills sub_a (past_due) and sub_c from the events, sub_b from the columns.
+    Migrator::up(&t.db, Some(1)).await.expect("m010");
+    let since = |table: &str, key: &str| {
+        format!(
+            "SELECT CASE WHEN past_due_since IS NULL THEN '-' ELSE 'set' END FROM {table}              WHERE {key}"
+        )
+    };
+    Migrator::up(&t.db, None).await.expect("m011");
+    let dated = entity::stripe_subscriptions::Entity::find_by_id("sub_a")
+        .one(&t.db)
+        .await
+        .expect("read")
+        .expect("sub_a");
+    // The first past_due after the last active: `first`, not `old` nor `second`.
+    assert_eq!(
+        dated.past_due_since.map(|t| t.timestamp()),
+        Some(first),
+        "{dated:?}"
+    );
+    assert!(!dated.ends_at_period_end);
+    let undated = entity::stripe_subscriptions::Entity::find_by_id("sub_b")
+        .one(&t.db)
+        .await
+        .expect("read")
+        .expect("sub_b");
+    let undated_since = undated.past_due_since.map(|t| t.timestamp()).unwrap_or(0);
+    assert!((undated_since - now).abs() < 600, "{undated:?}");
+    assert_eq!(
+        t.texts(&since("stripe_subscriptions", "subscription_id = 'sub_c'"))
+            .await,
+        vec!["-"]
+    );
+    let a = users::Entity::find()
+        .all(&t.db)
+        .await
+        .expect("users")
+        .into_iter()
+        .map(|u| (u.email.clone(), u.past_due_since.map(|t| t.timestamp())))
+        .collect::<Vec<_>>();
+    assert!(a.contains(&("a@x.test".to_owned(), Some(first))), "{a:?}");
+    assert!(a.contains(&("c@x.test".to_owned(), None)), "{a:?}");
+    // a: past due for 10 days, beyond the grace; b: dated by the migration, within it.
+    let tiers = t
+        .texts("SELECT tier FROM user_tiers ORDER BY user_id")
+        .await;
+    assert_eq!(tiers, vec!["free", "pro", "pro"]);
 }
 
 /// Users who paid before m010: their customer is linked, each subscription gets its latest

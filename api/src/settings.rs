@@ -10,6 +10,7 @@ use clap::error::ErrorKind;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::db::Pooler;
+use crate::stripe::mode::{self, ModeError, StripeMode};
 use crate::stripe::signature::WebhookSecrets;
 
 #[derive(clap::Args, Clone, Debug)]
@@ -149,7 +150,8 @@ pub struct StripeSettings {
         hide_default_value = true
     )]
     pub webhook_secrets: WebhookSecrets,
-    /// Seconds a signature's timestamp may be away from now.
+    /// Seconds a signature's timestamp may lie in the past (a later one is accepted, as
+    /// Stripe's libraries do).
     #[arg(
         global = true,
         long,
@@ -157,6 +159,26 @@ pub struct StripeSettings {
         default_value_t = 300
     )]
     pub webhook_tolerance_secs: u64,
+    /// The Stripe mode this deployment serves (live or test); events of the other mode are
+    /// acknowledged and ignored. Default: what STRIPE_API_KEY's prefix says. Required with
+    /// webhook secrets when STRIPE_API_KEY is not set.
+    #[arg(global = true, long = "stripe-mode", env = "STRIPE_MODE", value_enum)]
+    pub mode: Option<StripeMode>,
+}
+
+impl StripeSettings {
+    /// The settings with the mode settled (`STRIPE_MODE`, else `api_key`'s prefix): required
+    /// when webhooks are on.
+    pub fn resolved(&self, api_key: Option<&str>) -> Result<Self, ModeError> {
+        let mode = mode::resolve(self.mode, api_key)?;
+        if mode.is_none() && !self.webhook_secrets.is_empty() {
+            return Err(ModeError::Unknown);
+        }
+        Ok(Self {
+            mode,
+            ..self.clone()
+        })
+    }
 }
 
 /// Product rules and input caps.
@@ -214,6 +236,7 @@ impl Default for StripeSettings {
         Self {
             webhook_secrets: WebhookSecrets::default(),
             webhook_tolerance_secs: 300,
+            mode: None,
         }
     }
 }

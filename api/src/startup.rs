@@ -318,6 +318,9 @@ pub struct Application {
 impl Application {
     /// Connects, handles migrations as `--migrate` says ([`open_migrated`]), and binds.
     pub async fn build(settings: &Settings) -> Result<Self, StartupError> {
+        // Before the database: a configuration mistake is reported as itself.
+        let api_key = std::env::var("STRIPE_API_KEY").ok();
+        let stripe = settings.stripe.resolved(api_key.as_deref())?;
         let (db, _) = open_migrated(settings).await?;
         let listener =
             TcpListener::bind(&settings.bind)
@@ -329,7 +332,7 @@ impl Application {
         let state = AppState {
             db,
             limits: Arc::new(settings.limits.clone()),
-            stripe: Arc::new(settings.stripe.clone()),
+            stripe: Arc::new(stripe),
             request_timeout: settings.request_timeout(),
             lock_timeout: settings.lock_timeout(),
             user_queue: UserQueue::default(),

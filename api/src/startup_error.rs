@@ -45,6 +45,9 @@ pub enum StartupError {
     },
     #[error("cannot read the bound address: {0}")]
     LocalAddr(#[source] std::io::Error),
+    /// Webhooks on, and the Stripe mode not settled (or contradicted).
+    #[error(transparent)]
+    StripeMode(#[from] crate::stripe::mode::ModeError),
     #[error("server error: {0}")]
     Serve(#[source] std::io::Error),
 }

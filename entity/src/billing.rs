@@ -44,6 +44,8 @@ impl From<&stripe_subscriptions::Model> for Standing {
             Some(row.subscription_id.clone()),
             &row.status,
             row.current_period_end.as_ref(),
+            row.past_due_since.as_ref(),
+            row.ends_at_period_end,
         )
     }
 }
@@ -55,6 +57,8 @@ impl users::Model {
             self.subscription_id.clone(),
             &self.subscription_status,
             self.current_period_end.as_ref(),
+            self.past_due_since.as_ref(),
+            self.ends_at_period_end,
         )
     }
 

@@ -20,5 +20,5 @@ pub use billing::{Billing, subscriptions_of};
 pub use subscription_status::{SubscriptionStatus, UnknownSubscriptionStatus};
 pub use tier::{
     GRACE_PERIOD_DAYS, RENEWAL_GRACE_DAYS, Standing, Tier, compare, decider, retention_tier_over,
-    tier_for, tier_over,
+    tier_over,
 };

@@ -1,4 +1,6 @@
-//! `users.subscription_status`, parsed: the six values `chk_subscription_status` admits.
+//! A subscription's status as we keep it: the six values `users.subscription_status` admits
+//! (`chk_subscription_status`, m006), and `incomplete` and `paused`, which only
+//! `stripe_subscriptions.status` holds (m011 explains why the CHECK was not widened).
 
 use std::fmt;
 use std::str::FromStr;
@@ -11,25 +13,47 @@ pub enum SubscriptionStatus {
     PastDue,
     Canceled,
     Unpaid,
+    /// Stripe's `incomplete`: the first payment has not succeeded yet (a payment is waiting;
+    /// Stripe ends it as `incomplete_expired` after 23 hours).
+    Incomplete,
+    /// Stripe's `paused`: a trial ended without a payment method; no invoices until resumed.
+    Paused,
 }
 
 /// A stored or supplied status outside the six.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
     "unknown subscription status {0:?}: expected one of none, trialing, active, past_due, \
-     canceled, unpaid"
+     canceled, unpaid, incomplete, paused"
 )]
 pub struct UnknownSubscriptionStatus(pub String);
 
 impl SubscriptionStatus {
-    pub const ALL: [SubscriptionStatus; 6] = [
+    pub const ALL: [SubscriptionStatus; 8] = [
         Self::None,
         Self::Trialing,
         Self::Active,
         Self::PastDue,
         Self::Canceled,
         Self::Unpaid,
+        Self::Incomplete,
+        Self::Paused,
     ];
+
+    /// Whether `users.subscription_status` admits it (six of them do).
+    pub fn fits_user_column(self) -> bool {
+        self.for_user_column() == self
+    }
+
+    /// The nearest status `users.subscription_status` admits: `incomplete` grants nothing yet
+    /// (`none`), `paused` grants nothing until paid (`unpaid`).
+    pub fn for_user_column(self) -> Self {
+        match self {
+            Self::Incomplete => Self::None,
+            Self::Paused => Self::Unpaid,
+            other => other,
+        }
+    }
 
     /// The stored form.
     pub fn as_str(self) -> &'static str {
@@ -40,6 +64,8 @@ impl SubscriptionStatus {
             Self::PastDue => "past_due",
             Self::Canceled => "canceled",
             Self::Unpaid => "unpaid",
+            Self::Incomplete => "incomplete",
+            Self::Paused => "paused",
         }
     }
 }
@@ -79,8 +105,20 @@ mod tests {
     }
 
     #[test]
+    fn the_user_column_gets_one_of_its_six() {
+        for status in SubscriptionStatus::ALL {
+            assert!(status.for_user_column().fits_user_column());
+        }
+        let fitting = SubscriptionStatus::ALL
+            .into_iter()
+            .filter(|s| s.fits_user_column())
+            .count();
+        assert_eq!(fitting, 6);
+    }
+
+    #[test]
     fn refuses_anything_else_with_a_clear_error() {
-        for raw in ["", "Active", "incomplete", "past-due", " none"] {
+        for raw in ["", "Active", "incomplete_expired", "past-due", " none"] {
             let err = raw.parse::<SubscriptionStatus>().unwrap_err();
             assert_eq!(err, UnknownSubscriptionStatus(raw.to_owned()));
             assert!(err.to_string().contains("expected one of"));

@@ -1,15 +1,22 @@
-//! The tier rule. Its SQL twin is the `user_tiers` view (m010); a test proves they agree for
-//! every status and period-end position, over several subscriptions, on every backend.
+//! The tier rule. Its SQL twin is the `user_tiers` view (m011); a test proves they agree for
+//! every status, period-end and past-due position, over several subscriptions, on every backend.
 //!
 //! One subscription grants Pro by this table:
 //!
-//! | status                  | current_period_end                  | tier |
-//! |-------------------------|-------------------------------------|------|
-//! | active, trialing        | null, or less than 3 days before now | Pro  |
-//! | active, trialing        | 3+ days before now                  | Free |
-//! | past_due                | less than 7 days before now         | Pro  |
-//! | past_due                | null, or 7+ days before now         | Free |
-//! | none, canceled, unpaid  | any                                 | Free |
+//! | status                  | condition                                                        | tier |
+//! |-------------------------|------------------------------------------------------------------|------|
+//! | active, trialing        | no period end                                                    | Pro  |
+//! | active, trialing        | renews: less than 3 days past `current_period_end`               | Pro  |
+//! | active, trialing        | ends at period end: before `current_period_end`                  | Pro  |
+//! | past_due                | less than 7 days past `past_due_since`                           | Pro  |
+//! | past_due                | no `past_due_since`, or 7+ days past it                          | Free |
+//! | anything else           | any                                                              | Free |
+//!
+//! `past_due`'s grace is counted from when the payment failed, never from the period end:
+//! Stripe moves the period to the new one when it invoices a renewal, before it charges, so a
+//! past-due subscription's period end is the end of a period nobody has paid for.
+//! "Ends at period end" is Stripe saying no renewal is coming (`cancel_at_period_end`, or a
+//! trial ending with no payment method): no renewal grace then.
 //!
 //! A user is Pro when any of their subscriptions grants Pro (their own billing columns count
 //! as one more: they are a copy of one subscription, or were set by hand). The columns show
@@ -21,13 +28,15 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 
 use crate::SubscriptionStatus;
 
-/// Days `past_due` keeps Pro after the period end. The SQL view fixes the same number; a
-/// different value needs a migration that replaces the view.
+/// Days `past_due` keeps Pro after `past_due_since`. m011 fixes the same number in the view
+/// (`PAST_DUE_GRACE_DAYS` there; a test checks they are equal): a different value needs a
+/// migration that replaces the view.
 pub const GRACE_PERIOD_DAYS: i64 = 7;
 
-/// Days `active`/`trialing` keep Pro after the period end, waiting for Stripe's renewal event
-/// (it can come hours late, or days late while our endpoint is down). m010 fixes the same
-/// number in the view (`RENEWAL_GRACE_DAYS` there; a test checks they are equal).
+/// Days a renewing `active`/`trialing` subscription keeps Pro after the period end, waiting
+/// for Stripe's renewal event (it can come hours late, or days late while our endpoint is
+/// down). m010 fixes the same number in the view (`RENEWAL_GRACE_DAYS` there; a test checks
+/// they are equal).
 pub const RENEWAL_GRACE_DAYS: i64 = 3;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -45,60 +54,70 @@ impl Tier {
     }
 }
 
-/// The rule for one subscription, on plain values.
-pub fn tier_for<Tz: TimeZone>(
-    status: SubscriptionStatus,
-    current_period_end: Option<&DateTime<Tz>>,
-    now: DateTime<Utc>,
-) -> Tier {
-    let period_end = current_period_end.map(|end| end.with_timezone(&Utc));
-    let pro = match status {
-        SubscriptionStatus::Active | SubscriptionStatus::Trialing => {
-            period_end.is_none_or(|end| end + Duration::days(RENEWAL_GRACE_DAYS) > now)
-        }
-        SubscriptionStatus::PastDue => {
-            period_end.is_some_and(|end| end + Duration::days(GRACE_PERIOD_DAYS) > now)
-        }
-        SubscriptionStatus::None | SubscriptionStatus::Canceled | SubscriptionStatus::Unpaid => {
-            false
-        }
-    };
-    if pro { Tier::Pro } else { Tier::Free }
-}
-
 /// One subscription as the tier rule reads it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Standing {
     pub subscription_id: Option<String>,
     pub status: SubscriptionStatus,
     pub current_period_end: Option<DateTime<Utc>>,
+    /// When it became `past_due`; None in any other status.
+    pub past_due_since: Option<DateTime<Utc>>,
+    /// Stripe has said it ends at the period end: no renewal grace.
+    pub ends_at_period_end: bool,
 }
 
 impl Standing {
-    /// A stored status outside the six grants nothing.
+    /// A stored status outside the known ones grants nothing.
     pub fn from_stored<Tz: TimeZone>(
         subscription_id: Option<String>,
         status: &str,
         current_period_end: Option<&DateTime<Tz>>,
+        past_due_since: Option<&DateTime<Tz>>,
+        ends_at_period_end: bool,
     ) -> Self {
         Self {
             subscription_id,
             status: status.parse().unwrap_or(SubscriptionStatus::None),
             current_period_end: current_period_end.map(|end| end.with_timezone(&Utc)),
+            past_due_since: past_due_since.map(|since| since.with_timezone(&Utc)),
+            ends_at_period_end,
         }
     }
 
+    /// The rule for one subscription (the table in the module comment).
     pub fn tier_at(&self, now: DateTime<Utc>) -> Tier {
-        tier_for(self.status, self.current_period_end.as_ref(), now)
+        let pro = match self.status {
+            SubscriptionStatus::Active | SubscriptionStatus::Trialing => {
+                let grace = if self.ends_at_period_end {
+                    Duration::zero()
+                } else {
+                    Duration::days(RENEWAL_GRACE_DAYS)
+                };
+                self.current_period_end.is_none_or(|end| end + grace > now)
+            }
+            SubscriptionStatus::PastDue => self
+                .past_due_since
+                .is_some_and(|since| since + Duration::days(GRACE_PERIOD_DAYS) > now),
+            SubscriptionStatus::None
+            | SubscriptionStatus::Canceled
+            | SubscriptionStatus::Unpaid
+            | SubscriptionStatus::Incomplete
+            | SubscriptionStatus::Paused => false,
+        };
+        if pro { Tier::Pro } else { Tier::Free }
     }
 }
 
-/// `active` > `trialing` > `past_due` > `unpaid` > `canceled` > `none`.
+/// `active` > `trialing` > `past_due` > `incomplete` > `paused` > `unpaid` > `canceled` >
+/// `none`: among subscriptions that grant nothing, the one a client can act on shows first (a
+/// payment waiting, a payment method to add).
 fn status_order(status: SubscriptionStatus) -> u8 {
     match status {
-        SubscriptionStatus::Active => 5,
-        SubscriptionStatus::Trialing => 4,
-        SubscriptionStatus::PastDue => 3,
+        SubscriptionStatus::Active => 7,
+        SubscriptionStatus::Trialing => 6,
+        SubscriptionStatus::PastDue => 5,
+        SubscriptionStatus::Incomplete => 4,
+        SubscriptionStatus::Paused => 3,
         SubscriptionStatus::Unpaid => 2,
         SubscriptionStatus::Canceled => 1,
         SubscriptionStatus::None => 0,
@@ -152,11 +171,16 @@ mod tests {
             + Duration::days(days)
     }
 
+    /// A subscription; a `past_due` one became past due on its `end` day.
     fn standing(id: &str, status: SubscriptionStatus, end: Option<i64>) -> Standing {
         Standing {
             subscription_id: Some(id.to_owned()),
             status,
             current_period_end: end.map(at),
+            past_due_since: end
+                .filter(|_| status == SubscriptionStatus::PastDue)
+                .map(at),
+            ends_at_period_end: false,
         }
     }
 
@@ -164,27 +188,43 @@ mod tests {
     fn follows_the_table() {
         let now = at(0);
         use SubscriptionStatus as S;
+        // (status, period end, past due since, ends at period end, tier)
         let cases = [
-            (S::Active, None, Tier::Pro),
-            (S::Active, Some(at(1)), Tier::Pro),
-            (S::Active, Some(now), Tier::Pro),
-            (S::Active, Some(at(-2)), Tier::Pro),
-            (S::Active, Some(at(-3)), Tier::Free),
-            (S::Trialing, Some(at(-1)), Tier::Pro),
-            (S::Trialing, Some(at(-4)), Tier::Free),
-            (S::PastDue, None, Tier::Free),
-            (S::PastDue, Some(at(-6)), Tier::Pro),
-            (S::PastDue, Some(at(-7)), Tier::Free),
-            (S::Canceled, Some(at(30)), Tier::Free),
-            (S::Unpaid, None, Tier::Free),
-            (S::None, Some(at(1)), Tier::Free),
+            (S::Active, None, None, false, Tier::Pro),
+            (S::Active, Some(1), None, false, Tier::Pro),
+            (S::Active, Some(0), None, false, Tier::Pro),
+            (S::Active, Some(-2), None, false, Tier::Pro),
+            (S::Active, Some(-3), None, false, Tier::Free),
+            (S::Trialing, Some(-1), None, false, Tier::Pro),
+            (S::Trialing, Some(-4), None, false, Tier::Free),
+            // Stripe said it ends at the period end: Pro until then, no renewal grace.
+            (S::Active, Some(1), None, true, Tier::Pro),
+            (S::Active, Some(0), None, true, Tier::Free),
+            (S::Trialing, Some(-1), None, true, Tier::Free),
+            (S::Active, None, None, true, Tier::Pro),
+            // past_due counts from when it became past due, never from the period end.
+            (S::PastDue, None, None, false, Tier::Free),
+            (S::PastDue, Some(-6), None, false, Tier::Free),
+            (S::PastDue, Some(25), Some(-6), false, Tier::Pro),
+            (S::PastDue, Some(25), Some(-7), false, Tier::Free),
+            (S::PastDue, Some(10), Some(-20), false, Tier::Free),
+            (S::PastDue, Some(65), Some(-300), false, Tier::Free),
+            (S::PastDue, Some(-30), Some(-1), true, Tier::Pro),
+            (S::Canceled, Some(30), None, false, Tier::Free),
+            (S::Unpaid, None, None, false, Tier::Free),
+            (S::None, Some(1), None, false, Tier::Free),
+            (S::Incomplete, Some(30), None, false, Tier::Free),
+            (S::Paused, None, None, false, Tier::Free),
         ];
-        for (status, end, expected) in cases {
-            assert_eq!(
-                tier_for(status, end.as_ref(), now),
-                expected,
-                "{status} {end:?}"
-            );
+        for (status, end, since, ends_at_period_end, expected) in cases {
+            let standing = Standing {
+                subscription_id: None,
+                status,
+                current_period_end: end.map(at),
+                past_due_since: since.map(at),
+                ends_at_period_end,
+            };
+            assert_eq!(standing.tier_at(now), expected, "{standing:?}");
         }
     }
 

@@ -227,9 +227,12 @@ mod m00000000_000008_deleted_at_index_by_id;
 mod m00000000_000009_session_client_id_binary;
 #[path = "m010_subscriptions.rs"]
 pub mod m00000000_000010_subscriptions;
+#[path = "m011_past_due_since.rs"]
+pub mod m00000000_000011_past_due_since;
 
 pub use m00000000_000006_billing_fields as m006_billing_fields;
 pub use m00000000_000010_subscriptions as m010_subscriptions;
+pub use m00000000_000011_past_due_since as m011_past_due_since;
 
 pub struct Migrator;
 
@@ -249,6 +252,7 @@ impl MigratorTrait for Migrator {
             Box::new(m00000000_000008_deleted_at_index_by_id::Migration),
             Box::new(m00000000_000009_session_client_id_binary::Migration),
             Box::new(m00000000_000010_subscriptions::Migration),
+            Box::new(m00000000_000011_past_due_since::Migration),
         ]
     }
 }

@@ -365,7 +365,7 @@ fn pro_over_subscriptions(dialect: &dyn Dialect, offset_days: u32) -> String {
 /// Pro when the user held Pro at any moment of the last RENEWAL_GRACE_DAYS (a grant only ever
 /// ends, so that is the tier as it stood then), which the purge applies so that a renewal
 /// later than the grace still finds the trash as Pro keeps it.
-fn tier_view_sql(dialect: &dyn Dialect) -> String {
+pub(crate) fn tier_view_sql(dialect: &dyn Dialect) -> String {
     format!(
         "{create} {view} AS SELECT u.id AS user_id, {tier} AS tier, {retention} AS retention_tier \
          FROM {users} u",

@@ -172,6 +172,7 @@ async fn eight_migrators_at_once_all_succeed_and_each_migration_runs_once(backen
         "m008_deleted_at_index_by_id",
         "m009_session_client_id_binary",
         "m010_subscriptions",
+        "m011_past_due_since",
     ] {
         let applied = format!("Migration '{name}' has been applied");
         assert_eq!(

@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::Utc;
 use serde_json::Value;
 
-use crate::helpers::event;
+use crate::helpers::{event, subscription};
 use crate::support::{Backend, TestDb};
 
 /// `billing` with a clean environment: only the variables a test names. Its output goes to
@@ -45,6 +45,12 @@ impl Drop for Server {
     }
 }
 
+/// Signing secrets shaped like Stripe's (`whsec_` and 32 characters, or 64 as the Stripe CLI
+/// prints them): the server refuses anything else.
+const NEW_SECRET: &str = "whsec_realNewSecret0123456789abcdefghij";
+const OLD_SECRET: &str = "whsec_realOldSecret0123456789abcdefghij";
+const LOGS_SECRET: &str = "whsec_logsSecret0123456789abcdefghijklm";
+
 /// Starts the server with `secrets` in `STRIPE_WEBHOOK_SECRETS`. `Ok` once it listens; `Err`
 /// with everything it printed when it exits instead.
 async fn serve(secrets: &str) -> Result<Server, String> {
@@ -58,7 +64,15 @@ async fn serve_with(vars: &[(&str, &str)]) -> Result<Server, String> {
         ("DATABASE_URL", db.url.as_str()),
         ("BIND_ADDR", "127.0.0.1:0"),
     ];
-    all.extend_from_slice(vars);
+    // Test mode, as the events the tests build say (`"livemode": false`), unless the test
+    // names STRIPE_MODE itself (empty: leave it unset).
+    if !vars.iter().any(|(name, _)| *name == "STRIPE_MODE") {
+        all.push(("STRIPE_MODE", "test"));
+    }
+    all.extend(
+        vars.iter()
+            .filter(|(name, value)| !(*name == "STRIPE_MODE" && value.is_empty())),
+    );
     let mut child = billing(&all)
         .arg("serve")
         .stdout(Stdio::null())
@@ -125,7 +139,14 @@ impl Server {
     /// Delivers an event signed with `secret` (which may be empty: a forgery).
     async fn deliver_signed_with(&self, secret: &str, id: &str) -> (u16, Value) {
         let now = Utc::now().timestamp();
-        let body = event(id, "invoice.paid", now, Value::Null).to_string();
+        self.deliver_event_signed_with(secret, &event(id, "invoice.paid", now, Value::Null))
+            .await
+    }
+
+    /// Delivers `event`, signed with `secret`.
+    async fn deliver_event_signed_with(&self, secret: &str, event: &Value) -> (u16, Value) {
+        let now = Utc::now().timestamp();
+        let body = event.to_string();
         let signature = api::stripe::signature::sign(body.as_bytes(), secret, now);
         let response = reqwest::Client::new()
             .post(format!("{}/webhooks/stripe", self.address))
@@ -140,48 +161,149 @@ impl Server {
     }
 }
 
+/// The one `error:` line a refused start printed, checked to name STRIPE_WEBHOOK_SECRETS and
+/// `what`, and to print none of `secrets` nor a panic.
+fn refusal(printed: &str, what: &str, secrets: &[&str]) {
+    let errors: Vec<&str> = printed
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{printed}");
+    assert!(errors[0].contains("STRIPE_WEBHOOK_SECRETS"), "{printed}");
+    assert!(errors[0].contains(what), "{printed}");
+    for secret in secrets {
+        assert!(!printed.contains(secret), "{printed}");
+    }
+    assert!(!printed.contains("panicked"), "{printed}");
+}
+
 /// A stray comma used to add the empty key, with which anyone can sign: the server must
 /// refuse to start, say why in one `error:` line, and not print the secrets.
 #[tokio::test]
 async fn an_empty_webhook_secret_entry_stops_the_server() {
     for secrets in [
-        "whsec_real,",
-        ",whsec_real",
-        "whsec_real,,whsec_old",
-        "whsec_real,  ",
+        format!("{NEW_SECRET},"),
+        format!(",{NEW_SECRET}"),
+        format!("{NEW_SECRET},,{OLD_SECRET}"),
+        format!("{NEW_SECRET},  "),
     ] {
-        let refused = match serve(secrets).await {
+        let refused = match serve(&secrets).await {
             Ok(server) => {
                 let forged = server.deliver_signed_with("", "evt_forged").await;
                 panic!("started with {secrets:?}; a forged event got {forged:?}");
             }
             Err(printed) => printed,
         };
-        let errors: Vec<&str> = refused
+        refusal(&refused, "empty", &[NEW_SECRET, OLD_SECRET]);
+    }
+}
+
+/// Issue 18: README's own example (`whsec_...`), `whsec_` and `x` started the server, and
+/// events signed with them granted Pro. Anything not shaped like a Stripe signing secret now
+/// stops it, in one line naming the entry's position and not its value.
+#[tokio::test]
+async fn a_placeholder_webhook_secret_stops_the_server() {
+    for (secrets, position) in [
+        ("whsec_...".to_owned(), "number 1 of 1"),
+        ("whsec_".to_owned(), "number 1 of 1"),
+        ("x".to_owned(), "number 1 of 1"),
+        (format!("{NEW_SECRET},whsec_placeholder"), "number 2 of 2"),
+    ] {
+        let refused = match serve(&secrets).await {
+            Ok(server) => {
+                let forged = server.deliver_signed_with(&secrets, "evt_forged").await;
+                panic!("started with {secrets:?}; a forged event got {forged:?}");
+            }
+            Err(printed) => printed,
+        };
+        refusal(
+            &refused,
+            position,
+            &[NEW_SECRET, "whsec_placeholder", "whsec_..."],
+        );
+    }
+}
+
+/// With webhooks on, the deployment must say which Stripe mode it serves; a key of the other
+/// mode than STRIPE_MODE is a contradiction. Both refuse the start in one line.
+#[tokio::test]
+async fn webhooks_need_a_stripe_mode() {
+    for (vars, what) in [
+        (vec![("STRIPE_MODE", "")], "STRIPE_MODE=live"),
+        (
+            vec![("STRIPE_MODE", "live"), ("STRIPE_API_KEY", "sk_test_abc")],
+            "STRIPE_MODE is live but STRIPE_API_KEY is a test key",
+        ),
+    ] {
+        let mut all = vec![("STRIPE_WEBHOOK_SECRETS", NEW_SECRET)];
+        all.extend(vars);
+        let printed = match serve_with(&all).await {
+            Ok(_) => panic!("started with {all:?}"),
+            Err(printed) => printed,
+        };
+        let errors: Vec<&str> = printed
             .lines()
             .filter(|l| l.starts_with("error:"))
             .collect();
-        assert_eq!(errors.len(), 1, "{secrets:?}: {refused}");
-        assert!(errors[0].contains("STRIPE_WEBHOOK_SECRETS"), "{refused}");
-        assert!(errors[0].contains("empty"), "{refused}");
-        assert!(!refused.contains("whsec_real"), "{refused}");
-        assert!(!refused.contains("panicked"), "{refused}");
+        assert_eq!(errors.len(), 1, "{printed}");
+        assert!(errors[0].contains(what), "{printed}");
+        assert!(!printed.contains(NEW_SECRET) && !printed.contains("sk_test_abc"));
+    }
+    // The key's prefix alone settles it: a live key serves live events only, and a
+    // test-mode event (`"livemode": false`) is acknowledged and ignored.
+    let now = Utc::now().timestamp();
+    let test_mode = subscription(
+        "evt_mode",
+        "updated",
+        now,
+        ("cus_nobody", "sub_nobody"),
+        "active",
+        now + 86_400,
+        true,
+    );
+    let mut live_mode = test_mode.clone();
+    live_mode["id"] = "evt_live".into();
+    live_mode["livemode"] = true.into();
+    for (key, admitted, ignored) in [
+        ("sk_live_abc", &live_mode, &test_mode),
+        ("rk_test_abc", &test_mode, &live_mode),
+    ] {
+        let server = serve_with(&[
+            ("STRIPE_WEBHOOK_SECRETS", NEW_SECRET),
+            ("STRIPE_MODE", ""),
+            ("STRIPE_API_KEY", key),
+        ])
+        .await
+        .expect("server starts");
+        let outcome = |(status, body): (u16, Value)| (status, body["outcome"].clone());
+        assert_eq!(
+            outcome(server.deliver_event_signed_with(NEW_SECRET, ignored).await),
+            (200, "ignored".into()),
+            "{key}"
+        );
+        assert_eq!(
+            outcome(server.deliver_event_signed_with(NEW_SECRET, admitted).await),
+            (200, "unknown_customer".into()),
+            "{key}"
+        );
     }
 }
 
 /// `"whsec_new, whsec_old"`: the space after the comma is not part of the secret.
 #[tokio::test]
 async fn rotation_works_with_spaces_around_the_entries() {
-    let server = serve(" whsec_new , whsec_old ")
+    let server = serve(&format!(" {NEW_SECRET} , {OLD_SECRET} "))
         .await
         .expect("server starts");
-    for (secret, id) in [("whsec_new", "evt_new"), ("whsec_old", "evt_old")] {
+    for (secret, id) in [(NEW_SECRET, "evt_new"), (OLD_SECRET, "evt_old")] {
         let (status, body) = server.deliver_signed_with(secret, id).await;
         assert_eq!(status, 200, "{secret}: {body}");
     }
     let (status, body) = server.deliver_signed_with("", "evt_forged").await;
     assert_eq!(status, 400, "{body}");
-    let (status, _) = server.deliver_signed_with(" whsec_old", "evt_spaced").await;
+    let (status, _) = server
+        .deliver_signed_with(&format!(" {OLD_SECRET}"), "evt_spaced")
+        .await;
     assert_eq!(status, 400);
 }
 
@@ -203,7 +325,10 @@ async fn help_does_not_print_secrets_from_the_environment() {
     for args in [&["--help"][..], &["serve", "--help"], &["help", "serve"]] {
         let output = billing(&[
             ("DATABASE_URL", "postgres://app:hunter2@127.0.0.1:1/billing"),
-            ("STRIPE_WEBHOOK_SECRETS", "whsec_live_supersecret,whsec_old"),
+            (
+                "STRIPE_WEBHOOK_SECRETS",
+                &format!("whsec_live_supersecret0123456789abcdef,{OLD_SECRET}"),
+            ),
         ])
         .args(args)
         .output()
@@ -214,7 +339,7 @@ async fn help_does_not_print_secrets_from_the_environment() {
             String::from_utf8_lossy(&output.stderr)
         );
         assert!(output.status.success(), "{args:?}: {text}");
-        for secret in ["hunter2", "whsec_live_supersecret", "whsec_old"] {
+        for secret in ["hunter2", "whsec_live_supersecret", OLD_SECRET] {
             assert!(!text.contains(secret), "{args:?} printed {secret}:\n{text}");
         }
     }
@@ -261,7 +386,7 @@ async fn server_flags_are_accepted_after_the_subcommand() {
 async fn deliver_with_request_id(server: &Server, request_id: &str) -> u16 {
     let now = Utc::now().timestamp();
     let body = event("evt_logged", "invoice.paid", now, Value::Null).to_string();
-    let signature = api::stripe::signature::sign(body.as_bytes(), "whsec_logs", now);
+    let signature = api::stripe::signature::sign(body.as_bytes(), LOGS_SECRET, now);
     let response = reqwest::Client::new()
         .post(format!("{}/webhooks/stripe", server.address))
         .header("content-type", "application/json")
@@ -283,7 +408,7 @@ async fn deliver_with_request_id(server: &Server, request_id: &str) -> u16 {
 /// its request id.
 #[tokio::test]
 async fn text_logs_to_a_pipe_have_no_colour_codes() {
-    let server = serve_with(&[("STRIPE_WEBHOOK_SECRETS", "whsec_logs")])
+    let server = serve_with(&[("STRIPE_WEBHOOK_SECRETS", LOGS_SECRET)])
         .await
         .expect("server starts");
     assert_eq!(deliver_with_request_id(&server, "req-text-1").await, 200);
@@ -309,7 +434,7 @@ async fn text_logs_to_a_pipe_have_no_colour_codes() {
 #[tokio::test]
 async fn json_logs_are_one_object_per_line_with_the_request_id() {
     let server = serve_with(&[
-        ("STRIPE_WEBHOOK_SECRETS", "whsec_logs"),
+        ("STRIPE_WEBHOOK_SECRETS", LOGS_SECRET),
         ("LOG_FORMAT", "json"),
     ])
     .await

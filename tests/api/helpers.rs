@@ -9,9 +9,10 @@ use serde_json::{Value, json};
 
 use crate::support::{self, Backend, TestDb};
 
-/// The signing secret in use, and the one being rotated out.
-pub const SECRET: &str = "whsec_test_current";
-pub const OLD_SECRET: &str = "whsec_test_previous";
+/// The signing secret in use, and the one being rotated out (shaped like Stripe's: whsec_ and
+/// 32 characters, which the server requires).
+pub const SECRET: &str = "whsec_testCurrentSecret0123456789abcdef";
+pub const OLD_SECRET: &str = "whsec_testPreviousSecret0123456789abcde";
 
 pub struct TestApp {
     pub address: String,
@@ -69,6 +70,8 @@ pub fn test_settings(url: &str) -> Settings {
             webhook_secrets: WebhookSecrets::parse(&format!("{SECRET},{OLD_SECRET}"))
                 .expect("two secrets"),
             webhook_tolerance_secs: 300,
+            // The events the tests build say `"livemode": false`.
+            mode: Some(api::stripe::mode::StripeMode::Test),
         },
         purge_every_secs: 0,
         migrate: MigrateMode::OnStart,

@@ -21,4 +21,5 @@ mod retention;
 mod sessions;
 mod storage;
 mod stripe;
+mod stripe_rules;
 mod stripe_sync_command;

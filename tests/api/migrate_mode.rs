@@ -74,7 +74,7 @@ async fn on_start_migrates_and_then_check_serves(backend: Backend) {
 async fn the_binary_exits_with_a_clear_error_when_check_finds_pending_migrations() {
     let t = TestDb::new(Backend::Sqlite).await;
     let up = Command::new(support::migration_bin())
-        .args(["up", "-n", "9", "-u", &t.url])
+        .args(["up", "-n", "10", "-u", &t.url])
         .output()
         .expect("run migration");
     assert!(
@@ -97,7 +97,7 @@ async fn the_binary_exits_with_a_clear_error_when_check_finds_pending_migrations
     let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(errors.len(), 1, "{err}");
     assert!(
-        errors[0].contains("1 pending migration(s) (m010_subscriptions)"),
+        errors[0].contains("1 pending migration(s) (m011_past_due_since)"),
         "{err}"
     );
     assert!(errors[0].contains("migration up"), "{err}");

@@ -15,7 +15,11 @@ struct Flags {
     sync: SyncArgs,
 }
 
-const WEBHOOK_SECRETS: [&str; 2] = ["whsec_live_supersecret", "whsec_rotated_out"];
+/// Shaped like Stripe's signing secrets (`whsec_` and 32+ characters), which the parser requires.
+const WEBHOOK_SECRETS: [&str; 2] = [
+    "whsec_live_supersecret_0123456789abcdef",
+    "whsec_rotated_out_0123456789abcdefghijk",
+];
 const API_KEY: &str = "sk_live_topsecretkey";
 const DATABASE_URL: &str = "postgres://app:hunter2dbpass@127.0.0.1:5432/billing";
 

@@ -57,7 +57,16 @@ async fn every_signature_case(backend: Backend) {
     let v1 = good.split_once(",v1=").map(|(_, s)| s).unwrap();
     let several = format!("t={now},v1={},v1={v1},v0=deadbeef", "ab".repeat(32));
     assert_eq!(app.deliver(&body, Some(&several)).await.0, 200);
-    assert_eq!(events_stored(&app).await, "4");
+    // Signed ahead of our clock (a server a few minutes slow): accepted, as Stripe's
+    // libraries accept it; the tolerance bounds the age only.
+    let body = ok_event(7);
+    assert_eq!(
+        app.deliver(&body, Some(&sign(&body, SECRET, now + 360)))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(events_stored(&app).await, "5");
 
     // Refused, and nothing written.
     let body = ok_event(5);
@@ -68,11 +77,6 @@ async fn every_signature_case(backend: Backend) {
             body.clone(),
         ),
         ("stale", Some(sign(&body, SECRET, now - 301)), body.clone()),
-        (
-            "from the future",
-            Some(sign(&body, SECRET, now + 360)),
-            body.clone(),
-        ),
         (
             "tampered body",
             Some(sign(&body, SECRET, now)),
@@ -96,7 +100,7 @@ async fn every_signature_case(backend: Backend) {
         assert_eq!(status, 400, "{name}: {response}");
         assert_eq!(response["error"]["code"], "invalid_signature", "{name}");
     }
-    assert_eq!(events_stored(&app).await, "4");
+    assert_eq!(events_stored(&app).await, "5");
 
     // Signed but not a Stripe event: 400, nothing written.
     let garbage = "{not json";
@@ -106,7 +110,7 @@ async fn every_signature_case(backend: Backend) {
             .0,
         400
     );
-    assert_eq!(events_stored(&app).await, "4");
+    assert_eq!(events_stored(&app).await, "5");
 }
 
 async fn every_event_type_in_both_payload_shapes(backend: Backend) {
@@ -941,6 +945,8 @@ fn start_server(url: &str, pause_after_record: bool) -> (std::process::Child, St
         .env("DATABASE_URL", url)
         .env("BIND_ADDR", "127.0.0.1:0")
         .env("STRIPE_WEBHOOK_SECRETS", SECRET)
+        .env("STRIPE_MODE", "test")
+        .env_remove("STRIPE_API_KEY")
         .env("NO_COLOR", "1")
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
@@ -1300,7 +1306,8 @@ async fn fetched_snapshots_go_through_the_same_rule_as_events(backend: Backend) 
         end,
         true,
     );
-    assert_eq!(sender.deliver(&older).await, (200, "applied".to_owned()));
+    // Recorded, but it lost to the fetched state: said so.
+    assert_eq!(sender.deliver(&older).await, (200, "stale".to_owned()));
     assert_eq!(
         app.billing_row("ann@example.com").await,
         "cus_f|sub_f|active|set"

@@ -1,9 +1,10 @@
 //! `POST /webhooks/stripe`: verified, idempotent Stripe event intake.
 //!
-//! Answers: 400 for a missing, malformed, wrong or stale signature and for a body that is not
-//! a Stripe event (nothing is written); 2xx for everything Stripe should stop retrying,
-//! including unknown customers and event types; 5xx when the database fails, so Stripe
-//! retries and nothing is lost.
+//! Answers: 400 for a missing, malformed, wrong or stale signature and for a signed body that
+//! is not a Stripe event at all (nothing is written); 200 for everything Stripe sends, so it
+//! stops retrying: unknown customers, unknown event types, thin events (no `data.object`),
+//! events of the other mode (`livemode`), events the rule cannot use, events older than the
+//! stored state (`stale`); 5xx when the database fails, so Stripe retries and nothing is lost.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -48,16 +49,16 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// Stripe events, signed with `Stripe-Signature`.
 ///
 /// Acts on checkout.session.completed, customer.subscription.created, .updated, .deleted,
-/// .paused and .resumed, and customer.deleted; acknowledges any other type. Recording and
-/// applying an event are one transaction: a 5xx leaves nothing behind, and Stripe's retry
-/// applies the event.
+/// .paused and .resumed, and customer.deleted; acknowledges any other type, and thin events,
+/// as `ignored`. Recording and applying an event are one transaction: a 5xx leaves nothing
+/// behind, and Stripe's retry applies the event.
 #[utoipa::path(
     post, path = "/webhooks/stripe", tag = "webhooks",
     params(("Stripe-Signature" = String, Header, description = "`t=<unix time>,v1=<hex HMAC-SHA256>` as Stripe signs it; one v1 entry per secret")),
     request_body(content = Object, content_type = "application/json", description = "the Stripe event, as Stripe sent it"),
     responses(
-        (status = 200, description = "received; `outcome` says what it did (`unstorable`: signed, but an id with a control character or longer than its column; logged, not stored, not retried)", body = Receipt),
-        (status = 400, description = "missing, malformed, wrong or stale signature (`invalid_signature`), or a signed body that is not a Stripe event", body = ErrorBody),
+        (status = 200, description = "received; `outcome` says what it did: `applied`; `stale` (recorded, but older than the subscription's stored state: changed nothing); `duplicate` (delivered before); `unknown_customer` (kept until checkout links the customer); `unknown_user`; `ignored` (a type we do not act on, a thin event, or an event of the other Stripe mode than this deployment's: logged); `unusable` (an active or trialing subscription with no period end: logged, not applied); `unstorable` (an id with a control character or longer than its column: logged, not stored)", body = Receipt),
+        (status = 400, description = "missing, malformed, wrong or too old signature (`invalid_signature`; a timestamp ahead of the server's clock is accepted), or a signed body that is not a Stripe event", body = ErrorBody),
         (status = 413, description = "event larger than 1 MiB", body = ErrorBody),
         (status = 500, description = "unexpected error, nothing recorded; Stripe retries", body = ErrorBody),
         (status = 503, description = "database unavailable or busy, request timed out, or webhooks not configured (`not_configured`); nothing recorded, Stripe retries", body = ErrorBody),
@@ -97,7 +98,23 @@ async fn receive(
             tracing::error!(error = %err, "signed Stripe event acknowledged but not stored");
             return Ok(receipt(Outcome::Unstorable));
         }
+        Err(err @ EventError::Unusable(_)) => {
+            // Failing closed: the next event or `stripe-sync` sets the state.
+            tracing::error!(error = %err, "signed Stripe event acknowledged but not applied");
+            return Ok(receipt(Outcome::Unusable));
+        }
     };
+    // Startup refuses webhook secrets without a mode; were it missing, nothing is admitted.
+    if !stripe.mode.is_some_and(|mode| mode.admits(event.livemode)) {
+        tracing::warn!(
+            event = %event.id,
+            kind = %event.kind,
+            livemode = ?event.livemode,
+            serves = ?stripe.mode.map(|mode| mode.as_str()),
+            "Stripe event of the other mode than this deployment's: ignored"
+        );
+        return Ok(receipt(Outcome::Ignored));
+    }
     let outcome = stripe_sync::process(&state.db, &event).await?;
     tracing::info!(event = %event.id, kind = %event.kind, outcome = outcome.as_str(), "Stripe event");
     Ok(receipt(outcome))

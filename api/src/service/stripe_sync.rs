@@ -9,6 +9,10 @@
 //!   older event never rolls a subscription back, a duplicate changes nothing, and two
 //!   same-second events resolve the same way whichever comes first (the later lifecycle stage
 //!   wins). Snapshots of customers no user has yet are kept and count once checkout links them.
+//!   With the snapshot go `past_due_since` (when the current past-due stretch began: the
+//!   first snapshot showing it, see [`keep_snapshot`]) and `ends_at_period_end` (Stripe said
+//!   no renewal is coming), which the tier rule reads (m011). A delivery older than the stored
+//!   snapshot answers [`Outcome::Stale`].
 //! * `stripe_customers`: every customer we have heard of and the user it is linked to. A user
 //!   keeps every customer they ever checked out with, so a second checkout orphans nothing: the
 //!   first customer's renewals still apply. A customer is never linked to a second user.
@@ -65,16 +69,25 @@ pub enum Outcome {
     ///
     /// [`EventError::Unstorable`]: crate::stripe::event::EventError::Unstorable
     Unstorable,
+    /// Signed, but lacking what the tier rule needs ([`EventError::Unusable`]): logged,
+    /// acknowledged and not applied; the next event or `stripe-sync` sets the state.
+    ///
+    /// [`EventError::Unusable`]: crate::stripe::event::EventError::Unusable
+    Unusable,
+    /// Recorded, but older than the subscription's stored snapshot: it changed nothing.
+    Stale,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 6] = [
+    pub const ALL: [Outcome; 8] = [
         Outcome::Applied,
         Outcome::Duplicate,
         Outcome::UnknownCustomer,
         Outcome::UnknownUser,
         Outcome::Ignored,
         Outcome::Unstorable,
+        Outcome::Unusable,
+        Outcome::Stale,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -85,6 +98,8 @@ impl Outcome {
             Outcome::UnknownUser => "unknown_user",
             Outcome::Ignored => "ignored",
             Outcome::Unstorable => "unstorable",
+            Outcome::Unusable => "unusable",
+            Outcome::Stale => "stale",
         }
     }
 }
@@ -248,7 +263,12 @@ async fn process_in(txn: &DatabaseTransaction, event: &Event) -> Result<Outcome,
     pause_after_record(&event.id).await;
     match &event.action {
         Action::Unhandled => Ok(Outcome::Ignored),
-        Action::Subscription(snapshot) => Ok(apply_snapshot(txn, snapshot, event.created).await?.1),
+        Action::Subscription(snapshot) => {
+            Ok(match apply_snapshot(txn, snapshot, event.created).await? {
+                (Kept::Stale, Outcome::Applied) => Outcome::Stale,
+                (_, outcome) => outcome,
+            })
+        }
         Action::LinkCustomer {
             user_id: Some(user_id),
             customer: Some(customer),
@@ -386,6 +406,16 @@ async fn apply_snapshot<C: ConnectionTrait>(
 }
 
 /// Stores `snapshot` as its subscription's state if its key is greater than the stored one's.
+/// `created` is the event's time (or the fetch's, for `stripe-sync`).
+///
+/// `past_due_since` is the start of the current past-due stretch, the first snapshot showing
+/// it: a newer `past_due` snapshot over a stored `past_due` one continues the stretch and
+/// keeps the earlier start, even when the period has moved on (dunning set to leave
+/// subscriptions past due invoices period after period: counting from each new period's
+/// failure would give 7 days of unpaid Pro every period). An older `past_due` snapshot of the
+/// same period (a late first event) moves the start back, and changes nothing else; one of
+/// another period may belong to an earlier stretch, and changes nothing. Any other status
+/// clears it.
 async fn keep_snapshot<C: ConnectionTrait>(
     db: &C,
     snapshot: &Snapshot,
@@ -399,6 +429,7 @@ async fn keep_snapshot<C: ConnectionTrait>(
         .one(db)
         .await?;
     let now = Utc::now().fixed_offset();
+    let failed_at = past_due_start(snapshot, created);
     let Some(stored) = stored else {
         stripe_subscriptions::ActiveModel {
             subscription_id: Set(snapshot.subscription.clone()),
@@ -408,10 +439,18 @@ async fn keep_snapshot<C: ConnectionTrait>(
             created: Set(created),
             lifecycle_rank: Set(i16::from(rank)),
             updated_at: Set(now),
+            past_due_since: Set(failed_at),
+            ends_at_period_end: Set(snapshot.ends_at_period_end),
         }
         .insert(db)
         .await?;
         return Ok(Kept::Changed);
+    };
+    let still_past_due =
+        failed_at.is_some() && stored.status == SubscriptionStatus::PastDue.as_str();
+    let past_due_since = match (still_past_due, stored.past_due_since, failed_at) {
+        (true, Some(stored_since), Some(incoming_since)) => Some(stored_since.min(incoming_since)),
+        (_, _, incoming_since) => incoming_since,
     };
     let stored_key: Key = (
         stored.created,
@@ -419,10 +458,23 @@ async fn keep_snapshot<C: ConnectionTrait>(
         stored.current_period_end,
     );
     if incoming <= stored_key {
+        // Older, but of the same period it may date the stretch's start earlier.
+        if still_past_due
+            && stored.current_period_end == period_end
+            && past_due_since != stored.past_due_since
+        {
+            let mut row = stored.into_active_model();
+            row.past_due_since = Set(past_due_since);
+            row.updated_at = Set(now);
+            row.update(db).await?;
+            return Ok(Kept::Changed);
+        }
         return Ok(Kept::Stale);
     }
-    let same_state =
-        stored.status == snapshot.status.as_str() && stored.current_period_end == period_end;
+    let same_state = stored.status == snapshot.status.as_str()
+        && stored.current_period_end == period_end
+        && stored.past_due_since == past_due_since
+        && stored.ends_at_period_end == snapshot.ends_at_period_end;
     let mut row = stored.into_active_model();
     row.created = Set(created);
     row.lifecycle_rank = Set(i16::from(rank));
@@ -432,9 +484,30 @@ async fn keep_snapshot<C: ConnectionTrait>(
     }
     row.status = Set(snapshot.status.as_str().to_owned());
     row.current_period_end = Set(period_end);
+    row.past_due_since = Set(past_due_since);
+    row.ends_at_period_end = Set(snapshot.ends_at_period_end);
     row.updated_at = Set(now);
     row.update(db).await?;
     Ok(Kept::Changed)
+}
+
+/// When a `past_due` snapshot says the payment failed: the open renewal invoice's
+/// finalization when the object carries it, else the snapshot's own time, whichever is
+/// earlier. None for any other status.
+fn past_due_start(
+    snapshot: &Snapshot,
+    created: i64,
+) -> Option<chrono::DateTime<chrono::FixedOffset>> {
+    if snapshot.status != SubscriptionStatus::PastDue {
+        return None;
+    }
+    let seen = chrono::DateTime::from_timestamp(created, 0);
+    let start = match (seen, snapshot.unpaid_invoice_since) {
+        (Some(seen), Some(invoice)) => Some(seen.min(invoice)),
+        (seen, invoice) => seen.or(invoice),
+    };
+    // An instant chrono cannot hold still marks the subscription past due: from now.
+    Some(start.unwrap_or_else(Utc::now).fixed_offset())
 }
 
 /// What the user's columns become when none of their customers has a subscription.
@@ -464,36 +537,47 @@ async fn refresh_user<C: ConnectionTrait>(
     let rows = entity::subscriptions_of(db, user_id).await?;
     let standings: Vec<Standing> = rows.iter().map(Standing::from).collect();
     let decides = decider(&standings, Utc::now());
-    let (customer, subscription, status, period_end) = match decides {
+    let (customer, decides) = match decides {
         Some(decides) => (
             rows.iter()
                 .find(|row| Some(&row.subscription_id) == decides.subscription_id.as_ref())
                 .map(|row| row.customer_id.clone())
                 .or_else(|| user.stripe_customer_id.clone()),
-            decides.subscription_id.clone(),
-            decides.status,
-            decides.current_period_end.map(|t| t.fixed_offset()),
+            decides.clone(),
         ),
         None if if_none == IfNone::Cancel => (
             user.stripe_customer_id.clone(),
-            None,
-            SubscriptionStatus::Canceled,
-            None,
+            Standing {
+                subscription_id: None,
+                status: SubscriptionStatus::Canceled,
+                current_period_end: None,
+                past_due_since: None,
+                ends_at_period_end: false,
+            },
         ),
         None => return Ok(()),
     };
+    // The column admits m006's six statuses (m011 says why): `incomplete` and `paused` show
+    // as the nearest, which grant nothing either.
+    let status = decides.status.for_user_column();
+    let period_end = decides.current_period_end.map(|t| t.fixed_offset());
+    let past_due_since = decides.past_due_since.map(|t| t.fixed_offset());
     if user.stripe_customer_id == customer
-        && user.subscription_id == subscription
+        && user.subscription_id == decides.subscription_id
         && user.subscription_status == status.as_str()
         && user.current_period_end == period_end
+        && user.past_due_since == past_due_since
+        && user.ends_at_period_end == decides.ends_at_period_end
     {
         return Ok(());
     }
     let mut active = user.into_active_model();
     active.stripe_customer_id = Set(customer);
-    active.subscription_id = Set(subscription);
+    active.subscription_id = Set(decides.subscription_id);
     active.subscription_status = Set(status.into());
     active.current_period_end = Set(period_end);
+    active.past_due_since = Set(past_due_since);
+    active.ends_at_period_end = Set(decides.ends_at_period_end);
     active.updated_at = Set(Utc::now().fixed_offset());
     active.update(db).await?;
     Ok(())

@@ -11,6 +11,9 @@ pub struct Event {
     pub kind: String,
     /// Whole seconds since the epoch.
     pub created: i64,
+    /// `livemode`: whether the event comes from live mode (false: test mode). Stripe sets it on
+    /// every event, snapshot or thin; None when absent.
+    pub livemode: Option<bool>,
     pub action: Action,
 }
 
@@ -26,7 +29,7 @@ pub enum Action {
     Subscription(Snapshot),
     /// `customer.deleted`.
     CustomerDeleted { customer: String },
-    /// Any other type: acknowledged and logged.
+    /// Any other type, or a thin event (no `data.object`): acknowledged and logged.
     Unhandled,
 }
 
@@ -39,6 +42,14 @@ pub struct Snapshot {
     /// Stripe's own status, kept for the logs when it is not one of ours.
     pub stripe_status: String,
     pub current_period_end: Option<DateTime<Utc>>,
+    /// Stripe has said the subscription ends at its period end: `cancel_at_period_end`, a
+    /// `cancel_at` no later than the period end, or a trial that ends with no payment method
+    /// to charge and is set to cancel or pause then. No renewal grace.
+    pub ends_at_period_end: bool,
+    /// When the unpaid renewal invoice was finalized (the charge is tried right after), when
+    /// the object carries `latest_invoice` expanded and open: the earliest the payment can
+    /// have failed. None otherwise; the event's `created` stands in for it.
+    pub unpaid_invoice_since: Option<DateTime<Utc>>,
 }
 
 /// Why a signed body was not turned into an [`Event`].
@@ -53,6 +64,12 @@ pub enum EventError {
     /// error) rather than have Stripe retry it for days.
     #[error("{field} cannot be stored: {reason}")]
     Unstorable { field: &'static str, reason: String },
+    /// A Stripe event that lacks what the tier rule needs: an `active` or `trialing`
+    /// subscription with no period end, neither on the subscription nor on its items. Storing
+    /// it would grant Pro with no end, so it is acknowledged, logged and not applied: the
+    /// next event or `stripe-sync` sets the state.
+    #[error("{0}")]
+    Unusable(String),
 }
 
 fn malformed(reason: &str) -> EventError {
@@ -99,9 +116,9 @@ fn stored_id(value: &Value, key: &str, field: &'static str) -> Result<Option<Str
 /// | Stripe | ours | why |
 /// |---|---|---|
 /// | trialing, active, past_due, canceled, unpaid | same | |
-/// | incomplete | none | first payment not made yet |
+/// | incomplete | incomplete | first payment not made yet (shown as itself: a payment waits) |
 /// | incomplete_expired | canceled | first payment never made; Stripe ended it |
-/// | paused | unpaid | trial ended without a payment method; no access until paid |
+/// | paused | paused | trial ended without a payment method; no access until resumed |
 /// | anything else | none | logged; the nearest status that grants nothing |
 pub fn map_status(stripe: &str) -> (SubscriptionStatus, bool) {
     match stripe {
@@ -110,17 +127,20 @@ pub fn map_status(stripe: &str) -> (SubscriptionStatus, bool) {
         "past_due" => (SubscriptionStatus::PastDue, true),
         "canceled" => (SubscriptionStatus::Canceled, true),
         "unpaid" => (SubscriptionStatus::Unpaid, true),
-        "incomplete" => (SubscriptionStatus::None, true),
+        "incomplete" => (SubscriptionStatus::Incomplete, true),
         "incomplete_expired" => (SubscriptionStatus::Canceled, true),
-        "paused" => (SubscriptionStatus::Unpaid, true),
+        "paused" => (SubscriptionStatus::Paused, true),
         _ => (SubscriptionStatus::None, false),
     }
 }
 
 /// Tie-break between events created in the same second: the later lifecycle stage wins.
+/// `incomplete` comes before everything (it is the first status), `paused` ranks as `unpaid`
+/// (both follow a period nobody paid for).
 pub fn lifecycle_rank(status: SubscriptionStatus) -> u8 {
     match status {
-        SubscriptionStatus::None => 0,
+        SubscriptionStatus::None | SubscriptionStatus::Incomplete => 0,
+        SubscriptionStatus::Paused => 4,
         SubscriptionStatus::Trialing => 1,
         SubscriptionStatus::Active => 2,
         SubscriptionStatus::PastDue => 3,
@@ -161,8 +181,55 @@ fn period_end(subscription: &Value) -> Option<DateTime<Utc>> {
         .and_then(timestamp)
 }
 
+/// Whether Stripe has said the subscription ends at its period end (see
+/// [`Snapshot::ends_at_period_end`]). A trial's end with no payment method counts only when
+/// `trial_settings.end_behavior.missing_payment_method` is `cancel` or `pause` (with
+/// `create_invoice` Stripe bills and the subscription goes on, past due if unpaid) and the
+/// subscription has neither `default_payment_method` nor `default_source`.
+fn ends_at_period_end(subscription: &Value, end: Option<DateTime<Utc>>) -> bool {
+    let flag = |key: &str| subscription.get(key).and_then(Value::as_bool) == Some(true);
+    let cancel_at = subscription
+        .get("cancel_at")
+        .and_then(Value::as_i64)
+        .and_then(timestamp);
+    let cancels_by_the_end = match (cancel_at, end) {
+        (Some(at), Some(end)) => at <= end,
+        (Some(_), None) => true,
+        (None, _) => false,
+    };
+    let has_payment_method = ["default_payment_method", "default_source"]
+        .iter()
+        .any(|key| subscription.get(*key).is_some_and(|v| !v.is_null()));
+    let trial_ends_unpaid = text(subscription, "status").as_deref() == Some("trialing")
+        && matches!(
+            subscription
+                .pointer("/trial_settings/end_behavior/missing_payment_method")
+                .and_then(Value::as_str),
+            Some("cancel" | "pause")
+        )
+        && !has_payment_method;
+    flag("cancel_at_period_end") || cancels_by_the_end || trial_ends_unpaid
+}
+
+/// `latest_invoice`, when expanded and still open, as the time it was finalized (Stripe
+/// tries the charge right after): see [`Snapshot::unpaid_invoice_since`].
+fn unpaid_invoice_since(subscription: &Value) -> Option<DateTime<Utc>> {
+    let invoice = subscription.get("latest_invoice")?.as_object()?;
+    if invoice.get("status").and_then(Value::as_str) != Some("open") {
+        return None;
+    }
+    invoice
+        .get("status_transitions")
+        .and_then(|t| t.get("finalized_at"))
+        .and_then(Value::as_i64)
+        .or_else(|| invoice.get("created").and_then(Value::as_i64))
+        .and_then(timestamp)
+}
+
 /// A Stripe subscription object (as in events' `data.object` and in `GET /v1/subscriptions`)
 /// as the snapshot we keep. A status we do not know maps to `none` (see [`map_status`]).
+/// An `active` or `trialing` one with no period end anywhere is [`EventError::Unusable`]:
+/// fail closed rather than grant Pro with no end.
 pub fn snapshot_from_subscription(object: &Value) -> Result<Snapshot, EventError> {
     let customer = stored_id(object, "customer", "customer")?
         .ok_or_else(|| malformed("subscription without customer"))?;
@@ -170,13 +237,37 @@ pub fn snapshot_from_subscription(object: &Value) -> Result<Snapshot, EventError
         .ok_or_else(|| malformed("subscription without id"))?;
     let stripe_status = text(object, "status").unwrap_or_default();
     let (status, _) = map_status(&stripe_status);
+    let current_period_end = period_end(object);
+    if current_period_end.is_none()
+        && matches!(
+            status,
+            SubscriptionStatus::Active | SubscriptionStatus::Trialing
+        )
+    {
+        return Err(EventError::Unusable(format!(
+            "{status} subscription {subscription} has no current_period_end, neither on the \
+             subscription nor on its items"
+        )));
+    }
     Ok(Snapshot {
         customer,
         subscription,
         status,
         stripe_status,
-        current_period_end: period_end(object),
+        ends_at_period_end: ends_at_period_end(object, current_period_end),
+        unpaid_invoice_since: unpaid_invoice_since(object),
+        current_period_end,
     })
+}
+
+/// `created`: epoch seconds on snapshot events, an RFC 3339 time on thin (v2) events.
+fn created_of(value: &Value) -> Option<i64> {
+    match value.get("created")? {
+        Value::String(text) => DateTime::parse_from_rfc3339(text)
+            .ok()
+            .map(|t| t.timestamp()),
+        other => other.as_i64(),
+    }
 }
 
 pub fn parse(body: &[u8]) -> Result<Event, EventError> {
@@ -185,13 +276,19 @@ pub fn parse(body: &[u8]) -> Result<Event, EventError> {
     let id = stored_id(&value, "id", "event id")?.ok_or_else(|| malformed("no id"))?;
     let kind = text(&value, "type").ok_or_else(|| malformed("no type"))?;
     let kind = storable("event type", kind, MAX_TYPE_CHARS)?;
-    let created = value
-        .get("created")
-        .and_then(Value::as_i64)
-        .ok_or_else(|| malformed("no created"))?;
-    let object = value
-        .pointer("/data/object")
-        .ok_or_else(|| malformed("no data.object"))?;
+    let created = created_of(&value).ok_or_else(|| malformed("no created"))?;
+    let livemode = value.get("livemode").and_then(Value::as_bool);
+    // A thin event (an event destination's, or any v2 event) carries no object: nothing to
+    // apply, and nothing Stripe should retry. Acknowledged as ignored.
+    let Some(object) = value.pointer("/data/object").filter(|o| o.is_object()) else {
+        return Ok(Event {
+            id,
+            kind,
+            created,
+            livemode,
+            action: Action::Unhandled,
+        });
+    };
     let action = match kind.as_str() {
         "checkout.session.completed" => Action::LinkCustomer {
             user_id: text(object, "client_reference_id").and_then(|id| id.parse().ok()),
@@ -220,6 +317,7 @@ pub fn parse(body: &[u8]) -> Result<Event, EventError> {
         id,
         kind,
         created,
+        livemode,
         action,
     })
 }
@@ -255,7 +353,9 @@ mod tests {
     }
 
     #[test]
-    fn extra_stripe_statuses_never_grant_pro() {
+    fn extra_stripe_statuses_never_grant_pro_and_show_as_themselves() {
+        assert_eq!(map_status("incomplete").0, SubscriptionStatus::Incomplete);
+        assert_eq!(map_status("paused").0, SubscriptionStatus::Paused);
         for stripe in [
             "incomplete",
             "incomplete_expired",
@@ -277,9 +377,92 @@ mod tests {
         for body in [
             &b"not json"[..],
             br#"{"type":"x"}"#,
-            br#"{"id":"evt","type":"x","created":1}"#,
+            br#"{"id":"evt","type":"x"}"#,
         ] {
             assert!(parse(body).is_err());
         }
+    }
+
+    /// A thin event (v2 envelope: `related_object`, RFC 3339 `created`, no `data.object`) and
+    /// an event of a type we do not act on are both acknowledged as unhandled.
+    #[test]
+    fn thin_and_unknown_events_are_unhandled() {
+        let thin = json!({"id": "evt_thin", "object": "v2.core.event",
+            "type": "v1.billing.meter.error_report_triggered", "livemode": true,
+            "created": "2026-01-10T12:00:00.000Z",
+            "related_object": {"id": "mtr_1", "type": "billing.meter", "url": "/v1/billing/meters/mtr_1"}});
+        let unknown = json!({"id": "evt_u", "type": "invoice.paid", "created": 5,
+            "data": {"object": {"id": "in_1", "object": "invoice"}}});
+        let no_object = json!({"id": "evt_n", "type": "customer.subscription.updated",
+            "created": 5, "data": {}});
+        for (body, created) in [(thin, 1_768_046_400), (unknown, 5), (no_object, 5)] {
+            let event = parse(body.to_string().as_bytes()).expect("parsed");
+            assert_eq!(event.action, Action::Unhandled, "{body}");
+            assert_eq!(event.created, created);
+        }
+    }
+
+    #[test]
+    fn an_active_subscription_without_a_period_end_is_unusable() {
+        for status in ["active", "trialing"] {
+            let body = subscription_event(json!({"id": "sub_1", "customer": "cus_1",
+                "status": status, "items": {"data": [{"id": "si_1"}]}}));
+            assert!(
+                matches!(parse(&body), Err(EventError::Unusable(_))),
+                "{status}"
+            );
+        }
+        // A status that grants nothing needs no period end.
+        let canceled =
+            subscription_event(json!({"id": "sub_1", "customer": "cus_1", "status": "canceled"}));
+        assert!(parse(&canceled).is_ok());
+    }
+
+    #[test]
+    fn reads_whether_stripe_said_it_ends_at_the_period_end() {
+        let base = json!({"id": "sub_1", "customer": "cus_1", "status": "active",
+            "current_period_end": 1_000, "cancel_at_period_end": false, "cancel_at": null});
+        let with = |changes: Value| {
+            let mut object = base.clone();
+            for (key, value) in changes.as_object().unwrap() {
+                object[key] = value.clone();
+            }
+            let Action::Subscription(s) = parse(&subscription_event(object)).unwrap().action else {
+                panic!("not a subscription")
+            };
+            s.ends_at_period_end
+        };
+        assert!(!with(json!({})));
+        assert!(with(json!({"cancel_at_period_end": true})));
+        assert!(with(json!({"cancel_at": 1_000})));
+        assert!(!with(json!({"cancel_at": 5_000})));
+        let unpaid_trial = json!({"status": "trialing", "default_payment_method": null,
+            "trial_settings": {"end_behavior": {"missing_payment_method": "pause"}}});
+        assert!(with(unpaid_trial.clone()));
+        let mut with_card = unpaid_trial.clone();
+        with_card["default_payment_method"] = json!("pm_1");
+        assert!(!with(with_card));
+        let mut invoiced = unpaid_trial;
+        invoiced["trial_settings"] =
+            json!({"end_behavior": {"missing_payment_method": "create_invoice"}});
+        assert!(!with(invoiced));
+    }
+
+    #[test]
+    fn an_expanded_open_invoice_dates_the_failure() {
+        let body = subscription_event(json!({"id": "sub_1", "customer": "cus_1",
+            "status": "past_due", "current_period_end": 9_000,
+            "latest_invoice": {"id": "in_1", "object": "invoice", "status": "open",
+                "created": 40, "status_transitions": {"finalized_at": 50}}}));
+        let Action::Subscription(s) = parse(&body).unwrap().action else {
+            panic!("not a subscription")
+        };
+        assert_eq!(s.unpaid_invoice_since, timestamp(50));
+        let id_only = subscription_event(json!({"id": "sub_1", "customer": "cus_1",
+            "status": "past_due", "current_period_end": 9_000, "latest_invoice": "in_1"}));
+        let Action::Subscription(s) = parse(&id_only).unwrap().action else {
+            panic!("not a subscription")
+        };
+        assert_eq!(s.unpaid_invoice_since, None);
     }
 }

@@ -1,9 +1,16 @@
 //! `Stripe-Signature` verification, as Stripe specifies it: HMAC-SHA256 over
 //! `"{t}.{raw body}"` with the endpoint's signing secret, compared in constant time against
-//! every `v1` entry, with the timestamp within a tolerance (300 s by default).
+//! every `v1` entry, with the timestamp no older than a tolerance (300 s by default).
 //!
-//! Several secrets may be configured while one is rotated; any of them may match. The empty
-//! key never does: anyone can sign with it.
+//! As in Stripe's own libraries, the tolerance bounds the signature's *age* only: a timestamp
+//! ahead of our clock is accepted (the HMAC covers `t`, so only the secret's holder can set it,
+//! and a server clock a few minutes slow must not lose deliveries). The age is checked before
+//! any HMAC is computed, and a header may carry at most [`MAX_V1_ENTRIES`] `v1` entries, so an
+//! unsigned request costs little.
+//!
+//! Several secrets may be configured while one is rotated; any of them may match. Each must
+//! look like a Stripe signing secret (`whsec_` and at least [`MIN_SECRET_CHARS`] characters):
+//! a placeholder (`whsec_...`, `whsec_test`) would let anyone who guesses it forge events.
 
 use std::fmt;
 use std::time::Duration;
@@ -20,7 +27,7 @@ pub enum SignatureError {
     Malformed,
     #[error("no signature matches any configured signing secret")]
     NoMatch,
-    #[error("signature timestamp is outside the tolerance window")]
+    #[error("signature timestamp is older than the tolerance")]
     Stale,
 }
 
@@ -30,31 +37,58 @@ pub enum SignatureError {
 #[derive(Clone, Default)]
 pub struct WebhookSecrets(Vec<SecretString>);
 
-/// Why a secrets list was refused. It names the entry by position: the list holds secrets.
+/// `v1` entries a header may carry: Stripe sends one per secret the endpoint has (two while
+/// one is rolled). More is not Stripe, and each costs an HMAC comparison.
+pub const MAX_V1_ENTRIES: usize = 8;
+
+/// Characters a signing secret has after `whsec_`, at least: Stripe's have 32 (Dashboard) or
+/// 64 (Stripe CLI).
+pub const MIN_SECRET_CHARS: usize = 32;
+
+/// Why a secrets list was refused. It names the entry by position, never its value: the list
+/// holds secrets.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "STRIPE_WEBHOOK_SECRETS (--stripe-webhook-secrets) has an empty entry (number {position} \
-     of {count}): remove the stray comma; list the secrets as whsec_new,whsec_old, or leave \
-     the variable empty to turn webhooks off"
-)]
-pub struct EmptySecret {
-    pub position: usize,
-    pub count: usize,
+pub enum SecretsError {
+    #[error(
+        "STRIPE_WEBHOOK_SECRETS (--stripe-webhook-secrets) has an empty entry (number \
+         {position} of {count}): remove the stray comma; list the secrets as \
+         whsec_new,whsec_old, or leave the variable empty to turn webhooks off"
+    )]
+    Empty { position: usize, count: usize },
+    #[error(
+        "STRIPE_WEBHOOK_SECRETS (--stripe-webhook-secrets) entry number {position} of {count} \
+         is not a Stripe signing secret: expected whsec_ followed by at least 32 characters, \
+         as the Dashboard or `stripe listen` shows it (a placeholder would let anyone forge \
+         events)"
+    )]
+    NotASecret { position: usize, count: usize },
+}
+
+/// Whether `entry` has the shape of a Stripe signing secret.
+fn looks_like_a_secret(entry: &str) -> bool {
+    entry.strip_prefix("whsec_").is_some_and(|rest| {
+        rest.chars().count() >= MIN_SECRET_CHARS && rest.chars().all(|c| c.is_ascii_graphic())
+    })
 }
 
 impl WebhookSecrets {
     /// A blank list configures nothing (the endpoint answers 503); an empty entry in a
-    /// non-blank list (`whsec_a,`, `a,,b`, `a, ,b`) is a mistake, refused rather than guessed at.
-    pub fn parse(list: &str) -> Result<Self, EmptySecret> {
+    /// non-blank list (`whsec_a,`, `a,,b`, `a, ,b`) is a mistake, refused rather than guessed
+    /// at, and so is an entry without a signing secret's shape.
+    pub fn parse(list: &str) -> Result<Self, SecretsError> {
         if list.trim().is_empty() {
             return Ok(Self::default());
         }
         let entries: Vec<&str> = list.split(',').map(str::trim).collect();
-        if let Some(index) = entries.iter().position(|entry| entry.is_empty()) {
-            return Err(EmptySecret {
-                position: index + 1,
-                count: entries.len(),
-            });
+        let count = entries.len();
+        for (index, entry) in entries.iter().enumerate() {
+            let position = index + 1;
+            if entry.is_empty() {
+                return Err(SecretsError::Empty { position, count });
+            }
+            if !looks_like_a_secret(entry) {
+                return Err(SecretsError::NotASecret { position, count });
+            }
         }
         Ok(Self(entries.into_iter().map(SecretString::from).collect()))
     }
@@ -102,6 +136,9 @@ pub fn verify(
             // A v1 entry that is not hex cannot match; others may still.
             "v1" => {
                 v1_entries += 1;
+                if v1_entries > MAX_V1_ENTRIES {
+                    return Err(SignatureError::Malformed);
+                }
                 signatures.extend(decode_hex(value));
             }
             // v0 and future schemes are ignored, as Stripe's libraries do.
@@ -111,6 +148,12 @@ pub fn verify(
     let timestamp = timestamp.ok_or(SignatureError::Malformed)?;
     if v1_entries == 0 {
         return Err(SignatureError::Malformed);
+    }
+    // Age only, as Stripe's libraries check it, and before any HMAC: a replayed or forged
+    // header with an old `t` costs no hashing.
+    let tolerance = i64::try_from(tolerance.as_secs()).unwrap_or(i64::MAX);
+    if now.saturating_sub(timestamp) > tolerance {
+        return Err(SignatureError::Stale);
     }
     // An empty key is no secret at all: anyone can sign with it. Stripe's library refuses it too.
     let mut usable = secrets
@@ -131,10 +174,6 @@ pub fn verify(
     });
     if !matched {
         return Err(SignatureError::NoMatch);
-    }
-    let tolerance = i64::try_from(tolerance.as_secs()).unwrap_or(i64::MAX);
-    if (now - timestamp).abs() > tolerance {
-        return Err(SignatureError::Stale);
     }
     Ok(())
 }
@@ -217,8 +256,34 @@ mod tests {
         assert_eq!(ok(Some(&several), body, &["whsec_a"], 1_000), Ok(()));
     }
 
+    /// Stripe's libraries bound the age only: a timestamp ahead of our clock (a server a few
+    /// minutes slow) is accepted; the age is checked before any HMAC; `v1` entries are capped.
+    #[test]
+    fn bounds_the_age_only_cheaply() {
+        let body = br#"{"id":"evt_1"}"#;
+        let ok = |h: &str, now| verify(Some(h), body, &secrets(&["whsec_a"]), TOLERANCE, now);
+        let ahead = sign(body, "whsec_a", 1_000 + 3_600);
+        assert_eq!(ok(&ahead, 1_000), Ok(()));
+        // Old and wrong: refused as stale, before any HMAC was computed.
+        let old_and_wrong = format!("t=100,v1={}", "00".repeat(32));
+        assert_eq!(ok(&old_and_wrong, 1_000), Err(SignatureError::Stale));
+        let valid = sign(body, "whsec_a", 1_000);
+        let signature = valid.split_once(",v1=").map(|(_, s)| s).unwrap();
+        let padded = |n: usize| {
+            let filler = format!(",v1={}", "00".repeat(32)).repeat(n);
+            format!("t=1000{filler},v1={signature}")
+        };
+        assert_eq!(ok(&padded(MAX_V1_ENTRIES - 1), 1_000), Ok(()));
+        assert_eq!(
+            ok(&padded(MAX_V1_ENTRIES), 1_000),
+            Err(SignatureError::Malformed)
+        );
+    }
+
     #[test]
     fn parses_the_secrets_list() {
+        let new = format!("whsec_{}", "n".repeat(32));
+        let old = format!("whsec_{}", "o".repeat(64));
         let parsed = |list: &str| {
             WebhookSecrets::parse(list).map(|s| {
                 s.as_slice()
@@ -227,27 +292,57 @@ mod tests {
                     .collect::<Vec<_>>()
             })
         };
-        assert_eq!(parsed("whsec_a"), Ok(vec!["whsec_a".to_owned()]));
+        assert_eq!(parsed(&new), Ok(vec![new.clone()]));
         assert_eq!(
-            parsed(" whsec_new , whsec_old\t"),
-            Ok(vec!["whsec_new".to_owned(), "whsec_old".to_owned()])
+            parsed(&format!(" {new} , {old}\t")),
+            Ok(vec![new.clone(), old.clone()])
         );
         assert_eq!(parsed(""), Ok(vec![]));
         assert_eq!(parsed("  "), Ok(vec![]));
         for (list, position, count) in [
-            ("whsec_a,", 2, 2),
-            (",whsec_a", 1, 2),
-            ("whsec_a,,whsec_b", 2, 3),
-            ("whsec_a, ,whsec_b", 2, 3),
-            (",", 1, 2),
+            (format!("{new},"), 2, 2),
+            (format!(",{new}"), 1, 2),
+            (format!("{new},,{old}"), 2, 3),
+            (format!("{new}, ,{old}"), 2, 3),
+            (",".to_owned(), 1, 2),
         ] {
             assert_eq!(
-                WebhookSecrets::parse(list).err(),
-                Some(EmptySecret { position, count }),
+                WebhookSecrets::parse(&list).err(),
+                Some(SecretsError::Empty { position, count }),
                 "{list:?}"
             );
         }
-        let debug = format!("{:?}", WebhookSecrets::parse("whsec_a,whsec_b").unwrap());
+        // Placeholders and anything else without a signing secret's shape: refused, by
+        // position, never echoed.
+        let short = format!("whsec_{}", "s".repeat(31));
+        let spaced = format!("whsec_{} x", "s".repeat(32));
+        let wrong_prefix = format!("sk_test_{}", "s".repeat(32));
+        for (list, position, count) in [
+            ("whsec_...".to_owned(), 1, 1),
+            ("whsec_".to_owned(), 1, 1),
+            ("x".to_owned(), 1, 1),
+            ("whsec_schemathesis".to_owned(), 1, 1),
+            (format!("{new},{short}"), 2, 2),
+            (format!("{spaced},{new}"), 1, 2),
+            (format!("{new},{old},{wrong_prefix}"), 3, 3),
+        ] {
+            let err = WebhookSecrets::parse(&list).err();
+            assert_eq!(
+                err,
+                Some(SecretsError::NotASecret { position, count }),
+                "{list:?}"
+            );
+            let message = err.map(|e| e.to_string()).unwrap_or_default();
+            assert!(
+                !message.contains("sss") && !message.contains("..."),
+                "{message}"
+            );
+            assert_eq!(message.lines().count(), 1, "{message}");
+        }
+        let debug = format!(
+            "{:?}",
+            WebhookSecrets::parse(&format!("{new},{old}")).unwrap()
+        );
         assert!(!debug.contains("whsec"), "{debug}");
     }
 

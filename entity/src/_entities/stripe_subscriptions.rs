@@ -13,6 +13,8 @@ pub struct Model {
     pub created: i64,
     pub lifecycle_rank: i16,
     pub updated_at: DateTimeWithTimeZone,
+    pub past_due_since: Option<DateTimeWithTimeZone>,
+    pub ends_at_period_end: bool,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

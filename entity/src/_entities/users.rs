@@ -17,6 +17,8 @@ pub struct Model {
     pub subscription_id: Option<String>,
     pub subscription_status: String,
     pub current_period_end: Option<DateTimeWithTimeZone>,
+    pub past_due_since: Option<DateTimeWithTimeZone>,
+    pub ends_at_period_end: bool,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

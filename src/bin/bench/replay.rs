@@ -33,6 +33,8 @@ pub fn api_settings(
         stripe: api::settings::StripeSettings {
             webhook_secrets,
             webhook_tolerance_secs: 300,
+            // The events the benchmarks build say `"livemode": false`.
+            mode: Some(api::stripe::mode::StripeMode::Test),
         },
         purge_every_secs: 0,
         migrate: api::settings::MigrateMode::OnStart,

@@ -58,7 +58,7 @@ pub struct Args {
     pub chart: PathBuf,
 }
 
-const SECRET: &str = "whsec_bench";
+const SECRET: &str = "whsec_benchSigningSecret0123456789abcdef";
 
 /// The ids one delivery is about; what the replayed statements substitute.
 #[derive(Clone)]
@@ -85,7 +85,7 @@ impl Ids {
     fn body(&self, created: i64, status: &str) -> String {
         json!({
             "id": self.event, "object": "event",
-            "type": "customer.subscription.updated", "created": created,
+            "type": "customer.subscription.updated", "created": created, "livemode": false,
             "data": {"object": {
                 "id": self.subscription, "object": "subscription",
                 "customer": self.customer, "status": status,
