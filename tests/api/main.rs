@@ -19,4 +19,5 @@ mod retention;
 mod sessions;
 mod storage;
 mod stripe;
+mod stripe_model;
 mod stripe_sync_command;
