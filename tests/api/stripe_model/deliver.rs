@@ -16,8 +16,14 @@ use super::rng::Rng;
 
 #[derive(Clone, Debug)]
 pub enum Step {
-    /// Delivers event `event` (an index into `History::events`) to API instance `instance`.
-    Deliver { event: usize, instance: usize },
+    /// Delivers event `event` (an index into `History::events`) to API instance `instance`;
+    /// `with_next`: at the same moment as the next step, also a delivery (Stripe sends
+    /// concurrently, and the two instances then race on one database).
+    Deliver {
+        event: usize,
+        instance: usize,
+        with_next: bool,
+    },
     /// Runs `stripe-sync` with Stripe's clock at the step's time and the host's clock `skew`
     /// seconds off it.
     Sync { skew: i64 },
@@ -51,16 +57,33 @@ pub fn plan(h: &History, rng: &mut Rng) -> Vec<(i64, Step)> {
                 Step::Deliver {
                     event,
                     instance: rng.below(2),
+                    with_next: false,
                 },
             ));
         }
     }
     for _ in 0..rng.below(4) {
-        let at = h.start + rng.below_i64(h.end - h.start);
+        // Half of the runs fall within a quarter of an hour of a change at Stripe: the case
+        // where a host's clock, or a fetch racing an event, decides which state wins.
+        let at = match h.events.get(rng.below(h.events.len())) {
+            Some(near) if rng.chance(0.5) => near.created + rng.below_i64(30 * 60) - 15 * 60,
+            _ => h.start + rng.below_i64(h.end - h.start),
+        };
         let skew = rng.below_i64(2 * MAX_SKEW + 1) - MAX_SKEW;
         steps.push((at, Step::Sync { skew }));
     }
     steps.sort_by_key(|(at, _)| *at);
+    for i in 1..steps.len() {
+        let close = steps[i].0 - steps[i - 1].0 <= 60;
+        let both = matches!(steps[i].1, Step::Deliver { .. });
+        if close
+            && both
+            && rng.chance(0.3)
+            && let Step::Deliver { with_next, .. } = &mut steps[i - 1].1
+        {
+            *with_next = true;
+        }
+    }
     steps
 }
 

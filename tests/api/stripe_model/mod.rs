@@ -11,6 +11,8 @@ mod deliver;
 mod emit;
 mod fake_api;
 mod model;
+#[cfg(test)]
+mod model_checks;
 mod oracle;
 mod rng;
 
@@ -31,9 +33,9 @@ use model::{DAY, History};
 crate::on_every_backend!(stripe_model_histories);
 
 /// Histories per backend when STRIPE_MODEL_CASES is unset.
-const DEFAULT_CASES: u64 = 100;
+const DEFAULT_CASES: u64 = 200;
 /// Histories run at once (each its own users and its own fake Stripe, one database).
-const CONCURRENT: usize = 4;
+const CONCURRENT: usize = 8;
 /// How far before the `Date` of its response a fetched snapshot may be ordered (the service
 /// subtracts a margin from Stripe's clock, issue 18): events created within it may still win
 /// over the snapshot, so the service may know Stripe's state only as of `Date` minus this.
@@ -312,31 +314,61 @@ async fn run_history(seed: u64, app: &TestApp, second: &str) -> Result<(), Strin
             h.events.len()
         )
     };
-    for (at, step) in &steps {
+    let mut next = 0;
+    while next < steps.len() {
+        let (at, step) = &steps[next];
+        next += 1;
         match step {
-            Step::Deliver { event, instance } => {
-                let body = emit::event(&h.events[*event], h.shape, &users);
-                let (status, answer) =
-                    deliver::deliver(&app.client, addresses[*instance], &body).await;
-                if status != 200 {
-                    return Err(context(format!(
-                        "ACKNOWLEDGED: {} {} answered {status} {answer}",
-                        h.events[*event].kind.as_str(),
-                        h.events[*event].id
-                    )));
+            Step::Deliver {
+                event,
+                instance,
+                with_next,
+            } => {
+                let send = |event: usize, instance: usize| {
+                    let body = emit::event(&h.events[event], h.shape, &users);
+                    let address = addresses[instance];
+                    async move {
+                        let answer = deliver::deliver(&app.client, address, &body).await;
+                        (event, instance, answer)
+                    }
+                };
+                let mut sent_now = vec![];
+                let this = send(*event, *instance);
+                match steps.get(next) {
+                    Some((
+                        _,
+                        Step::Deliver {
+                            event, instance, ..
+                        },
+                    )) if *with_next => {
+                        next += 1;
+                        let (a, b) = tokio::join!(this, send(*event, *instance));
+                        sent_now.extend([a, b]);
+                    }
+                    _ => sent_now.push(this.await),
                 }
-                if trace {
-                    println!(
-                        "{seed:#x} {} deliver {} {} {} (created {}) to #{instance}: {}",
-                        day(&h, *at),
-                        h.events[*event].kind.as_str(),
-                        h.events[*event].id,
-                        describe(&h, &h.events[*event].object),
-                        day(&h, h.events[*event].created),
-                        answer["outcome"]
-                    );
+                for (event, instance, (status, answer)) in sent_now {
+                    let sent = &h.events[event];
+                    if trace {
+                        println!(
+                            "{seed:#x} {} deliver {} {} {} (created {}) to #{instance}: {}",
+                            day(&h, *at),
+                            sent.kind.as_str(),
+                            sent.id,
+                            describe(&h, &sent.object),
+                            day(&h, sent.created),
+                            answer["outcome"]
+                        );
+                    }
+                    if status != 200 {
+                        return Err(context(format!(
+                            "ACKNOWLEDGED: {} {} answered {status} {answer}",
+                            sent.kind.as_str(),
+                            sent.id
+                        )));
+                    }
+                    known.delivered.insert(event);
                 }
-                known.delivered.insert(*event);
             }
             Step::Sync { skew } => {
                 let at = (*at).min(now);
@@ -369,7 +401,7 @@ async fn run_history(seed: u64, app: &TestApp, second: &str) -> Result<(), Strin
             sync.output
         )));
     }
-    check_settled(&h, &app, &users, &tokens, now)
+    check_settled(&h, app, &users, &tokens, now)
         .await
         .map_err(context)
 }

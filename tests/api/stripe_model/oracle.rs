@@ -99,21 +99,21 @@ impl History {
     /// Whether a service that knows each of `user`'s subscriptions as Stripe held it at some
     /// instant of `[from, to]` (each its own instant) may hold Pro at `to` under the rule
     /// (`any`), and whether it must (`all`): the first is the bound of "no Pro beyond the
-    /// grace without paying", the second of "a payer keeps Pro". A link counts once the
-    /// Checkout that made it completed by `from` (`must`) or by the instant (`may`).
+    /// grace without paying", the second of "a payer keeps Pro". For `must` a customer counts
+    /// only once the Checkout that made it completed by `from` (before that nobody can know
+    /// whose it is); for `may` from its creation (it is the user's, and paid).
     pub fn may_and_must_be_pro(&self, user: usize, from: i64, to: i64) -> (bool, bool) {
         let instants = self.instants(from, to);
         let truths: Vec<(i64, Truth<'_>)> =
             instants.iter().map(|i| (*i, self.truth_at(*i))).collect();
-        let mine = |c: &str, by: i64| {
-            self.owner.get(c) == Some(&user)
-                && self.owned_since.get(c).is_some_and(|since| *since <= by)
-        };
-        let may = truths.iter().any(|(i, truth)| {
+        let mine = |c: &str| self.owner.get(c) == Some(&user);
+        let known_mine =
+            |c: &str| mine(c) && self.owned_since.get(c).is_some_and(|since| *since <= from);
+        let may = truths.iter().any(|(_, truth)| {
             truth
                 .subs
                 .values()
-                .any(|s| mine(&s.customer, *i) && grants_pro(s, to))
+                .any(|s| mine(&s.customer) && grants_pro(s, to))
         });
         let ids: Vec<&str> = truths
             .last()
@@ -125,7 +125,7 @@ impl History {
                     truth
                         .subs
                         .get(id)
-                        .is_some_and(|s| mine(&s.customer, from) && grants_pro(s, to))
+                        .is_some_and(|s| known_mine(&s.customer) && grants_pro(s, to))
                 })
             });
         (may, must)
