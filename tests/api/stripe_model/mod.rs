@@ -16,7 +16,7 @@ mod model_checks;
 mod oracle;
 mod rng;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -158,11 +158,27 @@ impl Drop for Instance {
 struct Knowledge<'a> {
     h: &'a History,
     delivered: HashSet<usize>,
-    /// Stripe's clock at the last sync, and whether it exited 0.
+    /// For each stretch of `past_due` (subscription, when it began): when the service was
+    /// first shown it, by a delivered event's `created` or a sync's clock.
+    past_due_seen: HashMap<(String, i64), i64>,
+    /// Stripe's clock at the last sync.
     last_sync: Option<i64>,
 }
 
 impl Knowledge<'_> {
+    /// Notes a past-due stretch shown at `at`.
+    fn saw(&mut self, object: &model::Object, at: i64) {
+        if let model::Object::Sub(sub) = object
+            && let Some(since) = sub.past_due_since
+        {
+            let first = self
+                .past_due_seen
+                .entry((sub.id.clone(), since))
+                .or_insert(at);
+            *first = (*first).min(at);
+        }
+    }
+
     /// The instant up to which the service can know `user`'s truth at `t`: the last sync's
     /// clock less the margin, or the creation of the earliest event about the user created
     /// since then and not delivered yet (in flight, or lost), whichever is earlier.
@@ -258,7 +274,11 @@ async fn check_instant(
             .ok_or("user row gone")?;
         let stored_pro = row.tier_at(db, at).await.map_err(|e| e.to_string())? == Tier::Pro;
         let horizon = known.horizon(u, t);
-        let (may, must) = h.may_and_must_be_pro(u, horizon, t);
+        let seen = |sub: &model::Sub| {
+            let since = sub.past_due_since?;
+            known.past_due_seen.get(&(sub.id.clone(), since)).copied()
+        };
+        let (may, must) = h.may_and_must_be_pro(u, horizon, t, &seen);
         if stored_pro && !may {
             return Err(format!(
                 "NO UNPAID PRO: user {u} is Pro at {} though the rule gives Free on every state \
@@ -303,6 +323,7 @@ async fn run_history(seed: u64, app: &TestApp, second: &str) -> Result<(), Strin
     let mut known = Knowledge {
         h: &h,
         delivered: HashSet::new(),
+        past_due_seen: HashMap::new(),
         last_sync: None,
     };
     let context = |what: String| {
@@ -368,6 +389,7 @@ async fn run_history(seed: u64, app: &TestApp, second: &str) -> Result<(), Strin
                         )));
                     }
                     known.delivered.insert(event);
+                    known.saw(&sent.object, sent.created);
                 }
             }
             Step::Sync { skew } => {
@@ -382,6 +404,9 @@ async fn run_history(seed: u64, app: &TestApp, second: &str) -> Result<(), Strin
                     );
                 }
                 known.last_sync = Some(at);
+                for sub in h.truth_at(at).subs.values() {
+                    known.saw(&model::Object::Sub((*sub).clone()), at);
+                }
             }
         }
         if *at <= now {

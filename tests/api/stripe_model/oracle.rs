@@ -31,6 +31,16 @@ pub fn grants_pro(sub: &Sub, t: i64) -> bool {
     }
 }
 
+/// [`grants_pro`] as a service may apply it to `sub` when it was first shown this stretch of
+/// `past_due` at `seen` (issue 18: "the first event showing it"): an event about the stretch
+/// that arrives late, or is lost, moves the start of the grace that late.
+pub fn may_grant_pro(sub: &Sub, seen: Option<i64>, t: i64) -> bool {
+    match (sub.status, sub.past_due_since, seen) {
+        (Status::PastDue, Some(since), Some(seen)) => t < since.max(seen) + GRACE_PERIOD_DAYS * DAY,
+        _ => grants_pro(sub, t),
+    }
+}
+
 /// The end of an active or trialing subscription's Pro, renewal grace included.
 pub fn renewal_grace_end(sub: &Sub) -> i64 {
     if sub.cancel_at_period_end {
@@ -102,7 +112,13 @@ impl History {
     /// grace without paying", the second of "a payer keeps Pro". For `must` a customer counts
     /// only once the Checkout that made it completed by `from` (before that nobody can know
     /// whose it is); for `may` from its creation (it is the user's, and paid).
-    pub fn may_and_must_be_pro(&self, user: usize, from: i64, to: i64) -> (bool, bool) {
+    pub fn may_and_must_be_pro(
+        &self,
+        user: usize,
+        from: i64,
+        to: i64,
+        past_due_seen: &dyn Fn(&Sub) -> Option<i64>,
+    ) -> (bool, bool) {
         let instants = self.instants(from, to);
         let truths: Vec<(i64, Truth<'_>)> =
             instants.iter().map(|i| (*i, self.truth_at(*i))).collect();
@@ -113,7 +129,7 @@ impl History {
             truth
                 .subs
                 .values()
-                .any(|s| mine(&s.customer) && grants_pro(s, to))
+                .any(|s| mine(&s.customer) && may_grant_pro(s, past_due_seen(s), to))
         });
         let ids: Vec<&str> = truths
             .last()
