@@ -101,7 +101,11 @@ pub fn invoice(inv: &Invoice, sub: &str, customer: &str, shape: Shape) -> Value 
         "next_payment_attempt": inv.next_payment_attempt,
         "amount_due": 2000, "amount_paid": if inv.status == "paid" { 2000 } else { 0 },
         "currency": "usd", "livemode": false,
-        "status_transitions": {"finalized_at": (inv.status != "draft").then_some(inv.created),
+        // A renewal invoice is finalized, and its payment first attempted, about an hour
+        // after it is created; a first invoice at once (docs.stripe.com/billing/invoices/
+        // subscription, "Subscription invoice lifecycle"). A failure's time is then the
+        // finalization's, for an attempted invoice that is still open.
+        "status_transitions": {"finalized_at": (inv.status != "draft").then_some(inv.finalized_at()),
                                "paid_at": inv.paid_at, "voided_at": null,
                                "marked_uncollectible_at": null}
     });

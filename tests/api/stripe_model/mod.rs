@@ -10,13 +10,13 @@
 mod deliver;
 mod emit;
 mod fake_api;
+mod knowledge;
 mod model;
 #[cfg(test)]
 mod model_checks;
 mod oracle;
 mod rng;
 
-use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -28,6 +28,7 @@ use sea_orm::{DatabaseConnection, EntityTrait};
 use crate::helpers::{TestApp, spawn_app, test_settings};
 use crate::support::{self, Backend};
 use deliver::Step;
+use knowledge::Knowledge;
 use model::{DAY, History};
 
 crate::on_every_backend!(stripe_model_histories);
@@ -36,10 +37,6 @@ crate::on_every_backend!(stripe_model_histories);
 const DEFAULT_CASES: u64 = 200;
 /// Histories run at once (each its own users and its own fake Stripe, one database).
 const CONCURRENT: usize = 8;
-/// How far before the `Date` of its response a fetched snapshot may be ordered (the service
-/// subtracts a margin from Stripe's clock, issue 18): events created within it may still win
-/// over the snapshot, so the service may know Stripe's state only as of `Date` minus this.
-pub const SYNC_MARGIN: i64 = 15 * 60;
 /// The span of one history, ending now.
 const SPAN: i64 = 150 * DAY;
 
@@ -154,50 +151,6 @@ impl Drop for Instance {
     }
 }
 
-/// What the service has been told about one user at an instant, for the properties.
-struct Knowledge<'a> {
-    h: &'a History,
-    delivered: HashSet<usize>,
-    /// For each stretch of `past_due` (subscription, when it began): when the service was
-    /// first shown it, by a delivered event's `created` or a sync's clock.
-    past_due_seen: HashMap<(String, i64), i64>,
-    /// Stripe's clock at the last sync.
-    last_sync: Option<i64>,
-}
-
-impl Knowledge<'_> {
-    /// Notes a past-due stretch shown at `at`.
-    fn saw(&mut self, object: &model::Object, at: i64) {
-        if let model::Object::Sub(sub) = object
-            && let Some(since) = sub.past_due_since
-        {
-            let first = self
-                .past_due_seen
-                .entry((sub.id.clone(), since))
-                .or_insert(at);
-            *first = (*first).min(at);
-        }
-    }
-
-    /// The instant up to which the service can know `user`'s truth at `t`: the last sync's
-    /// clock less the margin, or the creation of the earliest event about the user created
-    /// since then and not delivered yet (in flight, or lost), whichever is earlier.
-    fn horizon(&self, user: usize, t: i64) -> i64 {
-        let covered = self.last_sync.map_or(i64::MIN, |s| s - SYNC_MARGIN);
-        let pending = self
-            .h
-            .events
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| e.created <= t && e.created > covered)
-            .filter(|(_, e)| self.h.owner.get(&e.customer) == Some(&user))
-            .filter(|(i, _)| !self.delivered.contains(i))
-            .map(|(_, e)| e.created - 1)
-            .min();
-        pending.unwrap_or(t).min(t)
-    }
-}
-
 /// The stored rows of `user`'s subscriptions, for failure messages.
 async fn stored(db: &DatabaseConnection, user_id: i64) -> String {
     let Ok(Some(user)) = entity::users::Entity::find_by_id(user_id).one(db).await else {
@@ -253,13 +206,12 @@ fn describe(h: &History, object: &model::Object) -> String {
     }
 }
 
-fn day(h: &History, t: i64) -> String {
+pub fn day(h: &History, t: i64) -> String {
     format!("day {:.2}", (t - h.start) as f64 / DAY as f64)
 }
 
 /// The two instant properties at `t`, for every user.
 async fn check_instant(
-    h: &History,
     known: &Knowledge<'_>,
     db: &DatabaseConnection,
     users: &[(i64, String)],
@@ -273,29 +225,8 @@ async fn check_instant(
             .map_err(|e| e.to_string())?
             .ok_or("user row gone")?;
         let stored_pro = row.tier_at(db, at).await.map_err(|e| e.to_string())? == Tier::Pro;
-        let horizon = known.horizon(u, t);
-        let seen = |sub: &model::Sub| {
-            let since = sub.past_due_since?;
-            known.past_due_seen.get(&(sub.id.clone(), since)).copied()
-        };
-        let (may, must) = h.may_and_must_be_pro(u, horizon, t, &seen);
-        if stored_pro && !may {
-            return Err(format!(
-                "NO UNPAID PRO: user {u} is Pro at {} though the rule gives Free on every state \
-                 Stripe held since {} (what the service can know by then); {}",
-                day(h, t),
-                day(h, horizon),
-                stored(db, *user_id).await
-            ));
-        }
-        if !stored_pro && must {
-            return Err(format!(
-                "PAYER KEEPS PRO: user {u} is Free at {} though the rule gives Pro on every state \
-                 Stripe held since {} (outside every named window); {}",
-                day(h, t),
-                day(h, horizon),
-                stored(db, *user_id).await
-            ));
+        if let Err(why) = known.judge(u, t, stored_pro) {
+            return Err(format!("{why}; {}", stored(db, *user_id).await));
         }
     }
     Ok(())
@@ -320,12 +251,7 @@ async fn run_history(seed: u64, app: &TestApp, second: &str) -> Result<(), Strin
     let addresses = [app.address.as_str(), second];
     // Every step and its answer, for replaying a seed (docs/stripe-model.md).
     let trace = std::env::var_os("STRIPE_MODEL_TRACE").is_some();
-    let mut known = Knowledge {
-        h: &h,
-        delivered: HashSet::new(),
-        past_due_seen: HashMap::new(),
-        last_sync: None,
-    };
+    let mut known = Knowledge::new(&h);
     let context = |what: String| {
         format!(
             "{what} [{:?} shape, after retries: {:?}, {} users, {} events]",
@@ -410,7 +336,7 @@ async fn run_history(seed: u64, app: &TestApp, second: &str) -> Result<(), Strin
             }
         }
         if *at <= now {
-            check_instant(&h, &known, &app.db.db, &users, *at)
+            check_instant(&known, &app.db.db, &users, *at)
                 .await
                 .map_err(context)?;
         }
@@ -419,7 +345,7 @@ async fn run_history(seed: u64, app: &TestApp, second: &str) -> Result<(), Strin
     stripe.set_now(now);
     let skew = rng.below_i64(2 * deliver::MAX_SKEW + 1) - deliver::MAX_SKEW;
     let sync = deliver::stripe_sync(&app.db.url, &stripe.base, now + skew).await;
-    known.last_sync = Some(now + SYNC_MARGIN);
+    known.last_sync = Some(now + knowledge::SYNC_MARGIN);
     if !sync.success {
         return Err(context(format!(
             "SYNC: the final stripe-sync failed: {}",

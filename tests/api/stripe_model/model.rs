@@ -110,6 +110,17 @@ pub struct Invoice {
     pub paid_at: Option<i64>,
 }
 
+impl Invoice {
+    /// When it was finalized and its payment first attempted.
+    pub fn finalized_at(&self) -> i64 {
+        if self.billing_reason == "subscription_create" {
+            self.created
+        } else {
+            self.created + PAYMENT_DELAY
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Sub {
     pub id: String,
