@@ -87,8 +87,23 @@ pub fn plan(h: &History, rng: &mut Rng) -> Vec<(i64, Step)> {
     steps
 }
 
-/// Signs `event` as Stripe does (now, with the endpoint's secret) and posts it.
+/// Delivers `event` as Stripe does: signed now, and sent again after a 5xx (the service
+/// answers 503 while its database is busy; Stripe retries those for days). The answer is the
+/// first that is not a 5xx, or the last.
 pub async fn deliver(client: &reqwest::Client, address: &str, event: &Value) -> (u16, Value) {
+    let mut attempt = 0;
+    loop {
+        let (status, answer) = deliver_once(client, address, event).await;
+        if status < 500 || attempt == 20 {
+            return (status, answer);
+        }
+        attempt += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
+    }
+}
+
+/// Signs `event` as Stripe does (now, with the endpoint's secret) and posts it once.
+async fn deliver_once(client: &reqwest::Client, address: &str, event: &Value) -> (u16, Value) {
     let body = event.to_string();
     let header = api::stripe::signature::sign(
         body.as_bytes(),

@@ -35,8 +35,19 @@ crate::on_every_backend!(stripe_model_histories);
 
 /// Histories per backend when STRIPE_MODEL_CASES is unset.
 const DEFAULT_CASES: u64 = 200;
-/// Histories run at once (each its own users and its own fake Stripe, one database).
-const CONCURRENT: usize = 8;
+/// Histories run at once (each its own users and its own fake Stripe, one database); fewer on
+/// SQLite, which has one writer.
+fn concurrent(backend: Backend) -> usize {
+    match backend {
+        Backend::Sqlite => 4,
+        _ => 8,
+    }
+}
+
+/// A growing pause before trying again.
+async fn pause_before_retry(attempt: u64) {
+    tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
+}
 /// The span of one history, ending now.
 const SPAN: i64 = 150 * DAY;
 
@@ -46,7 +57,7 @@ async fn stripe_model_histories(backend: Backend) {
     let second = Arc::new(Instance::start(&app.db.url).await);
     let started = std::time::Instant::now();
     let mut failures = Vec::new();
-    for chunk in seeds.chunks(CONCURRENT) {
+    for chunk in seeds.chunks(concurrent(backend)) {
         let mut running = tokio::task::JoinSet::new();
         for &seed in chunk {
             let app = app.clone();
@@ -239,9 +250,19 @@ async fn run_history(seed: u64, app: &TestApp, second: &str) -> Result<(), Strin
     let mut tokens = Vec::new();
     for user in &h.users {
         let email = api::domain::Email::parse(&user.email).expect("model e-mail");
-        let (model, token) = api::service::accounts::create_user(&app.db.db, &email)
-            .await
-            .expect("create user");
+        // SQLite has one writer, and a sync may hold it: a busy database is retried.
+        let mut attempt = 0;
+        let (model, token) = loop {
+            match api::service::accounts::create_user(&app.db.db, &email).await {
+                Ok(created) => break created,
+                Err(err) if attempt < 20 => {
+                    attempt += 1;
+                    tracing::debug!(error = %err, "create user: retrying");
+                    pause_before_retry(attempt).await;
+                }
+                Err(err) => return Err(format!("HARNESS: create user: {err:?}")),
+            }
+        };
         users.push((model.id, user.email.clone()));
         tokens.push(token);
     }
@@ -344,7 +365,16 @@ async fn run_history(seed: u64, app: &TestApp, second: &str) -> Result<(), Strin
     // Settled: every delivery made; a sync for the lost events, from a skewed host.
     stripe.set_now(now);
     let skew = rng.below_i64(2 * deliver::MAX_SKEW + 1) - deliver::MAX_SKEW;
-    let sync = deliver::stripe_sync(&app.db.url, &stripe.base, now + skew).await;
+    let mut sync = deliver::stripe_sync(&app.db.url, &stripe.base, now + skew).await;
+    // A run that met a busy SQLite database is run again, as an operator would.
+    for attempt in 1..=3 {
+        let busy = sync.output.contains("database is locked") || sync.output.contains("busy");
+        if sync.success || !busy {
+            break;
+        }
+        pause_before_retry(attempt).await;
+        sync = deliver::stripe_sync(&app.db.url, &stripe.base, now + skew).await;
+    }
     known.last_sync = Some(now + knowledge::SYNC_MARGIN);
     if !sync.success {
         return Err(context(format!(
