@@ -153,9 +153,12 @@ fn route(served: &Served, path: &str, query: &[(String, String)]) -> Response {
             let data = objects
                 .iter()
                 .filter_map(|(_, o)| match o {
-                    Object::Customer(c) if !c.deleted => Some(emit::customer(c)),
+                    Object::Customer(c) if !c.deleted => Some(c),
                     _ => None,
                 })
+                // Stripe's `email` filter is exact and case-sensitive.
+                .filter(|c| param("email").is_none_or(|e| c.email == e))
+                .map(emit::customer)
                 .collect();
             list(path, data, query)
         }
