@@ -163,17 +163,12 @@ async fn run(cli: Cli) -> Result<(), String> {
 
 async fn purge(settings: &Settings) -> Result<(), String> {
     let db = migrated(settings).await?;
-    let purged = api::service::retention::purge_expired(
-        &db,
-        &settings.limits,
-        chrono::Utc::now(),
-        |so_far| {
-            eprintln!(
-                "purged {} session(s) in {} batch(es)",
-                so_far.removed, so_far.batches
-            )
-        },
-    )
+    let purged = api::service::retention::purge_expired(&db, &settings.limits, |so_far| {
+        eprintln!(
+            "purged {} session(s) in {} batch(es)",
+            so_far.removed, so_far.batches
+        )
+    })
     .await
     .map_err(|e| format!("purge failed: {e}"))?;
     say(&format!(
@@ -190,6 +185,7 @@ async fn stripe_sync(settings: &Settings, args: &stripe_backfill::SyncArgs) -> R
         &db,
         &mut client,
         args.customer.as_deref(),
+        args.link_by_email,
         |note| match note {
             stripe_backfill::Note::Progress(tally) => eprintln!("stripe-sync: {tally}"),
             stripe_backfill::Note::Customer { customer, detail } => {

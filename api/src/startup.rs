@@ -280,13 +280,8 @@ async fn purge_periodically(state: AppState, every: Duration) {
     let mut ticks = tokio::time::interval(every);
     loop {
         ticks.tick().await;
-        let result = crate::service::retention::purge_expired(
-            &state.db,
-            &state.limits,
-            chrono::Utc::now(),
-            |_| {},
-        )
-        .await;
+        let result =
+            crate::service::retention::purge_expired(&state.db, &state.limits, |_| {}).await;
         match result {
             Ok(purged) if purged.removed > 0 => {
                 tracing::info!(removed = purged.removed, "purged expired deleted sessions")

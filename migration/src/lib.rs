@@ -176,8 +176,21 @@ pub fn default_sqlite_path() -> PathBuf {
         .unwrap_or(relative)
 }
 
+/// [`default_sqlite_path`] as a URL. sqlx percent-decodes the path and stops it at `?` or `#`,
+/// so those three are encoded: a working directory named `c%41d` or `q?x` must not open
+/// `cAd/` or fail as a malformed URL the user never gave.
 pub fn default_database_url() -> String {
-    format!("sqlite://{}?mode=rwc", default_sqlite_path().display())
+    let path = default_sqlite_path().display().to_string();
+    let mut encoded = String::with_capacity(path.len());
+    for c in path.chars() {
+        match c {
+            '%' => encoded.push_str("%25"),
+            '?' => encoded.push_str("%3F"),
+            '#' => encoded.push_str("%23"),
+            c => encoded.push(c),
+        }
+    }
+    format!("sqlite://{encoded}?mode=rwc")
 }
 
 /// The backends this project runs on, as a user names them.

@@ -8,7 +8,17 @@ use crate::support::random_name;
 
 #[test]
 fn the_default_database_is_under_the_working_directory() {
-    let dir = std::env::temp_dir().join(format!("billing-default-db-{}", random_name()));
+    default_database_under(&format!("billing-default-db-{}", random_name()));
+}
+
+/// Characters a URL gives a meaning to: the file still lands in this very folder.
+#[test]
+fn a_working_directory_with_url_characters_is_taken_literally() {
+    default_database_under(&format!("billing default %41 q?x #y-{}", random_name()));
+}
+
+fn default_database_under(folder: &str) {
+    let dir = std::env::temp_dir().join(folder);
     std::fs::create_dir_all(&dir).expect("create the working directory");
     // Canonical, as `current_dir()` reports it (the temp folder may be behind a symlink).
     let dir = dir.canonicalize().expect("canonical working directory");

@@ -1,8 +1,14 @@
-//! An in-process Stripe for `stripe-sync`: `GET /v1/customers`, `GET /v1/customers/{id}` and
-//! `GET /v1/subscriptions`, paginated as Stripe does (`limit`, `starting_after`, `has_more`),
-//! with objects and list envelopes shaped like those in Stripe's published fixtures
-//! (github.com/stripe/openapi, `openapi/fixtures3.json`; API 2025-03-31 "basil" and later,
-//! where the period end is on each item), bearer-key checks, and faults on demand.
+//! An in-process Stripe for `stripe-sync`: `GET /v1/customers`, `GET /v1/customers/{id}`,
+//! `GET /v1/subscriptions`, `GET /v1/subscriptions/{id}` and `GET /v1/checkout/sessions`,
+//! paginated as Stripe does (`limit`, `starting_after`, `has_more`), with objects and list
+//! envelopes shaped like those in Stripe's published fixtures (github.com/stripe/openapi,
+//! `openapi/fixtures3.json`; API 2025-03-31 "basil" and later, where the period end is on
+//! each item), bearer-key checks, and faults on demand.
+//!
+//! As Stripe does: deleted customers leave the list, and asking for one answers
+//! `{"id", "object": "customer", "deleted": true}`; every answer carries a `Date` header, from
+//! Stripe's clock, which a test may set apart from the host's (a host whose clock is wrong is
+//! modelled by a Stripe clock that differs from it).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -41,6 +47,11 @@ struct Data {
     page_size: usize,
     customers: Vec<Value>,
     subscriptions: Vec<Value>,
+    sessions: Vec<Value>,
+    /// Customers deleted at Stripe: out of the list, `deleted: true` when asked for.
+    deleted: Vec<String>,
+    /// Stripe's clock: a fixed time, or the host's when unset.
+    clock: Option<i64>,
     faults: VecDeque<Fault>,
     /// Every request, as `GET /path?query`.
     log: Vec<String>,
@@ -105,6 +116,24 @@ impl FakeStripe {
         });
     }
 
+    /// A completed Checkout Session (listed with `status=complete`).
+    pub fn add_checkout_session(&self, session: Value) {
+        self.with(|d| d.sessions.push(session));
+    }
+
+    /// Deletes the customer, as `DELETE /v1/customers/{id}` would.
+    pub fn delete_customer(&self, id: &str) {
+        self.with(|d| {
+            d.customers.retain(|c| c["id"] != id);
+            d.deleted.push(id.to_owned());
+        });
+    }
+
+    /// Stripe's clock from now on: `Some(seconds since the epoch)`, or the host's.
+    pub fn set_clock(&self, at: Option<i64>) {
+        self.with(|d| d.clock = at);
+    }
+
     pub fn fail_next(&self, fault: Fault) {
         self.with(|d| d.faults.push_back(fault));
     }
@@ -138,6 +167,28 @@ async fn answer(
 ) -> Response {
     let mut data = data.lock().expect("fake Stripe state");
     data.log.push(format!("{method} {uri}"));
+    let now = data.clock.unwrap_or_else(|| chrono::Utc::now().timestamp());
+    let mut response = route(&mut data, &method, &uri, &headers, &query);
+    // An HTTP-date, as Stripe (and every HTTP server) sends it; ours replaces the one the
+    // server would add from the host's clock.
+    let date = chrono::DateTime::from_timestamp(now, 0)
+        .expect("a date")
+        .format("%a, %d %b %Y %H:%M:%S GMT")
+        .to_string();
+    response.headers_mut().insert(
+        axum::http::header::DATE,
+        HeaderValue::from_str(&date).expect("date header"),
+    );
+    response
+}
+
+fn route(
+    data: &mut Data,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Response {
     let path = uri.path();
     if let Some(at) = data.faults.iter().position(|f| f.path == path) {
         let fault = data.faults.remove(at).expect("fault");
@@ -165,7 +216,7 @@ async fn answer(
             &format!("Invalid API Key provided: {presented}"),
         );
     }
-    if method != Method::GET {
+    if *method != Method::GET {
         return error(
             StatusCode::METHOD_NOT_ALLOWED,
             "invalid_request_error",
@@ -174,16 +225,26 @@ async fn answer(
         );
     }
     match path {
-        "/v1/customers" => list(&data, path, data.customers.clone(), &query),
+        "/v1/customers" => list(data, path, data.customers.clone(), query),
+        "/v1/checkout/sessions" => {
+            let wanted = data
+                .sessions
+                .iter()
+                .filter(|s| of_customer(query, s))
+                .filter(|s| {
+                    query
+                        .get("status")
+                        .is_none_or(|wanted| s["status"].as_str() == Some(wanted.as_str()))
+                })
+                .cloned()
+                .collect();
+            list(data, path, wanted, query)
+        }
         "/v1/subscriptions" => {
             let wanted = data
                 .subscriptions
                 .iter()
-                .filter(|s| {
-                    query
-                        .get("customer")
-                        .is_none_or(|c| s["customer"].as_str() == Some(c.as_str()))
-                })
+                .filter(|s| of_customer(query, s))
                 .filter(|s| {
                     let status = s["status"].as_str().unwrap_or("");
                     match query.get("status").map(String::as_str) {
@@ -195,11 +256,26 @@ async fn answer(
                 })
                 .cloned()
                 .collect();
-            list(&data, path, wanted, &query)
+            list(data, path, wanted, query)
+        }
+        _ if path.starts_with("/v1/subscriptions/") => {
+            let id = &path["/v1/subscriptions/".len()..];
+            match data.subscriptions.iter().find(|s| s["id"] == id) {
+                Some(subscription) => Json(subscription.clone()).into_response(),
+                None => error(
+                    StatusCode::NOT_FOUND,
+                    "invalid_request_error",
+                    Some("resource_missing"),
+                    &format!("No such subscription: '{id}'"),
+                ),
+            }
         }
         _ => match path.strip_prefix("/v1/customers/") {
             Some(id) => match data.customers.iter().find(|c| c["id"] == id) {
                 Some(customer) => Json(customer.clone()).into_response(),
+                None if data.deleted.iter().any(|d| d == id) => {
+                    Json(json!({"id": id, "object": "customer", "deleted": true})).into_response()
+                }
                 None => error(
                     StatusCode::NOT_FOUND,
                     "invalid_request_error",
@@ -215,6 +291,13 @@ async fn answer(
             ),
         },
     }
+}
+
+/// Whether `object` passes a list's `customer=` filter (no filter: every object does).
+fn of_customer(query: &HashMap<String, String>, object: &Value) -> bool {
+    query
+        .get("customer")
+        .is_none_or(|c| object["customer"].as_str() == Some(c.as_str()))
 }
 
 /// One page of `objects` in Stripe's list envelope.
@@ -260,6 +343,44 @@ pub fn customer(id: &str, email: Option<&str>, user_id: Option<&str>) -> Value {
         "phone": null, "preferred_locales": [], "shipping": null, "tax_exempt": "none",
         "test_clock": null
     })
+}
+
+/// A completed Checkout Session in subscription mode, opened for `user_id` (our checkout puts
+/// the user's id in `client_reference_id`), that created `customer` and `subscription`.
+pub fn checkout_session(id: &str, user_id: &str, customer: &str, subscription: &str) -> Value {
+    let mut session = json!({
+        "id": id, "object": "checkout.session",
+        "after_expiration": null, "allow_promotion_codes": null,
+        "amount_subtotal": 2000, "amount_total": 2000,
+        "automatic_tax": {"enabled": false, "liability": null, "status": null, "provider": null},
+        "billing_address_collection": null, "cancel_url": "https://example.com/cancel",
+        "client_reference_id": user_id, "client_secret": null,
+        "consent": null, "consent_collection": null, "created": 1_721_948_000,
+        "currency": "usd", "custom_fields": [],
+        "custom_text": {"after_submit": null, "shipping_address": null, "submit": null,
+                        "terms_of_service_acceptance": null},
+        "customer": customer, "customer_creation": "always",
+        "customer_details": {"address": null, "email": "payer@example.com", "name": null,
+                             "phone": null, "tax_exempt": "none", "tax_ids": []},
+        "customer_email": null, "expires_at": 1_722_034_400
+    });
+    let rest = json!({
+        "invoice": "in_1", "invoice_creation": null, "livemode": false, "locale": null,
+        "metadata": {}, "mode": "subscription", "payment_intent": null, "payment_link": null,
+        "payment_method_collection": "always", "payment_method_configuration_details": null,
+        "payment_method_options": {}, "payment_method_types": ["card"],
+        "payment_status": "paid", "phone_number_collection": {"enabled": false},
+        "recovered_from": null, "setup_intent": null, "shipping_address_collection": null,
+        "shipping_cost": null, "shipping_options": [], "status": "complete",
+        "submit_type": null, "subscription": subscription,
+        "success_url": "https://example.com/success", "total_details": null,
+        "ui_mode": "hosted", "url": null
+    });
+    // Two literals: one would pass serde_json's macro recursion limit.
+    if let (Some(session), Value::Object(rest)) = (session.as_object_mut(), rest) {
+        session.extend(rest);
+    }
+    session
 }
 
 /// A subscription object with one item whose period ends at `period_end`.

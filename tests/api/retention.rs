@@ -2,7 +2,7 @@ use chrono::{DateTime, Duration, FixedOffset, Utc};
 use sea_orm::{ConnectionTrait, DbBackend};
 
 use api::Limits;
-use api::service::retention::{Cursor, candidates, purge_expired};
+use api::service::retention::{Cursor, candidates, database_now, purge_expired};
 
 use crate::helpers::{TestApp, spawn_app, spawn_app_with};
 use crate::support::{self, Backend};
@@ -14,6 +14,7 @@ crate::on_every_backend!(
     concurrent_purges_share_the_work,
     the_server_purges_periodically_when_asked,
     a_renewal_later_than_the_grace_finds_the_trash_pro_keeps,
+    the_purge_clock_is_the_databases_in_utc,
 );
 
 fn batches_of(purge_batch_size: u64) -> Limits {
@@ -85,11 +86,9 @@ async fn purges_exactly_what_is_past_each_window(backend: Backend) {
     .await;
 
     let mut progress = Vec::new();
-    let purged = purge_expired(&app.db.db, &batches_of(1), Utc::now(), |p| {
-        progress.push(p.removed)
-    })
-    .await
-    .expect("purge");
+    let purged = purge_expired(&app.db.db, &batches_of(1), |p| progress.push(p.removed))
+        .await
+        .expect("purge");
     assert_eq!(purged.removed, 2);
     // One progress call per batch of one row, oldest deletion first: pro-outside (removed),
     // pro-inside and pro-at-8-days (kept: Pro keeps 30 days), free-outside (removed).
@@ -106,7 +105,7 @@ async fn purges_exactly_what_is_past_each_window(backend: Backend) {
         ]
     );
     // Again: nothing left to do.
-    let again = purge_expired(&app.db.db, &batches_of(10), Utc::now(), |_| {})
+    let again = purge_expired(&app.db.db, &batches_of(10), |_| {})
         .await
         .unwrap();
     assert_eq!(again.removed, 0);
@@ -126,7 +125,7 @@ async fn rows_sharing_one_timestamp_are_purged_across_batches(backend: Backend) 
             session_deleted_at(&app, &email, &format!("{owner}-{i:02}"), Some(stamp)).await;
         }
     }
-    let purged = purge_expired(&app.db.db, &batches_of(7), Utc::now(), |_| {})
+    let purged = purge_expired(&app.db.db, &batches_of(7), |_| {})
         .await
         .expect("purge");
     assert_eq!(purged.removed, 20, "every Free row, past its 7 days");
@@ -246,9 +245,7 @@ async fn concurrent_purges_share_the_work(backend: Backend) {
     let runs: Vec<_> = (0..4)
         .map(|_| {
             let db = app.db.db.clone();
-            tokio::spawn(
-                async move { purge_expired(&db, &batches_of(7), Utc::now(), |_| {}).await },
-            )
+            tokio::spawn(async move { purge_expired(&db, &batches_of(7), |_| {}).await })
         })
         .collect();
     let mut total = 0;
@@ -333,7 +330,7 @@ async fn a_renewal_later_than_the_grace_finds_the_trash_pro_keeps(backend: Backe
             .await;
         assert_eq!(tiers, vec![tier], "{email}");
     }
-    purge_expired(&app.db.db, &batches_of(10), Utc::now(), |_| {})
+    purge_expired(&app.db.db, &batches_of(10), |_| {})
         .await
         .expect("purge");
     let mut kept: Vec<String> = cases
@@ -344,4 +341,19 @@ async fn a_renewal_later_than_the_grace_finds_the_trash_pro_keeps(backend: Backe
     kept.push("stripe-trashed".to_owned());
     kept.sort();
     assert_eq!(remaining(&app).await, kept);
+}
+
+/// The purge measures windows by the clock the `user_tiers` view reads, the database's, and
+/// reads it in UTC whatever the backend: on this machine the two clocks agree, so the
+/// database's, read right, is within moments of the host's.
+async fn the_purge_clock_is_the_databases_in_utc(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let before = Utc::now();
+    let db_now = database_now(&app.db.db).await.expect("the database's time");
+    let after = Utc::now();
+    let slack = Duration::seconds(5);
+    assert!(
+        db_now > before - slack && db_now < after + slack,
+        "{db_now} not between {before} and {after}"
+    );
 }

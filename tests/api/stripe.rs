@@ -1279,9 +1279,10 @@ async fn fetched_snapshots_go_through_the_same_rule_as_events(backend: Backend) 
         before[0].split('|').next(),
         "users row rewritten"
     );
+    // Dated a second before the fetch, so that events created at the fetch's instant win.
     assert_eq!(
         after[0].split('|').nth(1),
-        Some((now + 60).to_string().as_str())
+        Some((now + 60 - 1).to_string().as_str())
     );
     assert_eq!(
         app.db.texts("SELECT count(*) FROM stripe_events").await,
@@ -1304,10 +1305,11 @@ async fn fetched_snapshots_go_through_the_same_rule_as_events(backend: Backend) 
         app.billing_row("ann@example.com").await,
         "cus_f|sub_f|active|set"
     );
+    // Created in the very second of the last fetch: the event wins the tie.
     let newer = subscription(
         "evt_f2",
         "deleted",
-        now + 61,
+        now + 60,
         ("cus_f", "sub_f"),
         "canceled",
         end,

@@ -7,7 +7,7 @@ use chrono::Utc;
 use entity::users;
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait, QueryOrder};
 
-use crate::fake_stripe::{FakeStripe, Fault, customer, subscription};
+use crate::fake_stripe::{FakeStripe, Fault, checkout_session, customer, subscription};
 use crate::helpers::{TestApp, checkout, spawn_app};
 use crate::support::{self, Backend};
 
@@ -16,6 +16,12 @@ crate::on_every_backend!(
     rate_limits_and_server_errors_are_retried,
     a_rejected_key_changes_nothing_and_is_never_shown,
     one_customer_with_the_customer_flag,
+    a_host_clock_two_days_ahead_does_not_outrank_a_later_cancel,
+    a_payment_in_the_same_second_as_the_read_wins,
+    a_newer_stored_state_that_differs_is_read_again_then_fails,
+    checkout_sessions_link_a_returning_customer_and_an_orphan,
+    a_key_of_another_mode_is_refused,
+    customers_deleted_at_stripe_are_marked_deleted,
 );
 
 const KEY: &str = "sk_test_51SyncKeyThatMustNeverBePrinted";
@@ -117,9 +123,13 @@ async fn raw_user(app: &TestApp, email: &str) {
 
 /// A user linked to `customer` the way checkout links them, with an active subscription.
 async fn linked_user(app: &TestApp, email: &str, customer: &str, sub: &str) {
+    linked_user_at(app, email, customer, sub, Utc::now().timestamp() - 86_400).await;
+}
+
+/// As [`linked_user`], with Stripe's events created at `then`.
+async fn linked_user_at(app: &TestApp, email: &str, customer: &str, sub: &str, then: i64) {
     app.user(email).await;
     let uid = app.user_id(email).await;
-    let then = Utc::now().timestamp() - 86_400;
     let (status, body) = app
         .deliver_event(&checkout(
             &format!("evt_co_{sub}"),
@@ -203,8 +213,17 @@ async fn links_and_repairs_then_a_second_run_changes_nothing(backend: Backend) {
     stripe.add_customer(customer("cus_badmeta", None, Some("99999999")));
 
     let before = state(&app).await;
-    let first = stripe_sync(&app, &stripe, Some(KEY), &[]).await;
-    assert!(first.success, "{}\n{}", first.stdout, first.stderr);
+    let first = stripe_sync(&app, &stripe, Some(KEY), &["--link-by-email"]).await;
+    // Two live subscriptions stay without a user (cus_dup1's, cus_stranger's): payers
+    // without Pro, so the run fails and names them.
+    assert!(!first.success, "{}\n{}", first.stdout, first.stderr);
+    assert!(
+        first
+            .stdout
+            .contains("live subscription, no user: cus_dup1, cus_stranger"),
+        "{}",
+        first.stdout
+    );
     let twin = u64::from(twins);
     for (what, n) in [
         ("seen", 9 + twin),
@@ -215,8 +234,8 @@ async fn links_and_repairs_then_a_second_run_changes_nothing(backend: Backend) {
         ("unmatched", 2),
         ("updated", 4),
         ("unchanged", 0),
-        ("skipped", 2),
-        ("failed", 0),
+        ("skipped", 0),
+        ("failed", 2),
     ] {
         assert_eq!(first.count(what), n, "{what}: {}", first.stdout);
     }
@@ -245,9 +264,19 @@ async fn links_and_repairs_then_a_second_run_changes_nothing(backend: Backend) {
     // Stripe read through its list endpoints only, 100 a page, every page followed.
     let log = stripe.take_log();
     let customers = requests_to(&log, "/v1/customers");
+    let sessions = requests_to(&log, "/v1/checkout/sessions");
     let subscriptions = requests_to(&log, "/v1/subscriptions");
-    assert_eq!((customers.len(), subscriptions.len()), (5, 3), "{log:#?}");
-    assert_eq!(log.len(), customers.len() + subscriptions.len(), "{log:#?}");
+    assert_eq!(
+        (customers.len(), sessions.len(), subscriptions.len()),
+        (5, 1, 3),
+        "{log:#?}"
+    );
+    assert_eq!(
+        log.len(),
+        customers.len() + sessions.len() + subscriptions.len(),
+        "{log:#?}"
+    );
+    assert!(sessions[0].contains("status=complete"), "{log:#?}");
     assert!(log.iter().all(|r| r.contains("limit=100")), "{log:#?}");
     assert!(subscriptions.iter().all(|r| r.contains("status=all")));
     assert!(
@@ -258,8 +287,8 @@ async fn links_and_repairs_then_a_second_run_changes_nothing(backend: Backend) {
 
     // Nothing changed at Stripe: nothing changes here, and the history does not grow.
     let settled = state(&app).await;
-    let second = stripe_sync(&app, &stripe, Some(KEY), &[]).await;
-    assert!(second.success, "{}", second.stderr);
+    let second = stripe_sync(&app, &stripe, Some(KEY), &["--link-by-email"]).await;
+    assert!(!second.success, "{}", second.stderr);
     assert_eq!(state(&app).await, settled);
     for (what, n) in [
         ("already", 4),
@@ -267,6 +296,7 @@ async fn links_and_repairs_then_a_second_run_changes_nothing(backend: Backend) {
         ("e-mail", 0),
         ("updated", 0),
         ("unchanged", 4),
+        ("failed", 2),
     ] {
         assert_eq!(second.count(what), n, "{what}: {}", second.stdout);
     }
@@ -399,7 +429,7 @@ async fn a_rejected_key_changes_nothing_and_is_never_shown(backend: Backend) {
         .expect("join")
         .expect("help");
     assert!(!String::from_utf8_lossy(&help.stdout).contains(KEY));
-    let run = stripe_sync(&app, &stripe, Some(KEY), &[]).await;
+    let run = stripe_sync(&app, &stripe, Some(KEY), &["--link-by-email"]).await;
     assert!(run.success, "{}", run.stderr);
     assert_eq!(run.count("updated"), 2, "{}", run.stdout);
 }
@@ -476,4 +506,404 @@ async fn one_customer_with_the_customer_flag(backend: Backend) {
     assert!(!run.success);
     assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
     assert_eq!(stripe.take_log().len(), 1, "only cus_missing was asked for");
+}
+
+/// A customer with `email` and its one subscription, at Stripe.
+fn at_stripe(
+    stripe: &FakeStripe,
+    (customer_id, email): (&str, &str),
+    sub: &str,
+    status: &str,
+    end: i64,
+) {
+    stripe.add_customer(customer(customer_id, Some(email), None));
+    stripe.put_subscription(subscription(sub, customer_id, status, end));
+}
+
+/// Delivers `customer.subscription.{kind}` for `(customer, sub)`, created at `created`; 200.
+async fn deliver_subscription(
+    app: &TestApp,
+    id: &str,
+    created: i64,
+    (customer, sub): (&str, &str),
+    status: &str,
+    period_end: i64,
+) {
+    let kind = if status == "canceled" {
+        "deleted"
+    } else {
+        "updated"
+    };
+    let event =
+        crate::helpers::subscription(id, kind, created, (customer, sub), status, period_end, true);
+    let (status, body) = app.deliver_event(&event).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// Issue 18: a sync from a host whose clock ran two days ahead keyed every subscription two
+/// days into the future, so the customer's cancel, delivered next, changed nothing. Stripe's
+/// `Date` orders the snapshot now; a host ahead of Stripe is modelled by Stripe's clock
+/// behind the host's.
+async fn a_host_clock_two_days_ahead_does_not_outrank_a_later_cancel(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let stripe = FakeStripe::start(KEY, 100).await;
+    let stripe_now = Utc::now().timestamp() - 2 * 86_400;
+    let period_end = stripe_now + 20 * 86_400;
+    linked_user_at(
+        &app,
+        "pro@example.com",
+        "cus_pro",
+        "sub_pro",
+        stripe_now - 86_400,
+    )
+    .await;
+    at_stripe(
+        &stripe,
+        ("cus_pro", "pro@example.com"),
+        "sub_pro",
+        "active",
+        period_end,
+    );
+    stripe.set_clock(Some(stripe_now));
+    let run = stripe_sync(&app, &stripe, Some(KEY), &[]).await;
+    assert!(run.success, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.count("updated"), 1, "the period end: {}", run.stdout);
+
+    // A minute later by Stripe's clock, the customer cancels.
+    let canceled = subscription("sub_pro", "cus_pro", "canceled", period_end);
+    stripe.put_subscription(canceled);
+    deliver_subscription(
+        &app,
+        "evt_cancel",
+        stripe_now + 60,
+        ("cus_pro", "sub_pro"),
+        "canceled",
+        period_end,
+    )
+    .await;
+    assert_eq!(
+        app.billing_row("pro@example.com").await,
+        "cus_pro|sub_pro|canceled|set",
+        "the cancel, created after the sync read Stripe, wins"
+    );
+    stripe.set_clock(Some(stripe_now + 120));
+    let run = stripe_sync(&app, &stripe, Some(KEY), &[]).await;
+    assert!(run.success, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.count("unchanged"), 1, "{}", run.stdout);
+    assert_eq!(
+        app.billing_row("pro@example.com").await,
+        "cus_pro|sub_pro|canceled|set"
+    );
+}
+
+/// Issue 18: with no skew at all, a payment in the same second as the sync's read
+/// (`unpaid` → `active`) lost to the fetched snapshot. Events created at or after the read,
+/// by Stripe's clock, win.
+async fn a_payment_in_the_same_second_as_the_read_wins(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let stripe = FakeStripe::start(KEY, 100).await;
+    let now = Utc::now().timestamp();
+    let period_end = now + 20 * 86_400;
+    linked_user_at(
+        &app,
+        "late@example.com",
+        "cus_late",
+        "sub_late",
+        now - 86_400,
+    )
+    .await;
+    deliver_subscription(
+        &app,
+        "evt_unpaid",
+        now - 3_600,
+        ("cus_late", "sub_late"),
+        "unpaid",
+        period_end,
+    )
+    .await;
+    at_stripe(
+        &stripe,
+        ("cus_late", "late@example.com"),
+        "sub_late",
+        "unpaid",
+        period_end,
+    );
+    stripe.set_clock(Some(now));
+    let run = stripe_sync(&app, &stripe, Some(KEY), &[]).await;
+    assert!(run.success, "{}\n{}", run.stdout, run.stderr);
+
+    // The payment went through in the second Stripe answered the sync.
+    deliver_subscription(
+        &app,
+        "evt_paid",
+        now,
+        ("cus_late", "sub_late"),
+        "active",
+        period_end,
+    )
+    .await;
+    assert_eq!(
+        app.billing_row("late@example.com").await,
+        "cus_late|sub_late|active|set"
+    );
+}
+
+/// Issue 18: a stored state that differs from Stripe's but is dated later (here one dated a
+/// day ahead, as a host clock running ahead wrote them) was counted `unchanged`, exit 0. It
+/// is read again, and, still differing, counted as a failure.
+async fn a_newer_stored_state_that_differs_is_read_again_then_fails(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let stripe = FakeStripe::start(KEY, 100).await;
+    let now = Utc::now().timestamp();
+    let period_end = now + 20 * 86_400;
+    linked_user(&app, "ahead@example.com", "cus_ahead", "sub_ahead").await;
+    deliver_subscription(
+        &app,
+        "evt_ahead",
+        now + 86_400,
+        ("cus_ahead", "sub_ahead"),
+        "active",
+        period_end,
+    )
+    .await;
+    at_stripe(
+        &stripe,
+        ("cus_ahead", "ahead@example.com"),
+        "sub_ahead",
+        "canceled",
+        period_end,
+    );
+    let run = stripe_sync(&app, &stripe, Some(KEY), &[]).await;
+    assert!(!run.success, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.count("unchanged"), 0, "{}", run.stdout);
+    assert_eq!(run.count("failed"), 1, "{}", run.stdout);
+    assert!(
+        run.stderr.contains("sub_ahead") && run.stderr.contains("differs"),
+        "{}",
+        run.stderr
+    );
+    let log = stripe.take_log();
+    assert_eq!(
+        requests_to(&log, "/v1/subscriptions/sub_ahead").len(),
+        1,
+        "read again once: {log:#?}"
+    );
+}
+
+/// Issue 18: the user's first customer (cus_1) canceled long ago; they paid again through a
+/// second Checkout (cus_2) while the webhook endpoint was down. And a user orphaned before
+/// m010: their first customer's subscription is still paid, the user points at the newer
+/// one. Their completed Checkout Sessions link both; a payer no session or metadata names
+/// fails the run, by name.
+async fn checkout_sessions_link_a_returning_customer_and_an_orphan(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let stripe = FakeStripe::start(KEY, 1).await;
+    let now = Utc::now().timestamp();
+    let long_ago = now - 400 * 86_400;
+    let period_end = now + 20 * 86_400;
+
+    linked_user_at(&app, "back@example.com", "cus_1", "sub_1", long_ago).await;
+    deliver_subscription(
+        &app,
+        "evt_sub_1_canceled",
+        long_ago + 30 * 86_400,
+        ("cus_1", "sub_1"),
+        "canceled",
+        long_ago + 30 * 86_400,
+    )
+    .await;
+    let back = app.user_id("back@example.com").await.to_string();
+    stripe.add_customer(customer("cus_1", Some("back@example.com"), None));
+    stripe.add_customer(customer("cus_2", Some("back@example.com"), None));
+    stripe.put_subscription(subscription(
+        "sub_1",
+        "cus_1",
+        "canceled",
+        long_ago + 30 * 86_400,
+    ));
+    stripe.put_subscription(subscription("sub_2", "cus_2", "active", period_end));
+    stripe.add_checkout_session(checkout_session("cs_1", &back, "cus_1", "sub_1"));
+    stripe.add_checkout_session(checkout_session("cs_2", &back, "cus_2", "sub_2"));
+
+    // The orphan: its paid subscription's customer is held, linked to no one.
+    deliver_subscription(
+        &app,
+        "evt_old_created",
+        long_ago,
+        ("cus_old", "sub_old"),
+        "active",
+        period_end,
+    )
+    .await;
+    linked_user_at(
+        &app,
+        "orphan@example.com",
+        "cus_new",
+        "sub_new",
+        long_ago + 60,
+    )
+    .await;
+    deliver_subscription(
+        &app,
+        "evt_new_canceled",
+        long_ago + 120,
+        ("cus_new", "sub_new"),
+        "canceled",
+        long_ago + 120,
+    )
+    .await;
+    let orphan = app.user_id("orphan@example.com").await.to_string();
+    assert_eq!(
+        app.billing_row("orphan@example.com").await,
+        "cus_new|sub_new|canceled|set"
+    );
+    stripe.add_customer(customer("cus_old", Some("orphan@example.com"), None));
+    stripe.add_customer(customer("cus_new", Some("orphan@example.com"), None));
+    stripe.put_subscription(subscription("sub_old", "cus_old", "active", period_end));
+    stripe.put_subscription(subscription(
+        "sub_new",
+        "cus_new",
+        "canceled",
+        long_ago + 120,
+    ));
+    stripe.add_checkout_session(checkout_session("cs_old", &orphan, "cus_old", "sub_old"));
+    stripe.add_checkout_session(checkout_session("cs_new", &orphan, "cus_new", "sub_new"));
+
+    // A session still open says nothing; a payer nothing names.
+    let mut open = checkout_session("cs_open", &back, "cus_stray", "sub_stray");
+    open["status"] = serde_json::json!("open");
+    stripe.add_checkout_session(open);
+    stripe.add_customer(customer("cus_stray", Some("back@example.com"), None));
+    stripe.put_subscription(subscription(
+        "sub_stray",
+        "cus_stray",
+        "trialing",
+        period_end,
+    ));
+
+    let run = stripe_sync(&app, &stripe, Some(KEY), &[]).await;
+    assert_eq!(
+        app.billing_row("back@example.com").await,
+        "cus_2|sub_2|active|set",
+        "{}\n{}",
+        run.stdout,
+        run.stderr
+    );
+    assert_eq!(
+        app.billing_row("orphan@example.com").await,
+        "cus_old|sub_old|active|set"
+    );
+    assert!(!run.success, "{}", run.stdout);
+    assert_eq!(run.count("checkout"), 2, "{}", run.stdout);
+    assert_eq!(run.count("e-mail"), 0, "not without --link-by-email");
+    assert_eq!(run.count("failed"), 1, "{}", run.stdout);
+    assert!(
+        run.stdout.contains("live subscription, no user: cus_stray"),
+        "{}",
+        run.stdout
+    );
+    let log = stripe.take_log();
+    let sessions = requests_to(&log, "/v1/checkout/sessions");
+    assert!(sessions.len() > 1, "every page followed: {log:#?}");
+    assert!(
+        sessions.iter().all(|r| r.contains("status=complete")),
+        "{log:#?}"
+    );
+
+    // The same customer alone, with --customer, is linked by its session too.
+    let run = stripe_sync(&app, &stripe, Some(KEY), &["--customer", "cus_stray"]).await;
+    assert!(!run.success, "still unlinked: {}", run.stdout);
+    assert!(run.stdout.contains("no user: cus_stray"), "{}", run.stdout);
+}
+
+/// Issue 18: a key of the other mode than the data Stripe returns is refused, nothing
+/// written; a key that names no mode is refused before Stripe is asked.
+async fn a_key_of_another_mode_is_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let live_key = "sk_live_51SyncKeyThatMustNeverBePrinted";
+    let stripe = FakeStripe::start(live_key, 100).await;
+    let period_end = Utc::now().timestamp() + 20 * 86_400;
+    linked_user(&app, "paid@example.com", "cus_paid", "sub_paid").await;
+    // The fake's objects are test-mode objects (`livemode: false`).
+    stripe.add_customer(customer("cus_paid", Some("paid@example.com"), None));
+    stripe.put_subscription(subscription("sub_paid", "cus_paid", "canceled", period_end));
+    let before = state(&app).await;
+    let run = stripe_sync(&app, &stripe, Some(live_key), &[]).await;
+    assert!(!run.success, "{}", run.stdout);
+    let errors: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", run.stderr);
+    assert!(
+        errors[0].contains("test mode") && errors[0].contains("live-mode key"),
+        "{}",
+        errors[0]
+    );
+    assert_eq!(state(&app).await, before);
+    assert!(!run.stdout.contains(live_key));
+
+    stripe.take_log();
+    let run = stripe_sync(&app, &stripe, Some("sk_51NoModeInThisKey"), &[]).await;
+    assert!(!run.success);
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    assert!(run.stderr.contains("sk_test_"), "{}", run.stderr);
+    assert!(stripe.take_log().is_empty(), "Stripe not asked");
+}
+
+/// Stripe lists no deleted customer: stripe-sync asks for the ones it holds that the list no
+/// longer shows, and marks those Stripe answers `deleted: true` as `customer.deleted` would.
+async fn customers_deleted_at_stripe_are_marked_deleted(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let stripe = FakeStripe::start(KEY, 100).await;
+    let period_end = Utc::now().timestamp() + 20 * 86_400;
+    linked_user(&app, "gone@example.com", "cus_gone", "sub_gone").await;
+    linked_user(&app, "one@example.com", "cus_one", "sub_one").await;
+    linked_user(&app, "kept@example.com", "cus_kept", "sub_kept").await;
+    for id in ["cus_gone", "cus_one", "cus_kept"] {
+        stripe.add_customer(customer(id, None, None));
+    }
+    stripe.put_subscription(subscription("sub_kept", "cus_kept", "active", period_end));
+    // Deleting a customer cancels its subscriptions at once.
+    for (id, sub) in [("cus_gone", "sub_gone"), ("cus_one", "sub_one")] {
+        stripe.delete_customer(id);
+        stripe.put_subscription(subscription(sub, id, "canceled", period_end));
+    }
+    let deleted = || async {
+        app.db
+            .texts(
+                "SELECT customer_id FROM stripe_customers WHERE deleted_at IS NOT NULL \
+                 ORDER BY customer_id",
+            )
+            .await
+            .join(",")
+    };
+    let run = stripe_sync(&app, &stripe, Some(KEY), &["--customer", "cus_one"]).await;
+    assert!(run.success, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(deleted().await, "cus_one");
+    let run = stripe_sync(&app, &stripe, Some(KEY), &[]).await;
+    assert!(run.success, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.count("deleted"), 1, "{}", run.stdout);
+    assert_eq!(deleted().await, "cus_gone,cus_one");
+    assert_eq!(
+        app.billing_row("gone@example.com").await,
+        "-|-|canceled|-",
+        "no live customer left"
+    );
+    assert_eq!(
+        app.billing_row("kept@example.com").await,
+        "cus_kept|sub_kept|active|set"
+    );
+    let log = stripe.take_log();
+    assert_eq!(
+        requests_to(&log, "/v1/customers/cus_gone").len(),
+        1,
+        "{log:#?}"
+    );
+    assert!(requests_to(&log, "/v1/customers/cus_kept").is_empty());
+    // Known deleted: not asked again.
+    let run = stripe_sync(&app, &stripe, Some(KEY), &[]).await;
+    assert!(run.success, "{}", run.stderr);
+    assert_eq!(run.count("deleted"), 0, "{}", run.stdout);
 }

@@ -13,13 +13,18 @@
 //! 3. delete the rows past their owner's window, and move the cursor past the batch, so
 //!    sessions that must stay are not read again.
 //!
+//! "Now" is the database's, read once when the purge starts: the `user_tiers` view decides
+//! tiers by the database's clock, so the windows are measured by it too. With the host's
+//! clock beside it, a host running ahead would purge by Free's window sessions whose owners
+//! the view still counts as Pro, or the other way round.
+//!
 //! Nothing reads all of `users`. A session restored meanwhile is either locked by us first (the
 //! restore then finds it gone, a 404) or already live (we never select it).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use chrono::{DateTime, FixedOffset, Utc};
+use chrono::{DateTime, FixedOffset, NaiveDateTime, Utc};
 use entity::Tier;
 
 use sea_orm::{
@@ -35,14 +40,15 @@ pub struct Purged {
     pub batches: u64,
 }
 
-/// Purges until nothing expired is left, calling `progress` after each batch.
+/// Purges until nothing expired is left, by the database's clock, calling `progress` after
+/// each batch.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn purge_expired(
     db: &DatabaseConnection,
     limits: &Limits,
-    now: DateTime<Utc>,
     mut progress: impl FnMut(Purged),
 ) -> Result<Purged, DbErr> {
+    let now = database_now(db).await?;
     let cutoff = |tier| {
         let keep =
             chrono::Duration::from_std(limits.retention(tier)).unwrap_or(chrono::Duration::MAX);
@@ -87,6 +93,28 @@ pub async fn purge_expired(
 }
 
 const MAX_RETRIES: u32 = 20;
+
+/// The database's clock, in UTC, to the microsecond: the clock the `user_tiers` view reads
+/// (`now()` on PostgreSQL, `CURRENT_TIMESTAMP` on MySQL, `'now'` on SQLite). Read as text
+/// in one format on every backend, so no driver's time-zone handling comes between.
+pub async fn database_now<C: ConnectionTrait>(db: &C) -> Result<DateTime<Utc>, DbErr> {
+    let backend = db.get_database_backend();
+    let sql = match backend {
+        DbBackend::Postgres => {
+            "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')"
+        }
+        DbBackend::MySql => "SELECT DATE_FORMAT(UTC_TIMESTAMP(6), '%Y-%m-%d %H:%i:%s.%f')",
+        _ => "SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')",
+    };
+    let row = db
+        .query_one_raw(Statement::from_string(backend, sql))
+        .await?
+        .ok_or_else(|| DbErr::Custom("the database did not tell its time".to_owned()))?;
+    let text: String = row.try_get_by_index(0)?;
+    NaiveDateTime::parse_from_str(&text, "%Y-%m-%d %H:%M:%S%.f")
+        .map(|t| t.and_utc())
+        .map_err(|e| DbErr::Custom(format!("the database's time {text:?}: {e}")))
+}
 
 struct Cutoffs {
     free: DateTime<FixedOffset>,

@@ -2,41 +2,59 @@
 //! columns, back to what Stripe says. For right after m006 on an existing user base, after
 //! missed webhooks, and nightly as a safety net (README, "stripe-sync").
 //!
-//! Stripe is read through its list endpoints only (all customers, then all subscriptions with
-//! `status=all`, 100 a page), so a million customers cost about twenty thousand requests, not
-//! millions. Every customer is read before anything is written: a rejected key fails on the
-//! first request with nothing changed, and the e-mail match sees every customer that shares
-//! an address.
+//! Stripe is read through its list endpoints (all customers, all completed Checkout Sessions,
+//! then all subscriptions with `status=all`, 100 a page), so a million customers cost about
+//! thirty thousand requests, not millions; only customers we know of that the list no longer
+//! shows are asked for one by one (Stripe lists no deleted customer). Every customer and
+//! session is read before anything is written: a rejected key, or one of the other mode,
+//! fails with nothing changed, and the e-mail match sees every customer that shares an
+//! address.
 //!
-//! Linking, for a customer no user has yet: the user its `metadata.user_id` names; failing
-//! that, the one user whose e-mail equals the customer's, when no other customer has that
-//! e-mail and the user has no customer yet. Both sides are compared lower-cased in Rust:
-//! database collations disagree (SQLite's `lower()` only folds ASCII, MariaDB's depend on
-//! the column). Anything less certain is left alone and counted.
+//! Linking, for a customer no user has yet, in this order:
+//! 1. the user its completed Checkout Sessions name in `client_reference_id` (ours: checkout
+//!    puts the user's id there). This is the payer's own act, so it links a returning
+//!    customer's second customer, and customers orphaned before m010, whatever else the
+//!    user has;
+//! 2. the user its `metadata.user_id` names;
+//! 3. with `--link-by-email` only: the one user whose e-mail equals the customer's, when no
+//!    other customer has that e-mail and the user has no customer yet. Both sides are
+//!    compared lower-cased in Rust: database collations disagree (SQLite's `lower()` only
+//!    folds ASCII, MariaDB's depend on the column). Opt-in, because it trusts `users.email`
+//!    as its owner's: where e-mails are not verified, whoever registers a payer's address
+//!    would get the payer's subscription.
 //!
-//! Writes go through the webhook's own path (`stripe_sync`): a subscription fetched at time t counts
-//! as an event created at t, so a webhook created later still wins, an older one cannot roll
-//! it back, and a snapshot already stored changes nothing.
+//! Anything less certain is left alone and counted. A customer left unlinked that has a live
+//! subscription (`active`, `trialing`, `past_due`) is a payer without Pro: a failure, named in
+//! the summary.
+//!
+//! Writes go through the webhook's own path (`stripe_sync`): a subscription fetched when
+//! Stripe's clock said t counts as an event created just before t − [`CLOCK_MARGIN`], so a
+//! webhook created later still wins, an older one cannot roll it back, and a snapshot already
+//! stored changes nothing. When the stored state differs from Stripe's and is dated later, the
+//! subscription is read again; if it still differs, that is a failure, never `unchanged`.
+//!
+//! [`CLOCK_MARGIN`]: crate::stripe::client::CLOCK_MARGIN
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use entity::users;
-use sea_orm::{DatabaseConnection, EntityTrait, QuerySelect};
+use entity::{stripe_customers, stripe_subscriptions, users};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect};
 use serde_json::Value;
 
 use crate::error::ApiError;
 use crate::service::stripe_sync::{self, LinkOutcome, Outcome};
 use crate::stripe::client::{ApiKey, Listing, StripeClient, StripeError};
-use crate::stripe::event::{MAX_ID_CHARS, snapshot_from_subscription, storable};
+use crate::stripe::event::{MAX_ID_CHARS, Snapshot, snapshot_from_subscription, storable};
 
 /// `billing stripe-sync` flags. The key is read from the environment in preference; it is
 /// never shown (`hide_env_values`, and `ApiKey` has no readable `Debug`).
 #[derive(clap::Args, Clone, Debug)]
 pub struct SyncArgs {
-    /// Stripe secret key (sk_...), or a restricted key (rk_...) that may read customers and
-    /// subscriptions. Prefer the environment: a flag shows in the process list.
+    /// Stripe secret key (sk_live_..., sk_test_...), or a restricted key (rk_...) that may read
+    /// customers, Checkout Sessions and subscriptions; its prefix is the mode the run reads.
+    /// Prefer the environment: a flag shows in the process list.
     #[arg(
         long = "stripe-api-key",
         env = "STRIPE_API_KEY",
@@ -62,6 +80,11 @@ pub struct SyncArgs {
         value_parser = clap::value_parser!(u32).range(1..=1000)
     )]
     pub max_requests_per_sec: u32,
+    /// Also link a customer to the one user whose e-mail is the customer's (after Checkout
+    /// Sessions and metadata.user_id). Only where users' e-mails are verified: it trusts
+    /// users.email as its owner's.
+    #[arg(long)]
+    pub link_by_email: bool,
 }
 
 impl SyncArgs {
@@ -77,9 +100,11 @@ impl SyncArgs {
         {
             return Err(SyncError::BadCustomer(customer.clone()));
         }
+        let mode = key.mode().ok_or(SyncError::KeyMode)?;
         Ok(StripeClient::new(
             &self.api_base,
             key,
+            mode,
             self.max_requests_per_sec,
         )?)
     }
@@ -96,9 +121,14 @@ fn is_customer_id(id: &str) -> bool {
 pub enum SyncError {
     #[error(
         "STRIPE_API_KEY is not set: a Stripe secret key (sk_...) or a restricted key (rk_...) \
-         that may read customers and subscriptions"
+         that may read customers, Checkout Sessions and subscriptions"
     )]
     NoKey,
+    #[error(
+        "STRIPE_API_KEY is neither a live nor a test key: it must start with sk_live_, \
+         rk_live_, sk_test_ or rk_test_"
+    )]
+    KeyMode,
     #[error("--customer {0:?} is not a Stripe customer id (cus_...)")]
     BadCustomer(String),
     #[error(transparent)]
@@ -113,37 +143,59 @@ pub enum SyncError {
 pub struct Tally {
     pub customers_seen: u64,
     pub already_linked: u64,
+    pub linked_by_checkout: u64,
     pub linked_by_metadata: u64,
     pub linked_by_email: u64,
     pub ambiguous: u64,
     pub unmatched: u64,
+    /// Customers we had as live that Stripe has deleted, marked deleted now.
+    pub deleted: u64,
     pub subscriptions_seen: u64,
     pub updated: u64,
     pub unchanged: u64,
     /// Subscriptions of customers no user is linked to.
     pub skipped: u64,
     pub failed: u64,
+    /// Customers with a live subscription that no user is linked to (each also counted in
+    /// `failed`): payers who do not get Pro.
+    pub unlinked_payers: Vec<String>,
 }
 
 impl fmt::Display for Tally {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} customer(s) seen: {} already linked, {} linked by metadata.user_id, \
-             {} linked by e-mail, {} ambiguous, {} unmatched; {} subscription(s) seen: \
-             {} updated, {} unchanged, {} skipped (customer not linked); {} failed",
+            "{} customer(s) seen: {} already linked, {} linked by checkout, \
+             {} linked by metadata.user_id, {} linked by e-mail, {} ambiguous, {} unmatched, \
+             {} deleted at Stripe; {} subscription(s) seen: {} updated, {} unchanged, \
+             {} skipped (customer not linked); {} failed",
             self.customers_seen,
             self.already_linked,
+            self.linked_by_checkout,
             self.linked_by_metadata,
             self.linked_by_email,
             self.ambiguous,
             self.unmatched,
+            self.deleted,
             self.subscriptions_seen,
             self.updated,
             self.unchanged,
             self.skipped,
             self.failed
-        )
+        )?;
+        if !self.unlinked_payers.is_empty() {
+            const SHOWN: usize = 20;
+            let shown = self.unlinked_payers.iter().take(SHOWN).cloned();
+            let mut names = shown.collect::<Vec<_>>().join(", ");
+            if self.unlinked_payers.len() > SHOWN {
+                names.push_str(&format!(
+                    " and {} more (see above)",
+                    self.unlinked_payers.len() - SHOWN
+                ));
+            }
+            write!(f, "; live subscription, no user: {names}")?;
+        }
+        Ok(())
     }
 }
 
@@ -155,16 +207,18 @@ pub enum Note<'a> {
     Customer { customer: &'a str, detail: String },
 }
 
-/// Syncs every customer, or only `only`.
+/// Syncs every customer, or only `only`; links by e-mail too when `link_by_email`.
 #[tracing::instrument(level = "debug", skip_all, fields(only = only))]
 pub async fn sync(
     db: &DatabaseConnection,
     client: &mut StripeClient,
     only: Option<&str>,
+    link_by_email: bool,
     mut note: impl FnMut(Note<'_>),
 ) -> Result<Tally, SyncError> {
     let mut run = Run {
         db,
+        link_by_email,
         tally: Tally::default(),
         users_of: HashMap::new(),
         linked_users: HashSet::new(),
@@ -205,12 +259,44 @@ impl Customer {
 
 #[derive(Clone, Copy)]
 enum Via {
+    Checkout,
     Metadata,
     Email,
 }
 
+/// Customer → the users its completed Checkout Sessions name in `client_reference_id`.
+type CheckoutUsers = HashMap<String, Vec<i64>>;
+
+/// Adds what one Checkout Session says: its customer and the user it was opened for. Sessions
+/// without a customer (a one-off payment by a guest) or with a reference that is not a user
+/// id (another integration's) say nothing.
+fn add_checkout(users: &mut CheckoutUsers, session: &Value) {
+    let customer = match session.get("customer") {
+        Some(Value::String(id)) => Some(id.as_str()),
+        // Expanded.
+        Some(Value::Object(o)) => o.get("id").and_then(Value::as_str),
+        _ => None,
+    };
+    let user = session
+        .get("client_reference_id")
+        .and_then(Value::as_str)
+        .and_then(|r| r.trim().parse::<i64>().ok());
+    if let (Some(customer), Some(user)) = (customer, user) {
+        let named = users.entry(customer.to_owned()).or_default();
+        if !named.contains(&user) {
+            named.push(user);
+        }
+    }
+}
+
+/// Stripe's statuses of a subscription that is paid for, or is being: its customer is a payer.
+fn is_live(stripe_status: &str) -> bool {
+    matches!(stripe_status, "active" | "trialing" | "past_due")
+}
+
 struct Run<'a, N: FnMut(Note<'_>)> {
     db: &'a DatabaseConnection,
+    link_by_email: bool,
     tally: Tally,
     /// Customer → its user, for every customer looked at (None: not linked).
     users_of: HashMap<String, Option<i64>>,
@@ -223,6 +309,7 @@ struct Run<'a, N: FnMut(Note<'_>)> {
 impl<N: FnMut(Note<'_>)> Run<'_, N> {
     async fn all(&mut self, client: &mut StripeClient) -> Result<(), SyncError> {
         let mut unlinked = Vec::new();
+        let mut listed = HashSet::new();
         let mut emails_at_stripe: HashMap<String, u32> = HashMap::new();
         let mut customers = client.list("/v1/customers", &[]);
         while let Some(page) = customers.next(client).await? {
@@ -241,6 +328,7 @@ impl<N: FnMut(Note<'_>)> Run<'_, N> {
                     });
                     continue;
                 }
+                listed.insert(customer.id.clone());
                 if let Some(email) = &customer.email {
                     *emails_at_stripe.entry(email.clone()).or_default() += 1;
                 }
@@ -251,20 +339,47 @@ impl<N: FnMut(Note<'_>)> Run<'_, N> {
             }
             self.progress(false);
         }
-        let users_by_email = if unlinked.iter().any(|c| c.metadata_user.is_none()) {
+        let mut checkouts = CheckoutUsers::new();
+        if !unlinked.is_empty() {
+            let mut sessions = client.list("/v1/checkout/sessions", &[("status", "complete")]);
+            while let Some(page) = sessions.next(client).await? {
+                for session in &page.data {
+                    add_checkout(&mut checkouts, session);
+                }
+                self.progress(false);
+            }
+        }
+        let users_by_email = if self.link_by_email {
             users_by_email(self.db).await?
         } else {
             HashMap::new()
         };
-        // Explicit links first, so that which customer gets a user does not depend on the
-        // order Stripe lists them in.
-        let (by_metadata, rest): (Vec<_>, Vec<_>) = unlinked
-            .into_iter()
-            .partition(|c| c.metadata_user.is_some());
+        // The payer's own Checkout first, then explicit metadata, then e-mail, so that which
+        // customer gets a user does not depend on the order Stripe lists them in.
+        let mut rest = Vec::new();
+        for customer in unlinked {
+            match checkouts.get(&customer.id).map(Vec::as_slice) {
+                Some(&[user]) => self.link(&customer, user, Via::Checkout).await,
+                Some(users) if users.len() > 1 => {
+                    let named: Vec<String> = users.iter().map(i64::to_string).collect();
+                    self.ambiguous(
+                        &customer.id,
+                        format!("its Checkout Sessions name users {}", named.join(", ")),
+                    );
+                }
+                _ => rest.push(customer),
+            }
+        }
+        let (by_metadata, rest): (Vec<_>, Vec<_>) =
+            rest.into_iter().partition(|c| c.metadata_user.is_some());
         for customer in &by_metadata {
             self.link_by_metadata(customer).await;
         }
         for customer in &rest {
+            if !self.link_by_email {
+                self.unmatched(&customer.id);
+                continue;
+            }
             match self.email_match(customer, &emails_at_stripe, &users_by_email) {
                 Ok(user) => self.link(customer, user, Via::Email).await,
                 Err(None) => self.unmatched(&customer.id),
@@ -272,33 +387,126 @@ impl<N: FnMut(Note<'_>)> Run<'_, N> {
             }
         }
         self.progress(true);
+        self.mark_deleted(client, &listed).await?;
         let subscriptions = client.list("/v1/subscriptions", &[("status", "all")]);
         self.apply(client, subscriptions).await
     }
 
-    async fn one(&mut self, client: &mut StripeClient, id: &str) -> Result<(), SyncError> {
-        let object = client.get(&format!("/v1/customers/{id}")).await?;
-        self.tally.customers_seen += 1;
-        let deleted = object.get("deleted").and_then(Value::as_bool) == Some(true);
-        match stripe_sync::user_of_customer(self.db, id).await? {
-            Some(user) => self.matched(id, user),
-            None if deleted => self.left_alone(id, "deleted at Stripe; not linked".to_owned()),
-            None => match Customer::from_object(&object) {
-                Some(customer) if customer.metadata_user.is_some() => {
-                    self.link_by_metadata(&customer).await
-                }
-                _ => self.left_alone(
-                    id,
-                    "not linked: no metadata.user_id (a run without --customer also links by \
-                     e-mail)"
+    /// Customers we hold as live that Stripe's list no longer shows: deleted at Stripe (its
+    /// list leaves deleted customers out; asking for one answers `deleted: true`) and then
+    /// marked deleted here, as `customer.deleted` would have.
+    async fn mark_deleted(
+        &mut self,
+        client: &mut StripeClient,
+        listed: &HashSet<String>,
+    ) -> Result<(), SyncError> {
+        let known: Vec<String> = stripe_customers::Entity::find()
+            .select_only()
+            .column(stripe_customers::Column::CustomerId)
+            .filter(stripe_customers::Column::DeletedAt.is_null())
+            .into_tuple()
+            .all(self.db)
+            .await
+            .map_err(ApiError::from)?;
+        for id in known.iter().filter(|id| !listed.contains(*id)) {
+            if !is_customer_id(id) {
+                continue;
+            }
+            match client.get(&format!("/v1/customers/{id}")).await {
+                Ok((object, _)) if is_deleted(&object) => self.deleted(id).await,
+                Ok(_) => {}
+                // Not in this mode's account, or no longer anywhere: nothing to learn.
+                Err(StripeError::Api { status: 404, .. }) => (self.note)(Note::Customer {
+                    customer: id,
+                    detail: "Stripe has no such customer (another mode or account?); left as is"
                         .to_owned(),
-                ),
-            },
+                }),
+                Err(err) => return Err(err.into()),
+            }
+            self.progress(false);
+        }
+        Ok(())
+    }
+
+    async fn deleted(&mut self, id: &str) {
+        match stripe_sync::customer_deleted(self.db, id).await {
+            Ok(()) => self.tally.deleted += 1,
+            Err(err) => {
+                self.tally.failed += 1;
+                (self.note)(Note::Customer {
+                    customer: id,
+                    detail: format!("deleted at Stripe; marking it deleted failed: {err}"),
+                });
+            }
+        }
+    }
+
+    async fn one(&mut self, client: &mut StripeClient, id: &str) -> Result<(), SyncError> {
+        let (object, _) = client.get(&format!("/v1/customers/{id}")).await?;
+        self.tally.customers_seen += 1;
+        if is_deleted(&object) {
+            if stripe_sync::user_of_customer(self.db, id).await?.is_some()
+                || stripe_customers::Entity::find_by_id(id)
+                    .one(self.db)
+                    .await
+                    .map_err(ApiError::from)?
+                    .is_some_and(|c| c.deleted_at.is_none())
+            {
+                self.deleted(id).await;
+            }
+            self.left_alone(id, "deleted at Stripe".to_owned());
+        } else {
+            match stripe_sync::user_of_customer(self.db, id).await? {
+                Some(user) => self.matched(id, user),
+                None => self.link_one(client, id, &object).await?,
+            }
         }
         self.progress(true);
         let subscriptions =
             client.list("/v1/subscriptions", &[("customer", id), ("status", "all")]);
         self.apply(client, subscriptions).await
+    }
+
+    /// `--customer` for a customer no user has: by its Checkout Sessions, then its metadata.
+    async fn link_one(
+        &mut self,
+        client: &mut StripeClient,
+        id: &str,
+        object: &Value,
+    ) -> Result<(), SyncError> {
+        let Some(customer) = Customer::from_object(object) else {
+            self.left_alone(id, "not linked: Stripe's customer has no id".to_owned());
+            return Ok(());
+        };
+        let mut checkouts = CheckoutUsers::new();
+        let mut sessions = client.list(
+            "/v1/checkout/sessions",
+            &[("customer", id), ("status", "complete")],
+        );
+        while let Some(page) = sessions.next(client).await? {
+            for session in &page.data {
+                add_checkout(&mut checkouts, session);
+            }
+        }
+        match checkouts.get(id).map(Vec::as_slice) {
+            Some(&[user]) => self.link(&customer, user, Via::Checkout).await,
+            Some(users) if users.len() > 1 => {
+                let named: Vec<String> = users.iter().map(i64::to_string).collect();
+                self.ambiguous(
+                    id,
+                    format!("its Checkout Sessions name users {}", named.join(", ")),
+                );
+            }
+            _ if customer.metadata_user.is_some() => self.link_by_metadata(&customer).await,
+            _ => self.left_alone(
+                id,
+                "not linked: no completed Checkout Session names a user, and no \
+                 metadata.user_id (a run without --customer can also link by e-mail, with \
+                 --link-by-email)"
+                    .to_owned(),
+            ),
+        }
+        Ok(())
     }
 
     fn matched(&mut self, customer: &str, user: i64) {
@@ -377,6 +585,7 @@ impl<N: FnMut(Note<'_>)> Run<'_, N> {
         };
         if matches!(outcome, LinkOutcome::Linked) {
             match via {
+                Via::Checkout => self.tally.linked_by_checkout += 1,
                 Via::Metadata => self.tally.linked_by_metadata += 1,
                 Via::Email => self.tally.linked_by_email += 1,
             }
@@ -394,10 +603,8 @@ impl<N: FnMut(Note<'_>)> Run<'_, N> {
                 self.users_of.insert(id.to_owned(), owner);
             }
         } else {
-            self.ambiguous(
-                id,
-                format!("user {user} may not take this customer (it has another one)"),
-            );
+            // LinkOutcome::CustomerDeleted: a webhook said so since the customer was read.
+            self.left_alone(id, "not linked: deleted at Stripe".to_owned());
         }
     }
 
@@ -437,26 +644,14 @@ impl<N: FnMut(Note<'_>)> Run<'_, N> {
                     }
                 };
                 if user.is_none() {
-                    self.tally.skipped += 1;
+                    if is_live(&snapshot.stripe_status) {
+                        self.unlinked_payer(&snapshot);
+                    } else {
+                        self.tally.skipped += 1;
+                    }
                     continue;
                 }
-                match stripe_sync::apply_fetched_subscription(self.db, &snapshot, page.fetched_at)
-                    .await
-                {
-                    Ok(Outcome::Applied) => self.tally.updated += 1,
-                    Ok(Outcome::Duplicate) => self.tally.unchanged += 1,
-                    Ok(_) => self.tally.skipped += 1,
-                    Err(err) => {
-                        self.tally.failed += 1;
-                        (self.note)(Note::Customer {
-                            customer: &snapshot.customer,
-                            detail: format!(
-                                "subscription {} not applied: {err}",
-                                snapshot.subscription
-                            ),
-                        });
-                    }
-                }
+                self.apply_one(client, snapshot, page.as_of).await;
             }
             self.progress(false);
         }
@@ -464,11 +659,126 @@ impl<N: FnMut(Note<'_>)> Run<'_, N> {
         Ok(())
     }
 
+    /// A live subscription whose customer no user has: a payer without Pro.
+    fn unlinked_payer(&mut self, snapshot: &Snapshot) {
+        self.tally.failed += 1;
+        if !self.tally.unlinked_payers.contains(&snapshot.customer) {
+            self.tally.unlinked_payers.push(snapshot.customer.clone());
+        }
+        (self.note)(Note::Customer {
+            customer: &snapshot.customer,
+            detail: format!(
+                "subscription {} is {} but no user is linked to the customer",
+                snapshot.subscription, snapshot.stripe_status
+            ),
+        });
+    }
+
+    /// Applies one fetched subscription. A stored state that differs and is dated later is
+    /// read again from Stripe once (a webhook newer than the page, say, which the new read
+    /// then shows too); if it still differs, the run counts a failure.
+    async fn apply_one(&mut self, client: &mut StripeClient, snapshot: Snapshot, as_of: i64) {
+        let mut snapshot = snapshot;
+        let mut as_of = as_of;
+        let mut read_again = true;
+        loop {
+            let applied = stripe_sync::apply_fetched_subscription(self.db, &snapshot, as_of).await;
+            let failure = match applied {
+                Ok(Outcome::Applied) => {
+                    self.tally.updated += 1;
+                    return;
+                }
+                Ok(Outcome::Duplicate) => match stored_differs(self.db, &snapshot).await {
+                    Ok(None) => {
+                        self.tally.unchanged += 1;
+                        return;
+                    }
+                    Ok(Some(_)) if read_again => {
+                        read_again = false;
+                        let path = format!("/v1/subscriptions/{}", snapshot.subscription);
+                        match client.get(&path).await.map_err(SyncError::from).and_then(
+                            |(object, at)| {
+                                let again = snapshot_from_subscription(&object).map_err(|e| {
+                                    StripeError::Malformed {
+                                        path: path.clone(),
+                                        detail: e.to_string(),
+                                    }
+                                })?;
+                                Ok((again, at))
+                            },
+                        ) {
+                            Ok((again, at)) => {
+                                (snapshot, as_of) = (again, at);
+                                continue;
+                            }
+                            Err(err) => format!("read again, failed: {err}"),
+                        }
+                    }
+                    Ok(Some(stored)) => format!(
+                        "stored state ({stored}) differs from Stripe's ({}) and is dated \
+                         after Stripe's read: a webhook newer than the read, or a state \
+                         dated by a host clock that ran ahead; see docs/stripe.md",
+                        describe(
+                            snapshot.status.as_str(),
+                            snapshot.current_period_end.map(|t| t.timestamp())
+                        )
+                    ),
+                    Err(err) => format!("comparing with the stored state failed: {err}"),
+                },
+                Ok(_) => {
+                    self.tally.skipped += 1;
+                    return;
+                }
+                Err(err) => format!("not applied: {err}"),
+            };
+            self.tally.failed += 1;
+            (self.note)(Note::Customer {
+                customer: &snapshot.customer,
+                detail: format!("subscription {}: {failure}", snapshot.subscription),
+            });
+            return;
+        }
+    }
+
     fn progress(&mut self, always: bool) {
         if self.progress.due(always) {
             (self.note)(Note::Progress(&self.tally));
         }
     }
+}
+
+/// The stored state of the snapshot's subscription when it is not the snapshot's (shown for a
+/// note), or `None` when they agree.
+async fn stored_differs(
+    db: &DatabaseConnection,
+    snapshot: &Snapshot,
+) -> Result<Option<String>, ApiError> {
+    let stored = stripe_subscriptions::Entity::find_by_id(snapshot.subscription.as_str())
+        .one(db)
+        .await?;
+    let Some(stored) = stored else {
+        return Ok(Some("none".to_owned()));
+    };
+    let period_end = snapshot.current_period_end.map(|t| t.fixed_offset());
+    if stored.status == snapshot.status.as_str() && stored.current_period_end == period_end {
+        return Ok(None);
+    }
+    Ok(Some(describe(
+        &stored.status,
+        stored.current_period_end.map(|t| t.timestamp()),
+    )))
+}
+
+/// `past_due until 1796328014`.
+fn describe(status: &str, period_end: Option<i64>) -> String {
+    match period_end {
+        Some(end) => format!("{status} until {end}"),
+        None => status.to_owned(),
+    }
+}
+
+fn is_deleted(customer: &Value) -> bool {
+    customer.get("deleted").and_then(Value::as_bool) == Some(true)
 }
 
 /// Every user by lower-cased e-mail (several when rows differ only in case).

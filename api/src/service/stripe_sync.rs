@@ -107,14 +107,17 @@ pub async fn process(db: &DatabaseConnection, event: &Event) -> Result<Outcome, 
     Ok(retrying!(db, |txn| process_in(txn, event)))
 }
 
-/// Applies a subscription's state as fetched from Stripe's API at `observed_at` (seconds since
-/// the epoch): ordered exactly like a webhook event created at that instant, through the same
-/// per-subscription rule; idempotent (the same snapshot twice changes nothing, and a second run
-/// with nothing changed at Stripe writes nothing and grows no history).
+/// Applies a subscription's state as fetched from Stripe's API, as of `observed_at` by
+/// Stripe's clock (seconds since the epoch; `stripe::client::Page::as_of`, never the host's
+/// clock): ordered through the same per-subscription rule as webhook events, as one created a
+/// second before `observed_at`, so that every event created at or after `observed_at` wins
+/// over it, same second included; idempotent (the same snapshot twice changes nothing, and a
+/// second run with nothing changed at Stripe writes nothing and grows no history).
 ///
 /// Nothing is recorded in `stripe_events`. When the state equals the stored one, only the
-/// stored snapshot's key moves to `observed_at` (so an event created before the fetch still
-/// cannot roll it back) and the answer is [`Outcome::Duplicate`]; the user's row is untouched.
+/// stored snapshot's key moves (so an event created before the fetch still cannot roll it
+/// back) and the answer is [`Outcome::Duplicate`]; the user's row is untouched. A stored state
+/// that is newer also answers [`Outcome::Duplicate`]: the caller compares it.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn apply_fetched_subscription(
     db: &DatabaseConnection,
@@ -122,10 +125,12 @@ pub async fn apply_fetched_subscription(
     observed_at: i64,
 ) -> Result<Outcome, ApiError> {
     Ok(retrying!(db, |txn| async {
-        Ok(match apply_snapshot(txn, snapshot, observed_at).await? {
-            (Kept::Unchanged | Kept::Stale, Outcome::Applied) => Outcome::Duplicate,
-            (_, outcome) => outcome,
-        })
+        Ok(
+            match apply_snapshot(txn, snapshot, observed_at - 1).await? {
+                (Kept::Unchanged | Kept::Stale, Outcome::Applied) => Outcome::Duplicate,
+                (_, outcome) => outcome,
+            },
+        )
     }))
 }
 
@@ -140,6 +145,13 @@ pub async fn link_customer(
     customer: &str,
 ) -> Result<LinkOutcome, ApiError> {
     Ok(retrying!(db, |txn| link(txn, user_id, customer, None)))
+}
+
+/// `stripe-sync` found the customer deleted at Stripe: as `customer.deleted` does.
+#[tracing::instrument(level = "debug", skip_all, fields(customer = customer))]
+pub async fn customer_deleted(db: &DatabaseConnection, customer: &str) -> Result<(), ApiError> {
+    retrying!(db, |txn| forget_customer(txn, customer));
+    Ok(())
 }
 
 /// The user a customer is linked to, if any.
@@ -263,6 +275,12 @@ async fn process_in(txn: &DatabaseTransaction, event: &Event) -> Result<Outcome,
 /// Test-only fault injection: with `WEBHOOK_PAUSE_AFTER_RECORD=1` a delivery stops between
 /// recording the event and applying it, transaction open, and says so on stderr, so a test can
 /// SIGKILL the server there. Unset, it costs one environment lookup per delivery.
+///
+/// Compiled into debug builds only, the ones tests run; a release build has no such hook and
+/// ignores the variable. Not `cfg(test)`: the tests run the `billing` binary, which is not
+/// built with it. Not a cargo feature: `cargo build` after `cargo test` would then rebuild
+/// the crate, which CI's `.ci/built-binaries --fresh` refuses.
+#[cfg(debug_assertions)]
 async fn pause_after_record(event: &str) {
     if std::env::var("WEBHOOK_PAUSE_AFTER_RECORD").as_deref() != Ok("1") {
         return;
@@ -272,6 +290,9 @@ async fn pause_after_record(event: &str) {
         tokio::time::sleep(Duration::from_secs(3600)).await;
     }
 }
+
+#[cfg(not(debug_assertions))]
+async fn pause_after_record(_event: &str) {}
 
 /// Stores the event; false when it was stored before (a repeated delivery). A concurrent
 /// twin's insert shows as a unique violation, which restarts the transaction.

@@ -6,6 +6,15 @@
 //! key is wrong or lacks a permission, and no wait fixes that. Requests are spaced so that
 //! the rate, retries included, stays under the configured number per second.
 //!
+//! Stripe's clock, not ours: every answer carries Stripe's `Date` header, and what a page shows
+//! is dated by it, less [`CLOCK_MARGIN`]. The host's clock may be wrong by minutes or days;
+//! the events we order fetched states against are dated by Stripe (`created`), so only
+//! Stripe's time compares with them. An answer without a usable `Date` is an error.
+//!
+//! Mode: a key is a live or a test key (`sk_live_`, `rk_live_`, `sk_test_`, `rk_test_`), and
+//! every object read carries `livemode`. An object of the other mode is refused: the key
+//! belongs to another Stripe mode than the data it would be written over.
+//!
 //! The key is sent as a bearer token, which reqwest marks sensitive; `ApiKey` holds it in a
 //! `SecretString` (no `Display`, a redacted `Debug`), and error text from Stripe has the key
 //! masked out.
@@ -13,7 +22,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::DateTime;
 use reqwest::{StatusCode, Url, header::HeaderMap};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
@@ -35,9 +44,42 @@ impl fmt::Debug for ApiKey {
     }
 }
 
+/// Stripe's two worlds: live money, or test cards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Live,
+    Test,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Live => "live",
+            Mode::Test => "test",
+        }
+    }
+
+    fn is_live(self) -> bool {
+        self == Mode::Live
+    }
+}
+
 impl ApiKey {
     pub fn is_empty(&self) -> bool {
         self.0.expose_secret().is_empty()
+    }
+
+    /// The mode the key's prefix names (`sk_live_`/`rk_live_`, `sk_test_`/`rk_test_`); `None`
+    /// for anything else, which is no Stripe secret or restricted key.
+    pub fn mode(&self) -> Option<Mode> {
+        let key = self.0.expose_secret();
+        if key.starts_with("sk_live_") || key.starts_with("rk_live_") {
+            Some(Mode::Live)
+        } else if key.starts_with("sk_test_") || key.starts_with("rk_test_") {
+            Some(Mode::Test)
+        } else {
+            None
+        }
     }
 
     /// `text` with every occurrence of the key masked (Stripe echoes keys in some messages).
@@ -54,7 +96,7 @@ impl ApiKey {
 pub enum StripeError {
     #[error(
         "Stripe refused STRIPE_API_KEY (HTTP {status}): use a secret key, or a restricted key \
-         that may read customers and subscriptions"
+         that may read customers, Checkout Sessions and subscriptions"
     )]
     Unauthorized { status: u16 },
     #[error("Stripe answered HTTP {status} to {path}: {message}")]
@@ -71,20 +113,44 @@ pub enum StripeError {
     },
     #[error("unexpected answer from Stripe to {path}: {detail}")]
     Malformed { path: String, detail: String },
+    #[error(
+        "Stripe's answer to {path} has no usable Date header ({detail}): stripe-sync orders \
+         what it reads by Stripe's clock, never the host's"
+    )]
+    NoDate { path: String, detail: String },
+    #[error(
+        "Stripe answered {path} with {object} in {found} mode, but STRIPE_API_KEY is a \
+         {expected}-mode key: nothing was written"
+    )]
+    ModeMismatch {
+        path: String,
+        object: String,
+        found: &'static str,
+        expected: &'static str,
+    },
     #[error("STRIPE_API_BASE {0:?} is not a URL")]
     BadBase(String),
     #[error("cannot build the HTTP client: {0}")]
     Client(String),
 }
 
-/// One page of a list endpoint, and when it was asked for.
+/// One page of a list endpoint, and as of when it shows Stripe's state.
 #[derive(Debug)]
 pub struct Page {
     pub data: Vec<Value>,
-    /// Seconds since the epoch at which the request that returned this page was sent: the
-    /// page shows Stripe's state no older than this.
-    pub fetched_at: i64,
+    /// Stripe's time of the answer (its `Date` header, seconds since the epoch) less
+    /// [`CLOCK_MARGIN`]: the page shows Stripe's state no older than this.
+    pub as_of: i64,
 }
+
+/// Seconds taken off Stripe's `Date` before a fetched state is dated by it. `Date` is stamped
+/// when the answer is ready, after the objects were read, and is cut to the whole second;
+/// a page of 100 subscriptions with their items takes Stripe a moment to build. Ten seconds
+/// covers both with room, so that a change Stripe made after it read the objects (a payment
+/// in the same second, say) is dated after the page and wins over it. A larger margin would
+/// let a late event older than the page win over it for longer; the next event or sync
+/// settles that either way.
+pub const CLOCK_MARGIN: i64 = 10;
 
 /// Tries per request, the first included; the waits between them add up to about a minute.
 const MAX_ATTEMPTS: u32 = 8;
@@ -99,12 +165,15 @@ pub struct StripeClient {
     http: reqwest::Client,
     base: String,
     key: ApiKey,
+    /// The mode every object read must be in (the key's).
+    mode: Mode,
     pace: Pace,
 }
 
 impl StripeClient {
-    /// `base` is Stripe's API root (`https://api.stripe.com`); `per_second` caps the request rate.
-    pub fn new(base: &str, key: ApiKey, per_second: u32) -> Result<Self, StripeError> {
+    /// `base` is Stripe's API root (`https://api.stripe.com`); `per_second` caps the request
+    /// rate; every object read must be in `mode`.
+    pub fn new(base: &str, key: ApiKey, mode: Mode, per_second: u32) -> Result<Self, StripeError> {
         let base = base.trim().trim_end_matches('/').to_owned();
         match Url::parse(&base) {
             Ok(url) if matches!(url.scheme(), "http" | "https") => {}
@@ -119,14 +188,36 @@ impl StripeClient {
             http,
             base,
             key,
+            mode,
             pace: Pace::new(per_second),
         })
     }
 
-    /// `GET {path}` for one object.
-    pub async fn get(&mut self, path: &str) -> Result<Value, StripeError> {
+    /// `GET {path}` for one object, and as of when it shows Stripe's state (as [`Page::as_of`]).
+    pub async fn get(&mut self, path: &str) -> Result<(Value, i64), StripeError> {
         let url = self.url(path, &[])?;
-        Ok(self.send(path, url).await?.0)
+        let (object, as_of) = self.send(path, url).await?;
+        self.check_mode(path, &object)?;
+        Ok((object, as_of))
+    }
+
+    /// Refuses an object of the other mode. Objects without `livemode` (a deleted customer
+    /// is only `{id, object, deleted}`) say nothing either way.
+    fn check_mode(&self, path: &str, object: &Value) -> Result<(), StripeError> {
+        match object.get("livemode").and_then(Value::as_bool) {
+            Some(live) if live != self.mode.is_live() => Err(StripeError::ModeMismatch {
+                path: path.to_owned(),
+                object: object
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .unwrap_or("an object")
+                    .escape_debug()
+                    .to_string(),
+                found: if live { "live" } else { "test" },
+                expected: self.mode.as_str(),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Every page of a list endpoint, `limit=100`, following `has_more` with
@@ -157,7 +248,6 @@ impl StripeClient {
         loop {
             attempt += 1;
             self.pace.wait().await;
-            let fetched_at = Utc::now().timestamp();
             let sent = self
                 .http
                 .get(url.clone())
@@ -171,13 +261,18 @@ impl StripeClient {
                         let status = response.status();
                         let headers = response.headers().clone();
                         if status.is_success() {
+                            let stripe_now =
+                                stripe_date(&headers).map_err(|detail| StripeError::NoDate {
+                                    path: path.to_owned(),
+                                    detail: detail.to_owned(),
+                                })?;
                             let body = response.json::<Value>().await.map_err(|e| {
                                 StripeError::Malformed {
                                     path: path.to_owned(),
                                     detail: e.without_url().to_string(),
                                 }
                             })?;
-                            return Ok((body, fetched_at));
+                            return Ok((body, stripe_now - CLOCK_MARGIN));
                         }
                         if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
                             return Err(StripeError::Unauthorized {
@@ -229,7 +324,7 @@ impl Listing {
             query.push(("starting_after".to_owned(), after.clone()));
         }
         let url = client.url(&self.path, &query)?;
-        let (body, fetched_at) = client.send(&self.path, url).await?;
+        let (body, as_of) = client.send(&self.path, url).await?;
         let malformed = |detail: &str| StripeError::Malformed {
             path: self.path.clone(),
             detail: detail.to_owned(),
@@ -251,11 +346,27 @@ impl Listing {
             (true, None) => return Err(malformed("has_more without an object id to go on from")),
             (false, _) => self.done = true,
         }
+        for object in data {
+            client.check_mode(&self.path, object)?;
+        }
         Ok(Some(Page {
             data: data.clone(),
-            fetched_at,
+            as_of,
         }))
     }
+}
+
+/// Stripe's time from its `Date` header (an HTTP-date, `Thu, 03 Dec 2026 20:00:14 GMT`), in
+/// seconds since the epoch.
+fn stripe_date(headers: &HeaderMap) -> Result<i64, &'static str> {
+    let date = headers
+        .get(reqwest::header::DATE)
+        .ok_or("none sent")?
+        .to_str()
+        .map_err(|_| "not text")?;
+    DateTime::parse_from_rfc2822(date.trim())
+        .map(|t| t.timestamp())
+        .map_err(|_| "not an HTTP date")
 }
 
 fn should_retry(status: StatusCode, headers: &HeaderMap) -> bool {
@@ -386,6 +497,34 @@ mod tests {
             Some(Duration::from_secs(60))
         );
         assert_eq!(retry_after(&headers(&[("retry-after", "soon")])), None);
+    }
+
+    #[test]
+    fn stripe_time_comes_from_the_date_header() {
+        assert_eq!(
+            stripe_date(&headers(&[("date", "Thu, 03 Dec 2026 20:00:14 GMT")])),
+            Ok(1_796_328_014)
+        );
+        assert_eq!(stripe_date(&headers(&[])), Err("none sent"));
+        assert_eq!(
+            stripe_date(&headers(&[("date", "yesterday")])),
+            Err("not an HTTP date")
+        );
+    }
+
+    #[test]
+    fn the_mode_is_the_key_prefix() {
+        for (key, mode) in [
+            ("sk_live_1", Some(Mode::Live)),
+            ("rk_live_1", Some(Mode::Live)),
+            ("sk_test_1", Some(Mode::Test)),
+            ("rk_test_1", Some(Mode::Test)),
+            ("pk_live_1", None),
+            ("sk_1", None),
+            ("whsec_1", None),
+        ] {
+            assert_eq!(ApiKey::from(key.to_owned()).mode(), mode, "{key}");
+        }
     }
 
     #[test]

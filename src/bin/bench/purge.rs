@@ -6,7 +6,6 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use migration::{Migrator, MigratorTrait};
 
 use crate::about::About;
@@ -67,7 +66,7 @@ pub async fn run(args: Args) -> Result<(), String> {
     let purge = load::measure(db, common, margin, async {
         // The first batch starts now, after the margin of traffic before the work.
         last = (load::now(), Instant::now());
-        let purged = api::service::retention::purge_expired(&purger, &limits, Utc::now(), |p| {
+        let purged = api::service::retention::purge_expired(&purger, &limits, |p| {
             // One sample per batch: when it started and how long it took (with its pause).
             batches.push(Sample {
                 at: last.0,
