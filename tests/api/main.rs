@@ -21,5 +21,6 @@ mod retention;
 mod sessions;
 mod storage;
 mod stripe;
+mod stripe_model;
 mod stripe_rules;
 mod stripe_sync_command;
