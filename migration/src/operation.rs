@@ -373,6 +373,10 @@ pub trait Operations {
     /// an error naming them all, before any step.
     const REQUIRED_TABLES: &'static [&'static str] = &[];
 
+    /// Checksums of earlier plans of this migration that produce the same schema and data,
+    /// kept when a plan is reshaped after databases applied it (see [`Planned::earlier_checksums`]).
+    const EARLIER_CHECKSUMS: &'static [&'static str] = &[];
+
     /// What `up` does.
     fn up(&self, dialect: &dyn Dialect) -> Vec<Operation>;
 
@@ -414,5 +418,9 @@ impl<M: Operations> Planned for M {
 
     fn required_tables(&self) -> &'static [&'static str] {
         M::REQUIRED_TABLES
+    }
+
+    fn earlier_checksums(&self) -> &'static [&'static str] {
+        M::EARLIER_CHECKSUMS
     }
 }

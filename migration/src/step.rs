@@ -65,7 +65,32 @@ pub enum Mode {
     /// One statement at a time, outside any transaction: `CREATE INDEX CONCURRENTLY` and
     /// friends, which PostgreSQL refuses to run in a transaction block.
     Online,
+    /// A data copy into tables no one else uses yet, read from tables that serve traffic:
+    /// each statement runs in a short `READ COMMITTED` transaction of its own (MySQL's
+    /// `INSERT ... SELECT` then reads its source without shared next-key locks, so writes and
+    /// inserts into the source never wait for it), and, with [`KeyRanges`], once per range
+    /// of a key, so the rows a statement does lock (a foreign key's check locks each
+    /// referenced row until the statement ends, on every backend) are held for one range
+    /// only. Every statement must be re-runnable (skip rows already copied).
+    Backfill { ranges: Option<KeyRanges> },
 }
+
+/// The ranges a [`Mode::Backfill`] step walks: `rows` consecutive values of the integer
+/// column `key` of `table` at a time, from its minimum to its maximum when the step starts
+/// (rows inserted later are not the backfill's business: the code that inserts them writes
+/// the new tables itself). Each statement names the range as [`RANGE_START`] and
+/// [`RANGE_END`] (inclusive), which the runner replaces with numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyRanges {
+    pub table: &'static str,
+    pub key: &'static str,
+    pub rows: i64,
+}
+
+/// Where a [`KeyRanges`] statement takes its range's first key.
+pub const RANGE_START: &str = ":range_start";
+/// Where a [`KeyRanges`] statement takes its range's last key (inclusive).
+pub const RANGE_END: &str = ":range_end";
 
 /// One unit of schema change, with the probe that tells it is already done.
 #[derive(Clone, Debug)]
@@ -155,6 +180,15 @@ pub trait Planned {
     fn required_tables(&self) -> &'static [&'static str] {
         &[]
     }
+
+    /// Checksums (any backend's) of earlier plans of this migration that leave the same schema
+    /// and data: a database that recorded one of them applied an equivalent plan, so it is
+    /// not a changed migration, and the next `up` records the current sum. Only for a reshape
+    /// that changes *how* (batches, lock modes), never *what*; anything else is an edit that
+    /// `accept-checksum` must accept by hand.
+    fn earlier_checksums(&self) -> &'static [&'static str] {
+        &[]
+    }
 }
 
 /// `migration`'s steps, naming the PostgreSQL schema `schema` (ignored elsewhere).
@@ -209,9 +243,10 @@ pub fn configured() -> Result<EngineSettings, DbErr> {
 /// A plan the engine refuses to start, before any of its steps runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Refusal {
-    /// An [`Mode::Online`] step on a connection inside a transaction: PostgreSQL refuses
-    /// `CONCURRENTLY` there, and the transaction would hold every earlier step's locks for the
-    /// whole build. The migration must say `use_transaction() -> Some(false)`.
+    /// An [`Mode::Online`] or [`Mode::Backfill`] step on a connection inside a transaction:
+    /// PostgreSQL refuses `CONCURRENTLY` there, a backfill's short transactions would become
+    /// one long one, and the transaction would hold every earlier step's locks throughout.
+    /// The migration must say `use_transaction() -> Some(false)`.
     OnlineInTransaction { migration: String, step: String },
 }
 
@@ -243,7 +278,8 @@ pub fn check_runnable(
     steps: &[Step],
 ) -> Result<(), Refusal> {
     let in_transaction = !matches!(db, SchemaManagerConnection::Connection(_));
-    match steps.iter().find(|step| step.mode == Mode::Online) {
+    let own_transactions = |step: &&Step| matches!(step.mode, Mode::Online | Mode::Backfill { .. });
+    match steps.iter().find(own_transactions) {
         Some(step) if in_transaction => Err(Refusal::OnlineInTransaction {
             migration: migration.to_owned(),
             step: step.summary.to_string(),
@@ -299,6 +335,7 @@ pub async fn apply_with(
             Mode::TableCopy { table } => {
                 run_table_copy(db, step, table, settings, &position, &pause).await
             }
+            Mode::Backfill { ranges } => run_backfill(db, step, ranges, &position, &pause).await,
         };
         if let Err(err) = outcome {
             if !done_meanwhile(db, step, &err).await {
@@ -329,6 +366,93 @@ async fn run_plain(
         db.execute_unprepared(sql).await?;
     }
     Ok(())
+}
+
+/// A [`Mode::Backfill`] step: each statement (once per key range, when it has ranges) in a
+/// `READ COMMITTED` transaction of its own. The lock is verified before every range, so a
+/// migrator that lost it stops within one range.
+async fn run_backfill(
+    db: &SchemaManagerConnection<'_>,
+    step: &Step,
+    ranges: Option<KeyRanges>,
+    position: &str,
+    pause: &PauseHook<'_>,
+) -> Result<(), DbErr> {
+    let Some(ranges) = ranges else {
+        for (k, sql) in step.statements.iter().enumerate() {
+            pause.check(k);
+            run_read_committed(db, sql).await?;
+        }
+        return Ok(());
+    };
+    let Some((first, last)) = key_bounds(db, &ranges).await? else {
+        return Ok(());
+    };
+    let rows = Ord::max(ranges.rows, 1);
+    let count = (last - first) / rows + 1;
+    let mut start = first;
+    let mut done = 0i64;
+    while start <= last {
+        let end = start.saturating_add(rows - 1);
+        if done > 0 {
+            crate::lock::verify_held(db).await?;
+        }
+        for (k, sql) in step.statements.iter().enumerate() {
+            if done == 0 {
+                pause.check(k);
+            }
+            let sql = sql
+                .replace(RANGE_START, &start.to_string())
+                .replace(RANGE_END, &end.to_string());
+            run_read_committed(db, &sql).await?;
+        }
+        done += 1;
+        if done % 100 == 0 {
+            tracing::info!("{position}: {done}/{count} ranges of {rows} {}", ranges.key);
+        }
+        start = match end.checked_add(1) {
+            Some(next) => next,
+            None => break,
+        };
+    }
+    Ok(())
+}
+
+/// The smallest and largest `key` of `table`; `None` when it is empty.
+async fn key_bounds(
+    db: &SchemaManagerConnection<'_>,
+    ranges: &KeyRanges,
+) -> Result<Option<(i64, i64)>, DbErr> {
+    let backend = db.get_database_backend();
+    let sql = format!(
+        "SELECT MIN({key}) AS first, MAX({key}) AS last FROM {table}",
+        key = ranges.key,
+        table = crate::schema::qualified(backend, ranges.table),
+    );
+    let Some(row) = db
+        .query_one_raw(sea_orm_migration::sea_orm::Statement::from_string(
+            backend, sql,
+        ))
+        .await?
+    else {
+        return Ok(None);
+    };
+    let first: Option<i64> = row.try_get("", "first")?;
+    let last: Option<i64> = row.try_get("", "last")?;
+    Ok(first.zip(last))
+}
+
+/// `sql` alone in a `READ COMMITTED` transaction (SQLite has one writer and no levels: a
+/// plain transaction).
+async fn run_read_committed(db: &SchemaManagerConnection<'_>, sql: &str) -> Result<(), DbErr> {
+    use sea_orm_migration::sea_orm::IsolationLevel;
+    let isolation = match db.get_database_backend() {
+        DbBackend::Sqlite => None,
+        _ => Some(IsolationLevel::ReadCommitted),
+    };
+    let txn = db.begin_with_config(isolation, None).await?;
+    txn.execute_unprepared(sql).await?;
+    txn.commit().await
 }
 
 /// A step that failed because what it creates "already exists" lost a race (to a migrator
