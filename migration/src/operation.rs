@@ -377,6 +377,9 @@ pub trait Operations {
     /// kept when a plan is reshaped after databases applied it (see [`Planned::earlier_checksums`]).
     const EARLIER_CHECKSUMS: &'static [&'static str] = &[];
 
+    /// Backends on which it cannot meet the live bar (see [`Planned::not_live_safe`]).
+    const NOT_LIVE_SAFE: &'static [crate::step::NotLiveSafe] = &[];
+
     /// What `up` does.
     fn up(&self, dialect: &dyn Dialect) -> Vec<Operation>;
 
@@ -422,5 +425,9 @@ impl<M: Operations> Planned for M {
 
     fn earlier_checksums(&self) -> &'static [&'static str] {
         M::EARLIER_CHECKSUMS
+    }
+
+    fn not_live_safe(&self) -> &'static [crate::step::NotLiveSafe] {
+        M::NOT_LIVE_SAFE
     }
 }

@@ -189,6 +189,22 @@ pub trait Planned {
     fn earlier_checksums(&self) -> &'static [&'static str] {
         &[]
     }
+
+    /// The backends on which this migration cannot keep the API's requests within the live
+    /// bar (no failed statement, no wait beyond the floor plus a bound), and why. The live
+    /// harness (`bench migrations`, `tests/live_migrations.rs`) reports such a run without
+    /// failing it, and checks that docs/migrations.md names it.
+    fn not_live_safe(&self) -> &'static [NotLiveSafe] {
+        &[]
+    }
+}
+
+/// A migration's declaration that it cannot meet the live bar on `backend`.
+#[derive(Clone, Copy, Debug)]
+pub struct NotLiveSafe {
+    pub backend: DbBackend,
+    /// One line: what blocks, and for how long.
+    pub why: &'static str,
 }
 
 /// `migration`'s steps, naming the PostgreSQL schema `schema` (ignored elsewhere).
