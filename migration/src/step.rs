@@ -333,6 +333,13 @@ pub async fn apply_with(
     for (i, step) in steps.iter().enumerate() {
         let position = format!("{migration} {} step {}/{total}", direction.as_str(), i + 1);
         crate::lock::verify_held(db).await?;
+        if step.mode == Mode::Online
+            && wait_for_index_builds(db, &schema, settings, &position).await?
+        {
+            // The wait may have been long: the lock must still be ours, and the probe below
+            // reads the catalog as the other build left it.
+            crate::lock::verify_held(db).await?;
+        }
         if step.done_when.holds_in(db, &schema).await? {
             tracing::info!("{position}: {} (already done, skipped)", step.summary);
             statement_index += step.statements.len();
@@ -382,6 +389,65 @@ async fn run_plain(
         db.execute_unprepared(sql).await?;
     }
     Ok(())
+}
+
+/// PostgreSQL: an index build another session runs on a table of `schema`, as `(pid, index)`
+/// (`pg_stat_progress_create_index`; the index is named once its catalog row exists).
+const PG_OTHER_INDEX_BUILDS: &str = "SELECT p.pid::bigint AS pid, \
+     coalesce(i.relname, '(not yet named)') AS index FROM pg_stat_progress_create_index p \
+     JOIN pg_class t ON t.oid = p.relid JOIN pg_namespace n ON n.oid = t.relnamespace \
+     LEFT JOIN pg_class i ON i.oid = p.index_relid \
+     WHERE n.nspname = $1 AND p.pid <> pg_backend_pid() LIMIT 1";
+
+/// Before an [`Mode::Online`] step on PostgreSQL: waits (with backoff, up to
+/// MIGRATION_LOCK_ATTEMPTS checks) while another session builds an index on a table of our
+/// schema. Such a build is most likely a migrator that lost its lock in the middle of
+/// `CREATE INDEX CONCURRENTLY`: its index is INVALID until the build ends, and dropping or
+/// rebuilding it meanwhile would undo the other's work or fail half-way ("tuple concurrently
+/// updated"). Once the build is over, the probes see what it left: a valid index (the step
+/// is done) or an INVALID one nobody builds any more (safe to drop). Returns whether it
+/// waited.
+async fn wait_for_index_builds(
+    db: &SchemaManagerConnection<'_>,
+    schema: &str,
+    settings: &LockSettings,
+    position: &str,
+) -> Result<bool, DbErr> {
+    let backend = db.get_database_backend();
+    if backend != DbBackend::Postgres {
+        return Ok(false);
+    }
+    let mut check = 1u32;
+    loop {
+        let stmt = sea_orm_migration::sea_orm::Statement::from_sql_and_values(
+            backend,
+            PG_OTHER_INDEX_BUILDS,
+            [schema.into()],
+        );
+        let Some(row) = db.query_one_raw(stmt).await? else {
+            return Ok(check > 1);
+        };
+        let pid: i64 = row.try_get("", "pid")?;
+        let index: String = row.try_get("", "index")?;
+        if check >= settings.attempts {
+            return Err(DbErr::Migration(format!(
+                "{position}: session {pid} kept building index {index} in schema {schema} \
+                 through {check} checks, so this step did not start: dropping or rebuilding an \
+                 index while another session builds it would undo that work. If it is a \
+                 migrator that lost its lock, let its build finish (or cancel it with \
+                 `SELECT pg_cancel_backend({pid})`), then run the migration again."
+            )));
+        }
+        let wait = settings.backoff(check);
+        tracing::warn!(
+            "{position}: session {pid} is building index {index} (check {check}/{}); not \
+             starting until it ends, checking again in {} ms",
+            settings.attempts,
+            wait.as_millis()
+        );
+        crate::sleep(wait).await;
+        check += 1;
+    }
 }
 
 /// A [`Mode::Backfill`] step: each statement (once per key range, when it has ranges) in a

@@ -1847,3 +1847,100 @@ async fn a_reader_that_closes_the_pipe_early_gets_no_panic() {
         assert!(out.status.success(), "{args:?}: {:?} {err}", out.status);
     }
 }
+
+/// Issue 17's reproduction: migrator A waits inside `CREATE UNIQUE INDEX CONCURRENTLY` (an old
+/// snapshot holds the build), its lock session is terminated, and migrator B takes the lock.
+/// B saw A's index INVALID and dropped it while A built it ("tuple concurrently updated", or
+/// `users` left without its unique index). Now B waits for A's build to end, then finds the
+/// index valid and skips the step; A stops at its next step with "lost the migration lock".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migrator_that_lost_its_lock_mid_build_keeps_its_index_postgres() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let t = TestDb::new(Backend::Postgres).await;
+    assert!(migration(&["up", "-n", "5"], Some(&t.url)).status.success());
+    t.exec(
+        "INSERT INTO users (email) SELECT 'u' || g || '@x.test' FROM generate_series(1, 2000) g",
+    )
+    .await;
+    // A snapshot older than any build: CREATE INDEX CONCURRENTLY waits for it to end.
+    let old = support::connect(&t.url).await;
+    let snapshot = old
+        .begin_with_config(Some(sea_orm::IsolationLevel::RepeatableRead), None)
+        .await
+        .expect("begin");
+    snapshot
+        .execute_unprepared("SELECT count(*) FROM synced_sessions")
+        .await
+        .expect("take a snapshot");
+
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_migration"))
+            .args(["up", "-n", "1", "-u", &t.url])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn migrator")
+    };
+    let mut a = spawn();
+    let building = "SELECT count(*) FROM pg_stat_progress_create_index p JOIN pg_database d \
+                    ON d.oid = p.datid WHERE d.datname = current_database()";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while t.texts(building).await != vec!["1".to_owned()] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A never started its build"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let killed = t
+        .texts(
+            "SELECT pg_terminate_backend(pid)::text FROM pg_locks \
+             WHERE locktype = 'advisory' AND granted AND database = \
+             (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+        .await;
+    assert_eq!(killed, vec!["true"], "A's lock session");
+
+    let b = spawn();
+    // B has the lock; give it time to look at A's index (the old code dropped it then).
+    while advisory_locks(&t).await != vec!["1".to_owned()] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B never took the lock"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    snapshot.commit().await.expect("end the old snapshot");
+
+    let a_out = a.wait_with_output().expect("wait A");
+    let b_out = b.wait_with_output().expect("wait B");
+    assert!(!a_out.status.success(), "A must stop: {}", stderr(&a_out));
+    assert!(
+        stderr(&a_out).contains("lost the migration lock"),
+        "{}",
+        stderr(&a_out)
+    );
+    assert!(b_out.status.success(), "B: {}", stderr(&b_out));
+    assert!(
+        stderr(&b_out).contains("is building index"),
+        "{}",
+        stderr(&b_out)
+    );
+    assert_eq!(
+        t.texts(
+            "SELECT i.indisvalid::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+             WHERE c.relname = 'idx_users_stripe_customer'"
+        )
+        .await,
+        vec!["true"],
+        "users keeps its unique index"
+    );
+    let status = String::from_utf8_lossy(&migration(&["status"], Some(&t.url)).stdout).into_owned();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("m006_billing_fields") && l.contains("Applied")),
+        "{status}"
+    );
+}
