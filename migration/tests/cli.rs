@@ -1944,3 +1944,17 @@ async fn a_migrator_that_lost_its_lock_mid_build_keeps_its_index_postgres() {
         "{status}"
     );
 }
+
+/// A statement the server rejects is shown in the server's words, without the line of
+/// PostgreSQL's own C source that raised it ("... at line 1392" before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_statement_shows_no_server_source_line_postgres() {
+    let t = TestDb::new(Backend::Postgres).await;
+    // A view where m001 creates its table: its CREATE TABLE is rejected.
+    t.exec("CREATE VIEW users AS SELECT 1 AS id").await;
+    let out = migration(&["up"], Some(&t.url));
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("already exists"), "{err}");
+    assert!(!err.contains(" at line "), "{err}");
+}
