@@ -122,6 +122,13 @@ pub async fn forget<C: ConnectionTrait>(db: &C, name: &str) -> Result<(), DbErr>
     db.execute(&delete).await.map(|_| ())
 }
 
+/// Drops our table, as `reset` drops SeaORM's `seaql_migrations` beside it: a reset schema
+/// keeps nothing of the migrator's.
+pub async fn uninstall<C: ConnectionTrait>(db: &C) -> Result<(), DbErr> {
+    let drop = Table::drop().table(table(db).await?).if_exists().take();
+    db.execute(&drop).await.map(|_| ())
+}
+
 /// The recorded checksums by migration name; none where the table does not exist (reading
 /// creates nothing).
 pub async fn recorded<C: ConnectionTrait>(db: &C) -> Result<HashMap<String, String>, DbErr> {

@@ -258,7 +258,11 @@ async fn change_schema(db: &DatabaseConnection, command: &Command) -> Result<(),
         }
         Command::Down { num } => Migrator::down(db, Some(*num)).await,
         Command::Refresh => Migrator::refresh(db).await,
-        Command::Reset => Migrator::reset(db).await,
+        Command::Reset => {
+            // SeaORM's reset drops `seaql_migrations`; ours goes with it (it was left empty).
+            Migrator::reset(db).await?;
+            checksum::uninstall(db).await
+        }
         Command::Fresh => {
             // SeaORM's `fresh` drops what it lists as tables; on MySQL that list includes views,
             // which DROP TABLE refuses, and SQLite keeps them. Views go first, with CASCADE on

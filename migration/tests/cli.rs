@@ -1772,9 +1772,11 @@ async fn reset_and_fresh_keep_checksums_in_step(backend: Backend) {
     assert!(migration(&["up"], Some(&t.url)).status.success());
     let reset = migration(&["reset"], Some(&t.url));
     assert!(reset.status.success(), "{}", stderr(&reset));
-    assert_eq!(
-        t.texts("SELECT count(*) FROM migration_checksums").await,
-        vec!["0"]
+    // Like seaql_migrations, which SeaORM's reset drops: nothing of the migrator is left.
+    let left = snapshot(&t).await;
+    assert!(
+        left.iter().all(|line| !line.contains("migration_checksums")),
+        "{left:?}"
     );
     assert!(migration(&["up", "-n", "2"], Some(&t.url)).status.success());
     t.exec("UPDATE migration_checksums SET checksum = 'stale'")
