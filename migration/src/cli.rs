@@ -256,9 +256,17 @@ async fn change_schema(db: &DatabaseConnection, command: &Command) -> Result<(),
             checksum::backfill_and_verify(db).await.map_err(raise)?;
             Migrator::up(db, *num).await
         }
-        Command::Down { num } => Migrator::down(db, Some(*num)).await,
-        Command::Refresh => Migrator::refresh(db).await,
+        // A changed migration's `down` is edited code too: refused like `up`, unless accepted.
+        Command::Down { num } => {
+            checksum::backfill_and_verify(db).await.map_err(raise)?;
+            Migrator::down(db, Some(*num)).await
+        }
+        Command::Refresh => {
+            checksum::backfill_and_verify(db).await.map_err(raise)?;
+            Migrator::refresh(db).await
+        }
         Command::Reset => {
+            checksum::backfill_and_verify(db).await.map_err(raise)?;
             // SeaORM's reset drops `seaql_migrations`; ours goes with it (it was left empty).
             Migrator::reset(db).await?;
             checksum::uninstall(db).await

@@ -1738,6 +1738,16 @@ async fn a_migration_changed_after_it_was_applied_is_flagged_and_refused(backend
         vec!["3"],
         "up went past a changed migration"
     );
+    // Its `down` is the edited code as much as its `up`: refused alike.
+    for command in [&["down", "-n", "2"][..], &["reset"], &["refresh"]] {
+        let refused = migration(command, Some(&t.url));
+        assert_clear_error(&refused, "m002_create_synced_sessions changed after");
+        assert_eq!(
+            t.texts("SELECT count(*) FROM seaql_migrations").await,
+            vec!["3"],
+            "{command:?} ran past a changed migration"
+        );
+    }
 
     assert_clear_error(
         &migration(
@@ -1775,7 +1785,8 @@ async fn reset_and_fresh_keep_checksums_in_step(backend: Backend) {
     // Like seaql_migrations, which SeaORM's reset drops: nothing of the migrator is left.
     let left = snapshot(&t).await;
     assert!(
-        left.iter().all(|line| !line.contains("migration_checksums")),
+        left.iter()
+            .all(|line| !line.contains("migration_checksums")),
         "{left:?}"
     );
     assert!(migration(&["up", "-n", "2"], Some(&t.url)).status.success());
