@@ -130,6 +130,13 @@ pub enum SqlDirection {
     Down,
 }
 
+/// A line on stderr; a reader that went away (`2>&1 | head -5`) gets nothing, where
+/// `eprintln!` would panic.
+fn note(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
 /// Parses the command line, runs it, and turns any failure into a message and exit code 1.
 pub async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -137,7 +144,7 @@ pub async fn main() -> ExitCode {
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err}");
+            note(&format!("error: {err}"));
             ExitCode::FAILURE
         }
     }
@@ -152,8 +159,11 @@ fn init_tracing(verbose: bool) {
     // Colour codes only on a terminal: in a file or a CI log they are noise.
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    // Without `log_internal_errors(false)`, a write to a closed stderr (`2>&1 | head -5`) is
+    // reported with `eprintln!`, which panics on that same closed stderr.
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .log_internal_errors(false)
         .with_ansi(colour)
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter));
     let _ = if verbose {
@@ -476,7 +486,7 @@ async fn print_sql_pending(db: &DatabaseConnection, args: &SqlArgs) -> Result<()
         chosen
     };
     if chosen.is_empty() {
-        eprintln!("nothing to {}", direction.as_str());
+        note(&format!("nothing to {}", direction.as_str()));
     }
     let schema = crate::schema::of(db).await?.unwrap_or_default();
     print_rendered(db.get_database_backend(), &schema, direction, &chosen)

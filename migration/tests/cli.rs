@@ -1861,6 +1861,35 @@ async fn a_reader_that_closes_the_pipe_early_gets_no_panic() {
     }
 }
 
+/// `migration fresh 2>&1 | head -5`: the reader of the log (stderr) goes away first. The
+/// migrator finishes its work and exits without a panic (101 before: tracing's writer
+/// reported its failed write with `eprintln!`, which panics on a closed stderr), for a
+/// command that succeeds and for one that fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stderr_gets_no_panic() {
+    let t = TestDb::new(Backend::Sqlite).await;
+    for (args, succeeds) in [
+        (vec!["fresh", "-u", t.url.as_str()], true),
+        (
+            vec!["down", "-n", "1", "-u", "postgres://nobody@127.0.0.1:1/x"],
+            false,
+        ),
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_migration"))
+            .args(&args)
+            .env_remove("DATABASE_URL")
+            .env("DATABASE_CONNECT_TIMEOUT", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run migration binary");
+        drop(child.stderr.take());
+        let status = child.wait().expect("wait for migration");
+        assert_eq!(status.success(), succeeds, "{args:?}: {status:?}");
+        assert_ne!(status.code(), Some(101), "{args:?} panicked");
+    }
+}
+
 /// Issue 17's reproduction: migrator A waits inside `CREATE UNIQUE INDEX CONCURRENTLY` (an old
 /// snapshot holds the build), its lock session is terminated, and migrator B takes the lock.
 /// B saw A's index INVALID and dropped it while A built it ("tuple concurrently updated", or
