@@ -1923,7 +1923,7 @@ async fn a_migrator_that_lost_its_lock_mid_build_keeps_its_index_postgres() {
             .spawn()
             .expect("spawn migrator")
     };
-    let mut a = spawn();
+    let a = spawn();
     let building = "SELECT count(*) FROM pg_stat_progress_create_index p JOIN pg_database d \
                     ON d.oid = p.datid WHERE d.datname = current_database()";
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
