@@ -259,6 +259,12 @@ async fn run_unscrubbed(
 /// Everything that changes the schema; the caller holds the migration lock. Typed errors
 /// travel as [`raise`]d `DbErr`s here, like those of the migrations inside SeaORM's runner.
 async fn change_schema(db: &DatabaseConnection, command: &Command) -> Result<(), DbErr> {
+    if matches!(
+        command,
+        Command::Up { .. } | Command::Refresh | Command::Fresh
+    ) {
+        crate::charset::require_utf8mb4(db).await.map_err(raise)?;
+    }
     match command {
         Command::Up { num } => {
             // Refused before anything runs: a changed migration means this build's idea of

@@ -121,6 +121,16 @@ pub enum Error {
     Unprintable { names: Vec<String> },
 
     /// Standard output could not be written (a full disk behind a redirect, say).
+    #[error(
+        "database {database} uses character set {charset}, which cannot store every character \
+         users send (an emoji in a device name fails or becomes '?'), and MariaDB refuses \
+         online schema changes on some of them; nothing was applied. Convert it first: \
+         ALTER DATABASE `{database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci (and \
+         ALTER TABLE ... CONVERT TO CHARACTER SET utf8mb4 for tables it already has), then run \
+         the migration again"
+    )]
+    NotUtf8mb4 { database: String, charset: String },
+
     #[error("cannot write the output: {0}")]
     Output(#[source] std::io::Error),
 

@@ -2000,3 +2000,31 @@ async fn a_rejected_statement_shows_no_server_source_line_postgres() {
     assert!(err.contains("already exists"), "{err}");
     assert!(!err.contains(" at line "), "{err}");
 }
+
+/// A MariaDB database created as `utf8mb3` or `latin1` is refused by `up` in one line,
+/// before anything is applied. Before: `utf8mb3` migrated (and an emoji answered 500 later),
+/// `latin1` failed at m009 with m001-m008 applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_cannot_store_utf8mb4_is_refused_mysql() {
+    use sea_orm::ConnectionTrait;
+    for charset in ["utf8mb3", "latin1"] {
+        let t = TestDb::new(Backend::MySql).await;
+        t.db.execute_unprepared(&format!(
+            "ALTER DATABASE {} CHARACTER SET {charset}",
+            t.name
+        ))
+        .await
+        .expect("set the database's character set");
+        let out = migration(&["up"], Some(&t.url));
+        assert_clear_error(&out, &format!("uses character set {charset}"));
+        assert_eq!(
+            t.texts(
+                "SELECT count(*) FROM information_schema.tables WHERE table_schema = DATABASE() \
+                 AND table_name IN ('users', 'seaql_migrations')"
+            )
+            .await,
+            vec!["0"],
+            "{charset}: nothing may be applied"
+        );
+    }
+}
