@@ -9,6 +9,7 @@ mod helpers;
 mod auth;
 mod binary;
 mod busy;
+mod default_database;
 mod extractors;
 mod limits;
 mod migrate_mode;
