@@ -846,7 +846,7 @@ async fn m010_backfill_holds_no_user_but_its_range(backend: Backend) {
 
     let db = t.db.clone();
     let migrating = tokio::spawn(async move { Migrator::up(&db, None).await });
-    wait_for_a_lock_wait(&t).await;
+    wait_for_a_lock_wait(&t, &migrating).await;
 
     // Meanwhile another user is locked by a request, and a new user signs up: neither may
     // wait for the migration (no wait at all: NOWAIT / a one-second lock wait on MariaDB).
@@ -883,8 +883,12 @@ async fn m010_backfill_holds_no_user_but_its_range(backend: Backend) {
     );
 }
 
-/// Polls until some session of the test's database waits for a row lock (within 20 s).
-async fn wait_for_a_lock_wait(t: &TestDb) {
+/// Polls until some session of the test's database waits for a row lock (within 60 s), and
+/// fails at once with the migration's outcome if it ended instead.
+async fn wait_for_a_lock_wait<T: std::fmt::Debug>(
+    t: &TestDb,
+    migrating: &tokio::task::JoinHandle<T>,
+) {
     let sql = match t.backend {
         Backend::Postgres => {
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
@@ -892,11 +896,15 @@ async fn wait_for_a_lock_wait(t: &TestDb) {
         }
         _ => "SELECT count(*) FROM information_schema.innodb_trx WHERE trx_state = 'LOCK WAIT'",
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         if t.texts(sql).await != vec!["0".to_owned()] {
             return;
         }
+        assert!(
+            !migrating.is_finished(),
+            "the migration ended without waiting"
+        );
         assert!(
             std::time::Instant::now() < deadline,
             "the migration never waited for the held user"

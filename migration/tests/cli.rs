@@ -890,6 +890,19 @@ async fn a_lost_lock_stops_the_migrator_before_its_next_step_mysql() {
     a_lost_lock_stops_the_migrator(Backend::MySql).await;
 }
 
+/// PostgreSQL: ends the session that holds the migrator's advisory lock, as a proxy, an idle
+/// timeout or an administrator would.
+async fn terminate_lock_session(t: &TestDb) {
+    let killed = t
+        .texts(
+            "SELECT pg_terminate_backend(pid)::text FROM pg_locks \
+             WHERE locktype = 'advisory' AND granted AND database = \
+             (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+        .await;
+    assert_eq!(killed, vec!["true"], "one lock session, terminated");
+}
+
 /// The lock's connection is killed (as a proxy, an idle timeout or an administrator would)
 /// while the migrator works: it finishes the step in hand, then stops with a clear error.
 async fn a_lost_lock_stops_the_migrator(backend: Backend) {
@@ -898,14 +911,7 @@ async fn a_lost_lock_stops_the_migrator(backend: Backend) {
     let mut child = spawn_paused(&["up"], &t.url, "m006_billing_fields:up:0");
     match backend {
         Backend::Postgres => {
-            let killed = t
-                .texts(
-                    "SELECT pg_terminate_backend(pid)::text FROM pg_locks \
-                     WHERE locktype = 'advisory' AND granted AND database = \
-                     (SELECT oid FROM pg_database WHERE datname = current_database())",
-                )
-                .await;
-            assert_eq!(killed, vec!["true"]);
+            terminate_lock_session(&t).await;
         }
         _ => {
             let holder = t
@@ -1958,14 +1964,7 @@ async fn a_migrator_that_lost_its_lock_mid_build_keeps_its_index_postgres() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    let killed = t
-        .texts(
-            "SELECT pg_terminate_backend(pid)::text FROM pg_locks \
-             WHERE locktype = 'advisory' AND granted AND database = \
-             (SELECT oid FROM pg_database WHERE datname = current_database())",
-        )
-        .await;
-    assert_eq!(killed, vec!["true"], "A's lock session");
+    terminate_lock_session(&t).await;
 
     let b = spawn();
     // B has the lock; give it time to look at A's index (the old code dropped it then).
