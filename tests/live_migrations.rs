@@ -1,8 +1,12 @@
 //! Every migration in `Migrator::migrations()`, on PostgreSQL and MariaDB, under clients
-//! issuing the API's requests: up, down and up again, none failing and none waiting longer
-//! than the floor's p99 plus the bound (`bench migrations` runs the same code at 1M users).
+//! issuing the API's requests: up, down and up again, each completing with no client
+//! statement failing. The waits are measured and printed, not asserted: on a shared CI
+//! machine they are noise-bound (house rule: speed targets live in benchmarks), and `bench
+//! migrations` enforces the wait bar, running the same code at 1M users / 5M sessions.
 //! Small here: 2,000 users, 10,000 sessions, 4 clients, a 1 s floor.
 
+// Shared with `bench migrations`, which uses the parts this test does not (the wait bar).
+#[allow(dead_code)]
 #[path = "../src/bin/bench/live_migrations.rs"]
 mod live_migrations;
 mod support;
@@ -34,10 +38,13 @@ async fn every_migration(backend: support::Backend, db_backend: DbBackend) {
     let missed: Vec<&String> = rows
         .iter()
         .zip(&table)
-        .filter(|(row, _)| !row.acceptable())
+        .filter(|(row, _)| !row.completed_without_failures())
         .map(|(_, line)| line)
         .collect();
-    assert!(missed.is_empty(), "missed the bar:\n{missed:#?}");
+    assert!(
+        missed.is_empty(),
+        "failed statements or migrations:\n{missed:#?}"
+    );
     assert_eq!(
         rows.len(),
         3 * live_migrations::migration_names().len(),

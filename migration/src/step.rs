@@ -358,7 +358,9 @@ pub async fn apply_with(
             Mode::TableCopy { table } => {
                 run_table_copy(db, step, table, settings, &position, &pause).await
             }
-            Mode::Backfill { ranges } => run_backfill(db, step, ranges, &position, &pause).await,
+            Mode::Backfill { ranges } => {
+                run_backfill(db, step, ranges, &schema, &position, &pause).await
+            }
         };
         if let Err(err) = outcome {
             if !done_meanwhile(db, step, &err).await {
@@ -457,6 +459,7 @@ async fn run_backfill(
     db: &SchemaManagerConnection<'_>,
     step: &Step,
     ranges: Option<KeyRanges>,
+    schema: &str,
     position: &str,
     pause: &PauseHook<'_>,
 ) -> Result<(), DbErr> {
@@ -467,7 +470,7 @@ async fn run_backfill(
         }
         return Ok(());
     };
-    let Some((first, last)) = key_bounds(db, &ranges).await? else {
+    let Some((first, last)) = key_bounds(db, &ranges, schema).await? else {
         return Ok(());
     };
     let rows = Ord::max(ranges.rows, 1);
@@ -500,16 +503,19 @@ async fn run_backfill(
     Ok(())
 }
 
-/// The smallest and largest `key` of `table`; `None` when it is empty.
+/// The smallest and largest `key` of `table` (in `schema`, the one the steps were planned
+/// in); `None` when it is empty.
 async fn key_bounds(
     db: &SchemaManagerConnection<'_>,
     ranges: &KeyRanges,
+    schema: &str,
 ) -> Result<Option<(i64, i64)>, DbErr> {
     let backend = db.get_database_backend();
+    let table =
+        crate::schema::planning_in(schema, || crate::schema::qualified(backend, ranges.table));
     let sql = format!(
         "SELECT MIN({key}) AS first, MAX({key}) AS last FROM {table}",
         key = ranges.key,
-        table = crate::schema::qualified(backend, ranges.table),
     );
     let Some(row) = db
         .query_one_raw(sea_orm_migration::sea_orm::Statement::from_string(

@@ -20,8 +20,9 @@
 //! cannot pass on a backend declares it ([`migration::step::Planned::not_live_safe`]); its
 //! row is reported, marked, and not failed.
 //!
-//! Shared by `bench migrations` (1M users / 5M sessions) and the CI test
-//! `tests/live_migrations.rs` (small), so both run the same code.
+//! Shared by `bench migrations` (1M users / 5M sessions; enforces the whole bar) and the CI
+//! test `tests/live_migrations.rs` (small; asserts completion and no failed statement, and
+//! prints the waits, which a shared CI machine makes noise), so both run the same code.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -93,6 +94,13 @@ impl Row {
         self.error.is_none() && (self.meets_the_bar() || self.exempt.is_some())
     }
 
+    /// The bar without its timing: the migration completed and no client statement failed
+    /// (or the migration declares it may fail here). What CI asserts: waits measured on a
+    /// shared CI machine are noise-bound, and speed targets live in the benchmark.
+    pub fn completed_without_failures(&self) -> bool {
+        self.error.is_none() && (self.failed == 0 || self.exempt.is_some())
+    }
+
     pub const HEADER: &'static str = "| migration | backend | direction | wall | worst wait | floor p99 + bound | requests | failed | verdict | requests that ran |\n|---|---|---|---:|---:|---:|---:|---:|---|---|";
 
     /// A Markdown table row.
@@ -101,7 +109,10 @@ impl Row {
             (Some(e), _, _) => format!("migration failed: {e}"),
             (None, true, _) => "pass".to_owned(),
             (None, false, Some(why)) => format!("declared not live-safe: {why}"),
-            (None, false, None) => format!("FAIL {}", self.failures.join("; ")),
+            (None, false, None) if self.failed == 0 => {
+                "FAIL: waited longer than the bar".to_owned()
+            }
+            (None, false, None) => format!("FAIL: {}", self.failures.join("; ")),
         };
         format!(
             "| {} | {} | {} | {} | {} | {} | {} | {} | {verdict} | {} |",
