@@ -1514,14 +1514,7 @@ fn status_and_sql_create_no_sqlite_file_or_folder() {
 async fn a_lost_lock_is_named_when_a_step_then_fails_on_already_exists_postgres() {
     let t = TestDb::new(Backend::Postgres).await;
     let mut child = spawn_paused(&["up"], &t.url, "m001_create_users:up:0");
-    let killed = t
-        .texts(
-            "SELECT pg_terminate_backend(pid)::text FROM pg_locks \
-             WHERE locktype = 'advisory' AND granted AND database = \
-             (SELECT oid FROM pg_database WHERE datname = current_database())",
-        )
-        .await;
-    assert_eq!(killed, vec!["true"]);
+    terminate_lock_session(&t).await;
     t.exec("CREATE TABLE public.users (id bigint PRIMARY KEY)")
         .await;
     resume(&mut child);
