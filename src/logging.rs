@@ -18,9 +18,12 @@ pub enum LogFormat {
 pub fn init(format: LogFormat) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    // Without `log_internal_errors(false)`, a write to a closed stderr is reported with
+    // `eprintln!`, which panics on that same closed stderr.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     // Fails only if a subscriber is already installed, which leaves that one in place.
     let _ = match format {
         LogFormat::Text => builder.with_ansi(colour()).try_init(),

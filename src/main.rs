@@ -74,7 +74,11 @@ async fn main() -> ExitCode {
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            eprintln!("error: {message}");
+            // Not `eprintln!`: it panics when the reader of stderr has gone away.
+            let _ = std::io::Write::write_fmt(
+                &mut std::io::stderr().lock(),
+                format_args!("error: {message}\n"),
+            );
             ExitCode::FAILURE
         }
     }

@@ -29,6 +29,7 @@ on_every_backend!(
     past_due_grace_counts_from_the_failure_not_the_period_end,
     an_online_step_is_refused_inside_a_transaction,
     a_migration_declares_the_tables_it_needs,
+    m010_applied_by_its_first_plan_is_not_a_changed_migration,
 );
 
 async fn migrated(backend: Backend) -> TestDb {
@@ -957,4 +958,165 @@ mod mysql_only {
             .await;
         assert_eq!(level, ["Column"]);
     }
+}
+
+/// m010's backfill while a request holds one user (the last) and the backfill must wait for
+/// it: every other user stays writable (`FOR UPDATE`, the lock an API of before m010 takes
+/// during a rolling deploy), and new users can sign up. The first m010 locked every linked
+/// user until its one statement ended (the foreign key's check), and on MariaDB the gaps
+/// after them, so both failed at once.
+mod m010_backfill_holds_no_user_but_its_range {
+    use super::*;
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        super::m010_backfill_holds_no_user_but_its_range(Backend::Postgres).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mysql() {
+        super::m010_backfill_holds_no_user_but_its_range(Backend::MySql).await
+    }
+}
+
+async fn m010_backfill_holds_no_user_but_its_range(backend: Backend) {
+    use sea_orm::TransactionTrait;
+    const USERS: i64 = 3000;
+    let t = TestDb::new(backend).await;
+    Migrator::up(&t.db, Some(position(10) as u32))
+        .await
+        .expect("up to m009");
+    t.exec(&format!(
+        "INSERT INTO users (email, stripe_customer_id) {}",
+        (1..=USERS)
+            .map(|i| format!("SELECT 'u{i}@x.test', 'cus_{i}'"))
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ")
+    ))
+    .await;
+    let last = t.texts("SELECT max(id) FROM users").await.remove(0);
+    let first = t.texts("SELECT min(id) FROM users").await.remove(0);
+    // The tables first: creating a foreign key to `users` waits for every open transaction
+    // on it (a metadata lock; lock-timed and retried), which is not what this test is about.
+    let (name, steps) = planned(10, t.db_backend(), Direction::Up);
+    let tables: Vec<_> = steps
+        .into_iter()
+        .take_while(|s| !s.summary.starts_with("backfill"))
+        .collect();
+    step::apply(&SchemaManager::new(&t.db), &name, Direction::Up, tables)
+        .await
+        .expect("create the tables");
+
+    // A request holds the last user.
+    let holder = support::connect(&t.url).await;
+    let held = holder.begin().await.expect("begin");
+    held.execute_unprepared(&format!(
+        "SELECT id FROM users WHERE id = {last} FOR UPDATE"
+    ))
+    .await
+    .expect("lock the last user");
+
+    let db = t.db.clone();
+    let migrating = tokio::spawn(async move { Migrator::up(&db, None).await });
+    wait_for_a_lock_wait(&t, &migrating).await;
+
+    // Meanwhile another user is locked by a request, and a new user signs up: neither may
+    // wait for the migration (no wait at all: NOWAIT / a one-second lock wait on MariaDB).
+    let other = support::connect(&t.url).await;
+    let txn = other.begin().await.expect("begin");
+    if backend == Backend::MySql {
+        txn.execute_unprepared("SET SESSION innodb_lock_wait_timeout = 1")
+            .await
+            .expect("lock wait");
+    }
+    let nowait = match backend {
+        Backend::Postgres => " NOWAIT",
+        _ => "",
+    };
+    txn.execute_unprepared(&format!(
+        "SELECT id FROM users WHERE id = {first} FOR UPDATE{nowait}"
+    ))
+    .await
+    .expect("a user in an earlier range is not locked by the backfill");
+    txn.execute_unprepared("INSERT INTO users (email) VALUES ('new@x.test')")
+        .await
+        .expect("a new user signs up while the backfill runs");
+    txn.rollback().await.expect("rollback");
+
+    held.rollback().await.expect("release the last user");
+    migrating
+        .await
+        .expect("join")
+        .expect("m010 finishes once the last user is released");
+    assert_eq!(
+        t.texts("SELECT count(*) FROM stripe_customers WHERE user_id IS NOT NULL")
+            .await,
+        vec![USERS.to_string()]
+    );
+}
+
+/// Polls until some session of the test's database waits for a row lock (within 60 s), and
+/// fails at once with the migration's outcome if it ended instead.
+async fn wait_for_a_lock_wait<T: std::fmt::Debug>(
+    t: &TestDb,
+    migrating: &tokio::task::JoinHandle<T>,
+) {
+    let sql = match t.backend {
+        Backend::Postgres => {
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND wait_event_type = 'Lock'"
+        }
+        _ => "SELECT count(*) FROM information_schema.innodb_trx WHERE trx_state = 'LOCK WAIT'",
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if t.texts(sql).await != vec!["0".to_owned()] {
+            return;
+        }
+        assert!(
+            !migrating.is_finished(),
+            "the migration ended without waiting"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the migration never waited for the held user"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A database that applied m010's first plan (one `INSERT ... SELECT` per source) recorded
+/// that plan's checksum. The reshaped plan leaves the same schema and data, so `up` takes the
+/// old sum as applied and records the new one; any other sum is still a changed migration.
+async fn m010_applied_by_its_first_plan_is_not_a_changed_migration(backend: Backend) {
+    use migration::checksum;
+    let t = migrated(backend).await;
+    let first_plan = match backend {
+        Backend::Postgres => "fcbcf11de45bb6998e1409b3fda00ac7affb6a1ebbb558db63e52acdb002267d",
+        Backend::MySql => "52d083ff09b798bccf756b53cbdb00527cc4c48bc46795c206f2af2ef6452a2e",
+        Backend::Sqlite => "4f5f9a7b2e04f18e37bbd6b01983fe0ece25f67ac8c6496aed5804761940f92a",
+    };
+    let current = checksum::of(
+        migration::plan_of("m010_subscriptions").expect("m010 is planned"),
+        t.db_backend(),
+    );
+    assert_ne!(current, first_plan);
+    let set = |sum: &str| {
+        format!(
+            "UPDATE migration_checksums SET checksum = '{sum}' WHERE version = 'm010_subscriptions'"
+        )
+    };
+    t.exec(&set(first_plan)).await;
+    checksum::backfill_and_verify(&t.db)
+        .await
+        .expect("the first plan's sum is accepted");
+    assert_eq!(
+        t.texts("SELECT checksum FROM migration_checksums WHERE version = 'm010_subscriptions'")
+            .await,
+        vec![current]
+    );
+    t.exec(&set(&"0".repeat(64))).await;
+    let refused = checksum::backfill_and_verify(&t.db).await;
+    assert!(
+        matches!(refused, Err(migration::Error::ChecksumMismatch { .. })),
+        "{refused:?}"
+    );
 }

@@ -122,6 +122,13 @@ pub async fn forget<C: ConnectionTrait>(db: &C, name: &str) -> Result<(), DbErr>
     db.execute(&delete).await.map(|_| ())
 }
 
+/// Drops our table, as `reset` drops SeaORM's `seaql_migrations` beside it: a reset schema
+/// keeps nothing of the migrator's.
+pub async fn uninstall<C: ConnectionTrait>(db: &C) -> Result<(), DbErr> {
+    let drop = Table::drop().table(table(db).await?).if_exists().take();
+    db.execute(&drop).await.map(|_| ())
+}
+
 /// The recorded checksums by migration name; none where the table does not exist (reading
 /// creates nothing).
 pub async fn recorded<C: ConnectionTrait>(db: &C) -> Result<HashMap<String, String>, DbErr> {
@@ -148,6 +155,10 @@ pub enum Check {
     Unrecorded,
     /// The plan differs from the one recorded: the code was edited after it ran.
     Changed,
+    /// What was recorded is the sum of an earlier plan the migration declares equivalent
+    /// ([`crate::step::Planned::earlier_checksums`]): as good as [`Check::Same`], and the
+    /// next `up` records the current sum.
+    Earlier,
     /// A plain `MigrationTrait`: no plan to sum.
     NoPlan,
 }
@@ -166,6 +177,9 @@ pub async fn check_applied<C: ConnectionTrait>(
                 (None, _) => Check::NoPlan,
                 (Some(_), None) => Check::Unrecorded,
                 (Some(plan), Some(sum)) if *sum == of(plan, backend) => Check::Same,
+                (Some(plan), Some(sum)) if plan.earlier_checksums().contains(&sum.as_str()) => {
+                    Check::Earlier
+                }
                 (Some(_), Some(_)) => Check::Changed,
             };
             (name.clone(), check)
@@ -195,6 +209,15 @@ pub async fn backfill_and_verify<C: ConnectionTrait>(db: &C) -> Result<(), Error
                 if let Some(plan) = crate::plan_of(&name) {
                     record(db, &name, &of(plan, backend)).await?;
                     tracing::info!("recorded the checksum of {name} (applied before checksums)");
+                }
+            }
+            Check::Earlier => {
+                if let Some(plan) = crate::plan_of(&name) {
+                    record(db, &name, &of(plan, backend)).await?;
+                    tracing::info!(
+                        "{name} was applied by an earlier, equivalent plan; recorded the \
+                         current plan's checksum"
+                    );
                 }
             }
             Check::Changed => changed.push(name),

@@ -131,6 +131,13 @@ pub enum SqlDirection {
     Down,
 }
 
+/// A line on stderr; a reader that went away (`2>&1 | head -5`) gets nothing, where
+/// `eprintln!` would panic.
+fn note(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
 /// Parses the command line, runs it, and turns any failure into a message and exit code 1.
 pub async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -138,7 +145,7 @@ pub async fn main() -> ExitCode {
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err}");
+            note(&format!("error: {err}"));
             ExitCode::FAILURE
         }
     }
@@ -153,8 +160,11 @@ fn init_tracing(verbose: bool) {
     // Colour codes only on a terminal: in a file or a CI log they are noise.
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    // Without `log_internal_errors(false)`, a write to a closed stderr (`2>&1 | head -5`) is
+    // reported with `eprintln!`, which panics on that same closed stderr.
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .log_internal_errors(false)
         .with_ansi(colour)
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter));
     let _ = if verbose {
@@ -263,6 +273,12 @@ async fn run_unscrubbed(
 /// Everything that changes the schema; the caller holds the migration lock. Typed errors
 /// travel as [`raise`]d `DbErr`s here, like those of the migrations inside SeaORM's runner.
 async fn change_schema(db: &DatabaseConnection, command: &Command) -> Result<(), DbErr> {
+    if matches!(
+        command,
+        Command::Up { .. } | Command::Refresh | Command::Fresh
+    ) {
+        crate::charset::require_utf8mb4(db).await.map_err(raise)?;
+    }
     match command {
         Command::Up { num } => {
             // Refused before anything runs: a changed migration means this build's idea of
@@ -270,9 +286,21 @@ async fn change_schema(db: &DatabaseConnection, command: &Command) -> Result<(),
             checksum::backfill_and_verify(db).await.map_err(raise)?;
             Migrator::up(db, *num).await
         }
-        Command::Down { num } => Migrator::down(db, Some(*num)).await,
-        Command::Refresh => Migrator::refresh(db).await,
-        Command::Reset => Migrator::reset(db).await,
+        // A changed migration's `down` is edited code too: refused like `up`, unless accepted.
+        Command::Down { num } => {
+            checksum::backfill_and_verify(db).await.map_err(raise)?;
+            Migrator::down(db, Some(*num)).await
+        }
+        Command::Refresh => {
+            checksum::backfill_and_verify(db).await.map_err(raise)?;
+            Migrator::refresh(db).await
+        }
+        Command::Reset => {
+            checksum::backfill_and_verify(db).await.map_err(raise)?;
+            // SeaORM's reset drops `seaql_migrations`; ours goes with it (it was left empty).
+            Migrator::reset(db).await?;
+            checksum::uninstall(db).await
+        }
         Command::Fresh => {
             // SeaORM's `fresh` drops what it lists as tables; on MySQL that list includes views,
             // which DROP TABLE refuses, and SQLite keeps them. Views go first, with CASCADE on
@@ -478,7 +506,7 @@ async fn print_sql_pending(db: &DatabaseConnection, args: &SqlArgs) -> Result<()
         chosen
     };
     if chosen.is_empty() {
-        eprintln!("nothing to {}", direction.as_str());
+        note(&format!("nothing to {}", direction.as_str()));
     }
     let schema = crate::schema::of(db).await?.unwrap_or_default();
     print_rendered(db.get_database_backend(), &schema, direction, &chosen)

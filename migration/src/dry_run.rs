@@ -13,6 +13,41 @@ use crate::PlannedMigration;
 use crate::settings::LockSettings;
 use crate::step::{Direction, Mode, lock_timeout_reset_sql, lock_timeout_sql};
 
+/// A [`Mode::Backfill`] step: each statement in a `READ COMMITTED` transaction of its own,
+/// the range placeholders named in a comment.
+fn render_backfill(
+    out: &mut String,
+    backend: DbBackend,
+    step: &crate::step::Step,
+    ranges: Option<crate::step::KeyRanges>,
+) {
+    if let Some(r) = ranges {
+        let _ = writeln!(
+            out,
+            "-- each statement once per range of {} consecutive {}.{} values, from the \
+             smallest to the largest when the step starts, as {}..{} (inclusive)",
+            r.rows,
+            r.table,
+            r.key,
+            crate::step::RANGE_START,
+            crate::step::RANGE_END
+        );
+    }
+    for sql in &step.statements {
+        match backend {
+            DbBackend::MySql => {
+                out.push_str("SET TRANSACTION ISOLATION LEVEL READ COMMITTED;\nBEGIN;\n")
+            }
+            DbBackend::Postgres => {
+                out.push_str("BEGIN;\nSET TRANSACTION ISOLATION LEVEL READ COMMITTED;\n")
+            }
+            _ => out.push_str("BEGIN;\n"),
+        }
+        let _ = writeln!(out, "{sql};");
+        out.push_str("COMMIT;\n");
+    }
+}
+
 pub fn backend_name(backend: DbBackend) -> &'static str {
     crate::dialect::of(backend).name()
 }
@@ -79,6 +114,10 @@ pub fn render(
                 if let Some(sql) = lock_timeout_sql(backend, settings.lock_timeout) {
                     let _ = writeln!(out, "{sql};");
                 }
+            }
+            if let Mode::Backfill { ranges } = step.mode {
+                render_backfill(&mut out, backend, step, ranges);
+                continue;
             }
             for sql in &step.statements {
                 let _ = writeln!(out, "{sql};");

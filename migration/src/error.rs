@@ -128,6 +128,16 @@ pub enum Error {
     Unprintable { names: Vec<String> },
 
     /// Standard output could not be written (a full disk behind a redirect, say).
+    #[error(
+        "database {database} uses character set {charset}, which cannot store every character \
+         users send (an emoji in a device name fails or becomes '?'), and MariaDB refuses \
+         online schema changes on some of them; nothing was applied. Convert it first: \
+         ALTER DATABASE `{database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci (and \
+         ALTER TABLE ... CONVERT TO CHARACTER SET utf8mb4 for tables it already has), then run \
+         the migration again"
+    )]
+    NotUtf8mb4 { database: String, charset: String },
+
     #[error("cannot write the output: {0}")]
     Output(#[source] std::io::Error),
 
@@ -146,7 +156,10 @@ impl Error {
         let detail = match &err {
             DbErr::Migration(message) | DbErr::Custom(message) => message.clone(),
             DbErr::Exec(runtime) | DbErr::Query(runtime) => {
-                format!("the database rejected a statement: {runtime}")
+                format!(
+                    "the database rejected a statement: {}",
+                    server_text(runtime)
+                )
             }
             other => other.to_string(),
         };
@@ -171,6 +184,26 @@ impl Error {
             },
             other => other,
         }
+    }
+}
+
+/// What the server said, for a user. PostgreSQL's errors display with the line of the
+/// server's own C source that raised them ("... at line 4464"), which means nothing to a
+/// user: its message is shown, with its detail where it has one.
+pub fn server_text(runtime: &sea_orm_migration::sea_orm::RuntimeErr) -> String {
+    use sea_orm_migration::sea_orm::{RuntimeErr, sqlx::postgres::PgDatabaseError};
+    let RuntimeErr::SqlxError(err) = runtime else {
+        return runtime.to_string();
+    };
+    let Some(pg) = err
+        .as_database_error()
+        .and_then(|db| db.try_downcast_ref::<PgDatabaseError>())
+    else {
+        return runtime.to_string();
+    };
+    match pg.detail() {
+        Some(detail) => format!("error returned from database: {} ({detail})", pg.message()),
+        None => format!("error returned from database: {}", pg.message()),
     }
 }
 

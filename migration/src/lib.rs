@@ -21,6 +21,7 @@ use std::time::Duration;
 pub use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DbBackend;
 
+pub mod charset;
 pub mod checksum;
 pub mod cli;
 pub mod connect;

@@ -66,6 +66,12 @@ pub struct Migration;
 
 impl Operations for Migration {
     const REQUIRED_TABLES: &'static [&'static str] = &["synced_sessions"];
+    /// The `TEXT` → `MEDIUMTEXT` copy (see above): writes to `synced_sessions` wait for it.
+    const NOT_LIVE_SAFE: &'static [crate::step::NotLiveSafe] = &[crate::step::NotLiveSafe {
+        backend: sea_orm_migration::sea_orm::DbBackend::MySql,
+        why: "payload TEXT to MEDIUMTEXT copies synced_sessions (ALGORITHM=COPY, LOCK=SHARED): \
+              session writes wait for the whole copy",
+    }];
 
     /// `down` is derived: `payload` back to TEXT, then `client_id` to the table's collation.
     fn up(&self, _dialect: &dyn Dialect) -> Vec<Operation> {

@@ -29,13 +29,38 @@
 //!   and nothing reads them until this migration has finished, so the build takes a lock no
 //!   one else wants, for an instant. (PostgreSQL's `CONCURRENTLY` on an empty table would only
 //!   add two waits for every running transaction.)
-//! * **The backfill is one `INSERT ... SELECT` per source, not batched.** It writes only to
-//!   the new tables, which no one else reads or writes yet, and reads `users` and
-//!   `stripe_events` without locking them on PostgreSQL and SQLite (MySQL's `INSERT ...
-//!   SELECT` takes shared row locks on the rows it reads for the statement's duration: writes
-//!   to those rows wait, reads go on; a users table the size of the m006 benchmark's is read
-//!   in seconds). Every insert skips rows already present (`NOT EXISTS`), so a re-run after a
-//!   crash finishes the job and never overwrites a snapshot applied since.
+//! * **The backfill runs while the API writes `users`, so no statement of it may hold a lock
+//!   a request waits for** ([`Mode::Backfill`]). Its first shape, one `INSERT ... SELECT` per
+//!   source, did: the insert into `stripe_customers` checks its foreign key, which locks
+//!   every referenced `users` row until the statement ends (`FOR KEY SHARE` on PostgreSQL, a
+//!   shared record lock on InnoDB), and MySQL's `INSERT ... SELECT` at `REPEATABLE READ`
+//!   also took shared next-key locks on every row it read, gaps included. At 1M users the
+//!   statement lasted seconds, longer than the API's 2 s lock wait: session syncs (`FOR
+//!   UPDATE` on the user) and, on MariaDB, inserts of new users failed. Now:
+//!   - every statement runs in a `READ COMMITTED` transaction of its own, where InnoDB reads
+//!     the source without locking it (PostgreSQL never locks what it reads);
+//!   - the one statement with a foreign key, the linked customers, runs once per range of
+//!     [`USERS_PER_RANGE`] `users.id` values, so it locks at most that many users, for
+//!     milliseconds (a request waits at most one range; the migrator's lock is verified
+//!     between ranges);
+//!   - the API locks its user row `FOR NO KEY UPDATE` on PostgreSQL, which a foreign key's
+//!     `FOR KEY SHARE` does not conflict with at all (an older API still running during a
+//!     rolling deploy locks `FOR UPDATE` and waits at most one range).
+//!
+//!   The other statements insert rows with no foreign key (customers named only by events,
+//!   `user_id` NULL) or into `stripe_subscriptions`, which has none, so they lock nothing a
+//!   request uses and run as one statement each. Every insert skips rows already present
+//!   (`NOT EXISTS`), so a re-run after a crash finishes the job and never overwrites a
+//!   snapshot applied since. On MySQL with binary logging in `STATEMENT` format, `READ
+//!   COMMITTED` writes are refused (error 1665): use `MIXED` (MariaDB's default) or `ROW`.
+//!
+//!   This changed m010's plan after databases had applied it. Both plans build the same
+//!   tables and copy the same rows, so the sums of the first plan are listed as
+//!   [`Operations::EARLIER_CHECKSUMS`]: a database that recorded one is taken as having
+//!   applied this plan, and its sum is updated on the next `up`, without
+//!   `accept-checksum`.
+//!
+//!   What is copied:
 //!   - Customers: every `users.stripe_customer_id` (linked), then every customer named by an
 //!     event (unlinked), then `deleted_at` for those Stripe has deleted.
 //!   - Subscriptions: the latest snapshot of each subscription among the stored events (the
@@ -61,7 +86,7 @@ use crate::dialect::Dialect;
 use crate::idents::Users;
 use crate::operation::{NewTableIndex, Operation, Operations, TableSpec, ViewChange};
 use crate::probe::Probe;
-use crate::step::{Direction, Mode, Step};
+use crate::step::{Direction, KeyRanges, Mode, RANGE_END, RANGE_START, Step};
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -100,6 +125,12 @@ enum StripeSubscriptions {
 
 impl Operations for Migration {
     const REQUIRED_TABLES: &'static [&'static str] = &["users", "stripe_events"];
+    /// The first plan's sums (PostgreSQL, MySQL, SQLite): one `INSERT ... SELECT` per source.
+    const EARLIER_CHECKSUMS: &'static [&'static str] = &[
+        "fcbcf11de45bb6998e1409b3fda00ac7affb6a1ebbb558db63e52acdb002267d",
+        "52d083ff09b798bccf756b53cbdb00527cc4c48bc46795c206f2af2ef6452a2e",
+        "4f5f9a7b2e04f18e37bbd6b01983fe0ece25f67ac8c6496aed5804761940f92a",
+    ];
 
     /// `down` is derived: m006's view back, then the tables dropped (the backfills' inverse is
     /// nothing: dropping the tables discards what they copied).
@@ -245,24 +276,40 @@ fn create_subscriptions(dialect: &dyn Dialect) -> TableCreateStatement {
         .take()
 }
 
+/// Users per range of the linked-customer backfill: each range's statement holds the foreign
+/// key's lock on at most this many `users` rows, for a few milliseconds.
+const USERS_PER_RANGE: i64 = 1000;
+
 // Raw SQL: sea-query cannot say INSERT ... SELECT ... WHERE NOT EXISTS over a window
-// function portably.
+// function portably, nor the range placeholders of a backfill.
 fn backfill_customers(dialect: &dyn Dialect) -> Vec<Step> {
     let customers = dialect.qualified(CUSTOMERS);
     let events = dialect.qualified("stripe_events");
     vec![
         Step::new(
-            "backfill stripe_customers from users and stripe_events",
-            Mode::Plain,
+            "backfill stripe_customers from users, by ranges of users.id",
+            Mode::Backfill {
+                ranges: Some(KeyRanges {
+                    table: "users",
+                    key: "id",
+                    rows: USERS_PER_RANGE,
+                }),
+            },
             Probe::Never,
         )
         .raw(format!(
             "INSERT INTO {customers} (customer_id, user_id) \
              SELECT u.stripe_customer_id, u.id FROM {users} u \
-             WHERE u.stripe_customer_id IS NOT NULL AND NOT EXISTS \
+             WHERE u.id BETWEEN {RANGE_START} AND {RANGE_END} \
+             AND u.stripe_customer_id IS NOT NULL AND NOT EXISTS \
              (SELECT 1 FROM {customers} c WHERE c.customer_id = u.stripe_customer_id)",
             users = dialect.qualified("users"),
-        ))
+        )),
+        Step::new(
+            "backfill stripe_customers from stripe_events",
+            Mode::Backfill { ranges: None },
+            Probe::Never,
+        )
         .raw(format!(
             "INSERT INTO {customers} (customer_id) \
              SELECT DISTINCT e.customer_id FROM {events} e \
@@ -281,7 +328,7 @@ fn backfill_subscriptions(dialect: &dyn Dialect) -> Vec<Step> {
     vec![
         Step::new(
             "backfill stripe_subscriptions from stripe_events and users",
-            Mode::Plain,
+            Mode::Backfill { ranges: None },
             Probe::Never,
         )
         .raw(latest_snapshots_sql(dialect))

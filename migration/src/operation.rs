@@ -373,6 +373,13 @@ pub trait Operations {
     /// an error naming them all, before any step.
     const REQUIRED_TABLES: &'static [&'static str] = &[];
 
+    /// Checksums of earlier plans of this migration that produce the same schema and data,
+    /// kept when a plan is reshaped after databases applied it (see [`Planned::earlier_checksums`]).
+    const EARLIER_CHECKSUMS: &'static [&'static str] = &[];
+
+    /// Backends on which it cannot meet the live bar (see [`Planned::not_live_safe`]).
+    const NOT_LIVE_SAFE: &'static [crate::step::NotLiveSafe] = &[];
+
     /// What `up` does.
     fn up(&self, dialect: &dyn Dialect) -> Vec<Operation>;
 
@@ -414,5 +421,13 @@ impl<M: Operations> Planned for M {
 
     fn required_tables(&self) -> &'static [&'static str] {
         M::REQUIRED_TABLES
+    }
+
+    fn earlier_checksums(&self) -> &'static [&'static str] {
+        M::EARLIER_CHECKSUMS
+    }
+
+    fn not_live_safe(&self) -> &'static [crate::step::NotLiveSafe] {
+        M::NOT_LIVE_SAFE
     }
 }

@@ -65,7 +65,32 @@ pub enum Mode {
     /// One statement at a time, outside any transaction: `CREATE INDEX CONCURRENTLY` and
     /// friends, which PostgreSQL refuses to run in a transaction block.
     Online,
+    /// A data copy into tables no one else uses yet, read from tables that serve traffic:
+    /// each statement runs in a short `READ COMMITTED` transaction of its own (MySQL's
+    /// `INSERT ... SELECT` then reads its source without shared next-key locks, so writes and
+    /// inserts into the source never wait for it), and, with [`KeyRanges`], once per range
+    /// of a key, so the rows a statement does lock (a foreign key's check locks each
+    /// referenced row until the statement ends, on every backend) are held for one range
+    /// only. Every statement must be re-runnable (skip rows already copied).
+    Backfill { ranges: Option<KeyRanges> },
 }
+
+/// The ranges a [`Mode::Backfill`] step walks: `rows` consecutive values of the integer
+/// column `key` of `table` at a time, from its minimum to its maximum when the step starts
+/// (rows inserted later are not the backfill's business: the code that inserts them writes
+/// the new tables itself). Each statement names the range as [`RANGE_START`] and
+/// [`RANGE_END`] (inclusive), which the runner replaces with numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyRanges {
+    pub table: &'static str,
+    pub key: &'static str,
+    pub rows: i64,
+}
+
+/// Where a [`KeyRanges`] statement takes its range's first key.
+pub const RANGE_START: &str = ":range_start";
+/// Where a [`KeyRanges`] statement takes its range's last key (inclusive).
+pub const RANGE_END: &str = ":range_end";
 
 /// One unit of schema change, with the probe that tells it is already done.
 #[derive(Clone, Debug)]
@@ -155,6 +180,31 @@ pub trait Planned {
     fn required_tables(&self) -> &'static [&'static str] {
         &[]
     }
+
+    /// Checksums (any backend's) of earlier plans of this migration that leave the same schema
+    /// and data: a database that recorded one of them applied an equivalent plan, so it is
+    /// not a changed migration, and the next `up` records the current sum. Only for a reshape
+    /// that changes *how* (batches, lock modes), never *what*; anything else is an edit that
+    /// `accept-checksum` must accept by hand.
+    fn earlier_checksums(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// The backends on which this migration cannot keep the API's requests within the live
+    /// bar (no failed statement, no wait beyond the floor plus a bound), and why. The live
+    /// harness (`bench migrations`, `tests/live_migrations.rs`) reports such a run without
+    /// failing it, and checks that docs/migrations.md names it.
+    fn not_live_safe(&self) -> &'static [NotLiveSafe] {
+        &[]
+    }
+}
+
+/// A migration's declaration that it cannot meet the live bar on `backend`.
+#[derive(Clone, Copy, Debug)]
+pub struct NotLiveSafe {
+    pub backend: DbBackend,
+    /// One line: what blocks, and for how long.
+    pub why: &'static str,
 }
 
 /// `migration`'s steps, naming the PostgreSQL schema `schema` (ignored elsewhere).
@@ -209,9 +259,10 @@ pub fn configured() -> Result<EngineSettings, DbErr> {
 /// A plan the engine refuses to start, before any of its steps runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Refusal {
-    /// An [`Mode::Online`] step on a connection inside a transaction: PostgreSQL refuses
-    /// `CONCURRENTLY` there, and the transaction would hold every earlier step's locks for the
-    /// whole build. The migration must say `use_transaction() -> Some(false)`.
+    /// An [`Mode::Online`] or [`Mode::Backfill`] step on a connection inside a transaction:
+    /// PostgreSQL refuses `CONCURRENTLY` there, a backfill's short transactions would become
+    /// one long one, and the transaction would hold every earlier step's locks throughout.
+    /// The migration must say `use_transaction() -> Some(false)`.
     OnlineInTransaction { migration: String, step: String },
 }
 
@@ -243,7 +294,8 @@ pub fn check_runnable(
     steps: &[Step],
 ) -> Result<(), Refusal> {
     let in_transaction = !matches!(db, SchemaManagerConnection::Connection(_));
-    match steps.iter().find(|step| step.mode == Mode::Online) {
+    let own_transactions = |step: &&Step| matches!(step.mode, Mode::Online | Mode::Backfill { .. });
+    match steps.iter().find(own_transactions) {
         Some(step) if in_transaction => Err(Refusal::OnlineInTransaction {
             migration: migration.to_owned(),
             step: step.summary.to_string(),
@@ -281,6 +333,13 @@ pub async fn apply_with(
     for (i, step) in steps.iter().enumerate() {
         let position = format!("{migration} {} step {}/{total}", direction.as_str(), i + 1);
         crate::lock::verify_held(db).await?;
+        if step.mode == Mode::Online
+            && wait_for_index_builds(db, &schema, settings, &position).await?
+        {
+            // The wait may have been long: the lock must still be ours, and the probe below
+            // reads the catalog as the other build left it.
+            crate::lock::verify_held(db).await?;
+        }
         if step.done_when.holds_in(db, &schema).await? {
             tracing::info!("{position}: {} (already done, skipped)", step.summary);
             statement_index += step.statements.len();
@@ -298,6 +357,9 @@ pub async fn apply_with(
             Mode::LockTimed => run_lock_timed(db, step, settings, &position, &pause).await,
             Mode::TableCopy { table } => {
                 run_table_copy(db, step, table, settings, &position, &pause).await
+            }
+            Mode::Backfill { ranges } => {
+                run_backfill(db, step, ranges, &schema, &position, &pause).await
             }
         };
         if let Err(err) = outcome {
@@ -329,6 +391,156 @@ async fn run_plain(
         db.execute_unprepared(sql).await?;
     }
     Ok(())
+}
+
+/// PostgreSQL: an index build another session runs on a table of `schema`, as `(pid, index)`
+/// (`pg_stat_progress_create_index`; the index is named once its catalog row exists).
+const PG_OTHER_INDEX_BUILDS: &str = "SELECT p.pid::bigint AS pid, \
+     coalesce(i.relname, '(not yet named)') AS index FROM pg_stat_progress_create_index p \
+     JOIN pg_class t ON t.oid = p.relid JOIN pg_namespace n ON n.oid = t.relnamespace \
+     LEFT JOIN pg_class i ON i.oid = p.index_relid \
+     WHERE n.nspname = $1 AND p.pid <> pg_backend_pid() LIMIT 1";
+
+/// Before an [`Mode::Online`] step on PostgreSQL: waits (with backoff, up to
+/// MIGRATION_LOCK_ATTEMPTS checks) while another session builds an index on a table of our
+/// schema. Such a build is most likely a migrator that lost its lock in the middle of
+/// `CREATE INDEX CONCURRENTLY`: its index is INVALID until the build ends, and dropping or
+/// rebuilding it meanwhile would undo the other's work or fail half-way ("tuple concurrently
+/// updated"). Once the build is over, the probes see what it left: a valid index (the step
+/// is done) or an INVALID one nobody builds any more (safe to drop). Returns whether it
+/// waited.
+async fn wait_for_index_builds(
+    db: &SchemaManagerConnection<'_>,
+    schema: &str,
+    settings: &LockSettings,
+    position: &str,
+) -> Result<bool, DbErr> {
+    let backend = db.get_database_backend();
+    if backend != DbBackend::Postgres {
+        return Ok(false);
+    }
+    let mut check = 1u32;
+    loop {
+        let stmt = sea_orm_migration::sea_orm::Statement::from_sql_and_values(
+            backend,
+            PG_OTHER_INDEX_BUILDS,
+            [schema.into()],
+        );
+        let Some(row) = db.query_one_raw(stmt).await? else {
+            return Ok(check > 1);
+        };
+        let pid: i64 = row.try_get("", "pid")?;
+        let index: String = row.try_get("", "index")?;
+        if check >= settings.attempts {
+            return Err(DbErr::Migration(format!(
+                "{position}: session {pid} kept building index {index} in schema {schema} \
+                 through {check} checks, so this step did not start: dropping or rebuilding an \
+                 index while another session builds it would undo that work. If it is a \
+                 migrator that lost its lock, let its build finish (or cancel it with \
+                 `SELECT pg_cancel_backend({pid})`), then run the migration again."
+            )));
+        }
+        let wait = settings.backoff(check);
+        tracing::warn!(
+            "{position}: session {pid} is building index {index} (check {check}/{}); not \
+             starting until it ends, checking again in {} ms",
+            settings.attempts,
+            wait.as_millis()
+        );
+        crate::sleep(wait).await;
+        check += 1;
+    }
+}
+
+/// A [`Mode::Backfill`] step: each statement (once per key range, when it has ranges) in a
+/// `READ COMMITTED` transaction of its own. The lock is verified before every range, so a
+/// migrator that lost it stops within one range.
+async fn run_backfill(
+    db: &SchemaManagerConnection<'_>,
+    step: &Step,
+    ranges: Option<KeyRanges>,
+    schema: &str,
+    position: &str,
+    pause: &PauseHook<'_>,
+) -> Result<(), DbErr> {
+    let Some(ranges) = ranges else {
+        for (k, sql) in step.statements.iter().enumerate() {
+            pause.check(k);
+            run_read_committed(db, sql).await?;
+        }
+        return Ok(());
+    };
+    let Some((first, last)) = key_bounds(db, &ranges, schema).await? else {
+        return Ok(());
+    };
+    let rows = Ord::max(ranges.rows, 1);
+    let count = (last - first) / rows + 1;
+    let mut start = first;
+    let mut done = 0i64;
+    while start <= last {
+        let end = start.saturating_add(rows - 1);
+        if done > 0 {
+            crate::lock::verify_held(db).await?;
+        }
+        for (k, sql) in step.statements.iter().enumerate() {
+            if done == 0 {
+                pause.check(k);
+            }
+            let sql = sql
+                .replace(RANGE_START, &start.to_string())
+                .replace(RANGE_END, &end.to_string());
+            run_read_committed(db, &sql).await?;
+        }
+        done += 1;
+        if done % 100 == 0 {
+            tracing::info!("{position}: {done}/{count} ranges of {rows} {}", ranges.key);
+        }
+        start = match end.checked_add(1) {
+            Some(next) => next,
+            None => break,
+        };
+    }
+    Ok(())
+}
+
+/// The smallest and largest `key` of `table` (in `schema`, the one the steps were planned
+/// in); `None` when it is empty.
+async fn key_bounds(
+    db: &SchemaManagerConnection<'_>,
+    ranges: &KeyRanges,
+    schema: &str,
+) -> Result<Option<(i64, i64)>, DbErr> {
+    let backend = db.get_database_backend();
+    let table =
+        crate::schema::planning_in(schema, || crate::schema::qualified(backend, ranges.table));
+    let sql = format!(
+        "SELECT MIN({key}) AS first, MAX({key}) AS last FROM {table}",
+        key = ranges.key,
+    );
+    let Some(row) = db
+        .query_one_raw(sea_orm_migration::sea_orm::Statement::from_string(
+            backend, sql,
+        ))
+        .await?
+    else {
+        return Ok(None);
+    };
+    let first: Option<i64> = row.try_get("", "first")?;
+    let last: Option<i64> = row.try_get("", "last")?;
+    Ok(first.zip(last))
+}
+
+/// `sql` alone in a `READ COMMITTED` transaction (SQLite has one writer and no levels: a
+/// plain transaction).
+async fn run_read_committed(db: &SchemaManagerConnection<'_>, sql: &str) -> Result<(), DbErr> {
+    use sea_orm_migration::sea_orm::IsolationLevel;
+    let isolation = match db.get_database_backend() {
+        DbBackend::Sqlite => None,
+        _ => Some(IsolationLevel::ReadCommitted),
+    };
+    let txn = db.begin_with_config(isolation, None).await?;
+    txn.execute_unprepared(sql).await?;
+    txn.commit().await
 }
 
 /// A step that failed because what it creates "already exists" lost a race (to a migrator

@@ -241,26 +241,34 @@ fn postgres_dry_run_is_lock_aware() {
     );
 }
 
-/// SIGKILL the migrator before every statement of m006's and m008's `up` and `down` (m009's on
-/// MySQL, below), run it again, and compare with a clean run; existing rows must be untouched.
-/// One test per migration and direction, so that the harness runs them side by side.
+/// SIGKILL the migrator before every statement of every migration in `migrations()`, `up`
+/// and `down`, on every backend; run it again and compare with a clean run: the schema equal,
+/// the rows that were there untouched. Generic over the list, so every later migration is
+/// covered with no test code of its own. One test per backend and direction, so the harness
+/// runs them side by side.
 macro_rules! killed_at_any_statement {
-    ($($test:ident: $backend:ident, $name:literal, $version:literal, $direction:literal;)*) => {$(
+    ($($test:ident: $backend:ident, $direction:literal;)*) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $test() {
-            killed_at_any_statement_of(Backend::$backend, $name, $version, $direction).await;
+            let names: Vec<String> = <migration::Migrator as migration::MigratorTrait>::migrations()
+                .iter()
+                .map(|m| migration::MigrationName::name(m.as_ref()).to_owned())
+                .collect();
+            for (index, name) in names.iter().enumerate() {
+                killed_at_any_statement_of(Backend::$backend, name, index as u32 + 1, $direction)
+                    .await;
+            }
         }
     )*};
 }
 
 killed_at_any_statement! {
-    killed_in_m006_up_postgres_recovers: Postgres, "m006_billing_fields", 6, "up";
-    killed_in_m006_down_postgres_recovers: Postgres, "m006_billing_fields", 6, "down";
-    killed_in_m008_up_postgres_recovers: Postgres, "m008_deleted_at_index_by_id", 8, "up";
-    killed_in_m008_down_postgres_recovers: Postgres, "m008_deleted_at_index_by_id", 8, "down";
-    // m009 has steps on MariaDB/MySQL only.
-    killed_in_m009_up_mysql_recovers: MySql, "m009_session_client_id_binary", 9, "up";
-    killed_in_m009_down_mysql_recovers: MySql, "m009_session_client_id_binary", 9, "down";
+    killed_in_any_migration_up_postgres_recovers: Postgres, "up";
+    killed_in_any_migration_down_postgres_recovers: Postgres, "down";
+    killed_in_any_migration_up_mysql_recovers: MySql, "up";
+    killed_in_any_migration_down_mysql_recovers: MySql, "down";
+    killed_in_any_migration_up_sqlite_recovers: Sqlite, "up";
+    killed_in_any_migration_down_sqlite_recovers: Sqlite, "down";
 }
 
 async fn killed_at_any_statement_of(backend: Backend, name: &str, version: u32, direction: &str) {
@@ -272,17 +280,32 @@ async fn killed_at_any_statement_of(backend: Backend, name: &str, version: u32, 
     };
     let reference = TestDb::new(backend).await;
     assert!(
-        migration(&["up", "-n", &before_it], Some(&reference.url))
-            .status
-            .success()
+        version == 1
+            || migration(&["up", "-n", &before_it], Some(&reference.url))
+                .status
+                .success()
     );
     let before = without_bookkeeping(snapshot(&reference).await);
-    assert!(
-        migration(&["up", "-n", "1"], Some(&reference.url))
-            .status
-            .success()
-    );
+    let clean_up = migration(&["up", "-n", "1"], Some(&reference.url));
+    assert!(clean_up.status.success(), "{}", stderr(&clean_up));
     let after = without_bookkeeping(snapshot(&reference).await);
+    let clean_down = migration(&["down", "-n", "1"], Some(&reference.url));
+    assert!(clean_down.status.success(), "{}", stderr(&clean_down));
+    // The steps a clean run skips (their probes hold already: cleanups of an interrupted
+    // run, repairs for databases an older version migrated): the pause hook never sees
+    // their statements.
+    let clean_run = if direction == "up" {
+        &clean_up
+    } else {
+        &clean_down
+    };
+    let skipped_steps: Vec<String> = stderr(clean_run)
+        .lines()
+        .filter(|l| l.contains("(already done, skipped)"))
+        .filter_map(|l| l.split(" step ").nth(1))
+        .filter_map(|l| l.split(':').next())
+        .map(str::to_owned)
+        .collect();
     let dry_run = |direction: &str| {
         let out = migration(
             &[
@@ -304,12 +327,15 @@ async fn killed_at_any_statement_of(backend: Backend, name: &str, version: u32, 
             && !l.starts_with("COMMIT")
             && !l.starts_with("SET LOCAL")
             && !l.starts_with("SET SESSION")
+            && !l.starts_with("SET TRANSACTION")
     };
-    // Statements of the steps that only clean up after an interrupted run: on a clean run
-    // their probes skip them, so the pause hook never sees them.
     let cleanup_len = |sql: &str| {
         sql.split("-- step ")
-            .filter(|step| step.lines().next().is_some_and(|l| l.contains(" left by ")))
+            .filter(|step| {
+                step.split(':')
+                    .next()
+                    .is_some_and(|number| skipped_steps.iter().any(|s| s == number))
+            })
             .map(|step| step.lines().skip(1).filter(is_statement).count())
             .sum::<usize>()
     };
@@ -319,7 +345,8 @@ async fn killed_at_any_statement_of(backend: Backend, name: &str, version: u32, 
     };
 
     let (statements, cleanup) = plan(direction);
-    assert!(statements >= 2, "{name} {direction}: {statements}");
+    // Where the migration has no statement on this backend (m008 on MySQL and SQLite, m009
+    // on PostgreSQL and SQLite), there is nothing to kill it before.
     let mut reached = 0;
     for n in 0..statements {
         let t = TestDb::new(backend).await;
@@ -329,10 +356,14 @@ async fn killed_at_any_statement_of(backend: Backend, name: &str, version: u32, 
             &with_it
         };
         assert!(
-            migration(&["up", "-n", target], Some(&t.url))
-                .status
-                .success()
+            target == "0"
+                || migration(&["up", "-n", target], Some(&t.url))
+                    .status
+                    .success()
         );
+        // Rows in users and sessions, for the migrations after m002, which made both tables
+        // (frozen history); m001 and m002 themselves are compared by schema.
+        let seeded = version > 2;
         let (users, sessions, checksum) = match backend {
             Backend::Postgres => (
                 "INSERT INTO users (email) SELECT 'u' || g || '@x.test' FROM generate_series(1, 200) g",
@@ -340,7 +371,15 @@ async fn killed_at_any_statement_of(backend: Backend, name: &str, version: u32, 
                 "SELECT md5(string_agg(concat_ws('|', u.id, u.email, s.id, s.payload), ',' ORDER BY u.id, s.id)) \
                  FROM users u JOIN synced_sessions s ON s.user_id = u.id",
             ),
-            _ => (
+            Backend::Sqlite => (
+                "INSERT INTO users (email) WITH RECURSIVE g(n) AS \
+                 (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 200) \
+                 SELECT 'u' || n || '@x.test' FROM g",
+                "INSERT INTO synced_sessions (user_id, client_id, device_name, payload) SELECT id, 'c', 'd', 'p' || id FROM users",
+                "SELECT group_concat(r, ',') FROM (SELECT u.id || '|' || u.email || '|' || s.id || '|' || s.payload AS r \
+                 FROM users u JOIN synced_sessions s ON s.user_id = u.id ORDER BY u.id, s.id)",
+            ),
+            Backend::MySql => (
                 "INSERT INTO users (email) WITH RECURSIVE g(n) AS \
                  (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 200) \
                  SELECT concat('u', n, '@x.test') FROM g",
@@ -349,9 +388,13 @@ async fn killed_at_any_statement_of(backend: Backend, name: &str, version: u32, 
                  ORDER BY u.id, s.id SEPARATOR ',')) FROM users u JOIN synced_sessions s ON s.user_id = u.id",
             ),
         };
-        t.exec(users).await;
-        t.exec(sessions).await;
-        let rows_before = t.texts(checksum).await;
+        let rows_before = if seeded {
+            t.exec(users).await;
+            t.exec(sessions).await;
+            t.texts(checksum).await
+        } else {
+            Vec::new()
+        };
 
         // Exactly this one migration, each way.
         let command = [direction, "-n", "1"];
@@ -398,11 +441,13 @@ async fn killed_at_any_statement_of(backend: Backend, name: &str, version: u32, 
             expected,
             "{name} {direction} killed at {n}"
         );
-        assert_eq!(
-            t.texts(checksum).await,
-            rows_before,
-            "{name} {direction} killed at {n} changed rows"
-        );
+        if seeded {
+            assert_eq!(
+                t.texts(checksum).await,
+                rows_before,
+                "{name} {direction} killed at {n} changed rows"
+            );
+        }
     }
     assert!(
         reached + cleanup >= statements,
@@ -846,6 +891,19 @@ async fn a_lost_lock_stops_the_migrator_before_its_next_step_mysql() {
     a_lost_lock_stops_the_migrator(Backend::MySql).await;
 }
 
+/// PostgreSQL: ends the session that holds the migrator's advisory lock, as a proxy, an idle
+/// timeout or an administrator would.
+async fn terminate_lock_session(t: &TestDb) {
+    let killed = t
+        .texts(
+            "SELECT pg_terminate_backend(pid)::text FROM pg_locks \
+             WHERE locktype = 'advisory' AND granted AND database = \
+             (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+        .await;
+    assert_eq!(killed, vec!["true"], "one lock session, terminated");
+}
+
 /// The lock's connection is killed (as a proxy, an idle timeout or an administrator would)
 /// while the migrator works: it finishes the step in hand, then stops with a clear error.
 async fn a_lost_lock_stops_the_migrator(backend: Backend) {
@@ -854,14 +912,7 @@ async fn a_lost_lock_stops_the_migrator(backend: Backend) {
     let mut child = spawn_paused(&["up"], &t.url, "m006_billing_fields:up:0");
     match backend {
         Backend::Postgres => {
-            let killed = t
-                .texts(
-                    "SELECT pg_terminate_backend(pid)::text FROM pg_locks \
-                     WHERE locktype = 'advisory' AND granted AND database = \
-                     (SELECT oid FROM pg_database WHERE datname = current_database())",
-                )
-                .await;
-            assert_eq!(killed, vec!["true"]);
+            terminate_lock_session(&t).await;
         }
         _ => {
             let holder = t
@@ -1464,14 +1515,7 @@ fn status_and_sql_create_no_sqlite_file_or_folder() {
 async fn a_lost_lock_is_named_when_a_step_then_fails_on_already_exists_postgres() {
     let t = TestDb::new(Backend::Postgres).await;
     let mut child = spawn_paused(&["up"], &t.url, "m001_create_users:up:0");
-    let killed = t
-        .texts(
-            "SELECT pg_terminate_backend(pid)::text FROM pg_locks \
-             WHERE locktype = 'advisory' AND granted AND database = \
-             (SELECT oid FROM pg_database WHERE datname = current_database())",
-        )
-        .await;
-    assert_eq!(killed, vec!["true"]);
+    terminate_lock_session(&t).await;
     t.exec("CREATE TABLE public.users (id bigint PRIMARY KEY)")
         .await;
     resume(&mut child);
@@ -1718,6 +1762,16 @@ async fn a_migration_changed_after_it_was_applied_is_flagged_and_refused(backend
         vec!["3"],
         "up went past a changed migration"
     );
+    // Its `down` is the edited code as much as its `up`: refused alike.
+    for command in [&["down", "-n", "2"][..], &["reset"], &["refresh"]] {
+        let refused = migration(command, Some(&t.url));
+        assert_clear_error(&refused, "m002_create_synced_sessions changed after");
+        assert_eq!(
+            t.texts("SELECT count(*) FROM seaql_migrations").await,
+            vec!["3"],
+            "{command:?} ran past a changed migration"
+        );
+    }
 
     assert_clear_error(
         &migration(
@@ -1752,9 +1806,12 @@ async fn reset_and_fresh_keep_checksums_in_step(backend: Backend) {
     assert!(migration(&["up"], Some(&t.url)).status.success());
     let reset = migration(&["reset"], Some(&t.url));
     assert!(reset.status.success(), "{}", stderr(&reset));
-    assert_eq!(
-        t.texts("SELECT count(*) FROM migration_checksums").await,
-        vec!["0"]
+    // Like seaql_migrations, which SeaORM's reset drops: nothing of the migrator is left.
+    let left = snapshot(&t).await;
+    assert!(
+        left.iter()
+            .all(|line| !line.contains("migration_checksums")),
+        "{left:?}"
     );
     assert!(migration(&["up", "-n", "2"], Some(&t.url)).status.success());
     t.exec("UPDATE migration_checksums SET checksum = 'stale'")
@@ -1825,5 +1882,166 @@ async fn a_reader_that_closes_the_pipe_early_gets_no_panic() {
         let err = stderr(&out);
         assert!(!err.contains("panicked"), "{args:?}: {err}");
         assert!(out.status.success(), "{args:?}: {:?} {err}", out.status);
+    }
+}
+
+/// `migration fresh 2>&1 | head -5`: the reader of the log (stderr) goes away first. The
+/// migrator finishes its work and exits without a panic (101 before: tracing's writer
+/// reported its failed write with `eprintln!`, which panics on a closed stderr), for a
+/// command that succeeds and for one that fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stderr_gets_no_panic() {
+    let t = TestDb::new(Backend::Sqlite).await;
+    for (args, succeeds) in [
+        (vec!["fresh", "-u", t.url.as_str()], true),
+        (
+            vec!["down", "-n", "1", "-u", "postgres://nobody@127.0.0.1:1/x"],
+            false,
+        ),
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_migration"))
+            .args(&args)
+            .env_remove("DATABASE_URL")
+            .env("DATABASE_CONNECT_TIMEOUT", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run migration binary");
+        drop(child.stderr.take());
+        let status = child.wait().expect("wait for migration");
+        assert_eq!(status.success(), succeeds, "{args:?}: {status:?}");
+        assert_ne!(status.code(), Some(101), "{args:?} panicked");
+    }
+}
+
+/// Issue 17's reproduction: migrator A waits inside `CREATE UNIQUE INDEX CONCURRENTLY` (an old
+/// snapshot holds the build), its lock session is terminated, and migrator B takes the lock.
+/// B saw A's index INVALID and dropped it while A built it ("tuple concurrently updated", or
+/// `users` left without its unique index). Now B waits for A's build to end, then finds the
+/// index valid and skips the step; A stops at its next step with "lost the migration lock".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migrator_that_lost_its_lock_mid_build_keeps_its_index_postgres() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let t = TestDb::new(Backend::Postgres).await;
+    assert!(migration(&["up", "-n", "5"], Some(&t.url)).status.success());
+    t.exec(
+        "INSERT INTO users (email) SELECT 'u' || g || '@x.test' FROM generate_series(1, 2000) g",
+    )
+    .await;
+    // A snapshot older than any build: CREATE INDEX CONCURRENTLY waits for it to end.
+    let old = support::connect(&t.url).await;
+    let snapshot = old
+        .begin_with_config(Some(sea_orm::IsolationLevel::RepeatableRead), None)
+        .await
+        .expect("begin");
+    snapshot
+        .execute_unprepared("SELECT count(*) FROM synced_sessions")
+        .await
+        .expect("take a snapshot");
+
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_migration"))
+            .args(["up", "-n", "1", "-u", &t.url])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn migrator")
+    };
+    let a = spawn();
+    let building = "SELECT count(*) FROM pg_stat_progress_create_index p JOIN pg_database d \
+                    ON d.oid = p.datid WHERE d.datname = current_database()";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while t.texts(building).await != vec!["1".to_owned()] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A never started its build"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    terminate_lock_session(&t).await;
+
+    let b = spawn();
+    // B has the lock; give it time to look at A's index (the old code dropped it then).
+    while advisory_locks(&t).await != vec!["1".to_owned()] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B never took the lock"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    snapshot.commit().await.expect("end the old snapshot");
+
+    let a_out = a.wait_with_output().expect("wait A");
+    let b_out = b.wait_with_output().expect("wait B");
+    assert!(!a_out.status.success(), "A must stop: {}", stderr(&a_out));
+    assert!(
+        stderr(&a_out).contains("lost the migration lock"),
+        "{}",
+        stderr(&a_out)
+    );
+    assert!(b_out.status.success(), "B: {}", stderr(&b_out));
+    assert!(
+        stderr(&b_out).contains("is building index"),
+        "{}",
+        stderr(&b_out)
+    );
+    assert_eq!(
+        t.texts(
+            "SELECT i.indisvalid::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+             WHERE c.relname = 'idx_users_stripe_customer'"
+        )
+        .await,
+        vec!["true"],
+        "users keeps its unique index"
+    );
+    let status = String::from_utf8_lossy(&migration(&["status"], Some(&t.url)).stdout).into_owned();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("m006_billing_fields") && l.contains("Applied")),
+        "{status}"
+    );
+}
+
+/// A statement the server rejects is shown in the server's words, without the line of
+/// PostgreSQL's own C source that raised it ("... at line 1392" before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_statement_shows_no_server_source_line_postgres() {
+    let t = TestDb::new(Backend::Postgres).await;
+    // A view where m001 creates its table: its CREATE TABLE is rejected.
+    t.exec("CREATE VIEW users AS SELECT 1 AS id").await;
+    let out = migration(&["up"], Some(&t.url));
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("already exists"), "{err}");
+    assert!(!err.contains(" at line "), "{err}");
+}
+
+/// A MariaDB database created as `utf8mb3` or `latin1` is refused by `up` in one line,
+/// before anything is applied. Before: `utf8mb3` migrated (and an emoji answered 500 later),
+/// `latin1` failed at m009 with m001-m008 applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_cannot_store_utf8mb4_is_refused_mysql() {
+    use sea_orm::ConnectionTrait;
+    for charset in ["utf8mb3", "latin1"] {
+        let t = TestDb::new(Backend::MySql).await;
+        t.db.execute_unprepared(&format!(
+            "ALTER DATABASE {} CHARACTER SET {charset}",
+            t.name
+        ))
+        .await
+        .expect("set the database's character set");
+        let out = migration(&["up"], Some(&t.url));
+        assert_clear_error(&out, &format!("uses character set {charset}"));
+        assert_eq!(
+            t.texts(
+                "SELECT count(*) FROM information_schema.tables WHERE table_schema = DATABASE() \
+                 AND table_name IN ('users', 'seaql_migrations')"
+            )
+            .await,
+            vec!["0"],
+            "{charset}: nothing may be applied"
+        );
     }
 }

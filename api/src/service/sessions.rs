@@ -20,8 +20,7 @@ pub enum Synced {
 /// Reloads the user with a row lock, so concurrent creates for one user queue up and the tier
 /// limit holds. (SQLite has one writer at a time already.)
 async fn lock_user<C: ConnectionTrait>(db: &C, user_id: i64) -> Result<users::Model, ApiError> {
-    users::Entity::find_by_id(user_id)
-        .lock_exclusive()
+    super::lock_user_rows(db, users::Entity::find_by_id(user_id))
         .one(db)
         .await?
         .ok_or(ApiError::Unauthorized)

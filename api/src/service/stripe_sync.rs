@@ -527,8 +527,7 @@ async fn refresh_user<C: ConnectionTrait>(
     user_id: i64,
     if_none: IfNone,
 ) -> Result<(), DbErr> {
-    let Some(user) = users::Entity::find_by_id(user_id)
-        .lock_exclusive()
+    let Some(user) = super::lock_user_rows(db, users::Entity::find_by_id(user_id))
         .one(db)
         .await?
     else {
@@ -612,8 +611,7 @@ async fn link<C: ConnectionTrait>(
         }
         None => {}
     }
-    let Some(user) = users::Entity::find_by_id(user_id)
-        .lock_exclusive()
+    let Some(user) = super::lock_user_rows(db, users::Entity::find_by_id(user_id))
         .one(db)
         .await?
     else {
@@ -675,8 +673,7 @@ async fn forget_customer<C: ConnectionTrait>(db: &C, customer: &str) -> Result<O
     let Some(user_id) = user_id else {
         return Ok(Outcome::UnknownCustomer);
     };
-    let Some(user) = users::Entity::find_by_id(user_id)
-        .lock_exclusive()
+    let Some(user) = super::lock_user_rows(db, users::Entity::find_by_id(user_id))
         .one(db)
         .await?
     else {

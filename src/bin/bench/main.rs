@@ -3,18 +3,21 @@
 //! * `bench m006`: the billing migration under live traffic, beside the card's SQL;
 //! * `bench webhooks`: Stripe webhook deliveries per second and their latency;
 //! * `bench purge`: the retention purge of soft-deleted sessions under live traffic;
-//! * `bench sync`: session sync requests per second and their latency, beside their SQL.
+//! * `bench sync`: session sync requests per second and their latency, beside their SQL;
+//! * `bench migrations`: every migration under live clients, on PostgreSQL and MariaDB.
 //!
 //! Each measures its own floor in the same run and prints its figures as ratios to it, and
 //! writes an SVG chart of what it measured.
 //!
-//! `cargo run --release --bin bench -- <m006|webhooks|purge|sync> --help`
+//! `cargo run --release --bin bench -- <m006|webhooks|purge|sync|migrations> --help`
 
 mod about;
 mod chart;
 mod cpu;
+mod live_migrations;
 mod load;
 mod m006;
+mod migrations;
 mod migrator_log;
 mod purge;
 mod replay;
@@ -40,6 +43,8 @@ enum Bench {
     Purge(purge::Args),
     /// Session sync (PUT and GET /v1/sessions) from many users, beside its SQL alone.
     Sync(sync::Args),
+    /// Every migration, up, down and up again, under clients, on PostgreSQL and MariaDB.
+    Migrations(migrations::Args),
 }
 
 #[tokio::main]
@@ -49,6 +54,7 @@ async fn main() -> std::process::ExitCode {
         Bench::Webhooks(args) => webhooks::run(args).await,
         Bench::Purge(args) => purge::run(args).await,
         Bench::Sync(args) => sync::run(args).await,
+        Bench::Migrations(args) => migrations::run(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,0 +1,626 @@
+//! Every migration of `Migrator::migrations()` under live clients, on PostgreSQL and MariaDB:
+//! the bar m006 was held to, as a property of the list rather than of one migration.
+//!
+//! For each migration, in a database of its own: migrate to the one before, seed users (half
+//! of them paying, where the schema has billing columns), sessions, tokens, events and
+//! customers (where their tables exist), start clients, measure the no-migration floor, then
+//! apply the migration, roll it back and apply it again, the clients running throughout.
+//!
+//! The clients issue the statements of the API's requests, shaped as the API runs them
+//! (transactions, the user-row lock, the API's 2 s lock wait set on each connection as the
+//! API's pool sets it): a sign-up, a session sync (update and create) under the user's row
+//! lock, a plain `UPDATE users`, a token lookup, a webhook delivery's transaction and a tier
+//! read. They are written here, not recorded from the API: the API's code targets the newest
+//! schema, and each migration must be tried under the clients of the schema before it. A
+//! kind whose statements fail on the schema before the migration (its tables do not exist
+//! yet) is left out of that migration's run, and the row says which kinds ran.
+//!
+//! A direction passes when no client statement failed, no client request overlapping it took
+//! longer than the floor's p99 plus [`bound`], and the migration completed. A migration that
+//! cannot pass on a backend declares it ([`migration::step::Planned::not_live_safe`]); its
+//! row is reported, marked, and not failed.
+//!
+//! Shared by `bench migrations` (1M users / 5M sessions; enforces the whole bar) and the CI
+//! test `tests/live_migrations.rs` (small; asserts completion and no failed statement, and
+//! prints the waits, which a shared CI machine makes noise), so both run the same code.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use migration::{Migrator, MigratorTrait};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement,
+    TransactionTrait, Value,
+};
+
+/// The API's default lock wait (`DB_LOCK_TIMEOUT_MS`), set on every client connection.
+const CLIENT_LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// How much longer than the floor's p99 a client may wait while a migration runs.
+/// PostgreSQL: 100 ms. MariaDB: 1,100 ms, because its lock waits count whole seconds: a
+/// lock-timed DDL step that queues for its metadata lock holds the clients queued behind it
+/// for up to the migrator's minimum lock wait, one second, before it gives up and retries.
+pub fn bound(backend: DbBackend) -> Duration {
+    match backend {
+        DbBackend::MySql => Duration::from_millis(1100),
+        _ => Duration::from_millis(100),
+    }
+}
+
+/// The size of one run.
+#[derive(Clone, Copy, Debug)]
+pub struct Size {
+    pub users: i64,
+    pub sessions: i64,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// How long the floor is measured before the migration.
+    pub floor: Duration,
+}
+
+/// One migration in one direction, as measured.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub migration: String,
+    pub backend: DbBackend,
+    /// `up`, `down`, `up again`.
+    pub direction: &'static str,
+    pub wall: Duration,
+    pub floor_p99: Duration,
+    /// The longest client request that overlapped the migration.
+    pub worst: Duration,
+    pub requests: usize,
+    pub failed: usize,
+    /// The first failures, for the report.
+    pub failures: Vec<String>,
+    /// The migration's own error, when it did not complete.
+    pub error: Option<String>,
+    /// The client kinds that ran.
+    pub kinds: Vec<&'static str>,
+    /// What the migration declares when it cannot meet the bar on this backend.
+    pub exempt: Option<&'static str>,
+}
+
+impl Row {
+    pub fn meets_the_bar(&self) -> bool {
+        self.error.is_none()
+            && self.failed == 0
+            && self.worst <= self.floor_p99 + bound(self.backend)
+    }
+
+    /// Passed, or failed as its migration declares it may.
+    pub fn acceptable(&self) -> bool {
+        self.error.is_none() && (self.meets_the_bar() || self.exempt.is_some())
+    }
+
+    /// The bar without its timing: the migration completed and no client statement failed
+    /// (or the migration declares it may fail here). What CI asserts: waits measured on a
+    /// shared CI machine are noise-bound, and speed targets live in the benchmark.
+    pub fn completed_without_failures(&self) -> bool {
+        self.error.is_none() && (self.failed == 0 || self.exempt.is_some())
+    }
+
+    pub const HEADER: &'static str = "| migration | backend | direction | wall | worst wait | floor p99 + bound | requests | failed | verdict | requests that ran |\n|---|---|---|---:|---:|---:|---:|---:|---|---|";
+
+    /// A Markdown table row.
+    pub fn markdown(&self) -> String {
+        let verdict = match (&self.error, self.meets_the_bar(), self.exempt) {
+            (Some(e), _, _) => format!("migration failed: {e}"),
+            (None, true, _) => "pass".to_owned(),
+            (None, false, Some(why)) => format!("declared not live-safe: {why}"),
+            (None, false, None) if self.failed == 0 => {
+                "FAIL: waited longer than the bar".to_owned()
+            }
+            (None, false, None) => format!("FAIL: {}", self.failures.join("; ")),
+        };
+        format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {verdict} | {} |",
+            self.migration,
+            backend_name(self.backend),
+            self.direction,
+            ms(self.wall),
+            ms(self.worst),
+            ms(self.floor_p99 + bound(self.backend)),
+            self.requests,
+            self.failed,
+            self.kinds.join(", "),
+        )
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.0} ms", d.as_secs_f64() * 1000.0)
+}
+
+pub fn backend_name(backend: DbBackend) -> &'static str {
+    match backend {
+        DbBackend::Postgres => "PostgreSQL",
+        DbBackend::MySql => "MariaDB",
+        _ => "SQLite",
+    }
+}
+
+/// The migrations' names, in the order of `Migrator::migrations()`.
+pub fn migration_names() -> Vec<String> {
+    Migrator::migrations()
+        .iter()
+        .map(|m| m.name().to_owned())
+        .collect()
+}
+
+/// Runs migration number `index` (0-based, in `Migrator::migrations()`) under clients, in a
+/// fresh database on the server at `server_url` (no database name), dropped afterwards.
+pub async fn run_one(
+    server_url: &str,
+    backend: DbBackend,
+    index: usize,
+    size: Size,
+) -> Result<Vec<Row>, String> {
+    let server = server_url.trim_end_matches('/');
+    let name = format!(
+        "live_{}_{:x}",
+        index,
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or_default()
+    );
+    let admin_url = match backend {
+        DbBackend::Postgres => format!("{server}/postgres"),
+        _ => server.to_owned(),
+    };
+    let admin = connect(&admin_url, 1, None).await?;
+    let create = match backend {
+        DbBackend::MySql => format!("CREATE DATABASE {name} CHARACTER SET utf8mb4"),
+        _ => format!("CREATE DATABASE {name}"),
+    };
+    admin
+        .execute_unprepared(&create)
+        .await
+        .map_err(|e| format!("{create}: {e}"))?;
+    let url = format!("{server}/{name}");
+    let outcome = measure(&url, backend, index, size).await;
+    let drop = match backend {
+        DbBackend::Postgres => format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        _ => format!("DROP DATABASE IF EXISTS {name}"),
+    };
+    let _ = admin.execute_unprepared(&drop).await;
+    let _ = admin.close().await;
+    outcome
+}
+
+async fn measure(
+    url: &str,
+    backend: DbBackend,
+    index: usize,
+    size: Size,
+) -> Result<Vec<Row>, String> {
+    let migrations = Migrator::migrations();
+    let Some(migration) = migrations.get(index) else {
+        return Err(format!("no migration number {index}"));
+    };
+    let name = migration.name().to_owned();
+    let exempt = migration::plan_of(&name).and_then(|plan| {
+        plan.not_live_safe()
+            .iter()
+            .find(|e| e.backend == backend)
+            .map(|e| e.why)
+    });
+    let migrator = connect(url, 4, None).await?;
+    if index > 0 {
+        Migrator::up(&migrator, Some(index as u32))
+            .await
+            .map_err(|e| format!("up to the migration before {name}: {e}"))?;
+    }
+    seed(&migrator, size).await?;
+
+    let clients = connect(url, size.clients as u32, Some(CLIENT_LOCK_WAIT)).await?;
+    let users = size.users.max(1);
+    let mut kinds = Vec::new();
+    for kind in Kind::ALL {
+        if kind.run(&clients, users, 1).await.is_ok() {
+            kinds.push(kind);
+        }
+    }
+    let log = Arc::new(Mutex::new(Vec::<Request>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    // 1 is the trial request of each kind.
+    let counter = Arc::new(AtomicU64::new(2));
+    let mut tasks = Vec::new();
+    for client in 0..size.clients {
+        let (db, log, stop, counter, kinds) = (
+            clients.clone(),
+            log.clone(),
+            stop.clone(),
+            counter.clone(),
+            kinds.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut turn = client;
+            while !stop.load(Ordering::Relaxed) {
+                let Some(kind) = kinds.get(turn % kinds.len().max(1)).copied() else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                turn += 1;
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                let start = Instant::now();
+                let outcome = kind.run(&db, users, n).await;
+                let request = Request {
+                    kind: kind.name(),
+                    start,
+                    end: Instant::now(),
+                    error: outcome.err().map(|e| e.to_string()),
+                };
+                if let Ok(mut all) = log.lock() {
+                    all.push(request);
+                }
+            }
+        }));
+    }
+
+    let floor_start = Instant::now();
+    tokio::time::sleep(size.floor).await;
+    let floor = (floor_start, Instant::now());
+    let mut phases = Vec::new();
+    for (direction, up) in [("up", true), ("down", false), ("up again", true)] {
+        let start = Instant::now();
+        let outcome = if up {
+            Migrator::up(&migrator, Some(1)).await
+        } else {
+            Migrator::down(&migrator, Some(1)).await
+        };
+        phases.push((direction, start, Instant::now(), outcome.err()));
+        // A moment of clients between directions, as between two deploys.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if phases.last().is_some_and(|p| p.3.is_some()) {
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        let _ = task.await;
+    }
+    let _ = clients.close().await;
+    let _ = migrator.close().await;
+
+    let requests = log.lock().map(|all| all.clone()).unwrap_or_default();
+    let mut floor_latencies: Vec<Duration> = requests
+        .iter()
+        .filter(|r| r.start >= floor.0 && r.end <= floor.1)
+        .map(|r| r.end - r.start)
+        .collect();
+    floor_latencies.sort();
+    let floor_p99 = quantile(&floor_latencies, 0.99);
+    let kind_names: Vec<&'static str> = kinds.iter().map(|k| k.name()).collect();
+    Ok(phases
+        .into_iter()
+        .map(|(direction, start, end, error)| {
+            let during: Vec<&Request> = requests
+                .iter()
+                .filter(|r| r.start < end && r.end > start)
+                .collect();
+            let failures: Vec<String> = during
+                .iter()
+                .filter_map(|r| r.error.as_ref().map(|e| format!("{}: {e}", r.kind)))
+                .collect();
+            Row {
+                migration: name.clone(),
+                backend,
+                direction,
+                wall: end - start,
+                floor_p99,
+                worst: during
+                    .iter()
+                    .map(|r| r.end - r.start)
+                    .max()
+                    .unwrap_or_default(),
+                requests: during.len(),
+                failed: failures.len(),
+                failures: failures.into_iter().take(3).collect(),
+                error: error.map(|e| e.to_string()),
+                kinds: kind_names.clone(),
+                exempt,
+            }
+        })
+        .collect())
+}
+
+#[derive(Clone)]
+struct Request {
+    kind: &'static str,
+    start: Instant,
+    end: Instant,
+    error: Option<String>,
+}
+
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// A pool; `lock_wait` bounds every lock wait of its sessions as the API's pool does
+/// (`api::startup`'s `bound_lock_waits`).
+async fn connect(
+    url: &str,
+    connections: u32,
+    lock_wait: Option<Duration>,
+) -> Result<DatabaseConnection, String> {
+    let mut options = ConnectOptions::new(url.to_owned());
+    options
+        .max_connections(connections)
+        .min_connections(connections)
+        .connect_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(60))
+        .sqlx_logging(false);
+    if let Some(wait) = lock_wait {
+        let millis = wait.as_millis().to_string();
+        let seconds = wait.as_millis().div_ceil(1000).max(1);
+        options.map_sqlx_postgres_opts(move |pg| pg.options([("lock_timeout", millis.clone())]));
+        let sql = format!(
+            "SET SESSION innodb_lock_wait_timeout = {seconds}, lock_wait_timeout = {seconds}"
+        );
+        options.map_sqlx_mysql_pool_opts(move |pool| {
+            let sql = sql.clone();
+            pool.after_connect(move |conn, _| {
+                let sql = sql.clone();
+                Box::pin(async move {
+                    sea_orm::sqlx::Executor::execute(conn, sea_orm::sqlx::AssertSqlSafe(sql))
+                        .await
+                        .map(|_| ())
+                })
+            })
+        });
+    }
+    Database::connect(options)
+        .await
+        .map_err(|e| format!("cannot connect: {e}"))
+}
+
+/// What the clients do, one request each.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    SignUp,
+    SessionUpdate,
+    SessionCreate,
+    UserUpdate,
+    TokenLookup,
+    Webhook,
+    TierRead,
+}
+
+impl Kind {
+    const ALL: [Kind; 7] = [
+        Kind::SignUp,
+        Kind::SessionUpdate,
+        Kind::SessionCreate,
+        Kind::UserUpdate,
+        Kind::TokenLookup,
+        Kind::Webhook,
+        Kind::TierRead,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::SignUp => "sign-up",
+            Kind::SessionUpdate => "session update",
+            Kind::SessionCreate => "session create",
+            Kind::UserUpdate => "UPDATE users",
+            Kind::TokenLookup => "token lookup",
+            Kind::Webhook => "webhook delivery",
+            Kind::TierRead => "tier read",
+        }
+    }
+
+    /// Request number `n` (its ids are drawn from `n`).
+    async fn run(self, db: &DatabaseConnection, users: i64, n: u64) -> Result<(), DbErr> {
+        let backend = db.get_database_backend();
+        let spread = (n.wrapping_mul(2_654_435_761) % users as u64) as i64 + 1;
+        let stmt = |sql: &str, values: Vec<Value>| {
+            Statement::from_sql_and_values(backend, placeholders(backend, sql), values)
+        };
+        // The API's user-row lock (`api::service::lock_user_rows`).
+        let lock_user = match backend {
+            DbBackend::Postgres => "SELECT id FROM users WHERE id = $1 FOR NO KEY UPDATE",
+            _ => "SELECT id FROM users WHERE id = $1 FOR UPDATE",
+        };
+        // Request numbers are unique within a run, and each run has a fresh database.
+        let unique = n.to_string();
+        match self {
+            Kind::SignUp => {
+                db.execute_raw(stmt(
+                    "INSERT INTO users (email) VALUES ($1)",
+                    vec![format!("live{unique}@x.test").into()],
+                ))
+                .await?;
+            }
+            Kind::SessionUpdate | Kind::SessionCreate => {
+                let txn = db.begin().await?;
+                txn.execute_raw(stmt(lock_user, vec![spread.into()]))
+                    .await?;
+                let write = match self {
+                    Kind::SessionUpdate => stmt(
+                        "UPDATE synced_sessions SET payload = $1, updated_at = CURRENT_TIMESTAMP \
+                         WHERE user_id = $2 AND client_id = $3",
+                        vec![
+                            "{\"tabs\":1}".into(),
+                            spread.into(),
+                            format!("c{spread}").into(),
+                        ],
+                    ),
+                    _ => stmt(
+                        "INSERT INTO synced_sessions (user_id, client_id, device_name, payload) \
+                         VALUES ($1, $2, 'live', '{}')",
+                        vec![spread.into(), format!("n{unique}").into()],
+                    ),
+                };
+                txn.execute_raw(write).await?;
+                txn.commit().await?;
+            }
+            Kind::UserUpdate => {
+                db.execute_raw(stmt(
+                    "UPDATE users SET updated_at = CURRENT_TIMESTAMP WHERE id = $1",
+                    vec![spread.into()],
+                ))
+                .await?;
+            }
+            Kind::TokenLookup => {
+                db.query_one_raw(stmt(
+                    "SELECT user_id FROM api_tokens WHERE token_hash = $1",
+                    vec![format!("tok{spread}").into()],
+                ))
+                .await?;
+            }
+            Kind::Webhook => {
+                let txn = db.begin().await?;
+                txn.execute_raw(stmt(
+                    "INSERT INTO stripe_events (id, event_type, created, customer_id, \
+                     subscription_id, status) VALUES ($1, 'customer.subscription.updated', $2, \
+                     $3, $4, 'active')",
+                    vec![
+                        format!("evt_live_{unique}").into(),
+                        (n as i64).into(),
+                        format!("cus_{spread}").into(),
+                        format!("sub_{spread}").into(),
+                    ],
+                ))
+                .await?;
+                txn.execute_raw(stmt(lock_user, vec![spread.into()]))
+                    .await?;
+                txn.execute_raw(stmt(
+                    "UPDATE users SET subscription_status = 'active' WHERE id = $1",
+                    vec![spread.into()],
+                ))
+                .await?;
+                txn.commit().await?;
+            }
+            Kind::TierRead => {
+                db.query_one_raw(stmt(
+                    "SELECT tier FROM user_tiers WHERE user_id = $1",
+                    vec![spread.into()],
+                ))
+                .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `$1`-style placeholders as the backend writes them.
+fn placeholders(backend: DbBackend, sql: &str) -> String {
+    if backend == DbBackend::Postgres {
+        return sql.to_owned();
+    }
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+            while chars.peek().is_some_and(char::is_ascii_digit) {
+                chars.next();
+            }
+            out.push('?');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Seeds what the schema has: users (every other one paying, where the billing columns
+/// exist), sessions, tokens, an event per paying user, their customers and subscriptions.
+async fn seed(db: &DatabaseConnection, size: Size) -> Result<(), String> {
+    let backend = db.get_database_backend();
+    let series = |n: i64| match backend {
+        DbBackend::Postgres => (format!("generate_series(1, {n}) AS s(g)"), "g"),
+        _ => (format!("seq_1_to_{n} AS s"), "s.seq"),
+    };
+    let (users, u) = series(size.users.max(1));
+    let (sessions, s) = series(size.sessions.max(1));
+    let mut statements = Vec::new();
+    if has(db, "users", "id").await? {
+        if has(db, "users", "stripe_customer_id").await? {
+            statements.push(format!(
+                "INSERT INTO users (email, stripe_customer_id, subscription_id, \
+                 subscription_status) SELECT concat('u', {u}, '@x.test'), \
+                 CASE WHEN {u} % 2 = 0 THEN concat('cus_', {u}) END, \
+                 CASE WHEN {u} % 2 = 0 THEN concat('sub_', {u}) END, \
+                 CASE WHEN {u} % 2 = 0 THEN 'active' ELSE 'none' END FROM {users}"
+            ));
+        } else {
+            statements.push(format!(
+                "INSERT INTO users (email) SELECT concat('u', {u}, '@x.test') FROM {users}"
+            ));
+        }
+    }
+    if has(db, "synced_sessions", "id").await? {
+        statements.push(format!(
+            "INSERT INTO synced_sessions (user_id, client_id, device_name, payload) \
+             SELECT 1 + ({s} - 1) % {n}, concat('c', {s}), 'seed', '{{}}' FROM {sessions}",
+            n = size.users.max(1)
+        ));
+    }
+    if has(db, "api_tokens", "id").await? {
+        statements.push(format!(
+            "INSERT INTO api_tokens (user_id, token_hash) SELECT {u}, concat('tok', {u}) \
+             FROM {users}"
+        ));
+    }
+    if has(db, "stripe_events", "id").await? {
+        statements.push(format!(
+            "INSERT INTO stripe_events (id, event_type, created, customer_id, subscription_id, \
+             status) SELECT concat('evt_', {u}), 'customer.subscription.updated', {u}, \
+             concat('cus_', {u}), concat('sub_', {u}), 'active' FROM {users} WHERE {u} % 2 = 0"
+        ));
+    }
+    if has(db, "stripe_customers", "customer_id").await? {
+        statements.push(
+            "INSERT INTO stripe_customers (customer_id, user_id) SELECT stripe_customer_id, id \
+             FROM users WHERE stripe_customer_id IS NOT NULL"
+                .to_owned(),
+        );
+    }
+    if has(db, "stripe_subscriptions", "subscription_id").await? {
+        statements.push(
+            "INSERT INTO stripe_subscriptions (subscription_id, customer_id, status, created, \
+             lifecycle_rank) SELECT subscription_id, stripe_customer_id, 'active', 1, 2 \
+             FROM users WHERE subscription_id IS NOT NULL"
+                .to_owned(),
+        );
+    }
+    if backend == DbBackend::Postgres {
+        statements.push("ANALYZE".to_owned());
+    }
+    for sql in statements {
+        db.execute_unprepared(&sql)
+            .await
+            .map_err(|e| format!("seeding: {sql}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Whether `table` has `column` in the connection's schema.
+async fn has(db: &DatabaseConnection, table: &str, column: &str) -> Result<bool, String> {
+    let backend = db.get_database_backend();
+    let schema = match backend {
+        DbBackend::Postgres => "current_schema()",
+        _ => "DATABASE()",
+    };
+    let sql = format!(
+        "SELECT count(*) AS n FROM information_schema.columns WHERE table_schema = {schema} \
+         AND table_name = '{table}' AND column_name = '{column}'"
+    );
+    let row = db
+        .query_one_raw(Statement::from_string(backend, sql.clone()))
+        .await
+        .map_err(|e| format!("{sql}: {e}"))?;
+    let n: i64 = row
+        .map(|r| r.try_get("", "n"))
+        .transpose()
+        .map_err(|e| format!("{sql}: {e}"))?
+        .unwrap_or(0);
+    Ok(n > 0)
+}
