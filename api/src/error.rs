@@ -27,6 +27,10 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("{0}")]
     UnsupportedMediaType(String),
+    #[error(
+        "the request body did not arrive in time (BODY_READ_TIMEOUT_SECS); send it at once"
+    )]
+    BodyTimedOut,
     #[error("request body is larger than this server accepts (MAX_BODY_BYTES)")]
     PayloadTooLarge,
     #[error("{message}")]
@@ -76,6 +80,7 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::BodyTimedOut => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             ApiError::PaymentRequired { .. } => {
                 (StatusCode::PAYMENT_REQUIRED, "tier_limit_reached")
             }

@@ -2,11 +2,13 @@
 //! state, and Free-tier limits. `startup` builds it; `routes` are thin over `service`.
 
 pub mod auth;
+pub mod body_deadline;
 pub mod domain;
 pub mod error;
 pub mod health_probe;
 pub mod json;
 pub mod routes;
+pub mod serve;
 pub mod service;
 pub mod settings;
 pub mod startup;

@@ -17,9 +17,11 @@ use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
+use crate::body_deadline::limit_body_time;
 use crate::error::ApiError;
 use crate::health_probe::HealthProbe;
 use crate::routes;
+use crate::serve::{self, ConnectionLimits};
 use crate::settings::{MigrateMode, Settings};
 use crate::startup_error::StartupError;
 use crate::state::AppState;
@@ -29,12 +31,17 @@ use crate::user_queue::UserQueue;
 pub fn router(state: AppState) -> Router {
     let body_limit = state.limits.max_body_bytes;
     let request_timeout = state.request_timeout;
+    let body_read_timeout = state.body_read_timeout;
     Router::from(routes::api())
         .fallback(|| async { ApiError::NotFound("no such route") })
         // axum adds the `Allow` header to this answer.
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(request_timeout, time_limit))
+        .layer(middleware::from_fn_with_state(
+            body_read_timeout,
+            limit_body_time,
+        ))
         .layer(
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
@@ -225,6 +232,7 @@ pub struct Application {
     router: Router,
     state: AppState,
     purge_every: Option<Duration>,
+    connections: ConnectionLimits,
 }
 
 impl Application {
@@ -243,6 +251,7 @@ impl Application {
             limits: Arc::new(settings.limits.clone()),
             stripe: Arc::new(settings.stripe.clone()),
             request_timeout: settings.request_timeout(),
+            body_read_timeout: settings.connections.body_read_timeout(),
             lock_timeout: settings.lock_timeout(),
             user_queue: UserQueue::default(),
             health_probe: HealthProbe::default(),
@@ -253,6 +262,10 @@ impl Application {
             state,
             purge_every: (settings.purge_every_secs > 0)
                 .then(|| Duration::from_secs(settings.purge_every_secs)),
+            connections: ConnectionLimits::fitted(
+                &settings.connections,
+                settings.db_max_connections,
+            ),
         })
     }
 
@@ -260,7 +273,8 @@ impl Application {
         self.listener.local_addr().map_err(StartupError::LocalAddr)
     }
 
-    /// Serves until `shutdown` resolves, then lets requests in flight finish.
+    /// Serves until `shutdown` resolves, then lets requests in flight finish within
+    /// `SHUTDOWN_GRACE_SECS` ([`crate::serve`]).
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -268,10 +282,8 @@ impl Application {
         if let Some(every) = self.purge_every {
             tokio::spawn(purge_periodically(self.state.clone(), every));
         }
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(StartupError::Serve)
+        serve::serve(self.listener, self.router, self.connections, shutdown).await;
+        Ok(())
     }
 }
 

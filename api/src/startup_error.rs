@@ -25,6 +25,4 @@ pub enum StartupError {
     },
     #[error("cannot read the bound address: {0}")]
     LocalAddr(#[source] std::io::Error),
-    #[error("server error: {0}")]
-    Serve(#[source] std::io::Error),
 }

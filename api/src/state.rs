@@ -17,6 +17,8 @@ pub struct AppState {
     pub stripe: Arc<StripeSettings>,
     /// How long a request may take in all.
     pub request_timeout: Duration,
+    /// How long a request's body may take to arrive (`BODY_READ_TIMEOUT_SECS`).
+    pub body_read_timeout: Duration,
     /// How long a request waits for a lock (`DB_LOCK_TIMEOUT_MS`).
     pub lock_timeout: Duration,
     /// Each user's writes, one at a time.

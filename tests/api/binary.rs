@@ -28,9 +28,9 @@ fn billing(vars: &[(&str, &str)]) -> Command {
 }
 
 /// A running `billing serve`, killed when dropped.
-struct Server {
-    child: Child,
-    address: String,
+pub struct Server {
+    pub child: Child,
+    pub address: String,
     /// What it printed before it listened.
     started: Vec<String>,
     /// Each line it prints to stderr from then on.
@@ -52,14 +52,24 @@ async fn serve(secrets: &str) -> Result<Server, String> {
 }
 
 /// [`serve`] with more variables.
-async fn serve_with(vars: &[(&str, &str)]) -> Result<Server, String> {
+pub async fn serve_with(vars: &[(&str, &str)]) -> Result<Server, String> {
+    serve_configured(vars, |_| {}).await
+}
+
+/// [`serve_with`], with `configure` changing the command before it runs.
+pub async fn serve_configured(
+    vars: &[(&str, &str)],
+    configure: impl FnOnce(&mut Command),
+) -> Result<Server, String> {
     let db = TestDb::new(Backend::Sqlite).await;
     let mut all = vec![
         ("DATABASE_URL", db.url.as_str()),
         ("BIND_ADDR", "127.0.0.1:0"),
     ];
     all.extend_from_slice(vars);
-    let mut child = billing(&all)
+    let mut command = billing(&all);
+    configure(&mut command);
+    let mut child = command
         .arg("serve")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -107,7 +117,7 @@ fn listening_address(line: &str) -> Option<String> {
 
 impl Server {
     /// The lines printed since it listened, up to and including the first that `last` picks.
-    fn logs_until(&self, last: impl Fn(&str) -> bool) -> Vec<String> {
+    pub fn logs_until(&self, last: impl Fn(&str) -> bool) -> Vec<String> {
         let mut lines = Vec::new();
         while let Ok(line) = self.logs.recv_timeout(Duration::from_secs(30)) {
             let done = last(&line);

@@ -58,6 +58,7 @@ pub fn test_settings(url: &str) -> Settings {
             webhook_tolerance_secs: 300,
         },
         purge_every_secs: 0,
+        connections: Default::default(),
         migrate: MigrateMode::OnStart,
     }
 }

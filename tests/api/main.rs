@@ -9,6 +9,7 @@ mod helpers;
 mod auth;
 mod binary;
 mod busy;
+mod connections;
 mod extractors;
 mod limits;
 mod migrate_mode;

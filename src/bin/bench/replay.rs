@@ -33,6 +33,7 @@ pub fn api_settings(
             webhook_tolerance_secs: 300,
         },
         purge_every_secs: 0,
+        connections: Default::default(),
         migrate: api::settings::MigrateMode::OnStart,
     }
 }
@@ -152,6 +153,7 @@ impl ApiServer {
             limits: Arc::new(settings.limits.clone()),
             stripe: Arc::new(settings.stripe.clone()),
             request_timeout: settings.request_timeout(),
+            body_read_timeout: settings.connections.body_read_timeout(),
             lock_timeout: settings.lock_timeout(),
             user_queue: Default::default(),
             health_probe: Default::default(),
