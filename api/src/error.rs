@@ -13,6 +13,8 @@ use sea_orm::DbErr;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::db_fault::Fault;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("missing or invalid bearer token")]
@@ -43,8 +45,10 @@ pub enum ApiError {
     InvalidSignature(String),
     #[error("{0}")]
     NotConfigured(&'static str),
-    #[error("the database is unavailable")]
+    #[error("the database is unavailable; retry shortly")]
     Unavailable(#[source] DbErr),
+    #[error("the database accepts no writes right now (read-only); retry shortly")]
+    ReadOnly(#[source] DbErr),
     #[error(
         "another transaction holds what this request needs (DB_LOCK_TIMEOUT_MS ran out); retry shortly"
     )]
@@ -89,6 +93,7 @@ impl ApiError {
             ApiError::InvalidSignature(_) => (StatusCode::BAD_REQUEST, "invalid_signature"),
             ApiError::NotConfigured(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_configured"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::ReadOnly(_) => (StatusCode::SERVICE_UNAVAILABLE, "read_only"),
             ApiError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             ApiError::TimedOut => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -99,17 +104,15 @@ impl ApiError {
 /// Seconds a client is asked to wait before retrying a 503: about one lock wait.
 const RETRY_AFTER_SECS: &str = "1";
 
-/// Connection-level failures and lock conflicts (a lock wait past `lock_timeout` /
-/// `innodb_lock_wait_timeout` / SQLite's busy timeout, a deadlock) mean "try again later";
-/// anything else is our bug.
+/// A fault of the database ([`Fault`]: a lock conflict, a read-only database, a broken or
+/// refused connection) means "try again later"; anything else is our bug.
 impl From<DbErr> for ApiError {
     fn from(err: DbErr) -> Self {
-        if migration::step::is_lock_conflict(&err) {
-            return ApiError::Busy(Some(err));
-        }
-        match err {
-            DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => ApiError::Unavailable(err),
-            other => ApiError::internal(other),
+        match Fault::of(&err) {
+            Some(Fault::LockConflict) => ApiError::Busy(Some(err)),
+            Some(Fault::ReadOnly) => ApiError::ReadOnly(err),
+            Some(Fault::Unavailable) => ApiError::Unavailable(err),
+            None => ApiError::internal(err),
         }
     }
 }
@@ -142,8 +145,13 @@ impl IntoResponse for ApiError {
             ApiError::Internal(source) => {
                 tracing::error!(error = %source, ?source, "request failed")
             }
+            // WARN: expected in operation (a restart, a failover, a full pool), answered with
+            // Retry-After and reported by /healthz; ERROR is for what needs a person.
             ApiError::Unavailable(source) => {
-                tracing::error!(error = %source, "database unavailable")
+                tracing::warn!(error = %source, "database unavailable")
+            }
+            ApiError::ReadOnly(source) => {
+                tracing::warn!(error = %source, "database is read-only")
             }
             ApiError::Busy(Some(source)) => tracing::warn!(error = %source, "lock wait gave up"),
             ApiError::Busy(None) => tracing::warn!("gave up waiting for the user's earlier writes"),
@@ -167,7 +175,10 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            ApiError::Unavailable(_) | ApiError::Busy(_) | ApiError::TimedOut => {
+            ApiError::Unavailable(_)
+            | ApiError::ReadOnly(_)
+            | ApiError::Busy(_)
+            | ApiError::TimedOut => {
                 headers.insert(
                     header::RETRY_AFTER,
                     HeaderValue::from_static(RETRY_AFTER_SECS),

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod body_deadline;
+pub mod db_fault;
 pub mod domain;
 pub mod error;
 pub mod health_probe;

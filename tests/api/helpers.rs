@@ -28,18 +28,24 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Settin
     let db = TestDb::new(backend).await;
     let mut settings = test_settings(&db.url);
     configure(&mut settings);
-    let app = Application::build(&settings).await.expect("build app");
-    let address = format!("http://{}", app.local_addr().expect("addr"));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(app.run_until(async {
-        let _ = stopped.await;
-    }));
+    let (address, stop) = start_server(&settings).await;
     TestApp {
         address,
         db,
         client: Client::new(),
         stop: Some(stop),
     }
+}
+
+/// Serves the API with `settings`; returns its address and the sender that stops it.
+pub async fn start_server(settings: &Settings) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let app = Application::build(settings).await.expect("build app");
+    let address = format!("http://{}", app.local_addr().expect("addr"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+    (address, stop)
 }
 
 /// The settings every test server starts from, for the database at `url`.
