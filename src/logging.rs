@@ -18,6 +18,7 @@ pub enum LogFormat {
 pub fn init(format: LogFormat) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let filter = quiet_secret_spans(filter);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -31,6 +32,17 @@ pub fn init(format: LogFormat) {
             .with_span_list(true)
             .try_init(),
     };
+}
+
+/// sea-orm's drivers open a TRACE span around `connect` whose fields print the connection
+/// options, the database URL and its password included. Whatever `RUST_LOG` says, those spans
+/// are not recorded: the drivers' modules log at most DEBUG (their other TRACE spans only
+/// repeat the statement spans sqlx records).
+fn quiet_secret_spans(filter: EnvFilter) -> EnvFilter {
+    match "sea_orm::driver=debug".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    }
 }
 
 /// Colour codes are noise in a file or a pipe, where logs are read by tools: only on a

@@ -156,6 +156,7 @@ impl IntoResponse for ApiError {
             ApiError::Busy(Some(source)) => tracing::warn!(error = %source, "lock wait gave up"),
             ApiError::Busy(None) => tracing::warn!("gave up waiting for the user's earlier writes"),
             ApiError::TimedOut => tracing::warn!("request timed out"),
+            ApiError::NotConfigured(what) => tracing::warn!(%what, "not configured"),
             _ => {}
         }
         let field = match &self {

@@ -44,6 +44,7 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(
             ServiceBuilder::new()
+                .layer(middleware::map_request(drop_unusable_request_id))
                 .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
                 .layer(
                     TraceLayer::new_for_http()
@@ -61,11 +62,43 @@ pub fn router(state: AppState) -> Router {
                             )
                         })
                         // One line per request at INFO: status and latency, inside its span.
-                        .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+                        .on_response(DefaultOnResponse::new().level(tracing::Level::INFO))
+                        // tower-http would add an ERROR line for every 5xx. Each of ours is
+                        // logged once where it is made: a 503 (expected: busy, restarting,
+                        // read-only) at WARN, a 500 at ERROR.
+                        .on_failure(()),
                 )
                 .layer(PropagateRequestIdLayer::x_request_id()),
         )
         .with_state(state)
+}
+
+/// Longest `x-request-id` taken from a client (a UUID is 36 characters).
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// A client's (or proxy's) `x-request-id` is kept only if it is short and made of characters
+/// that cannot forge a log field (letters, digits, `-_.:/+@`); otherwise it is removed, and
+/// the next layer gives the request a UUID of ours. Before, 6,000 characters were echoed
+/// back, and spaces, `=` and quotes in text logs could pass for other fields.
+async fn drop_unusable_request_id(mut request: Request<axum::body::Body>) -> Request<axum::body::Body> {
+    let usable = request
+        .headers()
+        .get_all("x-request-id")
+        .iter()
+        .map(|value| {
+            let bytes = value.as_bytes();
+            !bytes.is_empty()
+                && bytes.len() <= MAX_REQUEST_ID_LEN
+                && bytes
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:/+@".contains(b))
+        })
+        .collect::<Vec<_>>();
+    // Exactly one, and usable.
+    if usable != [true] {
+        request.headers_mut().remove("x-request-id");
+    }
+    request
 }
 
 /// A request that outlives its time is answered in our error shape; dropping it rolls back

@@ -32,7 +32,7 @@ pub struct Server {
     pub child: Child,
     pub address: String,
     /// What it printed before it listened.
-    started: Vec<String>,
+    pub started: Vec<String>,
     /// Each line it prints to stderr from then on.
     logs: mpsc::Receiver<String>,
     _db: TestDb,
@@ -117,7 +117,7 @@ fn listening_address(line: &str) -> Option<String> {
 
 impl Server {
     /// The lines printed since it listened, up to and including the first that `last` picks.
-    pub fn logs_until(&self, last: impl Fn(&str) -> bool) -> Vec<String> {
+    pub fn logs_until(&self, mut last: impl FnMut(&str) -> bool) -> Vec<String> {
         let mut lines = Vec::new();
         while let Ok(line) = self.logs.recv_timeout(Duration::from_secs(30)) {
             let done = last(&line);

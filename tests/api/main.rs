@@ -13,6 +13,7 @@ mod connections;
 mod extractors;
 mod faults;
 mod limits;
+mod logs;
 mod migrate_mode;
 mod openapi;
 mod pool;
