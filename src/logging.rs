@@ -22,6 +22,7 @@ pub fn init(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
+    log_panics();
     // Fails only if a subscriber is already installed, which leaves that one in place.
     let _ = match format {
         LogFormat::Text => builder.with_ansi(colour()).try_init(),
@@ -32,6 +33,25 @@ pub fn init(format: LogFormat) {
             .with_span_list(true)
             .try_init(),
     };
+}
+
+/// A panic becomes one ERROR line in the configured format (with the request's span), where
+/// the default hook printed several plain lines that broke one-JSON-object-per-line logs. The
+/// server answers the request with a JSON 500 (api::startup's panic layer).
+fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        tracing::error!(panic = message, %location, "panicked");
+    }));
 }
 
 /// sea-orm's drivers open a TRACE span around `connect` whose fields print the connection

@@ -39,8 +39,6 @@ pub enum ApiError {
     PaymentRequired { message: String },
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
-    #[error("{message}")]
-    Gone { code: &'static str, message: String },
     #[error("{0}")]
     InvalidSignature(String),
     #[error("{0}")]
@@ -59,6 +57,9 @@ pub enum ApiError {
     TimedOut,
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A handler panicked; the panic hook logged it.
+    #[error("internal error")]
+    Panicked,
 }
 
 impl ApiError {
@@ -89,14 +90,15 @@ impl ApiError {
                 (StatusCode::PAYMENT_REQUIRED, "tier_limit_reached")
             }
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
-            ApiError::Gone { code, .. } => (StatusCode::GONE, code),
             ApiError::InvalidSignature(_) => (StatusCode::BAD_REQUEST, "invalid_signature"),
             ApiError::NotConfigured(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_configured"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::ReadOnly(_) => (StatusCode::SERVICE_UNAVAILABLE, "read_only"),
             ApiError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             ApiError::TimedOut => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
-            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::Internal(_) | ApiError::Panicked => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
         }
     }
 }

@@ -240,8 +240,15 @@ pub struct Limits {
     /// Largest request body, in bytes.
     #[arg(global = true, long, env = "MAX_BODY_BYTES", default_value_t = 65_536)]
     pub max_body_bytes: usize,
-    /// Largest page a list endpoint returns.
-    #[arg(global = true, long, env = "MAX_PAGE_SIZE", default_value_t = 100)]
+    /// Largest page a list endpoint returns, 1 to 1000. Checked at start: 0 emptied every
+    /// list, and huge values made sea-query panic or `limit + 1` overflow.
+    #[arg(
+        global = true,
+        long,
+        env = "MAX_PAGE_SIZE",
+        default_value_t = 100,
+        value_parser = clap::value_parser!(u64).range(1..=1000)
+    )]
     pub max_page_size: u64,
     /// Rows the retention purge deletes per batch (one short transaction each).
     #[arg(global = true, long, env = "PURGE_BATCH_SIZE", default_value_t = 1000)]

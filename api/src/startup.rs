@@ -14,6 +14,7 @@ use migration::connect::{self, DatabaseUrl};
 use sea_orm::{ConnectOptions, DatabaseConnection, DbBackend, sqlx};
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
@@ -68,9 +69,37 @@ pub fn router(state: AppState) -> Router {
                         // read-only) at WARN, a 500 at ERROR.
                         .on_failure(()),
                 )
-                .layer(PropagateRequestIdLayer::x_request_id()),
+                .layer(PropagateRequestIdLayer::x_request_id())
+                .layer(CatchPanicLayer::custom(panic_answer))
+                .layer(middleware::from_fn(refuse_encoded_bodies)),
         )
         .with_state(state)
+}
+
+/// A panic in a handler is answered with our JSON 500 instead of a dropped connection. The
+/// panic is logged once, as one line, by the binary's panic hook (src/logging.rs), which
+/// knows where it happened; this answer adds no second line.
+fn panic_answer(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    ApiError::Panicked.into_response()
+}
+
+/// A body with a `Content-Encoding` (gzip, br, ...) is refused with 415: nothing here decodes
+/// one, and it was read as if plain. `identity` means no encoding.
+async fn refuse_encoded_bodies(request: Request<axum::body::Body>, next: Next) -> Response {
+    let encoded = request
+        .headers()
+        .get_all(axum::http::header::CONTENT_ENCODING)
+        .iter()
+        .flat_map(|value| value.to_str().unwrap_or("?").split(','))
+        .map(str::trim)
+        .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("identity"));
+    if encoded {
+        return ApiError::UnsupportedMediaType(
+            "request bodies are not decoded: send it without Content-Encoding".to_owned(),
+        )
+        .into_response();
+    }
+    next.run(request).await
 }
 
 /// Longest `x-request-id` taken from a client (a UUID is 36 characters).
@@ -367,4 +396,39 @@ pub async fn shutdown_signal() {
     tracing::info!("shutting down: finishing requests in flight");
     // Give load balancers a moment to notice; requests in flight still complete.
     tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// A handler's panic is answered with our JSON 500; before, the connection was dropped
+    /// with no answer.
+    #[tokio::test]
+    async fn a_panic_is_answered_with_a_json_500() {
+        let app = Router::new()
+            .route(
+                "/boom",
+                get(|| async {
+                    let limit: Option<u64> = None;
+                    // What an unchecked setting did in sea-query.
+                    limit.map_or_else(|| panic!("boom"), |l| l.to_string())
+                }),
+            )
+            .layer(CatchPanicLayer::custom(panic_answer));
+        let request = Request::builder()
+            .uri("/boom")
+            .body(axum::body::Body::empty())
+            .unwrap_or_default();
+        let response = app.oneshot(request).await.unwrap_or_else(|e| match e {});
+        assert_eq!(response.status(), 500);
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap_or_default();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        assert_eq!(json["error"]["code"], "internal", "{json}");
+    }
 }

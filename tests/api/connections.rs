@@ -26,7 +26,7 @@ const DEFAULT_OPEN_FILES: libc::rlim_t = 1_024;
 /// How long a closed connection may take to be noticed past its bound.
 const SLACK: Duration = Duration::from_secs(5);
 
-fn host(app_address: &str) -> &str {
+pub fn host(app_address: &str) -> &str {
     app_address.trim_start_matches("http://")
 }
 
@@ -250,7 +250,7 @@ async fn still_serves(app: &TestApp, token: &str) {
 }
 
 /// The status and JSON body of the first answer on `stream`.
-async fn read_answer(stream: &mut TcpStream, within: Duration) -> (u16, Value) {
+pub async fn read_answer(stream: &mut TcpStream, within: Duration) -> (u16, Value) {
     let mut text = Vec::new();
     let mut buf = [0u8; 4096];
     let deadline = Instant::now() + within;

@@ -9,6 +9,7 @@ mod helpers;
 mod auth;
 mod binary;
 mod busy;
+mod edges;
 mod connections;
 mod extractors;
 mod faults;
