@@ -16,6 +16,7 @@ pub mod startup;
 pub mod startup_error;
 pub mod state;
 pub mod stripe;
+pub mod token_gate;
 pub mod user_queue;
 
 pub use settings::{Limits, Settings};

@@ -250,6 +250,16 @@ pub struct Limits {
         value_parser = clap::value_parser!(u64).range(1..=1000)
     )]
     pub max_page_size: u64,
+    /// Requests one bearer token may have in flight at once, reads included; more wait (as
+    /// long as a lock wait, DB_LOCK_TIMEOUT_MS) and then answer 503 `busy`.
+    #[arg(
+        global = true,
+        long,
+        env = "TOKEN_CONCURRENCY",
+        default_value_t = 4,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub token_concurrency: u32,
     /// Rows the retention purge deletes per batch (one short transaction each).
     #[arg(global = true, long, env = "PURGE_BATCH_SIZE", default_value_t = 1000)]
     pub purge_batch_size: u64,
@@ -276,6 +286,7 @@ impl Default for Limits {
             retention_days_pro: 30,
             max_body_bytes: 65_536,
             max_page_size: 100,
+            token_concurrency: 4,
             purge_batch_size: 1000,
             purge_pause_ms: 0,
         }

@@ -26,6 +26,7 @@ use crate::serve::{self, ConnectionLimits};
 use crate::settings::{MigrateMode, Settings};
 use crate::startup_error::StartupError;
 use crate::state::AppState;
+use crate::token_gate::{TokenGate, UnknownTokens, one_token_at_a_time};
 use crate::user_queue::UserQueue;
 
 /// Every route, with request ids, tracing, the body cap and the request timeout.
@@ -33,11 +34,14 @@ pub fn router(state: AppState) -> Router {
     let body_limit = state.limits.max_body_bytes;
     let request_timeout = state.request_timeout;
     let body_read_timeout = state.body_read_timeout;
+    let token_gate = state.token_gate.clone();
     Router::from(routes::api())
         .fallback(|| async { ApiError::NotFound("no such route") })
         // axum adds the `Allow` header to this answer.
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(body_limit))
+        // Inside the request timeout: a request waiting for its token's turn is bounded too.
+        .layer(middleware::from_fn_with_state(token_gate, one_token_at_a_time))
         .layer(middleware::from_fn_with_state(request_timeout, time_limit))
         .layer(middleware::from_fn_with_state(
             body_read_timeout,
@@ -316,6 +320,8 @@ impl Application {
             body_read_timeout: settings.connections.body_read_timeout(),
             lock_timeout: settings.lock_timeout(),
             user_queue: UserQueue::default(),
+            token_gate: TokenGate::new(settings.limits.token_concurrency, settings.lock_timeout()),
+            unknown_tokens: UnknownTokens::default(),
             health_probe: HealthProbe::default(),
         };
         Ok(Self {

@@ -8,6 +8,7 @@ use sea_orm::DatabaseConnection;
 
 use crate::health_probe::HealthProbe;
 use crate::settings::{Limits, StripeSettings};
+use crate::token_gate::{TokenGate, UnknownTokens};
 use crate::user_queue::UserQueue;
 
 #[derive(Clone)]
@@ -23,6 +24,10 @@ pub struct AppState {
     pub lock_timeout: Duration,
     /// Each user's writes, one at a time.
     pub user_queue: UserQueue,
+    /// Requests in flight per token (`TOKEN_CONCURRENCY`).
+    pub token_gate: TokenGate,
+    /// Well-formed tokens the database lately did not know.
+    pub unknown_tokens: UnknownTokens,
     /// `/healthz`'s own connection, used when the pool is exhausted.
     pub health_probe: HealthProbe,
 }

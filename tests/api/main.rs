@@ -12,6 +12,7 @@ mod busy;
 mod edges;
 mod connections;
 mod extractors;
+mod fairness;
 mod faults;
 mod limits;
 mod logs;

@@ -156,6 +156,11 @@ impl ApiServer {
             body_read_timeout: settings.connections.body_read_timeout(),
             lock_timeout: settings.lock_timeout(),
             user_queue: Default::default(),
+            token_gate: api::token_gate::TokenGate::new(
+                settings.limits.token_concurrency,
+                settings.lock_timeout(),
+            ),
+            unknown_tokens: Default::default(),
             health_probe: Default::default(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
