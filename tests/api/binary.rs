@@ -16,7 +16,7 @@ use crate::support::{Backend, TestDb};
 /// `billing` with a clean environment: only the variables a test names. Its output goes to
 /// pipes, so it must carry no colour codes even without NO_COLOR.
 pub fn billing(vars: &[(&str, &str)]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_billing"));
+    let mut command = Command::new(crate::helpers::billing_bin());
     command.env_clear().env("RUST_LOG", "info,sqlx=warn");
     if let Ok(path) = std::env::var("PATH") {
         command.env("PATH", path);

@@ -8,6 +8,14 @@ use serde_json::{Value, json};
 
 use crate::support::{Backend, TestDb};
 
+/// The `billing` binary the tests run: `BILLING_BIN` if set (CI points it at the release
+/// build), else the debug build cargo made for this test run.
+pub fn billing_bin() -> std::path::PathBuf {
+    std::env::var_os("BILLING_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_billing").into())
+}
+
 /// The signing secret in use, and the one being rotated out.
 pub const SECRET: &str = "whsec_test_current";
 pub const OLD_SECRET: &str = "whsec_test_previous";

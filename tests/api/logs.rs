@@ -136,3 +136,77 @@ async fn a_503_is_logged_once_at_warn() {
         "{lines:#?}"
     );
 }
+
+/// A full pool on a healthy database is an expected 503 (`unavailable`, with Retry-After),
+/// logged at WARN: before, it was an ERROR "database unavailable". One user's write holds the
+/// only connection, waiting on a row the test locks; another user's read then waits out the
+/// pool's acquire timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_pool_is_logged_at_warn_not_error() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+
+    let db = TestDb::new(Backend::Postgres).await;
+    let server = serve_with(&[
+        ("DATABASE_URL", &db.url),
+        ("DB_MAX_CONNECTIONS", "1"),
+        ("DB_LOCK_TIMEOUT_MS", "30000"),
+        ("REQUEST_TIMEOUT_SECS", "60"),
+        ("LOG_FORMAT", "json"),
+    ])
+    .await
+    .expect("server starts");
+    let mut tokens = Vec::new();
+    for email in ["writer@example.com", "reader@example.com"] {
+        let email = api::domain::Email::parse(email).expect("email");
+        let (user, token) = api::service::accounts::create_user(&db.db, &email)
+            .await
+            .expect("user");
+        tokens.push((user.id, token));
+    }
+    let holder = crate::support::connect(&db.url).await;
+    let txn = holder.begin().await.expect("begin");
+    txn.execute_unprepared(&format!(
+        "SELECT id FROM users WHERE id = {} FOR UPDATE",
+        tokens[0].0
+    ))
+    .await
+    .expect("lock the writer's row");
+    let client = reqwest::Client::new();
+    let write = client
+        .put(format!("{}/v1/sessions/held", server.address))
+        .bearer_auth(&tokens[0].1)
+        .json(&serde_json::json!({"device_name": "d", "payload": {}}))
+        .send();
+    let write = tokio::spawn(write);
+    // Until the write waits on the row with the pool's only connection.
+    let waiting = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND wait_event_type = 'Lock'",
+        db.name
+    );
+    for _ in 0..200 {
+        if db.texts(&waiting).await[0] != "0" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let read = client
+        .get(format!("{}/v1/sessions", server.address))
+        .bearer_auth(&tokens[1].1)
+        .send()
+        .await
+        .expect("read");
+    assert_eq!(read.status(), 503);
+    assert!(read.headers().contains_key("retry-after"));
+    let body: Value = read.json().await.expect("JSON");
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    txn.rollback().await.expect("release");
+    let _ = write.await;
+    let lines = server.logs_until(|line| line.contains("database unavailable"));
+    let line = lines.last().map(String::as_str).unwrap_or("");
+    let json: Value = serde_json::from_str(line).unwrap_or(Value::Null);
+    assert_eq!(json["level"], "WARN", "{line}");
+    assert!(
+        !lines.iter().any(|l| l.contains("\"level\":\"ERROR\"")),
+        "{lines:#?}"
+    );
+}
