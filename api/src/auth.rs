@@ -114,7 +114,10 @@ impl FromRequestParts<AppState> for CurrentUser {
 pub fn well_formed_token(value: &str) -> Option<&str> {
     let token = bearer_credentials(value)?;
     let digits = token.strip_prefix(PREFIX)?;
-    let hex = digits.len() == 64 && digits.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let hex = digits.len() == 64
+        && digits
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
     hex.then_some(token)
 }
 

@@ -29,9 +29,7 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("{0}")]
     UnsupportedMediaType(String),
-    #[error(
-        "the request body did not arrive in time (BODY_READ_TIMEOUT_SECS); send it at once"
-    )]
+    #[error("the request body did not arrive in time (BODY_READ_TIMEOUT_SECS); send it at once")]
     BodyTimedOut,
     #[error("request body is larger than this server accepts (MAX_BODY_BYTES)")]
     PayloadTooLarge,

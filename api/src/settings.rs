@@ -185,12 +185,7 @@ pub struct ConnectionSettings {
     pub max_header_bytes: u32,
     /// Seconds SIGTERM waits for requests in flight; then the remaining connections are
     /// closed and the process exits.
-    #[arg(
-        global = true,
-        long,
-        env = "SHUTDOWN_GRACE_SECS",
-        default_value_t = 20
-    )]
+    #[arg(global = true, long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 20)]
     pub shutdown_grace_secs: u64,
 }
 

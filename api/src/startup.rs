@@ -41,7 +41,10 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(body_limit))
         // Inside the request timeout: a request waiting for its token's turn is bounded too.
-        .layer(middleware::from_fn_with_state(token_gate, one_token_at_a_time))
+        .layer(middleware::from_fn_with_state(
+            token_gate,
+            one_token_at_a_time,
+        ))
         .layer(middleware::from_fn_with_state(request_timeout, time_limit))
         .layer(middleware::from_fn_with_state(
             body_read_timeout,
@@ -113,7 +116,9 @@ const MAX_REQUEST_ID_LEN: usize = 128;
 /// that cannot forge a log field (letters, digits, `-_.:/+@`); otherwise it is removed, and
 /// the next layer gives the request a UUID of ours. Before, 6,000 characters were echoed
 /// back, and spaces, `=` and quotes in text logs could pass for other fields.
-async fn drop_unusable_request_id(mut request: Request<axum::body::Body>) -> Request<axum::body::Body> {
+async fn drop_unusable_request_id(
+    mut request: Request<axum::body::Body>,
+) -> Request<axum::body::Body> {
     let usable = request
         .headers()
         .get_all("x-request-id")

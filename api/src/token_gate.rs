@@ -41,7 +41,9 @@ impl TokenGate {
     }
 
     fn slots(&self) -> MutexGuard<'_, HashMap<String, Arc<Semaphore>>> {
-        self.in_flight.lock().unwrap_or_else(PoisonError::into_inner)
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     async fn enter(&self, token_hash: String) -> Result<Pass, ApiError> {
@@ -155,8 +157,14 @@ mod tests {
         let first = gate.enter("a".into()).await.ok();
         let second = gate.enter("a".into()).await.ok();
         assert!(first.is_some() && second.is_some());
-        assert!(gate.enter("a".into()).await.is_err(), "a third waits, then busy");
-        assert!(gate.enter("b".into()).await.is_ok(), "another token is not held up");
+        assert!(
+            gate.enter("a".into()).await.is_err(),
+            "a third waits, then busy"
+        );
+        assert!(
+            gate.enter("b".into()).await.is_ok(),
+            "another token is not held up"
+        );
         drop((first, second));
         assert!(gate.slots().is_empty());
     }

@@ -220,8 +220,14 @@ async fn a_trickled_body_is_answered_408(backend: Backend) {
     .await;
     let token = app.user("slow@example.com").await;
     for (path, auth) in [
-        ("/v1/sessions/slow", format!("Authorization: Bearer {token}\r\n")),
-        ("/webhooks/stripe", "Stripe-Signature: t=1,v1=00\r\n".to_owned()),
+        (
+            "/v1/sessions/slow",
+            format!("Authorization: Bearer {token}\r\n"),
+        ),
+        (
+            "/webhooks/stripe",
+            "Stripe-Signature: t=1,v1=00\r\n".to_owned(),
+        ),
     ] {
         let mut stream = TcpStream::connect(host(&app.address))
             .await

@@ -83,7 +83,10 @@ fn max_page_size_is_checked_at_start() {
         let _ = std::fs::remove_dir_all(&dir);
         let text = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{value}: {text}");
-        assert!(text.contains("MAX_PAGE_SIZE") || text.contains("max-page-size"), "{text}");
+        assert!(
+            text.contains("MAX_PAGE_SIZE") || text.contains("max-page-size"),
+            "{text}"
+        );
         assert!(!text.contains("panicked"), "{text}");
     }
 }
@@ -119,14 +122,22 @@ async fn dot_segments_are_refused_as_client_ids() {
 async fn device_names_refuse_separators_and_bidi_controls(backend: Backend) {
     let app = spawn_app(backend).await;
     let token = app.user("bidi@example.com").await;
-    for name in ["a\u{2028}b", "a\u{2029}b", "laptop\u{202E}cod.exe", "x\u{2066}y"] {
+    for name in [
+        "a\u{2028}b",
+        "a\u{2029}b",
+        "laptop\u{202E}cod.exe",
+        "x\u{2066}y",
+    ] {
         let response = app.put_session(&token, "s", name).await;
         let status = response.status().as_u16();
         let body: Value = response.json().await.unwrap_or(Value::Null);
         assert_eq!(status, 422, "{name:?}: {body}");
         assert_eq!(body["error"]["field"], "device_name", "{body}");
     }
-    assert_eq!(app.put_session(&token, "s", "Ann’s laptop").await.status(), 201);
+    assert_eq!(
+        app.put_session(&token, "s", "Ann’s laptop").await.status(),
+        201
+    );
 }
 
 /// A gzip-encoded body was read as if plain; nothing here decodes one: 415.

@@ -106,5 +106,8 @@ async fn one_tokens_reads_take_at_most_its_share_of_the_pool() {
         );
     }
     assert!(most >= 1, "no read reached the database");
-    assert!(most <= 2, "{most} reads of one token waited in the database at once");
+    assert!(
+        most <= 2,
+        "{most} reads of one token waited in the database at once"
+    );
 }

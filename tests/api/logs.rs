@@ -16,7 +16,9 @@ const PASSWORD: &str = "hunter2logpw";
 async fn trace_logs_never_print_the_database_password(backend: Backend) {
     let db = TestDb::new(backend).await;
     let url = match backend {
-        Backend::Postgres => db.url.replacen("postgres@", &format!("postgres:{PASSWORD}@"), 1),
+        Backend::Postgres => db
+            .url
+            .replacen("postgres@", &format!("postgres:{PASSWORD}@"), 1),
         _ => {
             let user = format!("u{}", &db.name[2..12]);
             for sql in [
@@ -30,11 +32,8 @@ async fn trace_logs_never_print_the_database_password(backend: Backend) {
     };
     let server = serve_with(&[("DATABASE_URL", &url), ("RUST_LOG", "trace")]).await;
     if backend == Backend::MySql {
-        db.exec(&format!(
-            "DROP USER IF EXISTS 'u{}'@'%'",
-            &db.name[2..12]
-        ))
-        .await;
+        db.exec(&format!("DROP USER IF EXISTS 'u{}'@'%'", &db.name[2..12]))
+            .await;
     }
     let server = server.expect("server starts");
     let status = reqwest::get(format!("{}/healthz", server.address))
