@@ -214,10 +214,12 @@ async fn a_read_only_postgres_answers_503_and_healthz_says_so() {
         Some("read_only"),
         "{codes:?}"
     );
-    let health = app
-        .client
-        .get(format!("{}/healthz", app.address))
-        .send()
+    assert_healthz_says_read_only(&app.address).await;
+}
+
+/// `/healthz` answers 503 with `database: read_only`, so a load balancer drains the instance.
+async fn assert_healthz_says_read_only(address: &str) {
+    let health = reqwest::get(format!("{address}/healthz"))
         .await
         .expect("healthz");
     assert_eq!(health.status(), 503);
@@ -259,12 +261,5 @@ async fn a_read_only_mariadb_answers_503_and_healthz_says_so() {
     assert!(response.headers().contains_key("retry-after"));
     let body: Value = response.json().await.expect("JSON error");
     assert_eq!(code(&body), "read_only", "{body}");
-    let health = client
-        .get(format!("{address}/healthz"))
-        .send()
-        .await
-        .expect("healthz");
-    assert_eq!(health.status(), 503);
-    let body: Value = health.json().await.expect("health JSON");
-    assert_eq!(body["database"], "read_only", "{body}");
+    assert_healthz_says_read_only(&address).await;
 }
