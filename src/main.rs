@@ -1,5 +1,11 @@
 //! `cargo run`: the billing API server, plus the account commands a newcomer needs.
 
+// The release build of this binary stopped with "queries overflow the depth limit!" while
+// computing the layout of `main`'s future (rustc 1.95, depth 128 by default); the debug build
+// did not. The future nests every awaited service future of every subcommand. CI builds
+// release (`.ci/run`), so a future regression shows there.
+#![recursion_limit = "256"]
+
 mod logging;
 
 use std::process::ExitCode;
@@ -54,13 +60,16 @@ enum Command {
     /// (batch size and pause: --purge-batch-size, --purge-pause-ms).
     PurgeDeleted,
     /// Backfill and repair customer links and billing columns from Stripe's API
-    /// (STRIPE_API_KEY; README, "stripe-sync").
+    /// (STRIPE_API_KEY; docs/stripe.md).
     StripeSync(stripe_backfill::SyncArgs),
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_args() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     logging::init(cli.log_format);
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -69,6 +78,36 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The command line and the environment, parsed. clap's own refusal runs over several lines
+/// (the error, a tip, the usage, "For more information"); a setting a user got wrong
+/// (`LOG_FORMAT=yaml`) gets one `error:` line, like every other refusal, with clap's exit
+/// code 2. `--help` and `--version` print as clap prints them.
+fn parse_args() -> Result<Cli, ExitCode> {
+    match Cli::try_parse() {
+        Ok(cli) => Ok(cli),
+        Err(err) if !err.use_stderr() => err.exit(),
+        Err(err) => {
+            eprintln!("{}", one_line(&err.render().to_string()));
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+/// clap's rendered error on one line: its text lines joined, without the usage and the
+/// pointer to `--help`.
+fn one_line(rendered: &str) -> String {
+    rendered
+        .lines()
+        .map(str::trim)
+        .filter(|line| {
+            !line.is_empty()
+                && !line.starts_with("Usage:")
+                && !line.starts_with("For more information")
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 async fn run(cli: Cli) -> Result<(), String> {

@@ -87,16 +87,19 @@ fn explain_body(rejection: BytesRejection) -> ApiError {
 }
 
 /// The field a serde data error names: the path before `": "` (`device_name: invalid type…`),
-/// or the one in "missing field `x`" / "unknown field `x`" (after its object's path, if
-/// nested); otherwise `body`.
+/// or the one in "missing field `x`", "unknown field `x`" or "duplicate field `x`" (after its
+/// object's path, if nested); otherwise `body`. For an unknown field the path already ends with
+/// the field itself (`extra: unknown field `extra``), so it is not added twice.
 fn field_of(detail: &str) -> String {
-    for marker in ["missing field `", "unknown field `"] {
+    for marker in ["missing field `", "unknown field `", "duplicate field `"] {
         if let Some((prefix, rest)) = detail.split_once(marker)
             && let Some((name, _)) = rest.split_once('`')
         {
             let path = prefix.trim_end().trim_end_matches(':').trim();
             return if path.is_empty() || path.contains(' ') || path == "." {
                 name.to_owned()
+            } else if path == name || path.ends_with(&format!(".{name}")) {
+                path.to_owned()
             } else {
                 format!("{path}.{name}")
             };
@@ -172,6 +175,14 @@ mod tests {
             "device_name"
         );
         assert_eq!(field_of("unknown field `x`, expected one of `a`"), "x");
+        assert_eq!(
+            field_of("extra: unknown field `extra`, expected `device_name` or `payload`"),
+            "extra"
+        );
+        assert_eq!(
+            field_of("duplicate field `device_name` at line 1 column 40"),
+            "device_name"
+        );
         assert_eq!(
             field_of("payload: invalid type: string, expected map"),
             "payload"

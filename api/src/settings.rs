@@ -1,4 +1,4 @@
-//! Every knob of the server, from flags or the environment (README lists them). Every flag is
+//! Every knob of the server, from flags or the environment (docs/configuration.md lists them). Every flag is
 //! `global`: it is accepted before or after the subcommand (`billing purge-deleted
 //! --purge-batch-size 2`).
 
@@ -65,7 +65,7 @@ pub struct Settings {
     /// Run the retention purge every this many seconds inside the server (0: never).
     #[arg(global = true, long, env = "PURGE_EVERY_SECS", default_value_t = 0)]
     pub purge_every_secs: u64,
-    /// What to do about pending migrations before serving (README: "Deploying").
+    /// What to do about pending migrations before serving (docs/operations.md).
     #[arg(
         global = true,
         long,

@@ -1,6 +1,6 @@
 //! Entity models of the billing schema.
 //!
-//! `_entities/` is exactly what `sea-orm-cli generate entity` writes (README has the command;
+//! `_entities/` is exactly what `sea-orm-cli generate entity` writes (docs/writing-a-migration.md has the command;
 //! CI regenerates it and fails on any difference), so it is never edited by hand. What we add
 //! lives in sibling modules that regeneration never touches.
 

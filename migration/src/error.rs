@@ -115,7 +115,7 @@ pub enum Error {
     #[error(
         "cannot print the SQL of {}: a plain MigrationTrait runs code, not a step plan, so its \
          statements are known only when it runs (the other migrations' SQL is printed above). \
-         Give it a plan to make it printable (README: \"Adding a migration\")",
+         Give it a plan to make it printable (docs/writing-a-migration.md)",
         names.join(", ")
     )]
     Unprintable { names: Vec<String> },

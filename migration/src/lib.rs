@@ -15,7 +15,7 @@
 //! On PostgreSQL everything lives in one schema, `public` unless `-s` says otherwise
 //! (`schema.rs`); `step.rs` says how to write a step plan.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use sea_orm_migration::prelude::*;
@@ -164,15 +164,16 @@ pub async fn sleep(duration: Duration) {
 }
 
 /// The embedded SQLite database a newcomer gets with no DATABASE_URL: `data/billing.sqlite`
-/// at the workspace root, created on first use.
+/// under the working directory, resolved when the binary runs (a path compiled in would be
+/// the build machine's), created on first use. From the workspace root, as the README's
+/// commands run, that is the workspace's `data/`. The caller prints the absolute path.
 pub fn default_sqlite_path() -> PathBuf {
-    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    workspace
-        .parent()
-        .map(|root| root.to_path_buf())
-        .unwrap_or(workspace)
-        .join("data")
-        .join("billing.sqlite")
+    let relative = Path::new("data").join("billing.sqlite");
+    // No working directory (it was deleted): the relative path, which then fails to open
+    // with the OS's own message.
+    std::env::current_dir()
+        .map(|dir| dir.join(&relative))
+        .unwrap_or(relative)
 }
 
 pub fn default_database_url() -> String {

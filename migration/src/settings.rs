@@ -1,4 +1,4 @@
-//! Knobs read from the environment, each with a safe default (documented in README).
+//! Knobs read from the environment, each with a safe default (documented in docs/configuration.md).
 
 use std::hash::{BuildHasher, RandomState};
 use std::time::Duration;

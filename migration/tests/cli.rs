@@ -66,12 +66,20 @@ fn unreachable_server_is_named() {
 fn wrong_credentials_are_named() {
     let pg = migration(
         &["status"],
-        Some("postgres://no_such_role@127.0.0.1:5432/postgres"),
+        Some(&support::url_on(
+            Backend::Postgres,
+            Some("no_such_role"),
+            "postgres",
+        )),
     );
     assert_clear_error(&pg, "refused the credentials");
     let my = migration(
         &["status"],
-        Some("mysql://root:wrong-password@127.0.0.1:3306/mysql"),
+        Some(&support::url_on(
+            Backend::MySql,
+            Some("root:wrong-password"),
+            "mysql",
+        )),
     );
     assert_clear_error(&my, "refused the credentials");
 }
@@ -80,12 +88,12 @@ fn wrong_credentials_are_named() {
 fn missing_database_is_named() {
     let pg = migration(
         &["status"],
-        Some("postgres://postgres@127.0.0.1:5432/no_such_db_here"),
+        Some(&support::url_on(Backend::Postgres, None, "no_such_db_here")),
     );
     assert_clear_error(&pg, "does not exist");
     let my = migration(
         &["status"],
-        Some("mysql://root@127.0.0.1:3306/no_such_db_here"),
+        Some(&support::url_on(Backend::MySql, None, "no_such_db_here")),
     );
     assert_clear_error(&my, "does not exist");
 }
@@ -458,24 +466,35 @@ fn all_output(output: &Output) -> String {
 #[test]
 fn passwords_are_never_printed() {
     // (URL, secrets it holds). Each fails in its own way: malformed, unreachable, refused.
-    let cases: &[(&str, &[&str])] = &[
-        ("postgres://root:s3cr/et@127.0.0.1:1/x", &["s3cr", "et@"]),
-        ("postgres://root:1234/x@127.0.0.1:1/x", &["1234"]),
+    let pg = |userinfo, path| support::url_on(Backend::Postgres, userinfo, path);
+    let my = |userinfo, path| support::url_on(Backend::MySql, userinfo, path);
+    let cases: &[(String, &[&str])] = &[
         (
-            "postgres://postgres@127.0.0.1:5432/no_such_db_here?password=hunter2",
-            &["hunter2"],
+            "postgres://root:s3cr/et@127.0.0.1:1/x".into(),
+            &["s3cr", "et@"],
         ),
+        ("postgres://root:1234/x@127.0.0.1:1/x".into(), &["1234"]),
+        (pg(None, "no_such_db_here?password=hunter2"), &["hunter2"]),
         (
-            "postgres://no_such_role@127.0.0.1:5432/postgres?sslpassword=keypass&password=hunter3",
+            pg(
+                Some("no_such_role"),
+                "postgres?sslpassword=keypass&password=hunter3",
+            ),
             &["keypass", "hunter3"],
         ),
         (
-            "postgres:no_such_role:hunter4@127.0.0.1:5432/x",
+            "postgres:no_such_role:hunter4@127.0.0.1:5432/x".into(),
             &["hunter4"],
         ),
-        ("mysql://root:hunter5@127.0.0.1:3306/mysql", &["hunter5"]),
-        ("mariadb://root:hunter6@127.0.0.1:3306", &["hunter6"]),
-        ("postgres://u:p%40ss%2Fw@127.0.0.1:1/x", &["p%40ss", "p@ss"]),
+        (my(Some("root:hunter5"), "mysql"), &["hunter5"]),
+        (
+            my(Some("root:hunter6"), "").replacen("mysql:", "mariadb:", 1),
+            &["hunter6"],
+        ),
+        (
+            "postgres://u:p%40ss%2Fw@127.0.0.1:1/x".into(),
+            &["p%40ss", "p@ss"],
+        ),
     ];
     for (url, secrets) in cases {
         let out = migration(&["status", "--connect-timeout", "1"], Some(url));
@@ -1321,7 +1340,12 @@ fn a_url_without_slashes_is_refused_without_printing_the_password() {
 /// binary and on the path the `billing` binary opens its database by.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_message_never_shows_the_password_postgres() {
-    let url = "postgres:someone:hunter2@nowhere?host=127.0.0.1&port=5432&user=postgres";
+    let (_, login, server) = support::server_parts(Backend::Postgres);
+    let (host, port) = server.rsplit_once(':').unwrap_or((&server, "5432"));
+    let (user, password) = login.split_once(':').unwrap_or((&login, ""));
+    let url = &format!(
+        "postgres:someone:hunter2@nowhere?host={host}&port={port}&user={user}&password={password}"
+    );
     let out = migration(&["status", "--connect-timeout", "2"], Some(url));
     assert_clear_error(&out, "does not exist");
     assert!(

@@ -82,40 +82,45 @@ fn a_bad_knob_is_named() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_failures_are_sorted_by_kind() {
-    let open = |url: &'static str| async move {
-        let url = connect::resolve_url(Some(url))?;
+    let open = |url: String| async move {
+        let url = connect::resolve_url(Some(&url))?;
         connect::open(&url, None, Duration::from_secs(2), 1).await
     };
     assert!(matches!(
-        open("postgres://postgres@127.0.0.1:1/nothing").await,
+        open("postgres://postgres@127.0.0.1:1/nothing".into()).await,
         Err(ConnectError::Unreachable { .. })
     ));
     assert!(matches!(
-        open("postgres://no_such_role@127.0.0.1:5432/postgres").await,
+        open(support::url_on(
+            Backend::Postgres,
+            Some("no_such_role"),
+            "postgres"
+        ))
+        .await,
         Err(ConnectError::Credentials { .. })
     ));
     assert!(matches!(
-        open("mysql://root:wrong@127.0.0.1:3306/mysql").await,
+        open(support::url_on(Backend::MySql, Some("root:wrong"), "mysql")).await,
         Err(ConnectError::Credentials { .. })
     ));
     assert!(matches!(
-        open("postgres://postgres@127.0.0.1:5432/no_such_db_here").await,
+        open(support::url_on(Backend::Postgres, None, "no_such_db_here")).await,
         Err(ConnectError::DatabaseMissing { .. })
     ));
     assert!(matches!(
-        open("mysql://root@127.0.0.1:3306/no_such_db_here").await,
+        open(support::url_on(Backend::MySql, None, "no_such_db_here")).await,
         Err(ConnectError::DatabaseMissing { .. })
     ));
     assert!(matches!(
-        open("mysql://root@127.0.0.1:3306").await,
+        open(support::url_on(Backend::MySql, None, "")).await,
         Err(ConnectError::NoDatabase { .. })
     ));
     assert!(matches!(
-        open("redis://localhost").await,
+        open("redis://localhost".into()).await,
         Err(ConnectError::NotADatabaseUrl { .. })
     ));
     assert!(matches!(
-        open("postgres://u@host:notaport/db").await,
+        open("postgres://u@host:notaport/db".into()).await,
         Err(ConnectError::Malformed { .. })
     ));
 }

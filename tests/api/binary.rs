@@ -363,4 +363,7 @@ async fn an_unknown_log_format_is_refused() {
     assert!(text.contains("invalid value 'xml'"), "{text}");
     assert!(text.contains("LOG_FORMAT"), "{text}");
     assert!(text.contains("[possible values: text, json]"), "{text}");
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line, not clap's usage block: {text}");
+    assert!(lines[0].starts_with("error: "), "{text}");
 }

@@ -112,3 +112,29 @@ async fn a_body_missing_a_field_names_it() {
         assert_eq!(body["error"]["field"], field, "{sent}: {body}");
     }
 }
+
+/// An unknown field and a key given twice are named as sent (they were `"extra.extra"` and
+/// `"body"`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_with_an_unknown_or_repeated_key_names_it() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let token = app.user("ann@example.com").await;
+    for (sent, field) in [
+        (r#"{"device_name":"d","payload":1,"extra":1}"#, "extra"),
+        (
+            r#"{"device_name":"d","device_name":"e","payload":1}"#,
+            "device_name",
+        ),
+    ] {
+        let response = app
+            .request(Method::PUT, "/v1/sessions/phone", Some(&token))
+            .header("content-type", "application/json")
+            .body(sent)
+            .send()
+            .await
+            .unwrap();
+        let (status, _, body) = error_of(response).await;
+        assert_eq!(status, 422, "{sent}: {body}");
+        assert_eq!(body["error"]["field"], field, "{sent}: {body}");
+    }
+}

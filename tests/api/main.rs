@@ -10,6 +10,7 @@ mod auth;
 mod binary;
 mod busy;
 mod connections;
+mod default_database;
 mod edges;
 mod extractors;
 mod fairness;

@@ -22,15 +22,42 @@ pub enum Backend {
 
 /// Server URLs without a database name; override with TEST_POSTGRES_URL / TEST_MYSQL_URL.
 pub fn server_url(backend: Backend) -> String {
-    let (var, default) = match backend {
-        Backend::Postgres => ("TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432"),
-        Backend::MySql => ("TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306"),
+    // Each variable is read by name here, so tests/docs.rs finds it (docs/configuration.md).
+    let (given, default) = match backend {
+        Backend::Postgres => (
+            std::env::var("TEST_POSTGRES_URL"),
+            "postgres://postgres@127.0.0.1:5432",
+        ),
+        Backend::MySql => (
+            std::env::var("TEST_MYSQL_URL"),
+            "mysql://root@127.0.0.1:3306",
+        ),
         Backend::Sqlite => return String::new(),
     };
-    std::env::var(var)
+    given
         .unwrap_or_else(|_| default.to_owned())
         .trim_end_matches('/')
         .to_owned()
+}
+
+/// The test server of `backend` in parts: (scheme, `user[:password]` or empty, `host:port`).
+pub fn server_parts(backend: Backend) -> (String, String, String) {
+    let url = server_url(backend);
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url.as_str()));
+    let (userinfo, host) = rest.rsplit_once('@').unwrap_or(("", rest));
+    (scheme.to_owned(), userinfo.to_owned(), host.to_owned())
+}
+
+/// A URL on the test server of `backend` (so TEST_POSTGRES_URL / TEST_MYSQL_URL apply to the
+/// tests that name a role, a password or a database of their own): its `user[:password]`
+/// replaced by `userinfo` when given, and `path` (a database, perhaps with a query; empty for
+/// none) after it.
+pub fn url_on(backend: Backend, userinfo: Option<&str>, path: &str) -> String {
+    let (scheme, own, host) = server_parts(backend);
+    let userinfo = userinfo.unwrap_or(&own);
+    let at = if userinfo.is_empty() { "" } else { "@" };
+    let slash = if path.is_empty() { "" } else { "/" };
+    format!("{scheme}://{userinfo}{at}{host}{slash}{path}")
 }
 
 pub fn random_name() -> String {
