@@ -80,24 +80,45 @@ impl FromRequestParts<AppState> for CurrentUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        // A malformed token, or one the database lately did not know, costs no query.
         let secret = parts
             .headers
             .get(AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
-            .and_then(bearer_credentials)
-            .filter(|secret| secret.starts_with(PREFIX))
+            .and_then(well_formed_token)
             .ok_or(ApiError::Unauthorized)?;
+        let token_hash = hash(secret);
+        if state.unknown_tokens.is_known_unknown(&token_hash) {
+            return Err(ApiError::Unauthorized);
+        }
         let found = api_tokens::Entity::find()
-            .filter(api_tokens::Column::TokenHash.eq(hash(secret)))
+            .filter(api_tokens::Column::TokenHash.eq(token_hash.as_str()))
             .filter(api_tokens::Column::RevokedAt.is_null())
             .find_also_related(users::Entity)
             .one(&state.db)
             .await?;
         match found {
             Some((_, Some(user))) => Ok(CurrentUser(user)),
-            _ => Err(ApiError::Unauthorized),
+            // Revoked tokens too: revocation is for good.
+            _ => {
+                state.unknown_tokens.remember(token_hash);
+                Err(ApiError::Unauthorized)
+            }
         }
     }
+}
+
+/// The token of an `Authorization` value if it has the form [`new_token`] gives every token:
+/// `bst_` and 64 lowercase hex digits. Anything else cannot be a token and is refused without
+/// a query (before, any value starting with `bst_` cost one).
+pub fn well_formed_token(value: &str) -> Option<&str> {
+    let token = bearer_credentials(value)?;
+    let digits = token.strip_prefix(PREFIX)?;
+    let hex = digits.len() == 64
+        && digits
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    hex.then_some(token)
 }
 
 /// The credentials of an `Authorization: Bearer <token>` value. The scheme name is

@@ -5,11 +5,12 @@
 use sea_orm::DbBackend;
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use unicode_normalization::UnicodeNormalization;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::ApiError;
 
-/// A client-chosen session id: 1-100 of `A-Z a-z 0-9 _ - . :`.
+/// A client-chosen session id: 1-100 of `A-Z a-z 0-9 _ - . :`, but not `.` or `..`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientId(String);
 
@@ -21,13 +22,16 @@ impl ClientId {
             && raw.len() <= Self::MAX_LEN
             && raw
                 .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'))
+            // A client's URL library resolves `/v1/sessions/..` to `/v1/`, as RFC 3986's
+            // dot-segment removal says: a session with this id could be stored, never reached.
+            && !matches!(raw, "." | "..");
         if ok {
             Ok(Self(raw.to_owned()))
         } else {
             Err(ApiError::invalid(
                 "client_id",
-                "client_id must be 1-100 characters of A-Z, a-z, 0-9, _ - . :",
+                "client_id must be 1-100 characters of A-Z, a-z, 0-9, _ - . :, and not . or ..",
             ))
         }
     }
@@ -42,8 +46,10 @@ impl ClientId {
 #[serde(deny_unknown_fields)]
 pub struct SyncRequest {
     /// One line of text, at most 255 characters as sent, stored with surrounding spaces
-    /// trimmed. Refused with 422 naming `device_name`: only spaces, or any control character
-    /// (Unicode Cc: U+0000-U+001F, U+007F-U+009F; NUL, tab and newline included).
+    /// trimmed. Refused with 422 naming `device_name`: only spaces, any control character
+    /// (Unicode Cc: U+0000-U+001F, U+007F-U+009F; NUL, tab and newline included), the line
+    /// and paragraph separators U+2028 and U+2029, and the bidirectional controls
+    /// U+202A-U+202E and U+2066-U+2069.
     //
     // The pattern: at least one character that is not a space, no control character (Unicode
     // Cc) anywhere. The spaces are those `str::trim` removes, less the control characters
@@ -51,7 +57,7 @@ pub struct SyncRequest {
     #[schema(
         min_length = 1,
         max_length = 255,
-        pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*[^\\x00-\\x20\\x7F-\\xA0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000][^\\x00-\\x1F\\x7F-\\x9F]*$"
+        pattern = "^[^\\x00-\\x1F\\x7F-\\x9F\\u2028-\\u202E\\u2066-\\u2069]*[^\\x00-\\x20\\x7F-\\xA0\\u1680\\u2000-\\u200A\\u2028-\\u202F\\u205F\\u2066-\\u2069\\u3000][^\\x00-\\x1F\\x7F-\\x9F\\u2028-\\u202E\\u2066-\\u2069]*$"
     )]
     pub device_name: String,
     /// Any JSON value, stored and returned exactly as sent (numbers of any size, key order and
@@ -99,6 +105,15 @@ impl SessionInput {
                 "device_name must not contain control characters (U+0000-U+001F, U+007F-U+009F)",
             ));
         }
+        // U+2028/U+2029 break the line in JavaScript and in many displays; a bidirectional
+        // override (U+202E) makes "laptop\u{202E}cod.exe" display as "laptopexe.doc".
+        if request.device_name.chars().any(breaks_lines_or_reorders) {
+            return Err(ApiError::invalid(
+                "device_name",
+                "device_name must not contain line or paragraph separators (U+2028, U+2029) \
+                 or bidirectional controls (U+202A-U+202E, U+2066-U+2069)",
+            ));
+        }
         // The length is counted as sent, as the document's maxLength counts it.
         let device_name = request.device_name.trim().to_owned();
         if device_name.is_empty() || request.device_name.chars().count() > Self::MAX_DEVICE_NAME {
@@ -124,14 +139,21 @@ impl SessionInput {
     }
 }
 
-/// An e-mail address as accounts use it: trimmed, lower-cased, at most 320 characters, no
-/// whitespace or control characters inside (PostgreSQL refuses NUL in text).
+fn breaks_lines_or_reorders(c: char) -> bool {
+    matches!(c, '\u{2028}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// An e-mail address as accounts use it: trimmed, lower-cased, in Unicode normal form C, at
+/// most 320 characters, no whitespace or control characters inside (PostgreSQL refuses NUL in
+/// text). Without NFC, `josé` typed as `e` + U+0301 and as U+00E9 were two users, and
+/// `revoke-tokens` could hit the wrong one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Email(String);
 
 impl Email {
     pub fn parse(raw: &str) -> Result<Self, ApiError> {
-        let email = raw.trim().to_lowercase();
+        // Lower-casing can leave a string that is not NFC; normalising last keeps it NFC.
+        let email: String = raw.trim().to_lowercase().nfc().collect();
         let valid = email.len() <= 320
             && email
                 .split_once('@')
@@ -266,6 +288,14 @@ mod tests {
             assert!(SessionInput::parse(request(bad), 100).is_err(), "{bad:?}");
         }
         assert!(SessionInput::parse(request(&"x".repeat(255)), 100).is_ok());
+    }
+
+    #[test]
+    fn emails_are_nfc_normalised() {
+        let decomposed = Email::parse("Jose\u{301}@example.com").unwrap();
+        let composed = Email::parse("jos\u{e9}@example.com").unwrap();
+        assert_eq!(decomposed, composed);
+        assert_eq!(composed.as_str(), "jos\u{e9}@example.com");
     }
 
     #[test]

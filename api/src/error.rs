@@ -13,6 +13,8 @@ use sea_orm::DbErr;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::db_fault::Fault;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("missing or invalid bearer token")]
@@ -27,20 +29,22 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("{0}")]
     UnsupportedMediaType(String),
+    #[error("the request body did not arrive in time (BODY_READ_TIMEOUT_SECS); send it at once")]
+    BodyTimedOut,
     #[error("request body is larger than this server accepts (MAX_BODY_BYTES)")]
     PayloadTooLarge,
     #[error("{message}")]
     PaymentRequired { message: String },
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
-    #[error("{message}")]
-    Gone { code: &'static str, message: String },
     #[error("{0}")]
     InvalidSignature(String),
     #[error("{0}")]
     NotConfigured(&'static str),
-    #[error("the database is unavailable")]
+    #[error("the database is unavailable; retry shortly")]
     Unavailable(#[source] DbErr),
+    #[error("the database accepts no writes right now (read-only); retry shortly")]
+    ReadOnly(#[source] DbErr),
     #[error(
         "another transaction holds what this request needs (DB_LOCK_TIMEOUT_MS ran out); retry shortly"
     )]
@@ -51,6 +55,9 @@ pub enum ApiError {
     TimedOut,
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A handler panicked; the panic hook logged it.
+    #[error("internal error")]
+    Panicked,
 }
 
 impl ApiError {
@@ -76,17 +83,20 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::BodyTimedOut => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             ApiError::PaymentRequired { .. } => {
                 (StatusCode::PAYMENT_REQUIRED, "tier_limit_reached")
             }
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
-            ApiError::Gone { code, .. } => (StatusCode::GONE, code),
             ApiError::InvalidSignature(_) => (StatusCode::BAD_REQUEST, "invalid_signature"),
             ApiError::NotConfigured(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_configured"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::ReadOnly(_) => (StatusCode::SERVICE_UNAVAILABLE, "read_only"),
             ApiError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             ApiError::TimedOut => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
-            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::Internal(_) | ApiError::Panicked => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
         }
     }
 }
@@ -94,17 +104,15 @@ impl ApiError {
 /// Seconds a client is asked to wait before retrying a 503: about one lock wait.
 const RETRY_AFTER_SECS: &str = "1";
 
-/// Connection-level failures and lock conflicts (a lock wait past `lock_timeout` /
-/// `innodb_lock_wait_timeout` / SQLite's busy timeout, a deadlock) mean "try again later";
-/// anything else is our bug.
+/// A fault of the database ([`Fault`]: a lock conflict, a read-only database, a broken or
+/// refused connection) means "try again later"; anything else is our bug.
 impl From<DbErr> for ApiError {
     fn from(err: DbErr) -> Self {
-        if migration::step::is_lock_conflict(&err) {
-            return ApiError::Busy(Some(err));
-        }
-        match err {
-            DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => ApiError::Unavailable(err),
-            other => ApiError::internal(other),
+        match Fault::of(&err) {
+            Some(Fault::LockConflict) => ApiError::Busy(Some(err)),
+            Some(Fault::ReadOnly) => ApiError::ReadOnly(err),
+            Some(Fault::Unavailable) => ApiError::Unavailable(err),
+            None => ApiError::internal(err),
         }
     }
 }
@@ -137,12 +145,18 @@ impl IntoResponse for ApiError {
             ApiError::Internal(source) => {
                 tracing::error!(error = %source, ?source, "request failed")
             }
+            // WARN: expected in operation (a restart, a failover, a full pool), answered with
+            // Retry-After and reported by /healthz; ERROR is for what needs a person.
             ApiError::Unavailable(source) => {
-                tracing::error!(error = %source, "database unavailable")
+                tracing::warn!(error = %source, "database unavailable")
+            }
+            ApiError::ReadOnly(source) => {
+                tracing::warn!(error = %source, "database is read-only")
             }
             ApiError::Busy(Some(source)) => tracing::warn!(error = %source, "lock wait gave up"),
             ApiError::Busy(None) => tracing::warn!("gave up waiting for the user's earlier writes"),
             ApiError::TimedOut => tracing::warn!("request timed out"),
+            ApiError::NotConfigured(what) => tracing::warn!(%what, "not configured"),
             _ => {}
         }
         let field = match &self {
@@ -162,7 +176,10 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            ApiError::Unavailable(_) | ApiError::Busy(_) | ApiError::TimedOut => {
+            ApiError::Unavailable(_)
+            | ApiError::ReadOnly(_)
+            | ApiError::Busy(_)
+            | ApiError::TimedOut => {
                 headers.insert(
                     header::RETRY_AFTER,
                     HeaderValue::from_static(RETRY_AFTER_SECS),

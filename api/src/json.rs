@@ -1,12 +1,14 @@
 //! `ApiJson<T>`, `ApiQuery<T>` and `ApiPath<T>`: axum's `Json`, `Query` and `Path` with their
 //! rejections turned into our error shape.
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
+use crate::body_deadline::BodyTimedOut;
 use crate::error::ApiError;
 
 pub struct ApiJson<T>(pub T);
@@ -27,6 +29,9 @@ where
 }
 
 fn explain(rejection: JsonRejection) -> ApiError {
+    if let JsonRejection::BytesRejection(rejection) = rejection {
+        return explain_body(rejection);
+    }
     match rejection {
         // Wrong type, missing or unknown field: serde's message names the field.
         JsonRejection::JsonDataError(err) => {
@@ -45,6 +50,40 @@ fn explain(rejection: JsonRejection) -> ApiError {
         other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
         other => ApiError::BadRequest(other.body_text()),
     }
+}
+
+/// `Bytes`, answering a body that could not be read (too large, too slow, cut short) in our
+/// error shape.
+pub struct ApiBytes(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for ApiBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        Bytes::from_request(req, state)
+            .await
+            .map(ApiBytes)
+            .map_err(explain_body)
+    }
+}
+
+/// Why a body could not be read: its deadline ([`BodyTimedOut`], found in the rejection's
+/// sources), its size cap, or the client (a body shorter than its Content-Length).
+fn explain_body(rejection: BytesRejection) -> ApiError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&rejection);
+    while let Some(err) = source {
+        if err.is::<BodyTimedOut>() {
+            return ApiError::BodyTimedOut;
+        }
+        source = err.source();
+    }
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::PayloadTooLarge;
+    }
+    ApiError::BadRequest(format!(
+        "the request body could not be read: {}",
+        rejection.body_text()
+    ))
 }
 
 /// The field a serde data error names: the path before `": "` (`device_name: invalid type…`),

@@ -2,18 +2,22 @@
 //! state, and Free-tier limits. `startup` builds it; `routes` are thin over `service`.
 
 pub mod auth;
+pub mod body_deadline;
 pub mod db;
+pub mod db_fault;
 pub mod domain;
 pub mod error;
 pub mod health_probe;
 pub mod json;
 pub mod routes;
+pub mod serve;
 pub mod service;
 pub mod settings;
 pub mod startup;
 pub mod startup_error;
 pub mod state;
 pub mod stripe;
+pub mod token_gate;
 pub mod user_queue;
 
 pub use settings::{Limits, Settings};

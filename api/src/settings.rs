@@ -82,6 +82,8 @@ pub struct Settings {
     #[command(flatten)]
     pub limits: Limits,
     #[command(flatten)]
+    pub connections: ConnectionSettings,
+    #[command(flatten)]
     pub stripe: StripeSettings,
     /// Run the retention purge every this many seconds inside the server (0: never).
     #[arg(global = true, long, env = "PURGE_EVERY_SECS", default_value_t = 0)]
@@ -181,6 +183,95 @@ impl StripeSettings {
     }
 }
 
+/// How long and how many connections the server keeps (docs/operations.md, "Connections").
+/// Each bound is what a slow or hostile client can hold: a socket, a task and a buffer.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ConnectionSettings {
+    /// Seconds a client has to send a whole request head, counted from the connection's
+    /// opening or the head's first byte; then the connection is closed.
+    #[arg(
+        global = true,
+        long,
+        env = "HEADER_READ_TIMEOUT_SECS",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub header_read_timeout_secs: u64,
+    /// Seconds a kept-alive connection may sit between requests before it is closed.
+    #[arg(
+        global = true,
+        long,
+        env = "IDLE_TIMEOUT_SECS",
+        default_value_t = 75,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub idle_timeout_secs: u64,
+    /// Seconds a client has to send a request's whole body once its head arrived; then 408.
+    #[arg(
+        global = true,
+        long,
+        env = "BODY_READ_TIMEOUT_SECS",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub body_read_timeout_secs: u64,
+    /// Connections served at once; further ones wait in the listen queue until one closes.
+    /// Lowered, with a warning, to what the open-file limit allows.
+    #[arg(
+        global = true,
+        long,
+        env = "MAX_CONNECTIONS",
+        default_value_t = 4096,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_connections: u32,
+    /// Largest request head (request line and headers) in bytes; larger ones are refused.
+    /// It is also the most a connection buffers while its head arrives.
+    #[arg(
+        global = true,
+        long,
+        env = "MAX_HEADER_BYTES",
+        default_value_t = 16_384,
+        value_parser = clap::value_parser!(u32).range(8192..=1_048_576)
+    )]
+    pub max_header_bytes: u32,
+    /// Seconds SIGTERM waits for requests in flight; then the remaining connections are
+    /// closed and the process exits.
+    #[arg(global = true, long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 20)]
+    pub shutdown_grace_secs: u64,
+}
+
+impl ConnectionSettings {
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_read_timeout_secs.max(1))
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs.max(1))
+    }
+
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.body_read_timeout_secs.max(1))
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+}
+
+impl Default for ConnectionSettings {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_secs: 10,
+            idle_timeout_secs: 75,
+            body_read_timeout_secs: 10,
+            max_connections: 4096,
+            max_header_bytes: 16_384,
+            shutdown_grace_secs: 20,
+        }
+    }
+}
+
 /// Product rules and input caps.
 #[derive(clap::Args, Clone, Debug)]
 pub struct Limits {
@@ -196,9 +287,26 @@ pub struct Limits {
     /// Largest request body, in bytes.
     #[arg(global = true, long, env = "MAX_BODY_BYTES", default_value_t = 65_536)]
     pub max_body_bytes: usize,
-    /// Largest page a list endpoint returns.
-    #[arg(global = true, long, env = "MAX_PAGE_SIZE", default_value_t = 100)]
+    /// Largest page a list endpoint returns, 1 to 1000. Checked at start: 0 emptied every
+    /// list, and huge values made sea-query panic or `limit + 1` overflow.
+    #[arg(
+        global = true,
+        long,
+        env = "MAX_PAGE_SIZE",
+        default_value_t = 100,
+        value_parser = clap::value_parser!(u64).range(1..=1000)
+    )]
     pub max_page_size: u64,
+    /// Requests one bearer token may have in flight at once, reads included; more wait (as
+    /// long as a lock wait, DB_LOCK_TIMEOUT_MS) and then answer 503 `busy`.
+    #[arg(
+        global = true,
+        long,
+        env = "TOKEN_CONCURRENCY",
+        default_value_t = 4,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub token_concurrency: u32,
     /// Rows the retention purge deletes per batch (one short transaction each).
     #[arg(global = true, long, env = "PURGE_BATCH_SIZE", default_value_t = 1000)]
     pub purge_batch_size: u64,
@@ -225,6 +333,7 @@ impl Default for Limits {
             retention_days_pro: 30,
             max_body_bytes: 65_536,
             max_page_size: 100,
+            token_concurrency: 4,
             purge_batch_size: 1000,
             purge_pause_ms: 0,
         }

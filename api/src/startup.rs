@@ -14,30 +14,46 @@ use migration::connect::{self, DatabaseUrl};
 use sea_orm::{ConnectOptions, DbBackend, sqlx};
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
+use crate::body_deadline::limit_body_time;
 use crate::db::{Db, Pooler};
 use crate::error::ApiError;
 use crate::health_probe::HealthProbe;
 use crate::routes;
+use crate::serve::{self, ConnectionLimits};
 use crate::settings::{MigrateMode, Settings};
 use crate::startup_error::StartupError;
 use crate::state::AppState;
+use crate::token_gate::{TokenGate, UnknownTokens, one_token_at_a_time};
 use crate::user_queue::UserQueue;
 
 /// Every route, with request ids, tracing, the body cap and the request timeout.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.limits.max_body_bytes;
     let request_timeout = state.request_timeout;
+    let body_read_timeout = state.body_read_timeout;
+    let token_gate = state.token_gate.clone();
     Router::from(routes::api())
         .fallback(|| async { ApiError::NotFound("no such route") })
         // axum adds the `Allow` header to this answer.
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(body_limit))
+        // Inside the request timeout: a request waiting for its token's turn is bounded too.
+        .layer(middleware::from_fn_with_state(
+            token_gate,
+            one_token_at_a_time,
+        ))
         .layer(middleware::from_fn_with_state(request_timeout, time_limit))
+        .layer(middleware::from_fn_with_state(
+            body_read_timeout,
+            limit_body_time,
+        ))
         .layer(
             ServiceBuilder::new()
+                .layer(middleware::map_request(drop_unusable_request_id))
                 .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
                 .layer(
                     TraceLayer::new_for_http()
@@ -55,11 +71,73 @@ pub fn router(state: AppState) -> Router {
                             )
                         })
                         // One line per request at INFO: status and latency, inside its span.
-                        .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+                        .on_response(DefaultOnResponse::new().level(tracing::Level::INFO))
+                        // tower-http would add an ERROR line for every 5xx. Each of ours is
+                        // logged once where it is made: a 503 (expected: busy, restarting,
+                        // read-only) at WARN, a 500 at ERROR.
+                        .on_failure(()),
                 )
-                .layer(PropagateRequestIdLayer::x_request_id()),
+                .layer(PropagateRequestIdLayer::x_request_id())
+                .layer(CatchPanicLayer::custom(panic_answer))
+                .layer(middleware::from_fn(refuse_encoded_bodies)),
         )
         .with_state(state)
+}
+
+/// A panic in a handler is answered with our JSON 500 instead of a dropped connection. The
+/// panic is logged once, as one line, by the binary's panic hook (src/logging.rs), which
+/// knows where it happened; this answer adds no second line.
+fn panic_answer(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    ApiError::Panicked.into_response()
+}
+
+/// A body with a `Content-Encoding` (gzip, br, ...) is refused with 415: nothing here decodes
+/// one, and it was read as if plain. `identity` means no encoding.
+async fn refuse_encoded_bodies(request: Request<axum::body::Body>, next: Next) -> Response {
+    let encoded = request
+        .headers()
+        .get_all(axum::http::header::CONTENT_ENCODING)
+        .iter()
+        .flat_map(|value| value.to_str().unwrap_or("?").split(','))
+        .map(str::trim)
+        .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("identity"));
+    if encoded {
+        return ApiError::UnsupportedMediaType(
+            "request bodies are not decoded: send it without Content-Encoding".to_owned(),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+/// Longest `x-request-id` taken from a client (a UUID is 36 characters).
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// A client's (or proxy's) `x-request-id` is kept only if it is short and made of characters
+/// that cannot forge a log field (letters, digits, `-_.:/+@`); otherwise it is removed, and
+/// the next layer gives the request a UUID of ours. Before, 6,000 characters were echoed
+/// back, and spaces, `=` and quotes in text logs could pass for other fields.
+async fn drop_unusable_request_id(
+    mut request: Request<axum::body::Body>,
+) -> Request<axum::body::Body> {
+    let usable = request
+        .headers()
+        .get_all("x-request-id")
+        .iter()
+        .map(|value| {
+            let bytes = value.as_bytes();
+            !bytes.is_empty()
+                && bytes.len() <= MAX_REQUEST_ID_LEN
+                && bytes
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:/+@".contains(b))
+        })
+        .collect::<Vec<_>>();
+    // Exactly one, and usable.
+    if usable != [true] {
+        request.headers_mut().remove("x-request-id");
+    }
+    request
 }
 
 /// A request that outlives its time is answered in our error shape; dropping it rolls back
@@ -313,6 +391,7 @@ pub struct Application {
     router: Router,
     state: AppState,
     purge_every: Option<Duration>,
+    connections: ConnectionLimits,
 }
 
 impl Application {
@@ -334,8 +413,11 @@ impl Application {
             limits: Arc::new(settings.limits.clone()),
             stripe: Arc::new(stripe),
             request_timeout: settings.request_timeout(),
+            body_read_timeout: settings.connections.body_read_timeout(),
             lock_timeout: settings.lock_timeout(),
             user_queue: UserQueue::default(),
+            token_gate: TokenGate::new(settings.limits.token_concurrency, settings.lock_timeout()),
+            unknown_tokens: UnknownTokens::default(),
             health_probe: HealthProbe::default(),
         };
         Ok(Self {
@@ -344,6 +426,10 @@ impl Application {
             state,
             purge_every: (settings.purge_every_secs > 0)
                 .then(|| Duration::from_secs(settings.purge_every_secs)),
+            connections: ConnectionLimits::fitted(
+                &settings.connections,
+                settings.db_max_connections,
+            ),
         })
     }
 
@@ -351,7 +437,8 @@ impl Application {
         self.listener.local_addr().map_err(StartupError::LocalAddr)
     }
 
-    /// Serves until `shutdown` resolves, then lets requests in flight finish.
+    /// Serves until `shutdown` resolves, then lets requests in flight finish within
+    /// `SHUTDOWN_GRACE_SECS` ([`crate::serve`]).
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -359,10 +446,8 @@ impl Application {
         if let Some(every) = self.purge_every {
             tokio::spawn(purge_periodically(self.state.clone(), every));
         }
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(StartupError::Serve)
+        serve::serve(self.listener, self.router, self.connections, shutdown).await;
+        Ok(())
     }
 }
 
@@ -408,4 +493,39 @@ pub async fn shutdown_signal() {
     tracing::info!("shutting down: finishing requests in flight");
     // Give load balancers a moment to notice; requests in flight still complete.
     tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// A handler's panic is answered with our JSON 500; before, the connection was dropped
+    /// with no answer.
+    #[tokio::test]
+    async fn a_panic_is_answered_with_a_json_500() {
+        let app = Router::new()
+            .route(
+                "/boom",
+                get(|| async {
+                    let limit: Option<u64> = None;
+                    // What an unchecked setting did in sea-query.
+                    limit.map_or_else(|| panic!("boom"), |l| l.to_string())
+                }),
+            )
+            .layer(CatchPanicLayer::custom(panic_answer));
+        let request = Request::builder()
+            .uri("/boom")
+            .body(axum::body::Body::empty())
+            .unwrap_or_default();
+        let response = app.oneshot(request).await.unwrap_or_else(|e| match e {});
+        assert_eq!(response.status(), 500);
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap_or_default();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        assert_eq!(json["error"]["code"], "internal", "{json}");
+    }
 }

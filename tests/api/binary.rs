@@ -15,8 +15,8 @@ use crate::support::{Backend, TestDb};
 
 /// `billing` with a clean environment: only the variables a test names. Its output goes to
 /// pipes, so it must carry no colour codes even without NO_COLOR.
-fn billing(vars: &[(&str, &str)]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_billing"));
+pub fn billing(vars: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(crate::helpers::billing_bin());
     command.env_clear().env("RUST_LOG", "info,sqlx=warn");
     if let Ok(path) = std::env::var("PATH") {
         command.env("PATH", path);
@@ -28,11 +28,11 @@ fn billing(vars: &[(&str, &str)]) -> Command {
 }
 
 /// A running `billing serve`, killed when dropped.
-struct Server {
-    child: Child,
-    address: String,
+pub struct Server {
+    pub child: Child,
+    pub address: String,
     /// What it printed before it listened.
-    started: Vec<String>,
+    pub started: Vec<String>,
     /// Each line it prints to stderr from then on.
     logs: mpsc::Receiver<String>,
     _db: TestDb,
@@ -58,7 +58,15 @@ async fn serve(secrets: &str) -> Result<Server, String> {
 }
 
 /// [`serve`] with more variables.
-async fn serve_with(vars: &[(&str, &str)]) -> Result<Server, String> {
+pub async fn serve_with(vars: &[(&str, &str)]) -> Result<Server, String> {
+    serve_configured(vars, |_| {}).await
+}
+
+/// [`serve_with`], with `configure` changing the command before it runs.
+pub async fn serve_configured(
+    vars: &[(&str, &str)],
+    configure: impl FnOnce(&mut Command),
+) -> Result<Server, String> {
     let db = TestDb::new(Backend::Sqlite).await;
     let mut all = vec![
         ("DATABASE_URL", db.url.as_str()),
@@ -73,7 +81,9 @@ async fn serve_with(vars: &[(&str, &str)]) -> Result<Server, String> {
         vars.iter()
             .filter(|(name, value)| !(*name == "STRIPE_MODE" && value.is_empty())),
     );
-    let mut child = billing(&all)
+    let mut command = billing(&all);
+    configure(&mut command);
+    let mut child = command
         .arg("serve")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -121,7 +131,7 @@ fn listening_address(line: &str) -> Option<String> {
 
 impl Server {
     /// The lines printed since it listened, up to and including the first that `last` picks.
-    fn logs_until(&self, last: impl Fn(&str) -> bool) -> Vec<String> {
+    pub fn logs_until(&self, mut last: impl FnMut(&str) -> bool) -> Vec<String> {
         let mut lines = Vec::new();
         while let Ok(line) = self.logs.recv_timeout(Duration::from_secs(30)) {
             let done = last(&line);

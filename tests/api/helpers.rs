@@ -9,6 +9,14 @@ use serde_json::{Value, json};
 
 use crate::support::{self, Backend, TestDb};
 
+/// The `billing` binary the tests run: `BILLING_BIN` if set (CI points it at the release
+/// build), else the debug build cargo made for this test run.
+pub fn billing_bin() -> std::path::PathBuf {
+    std::env::var_os("BILLING_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_billing").into())
+}
+
 /// The signing secret in use, and the one being rotated out (shaped like Stripe's: whsec_ and
 /// 32 characters, which the server requires).
 pub const SECRET: &str = "whsec_testCurrentSecret0123456789abcdef";
@@ -34,18 +42,24 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Settin
 pub async fn spawn_app_on(db: TestDb, configure: impl FnOnce(&mut Settings)) -> TestApp {
     let mut settings = test_settings(&db.url);
     configure(&mut settings);
-    let app = Application::build(&settings).await.expect("build app");
-    let address = format!("http://{}", app.local_addr().expect("addr"));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(app.run_until(async {
-        let _ = stopped.await;
-    }));
+    let (address, stop) = start_server(&settings).await;
     TestApp {
         address,
         db,
         client: Client::new(),
         stop: Some(stop),
     }
+}
+
+/// Serves the API with `settings`; returns its address and the sender that stops it.
+pub async fn start_server(settings: &Settings) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let app = Application::build(settings).await.expect("build app");
+    let address = format!("http://{}", app.local_addr().expect("addr"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+    (address, stop)
 }
 
 /// The settings every test server starts from, for the database at `url`. With
@@ -74,6 +88,7 @@ pub fn test_settings(url: &str) -> Settings {
             mode: Some(api::stripe::mode::StripeMode::Test),
         },
         purge_every_secs: 0,
+        connections: Default::default(),
         migrate: MigrateMode::OnStart,
     }
 }

@@ -82,7 +82,7 @@ async fn the_binary_exits_with_a_clear_error_when_check_finds_pending_migrations
         "{}",
         String::from_utf8_lossy(&up.stderr)
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_billing"))
+    let out = Command::new(crate::helpers::billing_bin())
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("NO_COLOR", "1")
@@ -101,7 +101,7 @@ async fn the_binary_exits_with_a_clear_error_when_check_finds_pending_migrations
         "{err}"
     );
     assert!(errors[0].contains("migration up"), "{err}");
-    let bad = Command::new(env!("CARGO_BIN_EXE_billing"))
+    let bad = Command::new(crate::helpers::billing_bin())
         .env_clear()
         .env("DATABASE_URL", &t.url)
         .args(["--migrate", "sometimes", "serve"])

@@ -15,9 +15,9 @@ async fn openapi_matches_the_router() {
     // only spaces, at most 255 characters as sent.
     let device_name = &doc["components"]["schemas"]["SyncRequest"]["properties"]["device_name"];
     assert!(
-        device_name["pattern"]
-            .as_str()
-            .is_some_and(|p| p.starts_with("^[^\\x00-\\x1F\\x7F-\\x9F]*")),
+        device_name["pattern"].as_str().is_some_and(
+            |p| p.starts_with("^[^\\x00-\\x1F\\x7F-\\x9F\\u2028-\\u202E\\u2066-\\u2069]*")
+        ),
         "{device_name}"
     );
     assert_eq!(device_name["maxLength"], 255);

@@ -211,8 +211,8 @@ async fn restore_is_refused_after_the_retention_window(backend: Backend) {
     let (status, body) = app
         .json(Method::POST, "/v1/sessions/outside/restore", &free)
         .await;
-    assert_eq!(status, 410);
-    assert_eq!(code(&body), "retention_expired");
+    assert_eq!(status, 404);
+    assert_eq!(code(&body), "not_found");
 
     // Pro keeps 30 days.
     let pro = app.user("pro@example.com").await;
@@ -233,7 +233,7 @@ async fn restore_is_refused_after_the_retention_window(backend: Backend) {
     assert_eq!(
         app.status(Method::POST, "/v1/sessions/p31/restore", &pro)
             .await,
-        410
+        404
     );
 }
 
@@ -273,7 +273,7 @@ async fn an_expired_trashed_session_no_longer_blocks_its_client_id(backend: Back
     let (status, body) = app
         .json(Method::POST, "/v1/sessions/expired/restore", &free)
         .await;
-    assert_eq!((status, code(&body)), (410, "retention_expired"));
+    assert_eq!((status, code(&body)), (404, "not_found"));
 
     // A sync over the expired row starts the session anew.
     let response = app

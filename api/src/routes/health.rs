@@ -1,7 +1,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use sea_orm::{DatabaseConnection, DbBackend};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -29,6 +29,9 @@ pub enum Database {
     Reachable,
     Busy,
     Unreachable,
+    /// Answers, but accepts no writes (a replica after a failover, `default_transaction_read_only`,
+    /// MariaDB's `read_only`): drain this instance, as writes would answer 503.
+    ReadOnly,
 }
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -39,7 +42,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     get, path = "/healthz", tag = "health",
     responses(
         (status = 200, description = "the database answers (`reachable`), or every pooled connection is in use (`busy`)", body = Health),
-        (status = 503, description = "the database does not answer (`unreachable`)", body = Health),
+        (status = 503, description = "the database does not answer (`unreachable`), or answers but accepts no writes (`read_only`)", body = Health),
     )
 )]
 /// Database reachability.
@@ -49,6 +52,8 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// 200 `busy` when every pooled connection is in use *and* the database answers a ping on the
 /// probe's own connection, outside the pool: taking this instance out of service would only
 /// move its load onto the others, which share the database.
+///
+/// 503 `read_only` when it answers but accepts no writes (every write would answer 503).
 ///
 /// 503 `unreachable` when it does not answer within `PING_WAIT` (2 s, each way). A busy pool
 /// alone proves nothing: when the database stops answering, the requests that keep coming
@@ -61,8 +66,12 @@ async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
     if pool_exhausted(state.db.pool()) {
         return busy_or_down(&state).await;
     }
-    match tokio::time::timeout(PING_WAIT, state.db.pool().ping()).await {
-        Ok(Ok(())) => answer(StatusCode::OK, Database::Reachable),
+    match tokio::time::timeout(PING_WAIT, accepts_writes(&state.db)).await {
+        Ok(Ok(true)) => answer(StatusCode::OK, Database::Reachable),
+        Ok(Ok(false)) => {
+            tracing::warn!("health check: the database is read-only");
+            answer(StatusCode::SERVICE_UNAVAILABLE, Database::ReadOnly)
+        }
         // Requests took the last connections while we waited.
         _ if pool_exhausted(state.db.pool()) => busy_or_down(&state).await,
         Ok(Err(err)) => {
@@ -74,6 +83,27 @@ async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
             answer(StatusCode::SERVICE_UNAVAILABLE, Database::Unreachable)
         }
     }
+}
+
+/// One round trip, as a ping, that also asks whether a write would be refused: PostgreSQL's
+/// `transaction_read_only` (on a standby, or under `default_transaction_read_only`), MySQL's
+/// and MariaDB's global `read_only` / `innodb_read_only`. SQLite: a ping.
+async fn accepts_writes(db: &crate::db::Db) -> Result<bool, sea_orm::DbErr> {
+    let sql = match db.get_database_backend() {
+        DbBackend::Postgres => "SELECT current_setting('transaction_read_only')",
+        DbBackend::MySql => {
+            "SELECT IF(@@global.read_only OR @@global.innodb_read_only, 'on', 'off')"
+        }
+        _ => return db.pool().ping().await.map(|()| true),
+    };
+    let row = db
+        .query_one_raw(Statement::from_string(db.get_database_backend(), sql))
+        .await?;
+    let read_only = match row {
+        Some(row) => row.try_get_by_index::<String>(0)? == "on",
+        None => false,
+    };
+    Ok(!read_only)
 }
 
 fn answer(status: StatusCode, database: Database) -> (StatusCode, Json<Health>) {

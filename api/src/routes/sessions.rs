@@ -46,7 +46,12 @@ pub struct SessionPage {
 #[into_params(parameter_in = Path)]
 pub struct SessionPath {
     /// Client-chosen session id: 1-100 of A-Z a-z 0-9 _ - . :
-    #[param(min_length = 1, max_length = 100, pattern = "^[A-Za-z0-9_.:-]+$")]
+    // Not `.` or `..`: at least one character other than a dot, or three dots or more.
+    #[param(
+        min_length = 1,
+        max_length = 100,
+        pattern = "^([A-Za-z0-9_.:-]*[A-Za-z0-9_:-][A-Za-z0-9_.:-]*|[.]{3,})$"
+    )]
     pub client_id: String,
 }
 
@@ -234,8 +239,7 @@ async fn soft_delete(
         (status = 200, description = "restored (or was not deleted)", body = SessionResponse),
         (status = 400, description = "client_id is not valid percent-encoded UTF-8", body = ErrorBody),
         (status = 402, description = "the Free plan's session limit is reached (`tier_limit_reached`)", body = ErrorBody),
-        (status = 404, description = "no such session for this user", body = ErrorBody),
-        (status = 410, description = "deleted longer ago than the plan's retention window (`retention_expired`)", body = ErrorBody),
+        (status = 404, description = "no such session for this user, or deleted longer ago than the plan's retention window (purged or not yet)", body = ErrorBody),
         (status = 422, description = "client_id is not 1-100 of A-Z a-z 0-9 _ - . :", body = ErrorBody),
     )
 )]

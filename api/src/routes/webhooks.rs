@@ -7,7 +7,6 @@
 //! stored state (`stale`); 5xx when the database fails, so Stripe retries and nothing is lost.
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::HeaderMap;
 use chrono::Utc;
@@ -19,6 +18,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::error::{ApiError, ErrorBody};
+use crate::json::ApiBytes;
 use crate::routes::billing::one_of;
 use crate::service::stripe_sync::{self, Outcome};
 use crate::state::AppState;
@@ -68,7 +68,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 async fn receive(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> Result<Json<Receipt>, ApiError> {
     let stripe = &state.stripe;
     if stripe.webhook_secrets.is_empty() {

@@ -255,6 +255,11 @@ pub fn retention_expired(
     purge_after(deleted_at, tier, limits) <= now
 }
 
+/// Restore's answer for a session that does not exist, or no longer: never created, purged,
+/// or deleted longer ago than the retention window.
+const NOTHING_TO_RESTORE: &str =
+    "no such session, or deleted longer ago than the plan's retention window";
+
 /// Brings a session back from the trash while its tier's retention window lasts.
 #[tracing::instrument(level = "debug", skip_all, fields(user_id = user_id, client_id = id.as_str()))]
 pub async fn restore<C: ConnectionTrait>(
@@ -267,21 +272,16 @@ pub async fn restore<C: ConnectionTrait>(
     let user = lock_user(db, user_id).await?;
     let session = find(db, user.id, id)
         .await?
-        .ok_or(ApiError::NotFound("no such session"))?;
+        .ok_or(ApiError::NotFound(NOTHING_TO_RESTORE))?;
     let Some(deleted_at) = session.deleted_at else {
         return Ok(session);
     };
     let tier = retention_tier(db, &user, now).await?;
+    // Past its window a session is gone for the user whether the purge has removed its row
+    // yet or not (the purge may be off, or behind): the same answer as after the purge, so a
+    // client sees one status for it, not 410 until the purge runs and 404 after.
     if retention_expired(deleted_at, tier, limits, now) {
-        return Err(ApiError::Gone {
-            code: "retention_expired",
-            message: format!(
-                "session {} was deleted more than {} days ago, past the {} plan's retention window",
-                id.as_str(),
-                limits.retention(tier).as_secs() / 86_400,
-                if tier == Tier::Pro { "Pro" } else { "Free" }
-            ),
-        });
+        return Err(ApiError::NotFound(NOTHING_TO_RESTORE));
     }
     ensure_room(db, &user, limits, now).await?;
     let mut active = session.into_active_model();

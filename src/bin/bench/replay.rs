@@ -37,6 +37,7 @@ pub fn api_settings(
             mode: Some(api::stripe::mode::StripeMode::Test),
         },
         purge_every_secs: 0,
+        connections: Default::default(),
         migrate: api::settings::MigrateMode::OnStart,
     }
 }
@@ -156,8 +157,14 @@ impl ApiServer {
             limits: Arc::new(settings.limits.clone()),
             stripe: Arc::new(settings.stripe.clone()),
             request_timeout: settings.request_timeout(),
+            body_read_timeout: settings.connections.body_read_timeout(),
             lock_timeout: settings.lock_timeout(),
             user_queue: Default::default(),
+            token_gate: api::token_gate::TokenGate::new(
+                settings.limits.token_concurrency,
+                settings.lock_timeout(),
+            ),
+            unknown_tokens: Default::default(),
             health_probe: Default::default(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
