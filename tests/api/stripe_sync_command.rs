@@ -74,10 +74,22 @@ async fn stripe_sync(
     key: Option<&str>,
     args: &[&str],
 ) -> Output {
+    stripe_sync_env(app, stripe, key, args, &[]).await
+}
+
+/// [`stripe_sync`] with more environment variables (a deployment's STRIPE_MODE, say).
+async fn stripe_sync_env(
+    app: &TestApp,
+    stripe: &FakeStripe,
+    key: Option<&str>,
+    args: &[&str],
+    vars: &[(&str, &str)],
+) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_billing"));
     command
         .arg("stripe-sync")
         .args(args)
+        .envs(vars.iter().copied())
         .env("DATABASE_URL", &app.db.url)
         .env("STRIPE_API_BASE", &stripe.base)
         // The most verbose logging: the key must not show even there.
@@ -923,7 +935,14 @@ async fn a_key_of_another_mode_than_the_deployment_is_refused(backend: Backend) 
     let before = state(&app).await;
     let by_flag = stripe_sync(&app, &stripe, Some(live_key), &["--stripe-mode", "test"]).await;
     // The same setting from the environment, as a deployment sets it.
-    let by_env = stripe_sync_with_mode(&app, &stripe, live_key, "test").await;
+    let by_env = stripe_sync_env(
+        &app,
+        &stripe,
+        Some(live_key),
+        &[],
+        &[("STRIPE_MODE", "test")],
+    )
+    .await;
     for run in [by_flag, by_env] {
         assert!(!run.success, "{}", run.stdout);
         assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
@@ -937,36 +956,15 @@ async fn a_key_of_another_mode_than_the_deployment_is_refused(backend: Backend) 
     assert!(stripe.take_log().is_empty(), "Stripe not asked");
     assert_eq!(state(&app).await, before);
     // The same key with the deployment's own mode reads Stripe.
-    let run = stripe_sync_with_mode(&app, &stripe, live_key, "live").await;
+    let run = stripe_sync_env(
+        &app,
+        &stripe,
+        Some(live_key),
+        &[],
+        &[("STRIPE_MODE", "live")],
+    )
+    .await;
     assert!(!stripe.take_log().is_empty(), "{}", run.stderr);
-}
-
-/// [`stripe_sync`] with STRIPE_MODE set in the environment.
-async fn stripe_sync_with_mode(
-    app: &TestApp,
-    stripe: &FakeStripe,
-    key: &str,
-    mode: &str,
-) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_billing"));
-    command
-        .arg("stripe-sync")
-        .env("DATABASE_URL", &app.db.url)
-        .env("STRIPE_API_BASE", &stripe.base)
-        .env("STRIPE_API_KEY", key)
-        .env("STRIPE_MODE", mode)
-        .env_remove("STRIPE_MAX_REQUESTS_PER_SEC");
-    let output = tokio::task::spawn_blocking(move || command.output())
-        .await
-        .expect("join")
-        .expect("run billing stripe-sync");
-    let output = Output {
-        success: output.status.success(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    };
-    output.assert_key_not_shown();
-    output
 }
 
 /// Issue 18: a past-due stretch whose events were all lost is first seen by stripe-sync. Its
