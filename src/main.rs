@@ -183,7 +183,9 @@ async fn purge(settings: &Settings) -> Result<(), String> {
 
 async fn stripe_sync(settings: &Settings, args: &stripe_backfill::SyncArgs) -> Result<(), String> {
     // A missing key or a bad flag fails before the database is opened.
-    let mut client = args.client().map_err(|e| e.to_string())?;
+    let mut client = args
+        .client(settings.stripe.mode)
+        .map_err(|e| e.to_string())?;
     let db = migrated(settings).await?;
     let tally = stripe_backfill::sync(
         &db,

@@ -254,14 +254,16 @@ fn route(
                         Some(wanted) => status == wanted,
                     }
                 })
-                .cloned()
+                .map(|s| expanded(s, query, "data.latest_invoice"))
                 .collect();
             list(data, path, wanted, query)
         }
         _ if path.starts_with("/v1/subscriptions/") => {
             let id = &path["/v1/subscriptions/".len()..];
             match data.subscriptions.iter().find(|s| s["id"] == id) {
-                Some(subscription) => Json(subscription.clone()).into_response(),
+                Some(subscription) => {
+                    Json(expanded(subscription, query, "latest_invoice")).into_response()
+                }
                 None => error(
                     StatusCode::NOT_FOUND,
                     "invalid_request_error",
@@ -291,6 +293,18 @@ fn route(
             ),
         },
     }
+}
+
+/// A subscription as Stripe serves it: `latest_invoice` is the invoice's id unless the request
+/// asks `expand[]=<field>` (`data.latest_invoice` for a list's items), then the invoice
+/// itself, as the test stored it.
+fn expanded(subscription: &Value, query: &HashMap<String, String>, field: &str) -> Value {
+    let mut served = subscription.clone();
+    let asked = query.get("expand[]").is_some_and(|f| f == field);
+    if !asked && let Some(id) = served["latest_invoice"].get("id").cloned() {
+        served["latest_invoice"] = id;
+    }
+    served
 }
 
 /// Whether `object` passes a list's `customer=` filter (no filter: every object does).

@@ -5,7 +5,9 @@ use std::process::Command;
 
 use chrono::Utc;
 use entity::users;
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait, QueryOrder};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder,
+};
 
 use crate::fake_stripe::{FakeStripe, Fault, checkout_session, customer, subscription};
 use crate::helpers::{TestApp, checkout, spawn_app};
@@ -21,7 +23,9 @@ crate::on_every_backend!(
     a_newer_stored_state_that_differs_is_read_again_then_fails,
     checkout_sessions_link_a_returning_customer_and_an_orphan,
     a_key_of_another_mode_is_refused,
+    a_key_of_another_mode_than_the_deployment_is_refused,
     customers_deleted_at_stripe_are_marked_deleted,
+    a_past_due_stretch_first_seen_by_a_sync_starts_at_the_failed_invoice,
 );
 
 const KEY: &str = "sk_test_51SyncKeyThatMustNeverBePrinted";
@@ -70,10 +74,22 @@ async fn stripe_sync(
     key: Option<&str>,
     args: &[&str],
 ) -> Output {
+    stripe_sync_env(app, stripe, key, args, &[]).await
+}
+
+/// [`stripe_sync`] with more environment variables (a deployment's STRIPE_MODE, say).
+async fn stripe_sync_env(
+    app: &TestApp,
+    stripe: &FakeStripe,
+    key: Option<&str>,
+    args: &[&str],
+    vars: &[(&str, &str)],
+) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_billing"));
     command
         .arg("stripe-sync")
         .args(args)
+        .envs(vars.iter().copied())
         .env("DATABASE_URL", &app.db.url)
         .env("STRIPE_API_BASE", &stripe.base)
         // The most verbose logging: the key must not show even there.
@@ -906,4 +922,99 @@ async fn customers_deleted_at_stripe_are_marked_deleted(backend: Backend) {
     let run = stripe_sync(&app, &stripe, Some(KEY), &[]).await;
     assert!(run.success, "{}", run.stderr);
     assert_eq!(run.count("deleted"), 0, "{}", run.stdout);
+}
+
+/// Issue 18: stripe-sync refuses a key of another mode than the deployment's STRIPE_MODE
+/// (`--stripe-mode`), before Stripe or the database is touched: the server would ignore that
+/// mode's events, and the sync would write that mode's subscriptions over this one's.
+async fn a_key_of_another_mode_than_the_deployment_is_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let live_key = "sk_live_51SyncKeyThatMustNeverBePrinted";
+    let stripe = FakeStripe::start(live_key, 100).await;
+    linked_user(&app, "paid@example.com", "cus_paid", "sub_paid").await;
+    let before = state(&app).await;
+    let by_flag = stripe_sync(&app, &stripe, Some(live_key), &["--stripe-mode", "test"]).await;
+    // The same setting from the environment, as a deployment sets it.
+    let by_env = stripe_sync_env(
+        &app,
+        &stripe,
+        Some(live_key),
+        &[],
+        &[("STRIPE_MODE", "test")],
+    )
+    .await;
+    for run in [by_flag, by_env] {
+        assert!(!run.success, "{}", run.stdout);
+        assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+        assert!(
+            run.stderr
+                .contains("STRIPE_MODE is test but STRIPE_API_KEY is a live key"),
+            "{}",
+            run.stderr
+        );
+    }
+    assert!(stripe.take_log().is_empty(), "Stripe not asked");
+    assert_eq!(state(&app).await, before);
+    // The same key with the deployment's own mode reads Stripe.
+    let run = stripe_sync_env(
+        &app,
+        &stripe,
+        Some(live_key),
+        &[],
+        &[("STRIPE_MODE", "live")],
+    )
+    .await;
+    assert!(!stripe.take_log().is_empty(), "{}", run.stderr);
+}
+
+/// Issue 18: a past-due stretch whose events were all lost is first seen by stripe-sync. Its
+/// grace counts from the failed renewal invoice's finalization (its payment is tried right
+/// after: `status_transitions.finalized_at`), read through `expand[]=data.latest_invoice`,
+/// not from the run: a renewal that failed 9 days ago is Free now, not Pro for 7 more days.
+async fn a_past_due_stretch_first_seen_by_a_sync_starts_at_the_failed_invoice(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let stripe = FakeStripe::start(KEY, 100).await;
+    let now = Utc::now().timestamp();
+    let renewed = now - 9 * 86_400;
+    linked_user_at(
+        &app,
+        "due@example.com",
+        "cus_due",
+        "sub_due",
+        renewed - 30 * 86_400,
+    )
+    .await;
+    let finalized = renewed + 3_600;
+    let mut sub = subscription("sub_due", "cus_due", "past_due", renewed + 30 * 86_400);
+    sub["latest_invoice"] = serde_json::json!({
+        "id": "in_renewal", "object": "invoice", "customer": "cus_due", "status": "open",
+        "created": renewed, "billing_reason": "subscription_cycle",
+        "attempt_count": 3, "attempted": true, "livemode": false,
+        "status_transitions": {"finalized_at": finalized, "paid_at": null,
+                               "voided_at": null, "marked_uncollectible_at": null}
+    });
+    stripe.add_customer(customer("cus_due", Some("due@example.com"), None));
+    stripe.put_subscription(sub);
+    let run = stripe_sync(&app, &stripe, Some(KEY), &[]).await;
+    assert!(run.success, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        requests_to(&stripe.take_log(), "/v1/subscriptions")
+            .iter()
+            .all(|r| r.contains("expand")),
+        "the listing asks for the latest invoice"
+    );
+    let user = users::Entity::find()
+        .filter(users::Column::Email.eq("due@example.com"))
+        .one(&app.db.db)
+        .await
+        .expect("user")
+        .expect("the user");
+    assert_eq!(user.subscription_status, "past_due");
+    assert_eq!(
+        user.past_due_since.map(|t| t.timestamp()),
+        Some(finalized),
+        "the grace starts at the failed invoice, not at the sync"
+    );
+    let tier = user.tier_at(&app.db.db, Utc::now()).await.expect("tier");
+    assert_eq!(tier, entity::Tier::Free);
 }

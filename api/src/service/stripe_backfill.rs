@@ -49,6 +49,7 @@ use crate::error::ApiError;
 use crate::service::stripe_sync::{self, LinkOutcome, Outcome};
 use crate::stripe::client::{ApiKey, Listing, StripeClient, StripeError};
 use crate::stripe::event::{MAX_ID_CHARS, Snapshot, snapshot_from_subscription, storable};
+use crate::stripe::mode::{ModeError, StripeMode};
 
 /// `billing stripe-sync` flags. The key is read from the environment in preference; it is
 /// never shown (`hide_env_values`, and `ApiKey` has no readable `Debug`).
@@ -91,7 +92,9 @@ pub struct SyncArgs {
 
 impl SyncArgs {
     /// The client, once the flags are known to be usable (before the database is touched).
-    pub fn client(&self) -> Result<StripeClient, SyncError> {
+    /// `deployment` is the deployment's STRIPE_MODE (`--stripe-mode`): a key of the other mode
+    /// would write one world's subscriptions over the other's, so it is refused.
+    pub fn client(&self, deployment: Option<StripeMode>) -> Result<StripeClient, SyncError> {
         let key = self
             .api_key
             .clone()
@@ -103,6 +106,13 @@ impl SyncArgs {
             return Err(SyncError::BadCustomer(customer.clone()));
         }
         let mode = key.mode().ok_or(SyncError::KeyMode)?;
+        // The server resolves its mode the same way (`mode::resolve`): STRIPE_MODE, which must
+        // agree with the key, else the key's own.
+        if let Some(setting) = deployment
+            && setting != mode
+        {
+            return Err(ModeError::Conflict { setting, key: mode }.into());
+        }
         Ok(StripeClient::new(
             &self.api_base,
             key,
@@ -111,6 +121,13 @@ impl SyncArgs {
         )?)
     }
 }
+
+/// Subscriptions are read with their latest invoice expanded: a past-due stretch whose
+/// events were lost is dated by that invoice's finalization, when Stripe tried the charge
+/// (`Snapshot::unpaid_invoice_since`), not by the time of this run. Stripe expands a field
+/// of a list's items as `data.<field>` (docs.stripe.com/expand).
+const EXPAND_LIST: (&str, &str) = ("expand[]", "data.latest_invoice");
+const EXPAND_ONE: (&str, &str) = ("expand[]", "latest_invoice");
 
 fn is_customer_id(id: &str) -> bool {
     id.len() <= 255
@@ -131,6 +148,8 @@ pub enum SyncError {
          rk_live_, sk_test_ or rk_test_"
     )]
     KeyMode,
+    #[error(transparent)]
+    Mode(#[from] ModeError),
     #[error("--customer {0:?} is not a Stripe customer id (cus_...)")]
     BadCustomer(String),
     #[error(transparent)]
@@ -390,7 +409,7 @@ impl<N: FnMut(Note<'_>)> Run<'_, N> {
         }
         self.progress(true);
         self.mark_deleted(client, &listed).await?;
-        let subscriptions = client.list("/v1/subscriptions", &[("status", "all")]);
+        let subscriptions = client.list("/v1/subscriptions", &[("status", "all"), EXPAND_LIST]);
         self.apply(client, subscriptions).await
     }
 
@@ -464,8 +483,10 @@ impl<N: FnMut(Note<'_>)> Run<'_, N> {
             }
         }
         self.progress(true);
-        let subscriptions =
-            client.list("/v1/subscriptions", &[("customer", id), ("status", "all")]);
+        let subscriptions = client.list(
+            "/v1/subscriptions",
+            &[("customer", id), ("status", "all"), EXPAND_LIST],
+        );
         self.apply(client, subscriptions).await
     }
 
@@ -698,8 +719,11 @@ impl<N: FnMut(Note<'_>)> Run<'_, N> {
                     Ok(Some(_)) if read_again => {
                         read_again = false;
                         let path = format!("/v1/subscriptions/{}", snapshot.subscription);
-                        match client.get(&path).await.map_err(SyncError::from).and_then(
-                            |(object, at)| {
+                        match client
+                            .get_with(&path, &[EXPAND_ONE])
+                            .await
+                            .map_err(SyncError::from)
+                            .and_then(|(object, at)| {
                                 let again = snapshot_from_subscription(&object).map_err(|e| {
                                     StripeError::Malformed {
                                         path: path.clone(),
@@ -707,8 +731,7 @@ impl<N: FnMut(Note<'_>)> Run<'_, N> {
                                     }
                                 })?;
                                 Ok((again, at))
-                            },
-                        ) {
+                            }) {
                             Ok((again, at)) => {
                                 (snapshot, as_of) = (again, at);
                                 continue;

@@ -28,6 +28,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use tokio::time::{Instant, sleep, sleep_until};
 
+use crate::stripe::mode::StripeMode;
+
 /// A Stripe secret or restricted key; never shown.
 #[derive(Clone)]
 pub struct ApiKey(SecretString);
@@ -44,42 +46,15 @@ impl fmt::Debug for ApiKey {
     }
 }
 
-/// Stripe's two worlds: live money, or test cards.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    Live,
-    Test,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Live => "live",
-            Mode::Test => "test",
-        }
-    }
-
-    fn is_live(self) -> bool {
-        self == Mode::Live
-    }
-}
-
 impl ApiKey {
     pub fn is_empty(&self) -> bool {
         self.0.expose_secret().is_empty()
     }
 
-    /// The mode the key's prefix names (`sk_live_`/`rk_live_`, `sk_test_`/`rk_test_`); `None`
-    /// for anything else, which is no Stripe secret or restricted key.
-    pub fn mode(&self) -> Option<Mode> {
-        let key = self.0.expose_secret();
-        if key.starts_with("sk_live_") || key.starts_with("rk_live_") {
-            Some(Mode::Live)
-        } else if key.starts_with("sk_test_") || key.starts_with("rk_test_") {
-            Some(Mode::Test)
-        } else {
-            None
-        }
+    /// The mode the key's prefix names ([`StripeMode::of_key`]); `None` for anything else,
+    /// which is no Stripe secret or restricted key.
+    pub fn mode(&self) -> Option<StripeMode> {
+        StripeMode::of_key(self.0.expose_secret())
     }
 
     /// `text` with every occurrence of the key masked (Stripe echoes keys in some messages).
@@ -166,14 +141,19 @@ pub struct StripeClient {
     base: String,
     key: ApiKey,
     /// The mode every object read must be in (the key's).
-    mode: Mode,
+    mode: StripeMode,
     pace: Pace,
 }
 
 impl StripeClient {
     /// `base` is Stripe's API root (`https://api.stripe.com`); `per_second` caps the request
     /// rate; every object read must be in `mode`.
-    pub fn new(base: &str, key: ApiKey, mode: Mode, per_second: u32) -> Result<Self, StripeError> {
+    pub fn new(
+        base: &str,
+        key: ApiKey,
+        mode: StripeMode,
+        per_second: u32,
+    ) -> Result<Self, StripeError> {
         let base = base.trim().trim_end_matches('/').to_owned();
         match Url::parse(&base) {
             Ok(url) if matches!(url.scheme(), "http" | "https") => {}
@@ -195,7 +175,20 @@ impl StripeClient {
 
     /// `GET {path}` for one object, and as of when it shows Stripe's state (as [`Page::as_of`]).
     pub async fn get(&mut self, path: &str) -> Result<(Value, i64), StripeError> {
-        let url = self.url(path, &[])?;
+        self.get_with(path, &[]).await
+    }
+
+    /// [`get`](Self::get) with query parameters (`expand[]`, say).
+    pub async fn get_with(
+        &mut self,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> Result<(Value, i64), StripeError> {
+        let query: Vec<(String, String)> = query
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let url = self.url(path, &query)?;
         let (object, as_of) = self.send(path, url).await?;
         self.check_mode(path, &object)?;
         Ok((object, as_of))
@@ -205,17 +198,19 @@ impl StripeClient {
     /// is only `{id, object, deleted}`) say nothing either way.
     fn check_mode(&self, path: &str, object: &Value) -> Result<(), StripeError> {
         match object.get("livemode").and_then(Value::as_bool) {
-            Some(live) if live != self.mode.is_live() => Err(StripeError::ModeMismatch {
-                path: path.to_owned(),
-                object: object
-                    .get("id")
-                    .and_then(Value::as_str)
-                    .unwrap_or("an object")
-                    .escape_debug()
-                    .to_string(),
-                found: if live { "live" } else { "test" },
-                expected: self.mode.as_str(),
-            }),
+            Some(live) if live != (self.mode == StripeMode::Live) => {
+                Err(StripeError::ModeMismatch {
+                    path: path.to_owned(),
+                    object: object
+                        .get("id")
+                        .and_then(Value::as_str)
+                        .unwrap_or("an object")
+                        .escape_debug()
+                        .to_string(),
+                    found: if live { "live" } else { "test" },
+                    expected: self.mode.as_str(),
+                })
+            }
             _ => Ok(()),
         }
     }
@@ -510,21 +505,6 @@ mod tests {
             stripe_date(&headers(&[("date", "yesterday")])),
             Err("not an HTTP date")
         );
-    }
-
-    #[test]
-    fn the_mode_is_the_key_prefix() {
-        for (key, mode) in [
-            ("sk_live_1", Some(Mode::Live)),
-            ("rk_live_1", Some(Mode::Live)),
-            ("sk_test_1", Some(Mode::Test)),
-            ("rk_test_1", Some(Mode::Test)),
-            ("pk_live_1", None),
-            ("sk_1", None),
-            ("whsec_1", None),
-        ] {
-            assert_eq!(ApiKey::from(key.to_owned()).mode(), mode, "{key}");
-        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use chrono::{TimeZone, Utc};
 use serde_json::{Value, json};
 
 use super::emit;
-use super::model::{History, Object};
+use super::model::{History, Object, Sub};
 
 pub const KEY: &str = "sk_test_model0123456789abcdefghijklmnopqrstuvwxyz";
 
@@ -148,6 +148,17 @@ fn route(served: &Served, path: &str, query: &[(String, String)]) -> Response {
             _ => None,
         })
     };
+    // A subscription as served: its latest invoice expanded when `expand[]` asks for it (a
+    // list's `data.latest_invoice`, one object's `latest_invoice`, as stripe-sync reads them).
+    let subscription_json = |s: &Sub| {
+        let mut json = emit::subscription(s, shape);
+        if expand_invoice
+            && let Some(inv) = s.latest_invoice.as_ref().and_then(|i| invoice_json(&i.id))
+        {
+            json["latest_invoice"] = inv;
+        }
+        json
+    };
     match path {
         "/v1/customers" => {
             let data = objects
@@ -176,16 +187,7 @@ fn route(served: &Served, path: &str, query: &[(String, String)]) -> Response {
                     None => !s.status.is_final(),
                     Some(wanted) => s.status.as_str() == wanted,
                 })
-                .map(|s| {
-                    let mut json = emit::subscription(s, shape);
-                    if expand_invoice
-                        && let Some(inv) =
-                            s.latest_invoice.as_ref().and_then(|i| invoice_json(&i.id))
-                    {
-                        json["latest_invoice"] = inv;
-                    }
-                    json
-                })
+                .map(&subscription_json)
                 .collect();
             list(path, data, query)
         }
@@ -221,7 +223,7 @@ fn route(served: &Served, path: &str, query: &[(String, String)]) -> Response {
             }
             if let Some(id) = path.strip_prefix("/v1/subscriptions/") {
                 return match latest.get(id) {
-                    Some((_, Object::Sub(s))) => Json(emit::subscription(s, shape)).into_response(),
+                    Some((_, Object::Sub(s))) => Json(subscription_json(s)).into_response(),
                     _ => error(
                         StatusCode::NOT_FOUND,
                         &format!("No such subscription: '{id}'"),
