@@ -75,18 +75,7 @@ impl FakeStripe {
         let app = axum::Router::new()
             .fallback(answer)
             .with_state(data.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind fake Stripe");
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
+        let (base, stop) = serve_on_loopback(app).await;
         Self {
             base,
             data,
@@ -438,4 +427,22 @@ pub fn subscription(id: &str, customer: &str, status: &str, period_end: i64) -> 
         "url": format!("/v1/subscription_items?subscription={id}")
     });
     object
+}
+
+/// Serves `app` on a free loopback port until the returned sender is dropped or fired; returns
+/// its base URL. Shared by the fakes of Stripe's API (this one and the Stripe model's).
+pub async fn serve_on_loopback(app: axum::Router) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a fake Stripe");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    (base, stop)
 }

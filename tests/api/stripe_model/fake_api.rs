@@ -41,18 +41,7 @@ impl FakeApi {
         let app = axum::Router::new()
             .fallback(answer)
             .with_state(served.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the model's Stripe");
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
+        let (base, stop) = crate::fake_stripe::serve_on_loopback(app).await;
         Self {
             base,
             served,
