@@ -352,7 +352,7 @@ fn behind_transaction_pooler(options: &mut ConnectOptions) {
 ///   locks, e.g. behind a migration's DDL) for the session; both count whole seconds, so the
 ///   value is rounded up.
 /// * SQLite: its busy timeout.
-fn bound_lock_waits(options: &mut ConnectOptions, backend: DbBackend, timeout: Duration) {
+pub fn bound_lock_waits(options: &mut ConnectOptions, backend: DbBackend, timeout: Duration) {
     match backend {
         DbBackend::Postgres => {
             let millis = timeout.as_millis().to_string();

@@ -343,8 +343,8 @@ fn quantile(sorted: &[Duration], q: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
-/// A pool; `lock_wait` bounds every lock wait of its sessions as the API's pool does
-/// (`api::startup`'s `bound_lock_waits`).
+/// A pool; `lock_wait` bounds every lock wait of its sessions with the API's own settings
+/// (`api::startup::bound_lock_waits`), so the clients wait as the API's would.
 async fn connect(
     url: &str,
     connections: u32,
@@ -358,23 +358,12 @@ async fn connect(
         .acquire_timeout(Duration::from_secs(60))
         .sqlx_logging(false);
     if let Some(wait) = lock_wait {
-        let millis = wait.as_millis().to_string();
-        let seconds = wait.as_millis().div_ceil(1000).max(1);
-        options.map_sqlx_postgres_opts(move |pg| pg.options([("lock_timeout", millis.clone())]));
-        let sql = format!(
-            "SET SESSION innodb_lock_wait_timeout = {seconds}, lock_wait_timeout = {seconds}"
-        );
-        options.map_sqlx_mysql_pool_opts(move |pool| {
-            let sql = sql.clone();
-            pool.after_connect(move |conn, _| {
-                let sql = sql.clone();
-                Box::pin(async move {
-                    sea_orm::sqlx::Executor::execute(conn, sea_orm::sqlx::AssertSqlSafe(sql))
-                        .await
-                        .map(|_| ())
-                })
-            })
-        });
+        let backend = if url.starts_with("postgres") {
+            DbBackend::Postgres
+        } else {
+            DbBackend::MySql
+        };
+        api::startup::bound_lock_waits(&mut options, backend, wait);
     }
     Database::connect(options)
         .await
