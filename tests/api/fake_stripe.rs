@@ -1,5 +1,6 @@
 //! An in-process Stripe for `stripe-sync`: `GET /v1/customers`, `GET /v1/customers/{id}`,
-//! `GET /v1/subscriptions`, `GET /v1/subscriptions/{id}` and `GET /v1/checkout/sessions`,
+//! `GET /v1/subscriptions`, `GET /v1/subscriptions/{id}`, `GET /v1/checkout/sessions` and
+//! `GET /v1/invoices` (`subscription=`, `customer=`, `status=`; newest first),
 //! paginated as Stripe does (`limit`, `starting_after`, `has_more`), with objects and list
 //! envelopes shaped like those in Stripe's published fixtures (github.com/stripe/openapi,
 //! `openapi/fixtures3.json`; API 2025-03-31 "basil" and later, where the period end is on
@@ -48,6 +49,7 @@ struct Data {
     customers: Vec<Value>,
     subscriptions: Vec<Value>,
     sessions: Vec<Value>,
+    invoices: Vec<Value>,
     /// Customers deleted at Stripe: out of the list, `deleted: true` when asked for.
     deleted: Vec<String>,
     /// Stripe's clock: a fixed time, or the host's when unset.
@@ -102,6 +104,15 @@ impl FakeStripe {
                 Some(existing) => *existing = subscription,
                 None => d.subscriptions.push(subscription),
             }
+        });
+    }
+
+    /// Adds the invoice, or replaces the one with its id. It names its subscription in either
+    /// API version's shape (`subscription`, or `parent.subscription_details.subscription`).
+    pub fn put_invoice(&self, invoice: Value) {
+        self.with(|d| {
+            d.invoices.retain(|i| i["id"] != invoice["id"]);
+            d.invoices.push(invoice);
         });
     }
 
@@ -229,6 +240,27 @@ fn route(
                 .collect();
             list(data, path, wanted, query)
         }
+        "/v1/invoices" => {
+            let mut wanted: Vec<Value> = data
+                .invoices
+                .iter()
+                .filter(|i| of_customer(query, i))
+                .filter(|i| {
+                    query
+                        .get("subscription")
+                        .is_none_or(|wanted| invoice_subscription(i) == Some(wanted.as_str()))
+                })
+                .filter(|i| {
+                    query
+                        .get("status")
+                        .is_none_or(|wanted| i["status"].as_str() == Some(wanted.as_str()))
+                })
+                .cloned()
+                .collect();
+            // Stripe lists invoices newest first.
+            wanted.sort_by_key(|i| std::cmp::Reverse(i["created"].as_i64()));
+            list(data, path, wanted, query)
+        }
         "/v1/subscriptions" => {
             let wanted = data
                 .subscriptions
@@ -294,6 +326,15 @@ fn expanded(subscription: &Value, query: &HashMap<String, String>, field: &str) 
         served["latest_invoice"] = id;
     }
     served
+}
+
+/// The subscription an invoice belongs to: `parent.subscription_details.subscription` since
+/// API 2025-03-31 "basil", `subscription` before.
+fn invoice_subscription(invoice: &Value) -> Option<&str> {
+    invoice
+        .pointer("/parent/subscription_details/subscription")
+        .or_else(|| invoice.get("subscription"))
+        .and_then(Value::as_str)
 }
 
 /// Whether `object` passes a list's `customer=` filter (no filter: every object does).
@@ -427,6 +468,31 @@ pub fn subscription(id: &str, customer: &str, status: &str, period_end: i64) -> 
         "url": format!("/v1/subscription_items?subscription={id}")
     });
     object
+}
+
+/// A renewal invoice of `customer`'s `subscription` (basil shape), created at `created`,
+/// finalized and first charged an hour later, in `status` after `attempts` charges.
+pub fn invoice(
+    id: &str,
+    (customer, subscription): (&str, &str),
+    status: &str,
+    attempts: u32,
+    created: i64,
+) -> Value {
+    let finalized = (status != "draft").then_some(created + 3_600);
+    json!({
+        "id": id, "object": "invoice", "customer": customer, "status": status,
+        "created": created, "period_start": created, "period_end": created + 30 * 86_400,
+        "billing_reason": "subscription_cycle", "collection_method": "charge_automatically",
+        "attempt_count": attempts, "attempted": attempts > 0,
+        "amount_due": 2000, "amount_paid": if status == "paid" { 2000 } else { 0 },
+        "currency": "usd", "livemode": false,
+        "parent": {"type": "subscription_details", "quote_details": null,
+                   "subscription_details": {"subscription": subscription, "metadata": {}}},
+        "status_transitions": {"finalized_at": finalized,
+                               "paid_at": (status == "paid").then_some(created + 3_600),
+                               "voided_at": null, "marked_uncollectible_at": null}
+    })
 }
 
 /// Serves `app` on a free loopback port until the returned sender is dropped or fired; returns

@@ -9,7 +9,7 @@ use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder,
 };
 
-use crate::fake_stripe::{FakeStripe, Fault, checkout_session, customer, subscription};
+use crate::fake_stripe::{FakeStripe, Fault, checkout_session, customer, invoice, subscription};
 use crate::helpers::{TestApp, checkout, spawn_app};
 use crate::support::{self, Backend};
 
@@ -26,6 +26,7 @@ crate::on_every_backend!(
     a_key_of_another_mode_than_the_deployment_is_refused,
     customers_deleted_at_stripe_are_marked_deleted,
     a_past_due_stretch_first_seen_by_a_sync_starts_at_the_failed_invoice,
+    a_stretch_left_past_due_starts_at_the_oldest_failed_invoice_of_its_run,
 );
 
 const KEY: &str = "sk_test_51SyncKeyThatMustNeverBePrinted";
@@ -277,19 +278,23 @@ async fn links_and_repairs_then_a_second_run_changes_nothing(backend: Backend) {
         "progress on stderr"
     );
 
-    // Stripe read through its list endpoints only, 100 a page, every page followed.
+    // Stripe read through its list endpoints only, 100 a page, every page followed; the
+    // invoices of the one past-due subscription, to date its stretch.
     let log = stripe.take_log();
     let customers = requests_to(&log, "/v1/customers");
     let sessions = requests_to(&log, "/v1/checkout/sessions");
     let subscriptions = requests_to(&log, "/v1/subscriptions");
+    let invoices = requests_to(&log, "/v1/invoices");
     assert_eq!(
         (customers.len(), sessions.len(), subscriptions.len()),
         (5, 1, 3),
         "{log:#?}"
     );
+    assert_eq!(invoices.len(), 1, "{log:#?}");
+    assert!(invoices[0].contains("subscription=sub_linked"), "{log:#?}");
     assert_eq!(
         log.len(),
-        customers.len() + sessions.len() + subscriptions.len(),
+        customers.len() + sessions.len() + subscriptions.len() + invoices.len(),
         "{log:#?}"
     );
     assert!(sessions[0].contains("status=complete"), "{log:#?}");
@@ -1017,4 +1022,65 @@ async fn a_past_due_stretch_first_seen_by_a_sync_starts_at_the_failed_invoice(ba
     );
     let tier = user.tier_at(&app.db.db, Utc::now()).await.expect("tier");
     assert_eq!(tier, entity::Tier::Free);
+}
+
+/// Issue 18's open gap (seed 0x12ece14ca31fe351): with dunning set to leave subscriptions past
+/// due, the invoice whose retries ran out stays open and the next period's fails too; when
+/// the event that first said `past_due` was lost, the latest invoice dates the stretch a
+/// period late. stripe-sync reads the subscription's invoices (newest first, two a page here)
+/// back to the last paid one: the stretch began at the oldest failed invoice after it. A paid
+/// invoice ends an earlier stretch, however unpaid the invoices before it are.
+async fn a_stretch_left_past_due_starts_at_the_oldest_failed_invoice_of_its_run(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let stripe = FakeStripe::start(KEY, 2).await;
+    let now = Utc::now().timestamp();
+    let day = 86_400;
+    let latest = now - 5 * day;
+    for (who, older) in [("left", ["paid", "open"]), ("repaid", ["open", "paid"])] {
+        let (cus, sub) = (format!("cus_{who}"), format!("sub_{who}"));
+        let email = format!("{who}@example.com");
+        linked_user_at(&app, &email, &cus, &sub, now - 100 * day).await;
+        stripe.add_customer(customer(&cus, Some(&email), None));
+        let ids = [0, 1, 2].map(|n| format!("in_{who}_{n}"));
+        let attempts = |status| if status == "paid" { 1 } else { 8 };
+        for (n, status) in older.into_iter().enumerate() {
+            let created = now - (65 - 30 * n as i64) * day;
+            let inv = invoice(&ids[n], (&cus, &sub), status, attempts(status), created);
+            stripe.put_invoice(inv);
+        }
+        let last = invoice(&ids[2], (&cus, &sub), "open", 1, latest);
+        stripe.put_invoice(last.clone());
+        let mut object = subscription(&sub, &cus, "past_due", latest + 30 * day);
+        object["latest_invoice"] = last;
+        stripe.put_subscription(object);
+    }
+    let run = stripe_sync(&app, &stripe, Some(KEY), &[]).await;
+    assert!(run.success, "{}\n{}", run.stdout, run.stderr);
+    let log = stripe.take_log();
+    let listed = requests_to(&log, "/v1/invoices");
+    assert!(
+        listed.iter().any(|r| r.contains("subscription=sub_left")),
+        "{log:?}"
+    );
+    for (who, since, tier) in [
+        // The run: in_left_2 and in_left_1 (on the next page), ended by the paid in_left_0.
+        ("left", now - 35 * day + 3_600, entity::Tier::Free),
+        // in_repaid_1 was paid: in_repaid_0 belongs to an earlier stretch.
+        ("repaid", latest + 3_600, entity::Tier::Pro),
+    ] {
+        let user = users::Entity::find()
+            .filter(users::Column::Email.eq(format!("{who}@example.com")))
+            .one(&app.db.db)
+            .await
+            .expect("user")
+            .expect("the user");
+        assert_eq!(user.subscription_status, "past_due", "{who}");
+        assert_eq!(
+            user.past_due_since.map(|t| t.timestamp()),
+            Some(since),
+            "{who}: the stretch's first failed charge"
+        );
+        let at = user.tier_at(&app.db.db, Utc::now()).await.expect("tier");
+        assert_eq!(at, tier, "{who}");
+    }
 }

@@ -39,7 +39,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use entity::{stripe_customers, stripe_subscriptions, users};
+use entity::{SubscriptionStatus, stripe_customers, stripe_subscriptions, users};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
 
 use crate::db::Db;
@@ -48,7 +48,9 @@ use serde_json::Value;
 use crate::error::ApiError;
 use crate::service::stripe_sync::{self, LinkOutcome, Outcome};
 use crate::stripe::client::{ApiKey, Listing, StripeClient, StripeError};
-use crate::stripe::event::{MAX_ID_CHARS, Snapshot, snapshot_from_subscription, storable};
+use crate::stripe::event::{
+    MAX_ID_CHARS, Snapshot, UnpaidRun, snapshot_from_subscription, storable,
+};
 use crate::stripe::mode::{ModeError, StripeMode};
 
 /// `billing stripe-sync` flags. The key is read from the environment in preference; it is
@@ -56,7 +58,8 @@ use crate::stripe::mode::{ModeError, StripeMode};
 #[derive(clap::Args, Clone, Debug)]
 pub struct SyncArgs {
     /// Stripe secret key (sk_live_..., sk_test_...), or a restricted key (rk_...) that may read
-    /// customers, Checkout Sessions and subscriptions; its prefix is the mode the run reads.
+    /// customers, Checkout Sessions, subscriptions and invoices; its prefix is the mode the run
+    /// reads.
     /// Prefer the environment: a flag shows in the process list.
     #[arg(
         long = "stripe-api-key",
@@ -140,7 +143,7 @@ fn is_customer_id(id: &str) -> bool {
 pub enum SyncError {
     #[error(
         "STRIPE_API_KEY is not set: a Stripe secret key (sk_...) or a restricted key (rk_...) \
-         that may read customers, Checkout Sessions and subscriptions"
+         that may read customers, Checkout Sessions, subscriptions and invoices"
     )]
     NoKey,
     #[error(
@@ -674,6 +677,7 @@ impl<N: FnMut(Note<'_>)> Run<'_, N> {
                     }
                     continue;
                 }
+                let snapshot = date_stretch(client, snapshot).await?;
                 self.apply_one(client, snapshot, page.as_of).await;
             }
             self.progress(false);
@@ -733,6 +737,20 @@ impl<N: FnMut(Note<'_>)> Run<'_, N> {
                                 Ok((again, at))
                             }) {
                             Ok((again, at)) => {
+                                let again = match date_stretch(client, again).await {
+                                    Ok(again) => again,
+                                    Err(err) => {
+                                        self.tally.failed += 1;
+                                        (self.note)(Note::Customer {
+                                            customer: &snapshot.customer,
+                                            detail: format!(
+                                                "subscription {}: reading its invoices failed: {err}",
+                                                snapshot.subscription
+                                            ),
+                                        });
+                                        return;
+                                    }
+                                };
                                 (snapshot, as_of) = (again, at);
                                 continue;
                             }
@@ -770,6 +788,41 @@ impl<N: FnMut(Note<'_>)> Run<'_, N> {
             (self.note)(Note::Progress(&self.tally));
         }
     }
+}
+
+/// A `past_due` snapshot with its stretch dated by the subscription's invoices: the first
+/// failed charge of its current run of unpaid invoices ([`UnpaidRun`]), when that is earlier
+/// than what the snapshot carries (its expanded latest invoice). With dunning set to leave
+/// subscriptions past due, a stretch whose events were lost and that a later renewal showed
+/// first began invoices before the latest one. One `GET /v1/invoices?subscription=…` (newest
+/// first, 100 a page; the run usually ends on the first page) per past-due subscription;
+/// every other snapshot is returned as it is.
+async fn date_stretch(
+    client: &mut StripeClient,
+    mut snapshot: Snapshot,
+) -> Result<Snapshot, StripeError> {
+    if snapshot.status != SubscriptionStatus::PastDue {
+        return Ok(snapshot);
+    }
+    let mut run = UnpaidRun::default();
+    let mut invoices = client.list(
+        "/v1/invoices",
+        &[("subscription", snapshot.subscription.as_str())],
+    );
+    'pages: while let Some(page) = invoices.next(client).await? {
+        for invoice in &page.data {
+            if !run.take(invoice) {
+                break 'pages;
+            }
+        }
+    }
+    if let Some(since) = run.since {
+        let earliest = snapshot
+            .unpaid_invoice_since
+            .map_or(since, |known| known.min(since));
+        snapshot.unpaid_invoice_since = Some(earliest);
+    }
+    Ok(snapshot)
 }
 
 /// The stored state of the snapshot's subscription when it is not the snapshot's (shown for a

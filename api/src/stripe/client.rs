@@ -71,7 +71,7 @@ impl ApiKey {
 pub enum StripeError {
     #[error(
         "Stripe refused STRIPE_API_KEY (HTTP {status}): use a secret key, or a restricted key \
-         that may read customers, Checkout Sessions and subscriptions"
+         that may read customers, Checkout Sessions, subscriptions and invoices"
     )]
     Unauthorized { status: u16 },
     #[error("Stripe answered HTTP {status} to {path}: {message}")]

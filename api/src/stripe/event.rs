@@ -214,16 +214,66 @@ fn ends_at_period_end(subscription: &Value, end: Option<DateTime<Utc>>) -> bool 
 /// `latest_invoice`, when expanded and still open, as the time it was finalized (Stripe
 /// tries the charge right after): see [`Snapshot::unpaid_invoice_since`].
 fn unpaid_invoice_since(subscription: &Value) -> Option<DateTime<Utc>> {
-    let invoice = subscription.get("latest_invoice")?.as_object()?;
+    let invoice = subscription.get("latest_invoice")?;
     if invoice.get("status").and_then(Value::as_str) != Some("open") {
         return None;
     }
+    charged_at(invoice)
+}
+
+/// When Stripe first tried to charge `invoice`: its finalization
+/// (`status_transitions.finalized_at`; Stripe attempts the payment right after, about an hour
+/// after a renewal invoice is created), else its `created`.
+fn charged_at(invoice: &Value) -> Option<DateTime<Utc>> {
     invoice
-        .get("status_transitions")
-        .and_then(|t| t.get("finalized_at"))
+        .pointer("/status_transitions/finalized_at")
         .and_then(Value::as_i64)
         .or_else(|| invoice.get("created").and_then(Value::as_i64))
         .and_then(timestamp)
+}
+
+/// The first failed payment of a subscription's current run of unpaid invoices, read from
+/// its invoices newest first (as `GET /v1/invoices?subscription=…` lists them): the start of
+/// its past-due stretch when that stretch began an invoice or more before the latest one.
+///
+/// With dunning set to leave subscriptions past due, an invoice whose retries are exhausted
+/// stays `open` and the next period's invoice fails too: the stretch began at the *oldest*
+/// failed invoice of the run. The run ends, going back in time, at a `paid` invoice: Stripe
+/// makes a subscription `active` when its latest invoice is paid, whatever older invoices
+/// still say (support.stripe.com, "Retry schedules longer than a subscription's billing
+/// period"), so an older open invoice belongs to an earlier stretch. A `void` invoice ends it
+/// too (nothing was charged or failed). `draft` invoices and `open` ones not attempted yet
+/// (`attempt_count` 0) have not failed and are passed over; `open` and `uncollectible` ones
+/// with an attempt have failed.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct UnpaidRun {
+    /// The earliest failed charge of the run so far.
+    pub since: Option<DateTime<Utc>>,
+    ended: bool,
+}
+
+impl UnpaidRun {
+    /// Takes the next (older) invoice; false once the run has ended and no older invoice can
+    /// matter.
+    pub fn take(&mut self, invoice: &Value) -> bool {
+        if self.ended {
+            return false;
+        }
+        let attempted = invoice
+            .get("attempt_count")
+            .and_then(Value::as_u64)
+            .is_some_and(|n| n > 0);
+        match invoice.get("status").and_then(Value::as_str) {
+            Some("paid" | "void") => self.ended = true,
+            Some("open" | "uncollectible") if attempted => {
+                if let Some(at) = charged_at(invoice) {
+                    self.since = Some(self.since.map_or(at, |since| since.min(at)));
+                }
+            }
+            _ => {}
+        }
+        !self.ended
+    }
 }
 
 /// A Stripe subscription object (as in events' `data.object` and in `GET /v1/subscriptions`)
@@ -446,6 +496,38 @@ mod tests {
         invoiced["trial_settings"] =
             json!({"end_behavior": {"missing_payment_method": "create_invoice"}});
         assert!(!with(invoiced));
+    }
+
+    /// Newest first, as Stripe lists a subscription's invoices: the run of unpaid invoices
+    /// goes back over failed `open`/`uncollectible` ones and passes over a draft and one not
+    /// attempted yet; it ends at a `paid` one (an earlier stretch, however unpaid its
+    /// invoices) or a `void` one.
+    #[test]
+    fn the_run_of_unpaid_invoices_starts_at_its_oldest_failed_charge() {
+        let invoice = |status: &str, attempts: u64, finalized: Option<i64>| {
+            json!({"id": "in", "object": "invoice", "status": status, "created": 1,
+                "attempt_count": attempts, "status_transitions": {"finalized_at": finalized}})
+        };
+        let walk = |invoices: &[Value]| {
+            let mut run = UnpaidRun::default();
+            let taken = invoices.iter().take_while(|i| run.take(i)).count();
+            (run.since, taken)
+        };
+        let left_past_due = [
+            invoice("draft", 0, None),
+            invoice("open", 0, Some(900)),
+            invoice("open", 2, Some(800)),
+            invoice("uncollectible", 4, Some(500)),
+            invoice("open", 8, Some(300)),
+            invoice("paid", 1, Some(100)),
+            invoice("open", 8, Some(50)),
+        ];
+        assert_eq!(walk(&left_past_due), (timestamp(300), 5));
+        let voided = [invoice("open", 1, Some(800)), invoice("void", 0, Some(500))];
+        assert_eq!(walk(&voided), (timestamp(800), 1));
+        // No finalization time: the invoice's creation stands in for it.
+        assert_eq!(walk(&[invoice("open", 1, None)]), (timestamp(1), 1));
+        assert_eq!(walk(&[invoice("paid", 1, Some(5))]), (None, 0));
     }
 
     #[test]

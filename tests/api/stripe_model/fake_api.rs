@@ -1,6 +1,7 @@
 //! A Stripe API that serves the model's state at a chosen instant, in Stripe's shapes, with a
 //! `Date` header telling that instant (Stripe's clock, as `stripe-sync` sees it): the
-//! customers, subscriptions, completed Checkout Sessions and invoices `stripe-sync` reads,
+//! customers, subscriptions, completed Checkout Sessions and invoices (one by one, and a
+//! subscription's, `GET /v1/invoices?subscription=…`) `stripe-sync` reads,
 //! paginated as Stripe does (`limit`, `starting_after`, `has_more`, newest first).
 
 use std::collections::HashMap;
@@ -177,6 +178,22 @@ fn route(served: &Served, path: &str, query: &[(String, String)]) -> Response {
                     Some(wanted) => s.status.as_str() == wanted,
                 })
                 .map(&subscription_json)
+                .collect();
+            list(path, data, query)
+        }
+        "/v1/invoices" => {
+            // Newest first, filtered by `subscription`, `customer` and `status` as Stripe's
+            // list filters them.
+            let data = objects
+                .iter()
+                .filter_map(|(id, o)| match o {
+                    Object::Invoice(inv, sub) => Some((id, inv, sub)),
+                    _ => None,
+                })
+                .filter(|(_, _, sub)| param("subscription").is_none_or(|s| *sub == s))
+                .filter(|(_, inv, _)| param("status").is_none_or(|st| inv.status == st))
+                .filter_map(|(id, _, _)| invoice_json(id))
+                .filter(|inv| param("customer").is_none_or(|c| inv["customer"] == c))
                 .collect();
             list(path, data, query)
         }
