@@ -17,6 +17,7 @@ mod fairness;
 mod faults;
 mod limits;
 mod logs;
+mod metrics;
 mod migrate_mode;
 mod openapi;
 mod pool;
