@@ -30,5 +30,6 @@ mod stripe;
 mod stripe_model;
 mod stripe_rules;
 mod stripe_sync_command;
+mod three_instances;
 mod throwaway_mariadb;
 mod throwaway_pg;
