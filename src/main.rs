@@ -122,6 +122,9 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .await
                 .map_err(|e| e.to_string())?;
             let addr = app.local_addr().map_err(|e| e.to_string())?;
+            if let Some(metrics) = app.metrics_addr().map_err(|e| e.to_string())? {
+                tracing::info!("metrics on http://{metrics}/metrics");
+            }
             tracing::info!("listening on http://{addr}");
             app.run_until(api::startup::shutdown_signal())
                 .await
@@ -187,20 +190,31 @@ async fn stripe_sync(settings: &Settings, args: &stripe_backfill::SyncArgs) -> R
         .client(settings.stripe.mode)
         .map_err(|e| e.to_string())?;
     let db = migrated(settings).await?;
+    let metrics = match settings.metrics_addr {
+        Some(addr) => Some(stripe_sync_metrics(settings, addr).await?),
+        None => None,
+    };
     let tally = stripe_backfill::sync(
         &db,
         &mut client,
         args.customer.as_deref(),
         args.link_by_email,
         |note| match note {
-            stripe_backfill::Note::Progress(tally) => eprintln!("stripe-sync: {tally}"),
+            stripe_backfill::Note::Progress(tally) => {
+                api::metrics::stripe_sync_progress(&tally.counts());
+                eprintln!("stripe-sync: {tally}")
+            }
             stripe_backfill::Note::Customer { customer, detail } => {
                 eprintln!("stripe-sync: customer {customer}: {detail}")
             }
         },
     )
     .await
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| e.to_string());
+    if let Some(metrics) = metrics {
+        metrics.stop().await;
+    }
+    let tally = tally?;
     say(&format!("stripe-sync: {tally}"))?;
     if tally.failed > 0 {
         return Err(format!(
@@ -209,6 +223,22 @@ async fn stripe_sync(settings: &Settings, args: &stripe_backfill::SyncArgs) -> R
         ));
     }
     Ok(())
+}
+
+/// stripe-sync's progress on `METRICS_ADDR` while it runs (a long first backfill is worth
+/// watching); the listener closes when the run ends.
+async fn stripe_sync_metrics(
+    settings: &Settings,
+    addr: std::net::SocketAddr,
+) -> Result<api::startup::MetricsServer, String> {
+    let metrics =
+        api::metrics::Metrics::install().map_err(|e| format!("cannot record metrics: {e}"))?;
+    let connections = api::serve::ConnectionLimits::fitted(&settings.connections, 0);
+    let server = api::startup::MetricsServer::start(addr, metrics, &connections)
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!("stripe-sync: metrics on http://{}/metrics", server.addr);
+    Ok(server)
 }
 
 /// One line of a command's result on standard output. A reader that closed the pipe early

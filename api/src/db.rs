@@ -91,7 +91,9 @@ impl Db {
         &self,
         options: TransactionOptions,
     ) -> Result<DatabaseTransaction, DbErr> {
+        let asked = std::time::Instant::now();
         let txn = self.pool.begin_with_options(options).await?;
+        crate::metrics::begin_waited(asked.elapsed());
         if let Some(sql) = &self.per_transaction
             && let Err(err) = txn.execute_unprepared(sql).await
         {

@@ -23,6 +23,10 @@ pub struct Settings {
         default_value = "127.0.0.1:8080"
     )]
     pub bind: String,
+    /// Address of the Prometheus `/metrics` listener, apart from the API's (unset: no metrics).
+    /// For `stripe-sync`, serves its progress while it runs.
+    #[arg(global = true, long, env = "METRICS_ADDR", value_name = "HOST:PORT")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Database URL (default: the embedded SQLite file data/billing.sqlite).
     #[arg(
         global = true,

@@ -22,6 +22,7 @@ use crate::body_deadline::limit_body_time;
 use crate::db::{Db, Pooler};
 use crate::error::ApiError;
 use crate::health_probe::HealthProbe;
+use crate::metrics::Metrics;
 use crate::routes;
 use crate::serve::{self, ConnectionLimits};
 use crate::settings::{MigrateMode, Settings};
@@ -254,14 +255,18 @@ async fn open_after_migrating(settings: &Settings) -> Result<(Db, DatabaseUrl), 
 /// As many as the `migration` command uses.
 const MIGRATOR_CONNECTIONS: u32 = 4;
 
-async fn open_pool(url: &DatabaseUrl, settings: &Settings) -> Result<Db, StartupError> {
-    // SQLite allows one writer at a time; a single connection makes requests queue instead
-    // of failing with "database is locked".
-    let max = if url.backend == DbBackend::Sqlite {
+/// The pool's size: `DB_MAX_CONNECTIONS`, but one on SQLite, which allows one writer at a time
+/// (a single connection makes requests queue instead of failing with "database is locked").
+fn pool_size(settings: &Settings, backend: DbBackend) -> u32 {
+    if backend == DbBackend::Sqlite {
         1
     } else {
         settings.db_max_connections.max(1)
-    };
+    }
+}
+
+async fn open_pool(url: &DatabaseUrl, settings: &Settings) -> Result<Db, StartupError> {
+    let max = pool_size(settings, url.backend);
     let lock_timeout = settings.lock_timeout();
     let per_transaction =
         url.backend == DbBackend::Postgres && settings.db_pooler == Pooler::Transaction;
@@ -392,6 +397,62 @@ pub struct Application {
     state: AppState,
     purge_every: Option<Duration>,
     connections: ConnectionLimits,
+    /// `METRICS_ADDR`'s listener, bound, and what it serves.
+    metrics: Option<(TcpListener, Metrics)>,
+}
+
+/// Connections the metrics listener serves at once: a scraper or two, and a person with curl.
+const METRICS_CONNECTIONS: usize = 16;
+
+/// `/metrics` served on its own listener until [`MetricsServer::stop`].
+pub struct MetricsServer {
+    pub addr: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MetricsServer {
+    /// Binds `METRICS_ADDR` and serves `metrics` there, for the server or a command.
+    pub async fn start(
+        addr: SocketAddr,
+        metrics: Metrics,
+        connections: &ConnectionLimits,
+    ) -> Result<Self, StartupError> {
+        let listener = bind_metrics(addr).await?;
+        Self::serve(listener, metrics, connections)
+    }
+
+    fn serve(
+        listener: TcpListener,
+        metrics: Metrics,
+        connections: &ConnectionLimits,
+    ) -> Result<Self, StartupError> {
+        let addr = listener.local_addr().map_err(StartupError::LocalAddr)?;
+        let limits = ConnectionLimits {
+            max_connections: METRICS_CONNECTIONS,
+            ..connections.clone()
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve::serve(listener, metrics.router(), limits, async {
+            let _ = stopped.await;
+        }));
+        Ok(Self { addr, stop, task })
+    }
+
+    /// Closes the listener and waits for the scrapes in flight.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+async fn bind_metrics(addr: SocketAddr) -> Result<TcpListener, StartupError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartupError::Bind {
+            addr: format!("{addr} (METRICS_ADDR)"),
+            source,
+        })
 }
 
 impl Application {
@@ -408,6 +469,16 @@ impl Application {
                     addr: settings.bind.clone(),
                     source,
                 })?;
+        let metrics = match settings.metrics_addr {
+            Some(addr) => {
+                let listener = bind_metrics(addr).await?;
+                let metrics = Metrics::install()
+                    .map_err(StartupError::MetricsRecorder)?
+                    .with_database(db.clone(), pool_size(settings, db.get_database_backend()));
+                Some((listener, metrics))
+            }
+            None => None,
+        };
         let state = AppState {
             db,
             limits: Arc::new(settings.limits.clone()),
@@ -420,10 +491,16 @@ impl Application {
             unknown_tokens: UnknownTokens::default(),
             health_probe: HealthProbe::default(),
         };
+        let mut app_router = router(state.clone());
+        if metrics.is_some() {
+            // Outermost: every answer is counted with the status it went out with.
+            app_router = app_router.layer(middleware::from_fn(crate::metrics::track_requests));
+        }
         Ok(Self {
             listener,
-            router: router(state.clone()),
+            router: app_router,
             state,
+            metrics,
             purge_every: (settings.purge_every_secs > 0)
                 .then(|| Duration::from_secs(settings.purge_every_secs)),
             connections: ConnectionLimits::fitted(
@@ -437,6 +514,14 @@ impl Application {
         self.listener.local_addr().map_err(StartupError::LocalAddr)
     }
 
+    /// Where `/metrics` is served, when `METRICS_ADDR` is set.
+    pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, StartupError> {
+        self.metrics
+            .as_ref()
+            .map(|(listener, _)| listener.local_addr().map_err(StartupError::LocalAddr))
+            .transpose()
+    }
+
     /// Serves until `shutdown` resolves, then lets requests in flight finish within
     /// `SHUTDOWN_GRACE_SECS` ([`crate::serve`]).
     pub async fn run_until(
@@ -446,7 +531,17 @@ impl Application {
         if let Some(every) = self.purge_every {
             tokio::spawn(purge_periodically(self.state.clone(), every));
         }
+        let metrics = match self.metrics {
+            Some((listener, metrics)) => {
+                Some(MetricsServer::serve(listener, metrics, &self.connections)?)
+            }
+            None => None,
+        };
         serve::serve(self.listener, self.router, self.connections, shutdown).await;
+        // Scrapeable while requests drain.
+        if let Some(metrics) = metrics {
+            metrics.stop().await;
+        }
         Ok(())
     }
 }
@@ -456,8 +551,10 @@ async fn purge_periodically(state: AppState, every: Duration) {
     let mut ticks = tokio::time::interval(every);
     loop {
         ticks.tick().await;
+        let started = std::time::Instant::now();
         let result =
             crate::service::retention::purge_expired(&state.db, &state.limits, |_| {}).await;
+        crate::metrics::purge(result.as_ref().ok().copied(), started.elapsed());
         match result {
             Ok(purged) if purged.removed > 0 => {
                 tracing::info!(removed = purged.removed, "purged expired deleted sessions")

@@ -43,6 +43,9 @@ pub enum StartupError {
         #[source]
         source: std::io::Error,
     },
+    /// Another metrics recorder holds the process's slot (only an embedding program could).
+    #[error("cannot record metrics: {0}")]
+    MetricsRecorder(String),
     #[error("cannot read the bound address: {0}")]
     LocalAddr(#[source] std::io::Error),
     /// Webhooks on, and the Stripe mode not settled (or contradicted).

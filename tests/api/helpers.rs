@@ -24,7 +24,8 @@ pub const OLD_SECRET: &str = "whsec_testPreviousSecret0123456789abcde";
 
 pub struct TestApp {
     pub address: String,
-    pub db: TestDb,
+    /// Shared by the [`TestApp::sibling`]s serving the same database.
+    pub db: std::sync::Arc<TestDb>,
     pub client: Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -45,9 +46,51 @@ pub async fn spawn_app_on(db: TestDb, configure: impl FnOnce(&mut Settings)) -> 
     let (address, stop) = start_server(&settings).await;
     TestApp {
         address,
-        db,
+        db: db.into(),
         client: Client::new(),
         stop: Some(stop),
+    }
+}
+
+impl TestApp {
+    /// The helpers for a server the test started itself (a `billing` process) at `address`.
+    pub fn at(address: String, db: TestDb) -> Self {
+        Self {
+            address,
+            db: db.into(),
+            client: Client::new(),
+            stop: None,
+        }
+    }
+
+    /// The helpers for another server at `address` on the same database.
+    pub fn sibling(&self, address: String) -> Self {
+        Self {
+            address,
+            db: std::sync::Arc::clone(&self.db),
+            client: Client::new(),
+            stop: None,
+        }
+    }
+}
+
+/// The environment pointing a `billing` process at `db` as [`test_settings`] points an
+/// in-process server: through the transaction-mode pooler, migrating on the direct URL, when
+/// TEST_POSTGRES_POOLER_URL is set or `pooled` asks for it (PostgreSQL only), else directly.
+pub fn database_env(db: &TestDb, pooled: bool) -> Vec<(&'static str, String)> {
+    let through = match support::through_pooler(&db.url) {
+        None if pooled && db.backend == Backend::Postgres => {
+            Some(format!("{}/{}", support::pooler_url(), db.name))
+        }
+        through => through,
+    };
+    match through {
+        Some(pooled) => vec![
+            ("DATABASE_URL", pooled),
+            ("MIGRATION_DATABASE_URL", db.url.clone()),
+            ("DB_POOLER", "transaction".to_owned()),
+        ],
+        None => vec![("DATABASE_URL", db.url.clone())],
     }
 }
 
@@ -72,6 +115,7 @@ pub fn test_settings(url: &str) -> Settings {
     };
     Settings {
         bind: "127.0.0.1:0".to_owned(),
+        metrics_addr: None,
         database_url: Some(database_url.into()),
         migration_database_url,
         db_pooler,

@@ -27,6 +27,7 @@ crate::on_every_backend!(
     customers_deleted_at_stripe_are_marked_deleted,
     a_past_due_stretch_first_seen_by_a_sync_starts_at_the_failed_invoice,
     a_stretch_left_past_due_starts_at_the_oldest_failed_invoice_of_its_run,
+    its_progress_is_served_on_metrics_addr_while_it_runs,
 );
 
 const KEY: &str = "sk_test_51SyncKeyThatMustNeverBePrinted";
@@ -1083,4 +1084,57 @@ async fn a_stretch_left_past_due_starts_at_the_oldest_failed_invoice_of_its_run(
         let at = user.tier_at(&app.db.db, Utc::now()).await.expect("tier");
         assert_eq!(at, tier, "{who}");
     }
+}
+
+/// With METRICS_ADDR, the run serves its tally while it runs (here during a 2 s Retry-After
+/// before the subscriptions are read) and closes the listener when it ends.
+async fn its_progress_is_served_on_metrics_addr_while_it_runs(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let stripe = FakeStripe::start(KEY, 100).await;
+    let period_end = Utc::now().timestamp() + 20 * 86_400;
+    linked_user(&app, "paid@example.com", "cus_paid", "sub_paid").await;
+    stripe.add_customer(customer("cus_paid", Some("paid@example.com"), None));
+    stripe.put_subscription(subscription("sub_paid", "cus_paid", "active", period_end));
+    stripe.fail_next(Fault::new("/v1/subscriptions", 429).header("retry-after", "2"));
+    // A free port, released for the run to bind.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .to_string();
+    let url = format!("http://{addr}/metrics");
+    let seen = "billing_stripe_sync_progress{count=\"customers_seen\"} 1";
+    let scrape = async {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            if let Ok(response) = reqwest::get(&url).await {
+                let text = response.text().await.unwrap_or_default();
+                if text.contains(seen) {
+                    return text;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        String::new()
+    };
+    let vars = [("METRICS_ADDR", addr.as_str())];
+    let (run, scraped) = tokio::join!(
+        stripe_sync_env(&app, &stripe, Some(KEY), &[], &vars),
+        scrape
+    );
+    assert!(run.success, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        scraped.contains(seen),
+        "no progress scraped; run said:\n{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains(&format!("metrics on http://{addr}/metrics")),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        reqwest::get(&url).await.is_err(),
+        "the listener outlived the run"
+    );
 }

@@ -19,6 +19,7 @@ use utoipa_axum::routes;
 
 use crate::error::{ApiError, ErrorBody};
 use crate::json::ApiBytes;
+use crate::metrics;
 use crate::routes::billing::one_of;
 use crate::service::stripe_sync::{self, Outcome};
 use crate::state::AppState;
@@ -87,18 +88,24 @@ async fn receive(
         Utc::now().timestamp(),
     )
     .map_err(|err| {
+        metrics::webhook(None, "invalid_signature");
         tracing::warn!(error = %err, "Stripe webhook refused");
         ApiError::InvalidSignature(err.to_string())
     })?;
     let event = match event::parse(&body) {
         Ok(event) => event,
-        Err(err @ EventError::Malformed(_)) => return Err(ApiError::BadRequest(err.to_string())),
+        Err(err @ EventError::Malformed(_)) => {
+            metrics::webhook(None, "malformed");
+            return Err(ApiError::BadRequest(err.to_string()));
+        }
         Err(err @ EventError::Unstorable { .. }) => {
+            metrics::webhook(None, Outcome::Unstorable.as_str());
             // Signed by our secret, so Stripe (or whoever holds it) sent it; it needs a person.
             tracing::error!(error = %err, "signed Stripe event acknowledged but not stored");
             return Ok(receipt(Outcome::Unstorable));
         }
         Err(err @ EventError::Unusable(_)) => {
+            metrics::webhook(None, Outcome::Unusable.as_str());
             // Failing closed: the next event or `stripe-sync` sets the state.
             tracing::error!(error = %err, "signed Stripe event acknowledged but not applied");
             return Ok(receipt(Outcome::Unusable));
@@ -113,9 +120,13 @@ async fn receive(
             serves = ?stripe.mode.map(|mode| mode.as_str()),
             "Stripe event of the other mode than this deployment's: ignored"
         );
+        metrics::webhook(Some(&event.kind), Outcome::Ignored.as_str());
         return Ok(receipt(Outcome::Ignored));
     }
-    let outcome = stripe_sync::process(&state.db, &event).await?;
+    let outcome = stripe_sync::process(&state.db, &event)
+        .await
+        .inspect_err(|_| metrics::webhook(Some(&event.kind), "error"))?;
+    metrics::webhook(Some(&event.kind), outcome.as_str());
     tracing::info!(event = %event.id, kind = %event.kind, outcome = outcome.as_str(), "Stripe event");
     Ok(receipt(outcome))
 }

@@ -185,6 +185,27 @@ pub struct Tally {
     pub unlinked_payers: Vec<String>,
 }
 
+impl Tally {
+    /// Each count by its field's name, for stripe-sync's progress metric.
+    pub fn counts(&self) -> [(&'static str, u64); 13] {
+        [
+            ("customers_seen", self.customers_seen),
+            ("already_linked", self.already_linked),
+            ("linked_by_checkout", self.linked_by_checkout),
+            ("linked_by_metadata", self.linked_by_metadata),
+            ("linked_by_email", self.linked_by_email),
+            ("ambiguous", self.ambiguous),
+            ("unmatched", self.unmatched),
+            ("deleted", self.deleted),
+            ("subscriptions_seen", self.subscriptions_seen),
+            ("updated", self.updated),
+            ("unchanged", self.unchanged),
+            ("skipped", self.skipped),
+            ("failed", self.failed),
+        ]
+    }
+}
+
 impl fmt::Display for Tally {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

@@ -320,6 +320,17 @@ fn created_of(value: &Value) -> Option<i64> {
     }
 }
 
+/// The event types [`parse`] acts on; any other is [`Action::Unhandled`].
+pub const ACTED_ON: [&str; 7] = [
+    "checkout.session.completed",
+    "customer.subscription.created",
+    "customer.subscription.updated",
+    "customer.subscription.deleted",
+    "customer.subscription.paused",
+    "customer.subscription.resumed",
+    "customer.deleted",
+];
+
 pub fn parse(body: &[u8]) -> Result<Event, EventError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| EventError::Malformed(format!("invalid JSON: {e}")))?;

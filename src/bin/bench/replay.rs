@@ -22,6 +22,7 @@ pub fn api_settings(
 ) -> api::Settings {
     api::Settings {
         bind: "127.0.0.1:0".to_owned(),
+        metrics_addr: None,
         database_url: Some(url.into()),
         migration_database_url: None,
         db_pooler: api::db::Pooler::None,
