@@ -9,6 +9,7 @@ pub mod domain;
 pub mod error;
 pub mod health_probe;
 pub mod json;
+pub mod own_answers;
 pub mod routes;
 pub mod serve;
 pub mod service;
