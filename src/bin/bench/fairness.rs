@@ -69,7 +69,9 @@ impl Others {
     fn request(self, client: usize, n: u64) -> (&'static str, String) {
         match self {
             Others::None => ("/v1/sessions", String::new()),
-            Others::BadTokens if client % 2 == 0 => ("/v1/sessions", format!("bst_bad{client}")),
+            Others::BadTokens if client.is_multiple_of(2) => {
+                ("/v1/sessions", format!("bst_bad{client}"))
+            }
             // Users' tokens are `bst_` and the id in 64 hex digits: the top bit set is no user.
             Others::BadTokens => ("/v1/sessions", format!("bst_f{client:063x}")),
             Others::FreshBadTokens => ("/v1/sessions", format!("bst_e{client:031x}{n:032x}")),
