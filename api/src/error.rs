@@ -58,6 +58,14 @@ pub enum ApiError {
     /// A handler panicked; the panic hook logged it.
     #[error("internal error")]
     Panicked,
+    /// The three below are answered for hyper, which refuses such a head before any handler
+    /// runs (api/src/own_answers.rs).
+    #[error("the request head is not HTTP/1.1 this server can read")]
+    MalformedHead,
+    #[error("the request head is larger than this server accepts (MAX_HEADER_BYTES)")]
+    HeadTooLarge,
+    #[error("the request target (path and query) is longer than this server accepts")]
+    UriTooLong,
 }
 
 impl ApiError {
@@ -97,6 +105,36 @@ impl ApiError {
             ApiError::Internal(_) | ApiError::Panicked => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }
+            ApiError::MalformedHead => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::HeadTooLarge => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "header_too_large",
+            ),
+            ApiError::UriTooLong => (StatusCode::URI_TOO_LONG, "uri_too_long"),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status_and_code().0
+    }
+
+    /// The answer's body, for those written outside axum (api/src/own_answers.rs).
+    pub fn json_body(&self) -> Vec<u8> {
+        // Serialising two strings and an optional third cannot fail.
+        serde_json::to_vec(&self.body()).unwrap_or_default()
+    }
+
+    fn body(&self) -> ErrorBody<'_> {
+        let field = match self {
+            ApiError::Invalid { field, .. } => Some(field.as_str()),
+            _ => None,
+        };
+        ErrorBody {
+            error: ErrorDetail {
+                code: self.status_and_code().1,
+                message: self.to_string(),
+                field,
+            },
         }
     }
 }
@@ -140,7 +178,7 @@ pub struct ErrorDetail<'a> {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, code) = self.status_and_code();
+        let status = self.status();
         match &self {
             ApiError::Internal(source) => {
                 tracing::error!(error = %source, ?source, "request failed")
@@ -159,18 +197,7 @@ impl IntoResponse for ApiError {
             ApiError::NotConfigured(what) => tracing::warn!(%what, "not configured"),
             _ => {}
         }
-        let field = match &self {
-            ApiError::Invalid { field, .. } => Some(field.as_str()),
-            _ => None,
-        };
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code,
-                message: self.to_string(),
-                field,
-            },
-        };
-        let mut response = (status, Json(body)).into_response();
+        let mut response = (status, Json(self.body())).into_response();
         let headers = response.headers_mut();
         match &self {
             ApiError::Unauthorized => {

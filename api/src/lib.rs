@@ -10,6 +10,7 @@ pub mod error;
 pub mod health_probe;
 pub mod json;
 pub mod metrics;
+pub mod own_answers;
 pub mod routes;
 pub mod serve;
 pub mod service;

@@ -11,6 +11,8 @@
 //!   closes: they wait in the kernel's listen queue, which costs this process nothing.
 //! * A head is buffered up to `MAX_HEADER_BYTES` (hyper's default buffer grew to 400 KiB per
 //!   connection: 2,000 unfinished large heads held 795 MiB).
+//! * hyper's own refusals of a head (400, 414, 431) are answered in our JSON error shape
+//!   ([`crate::own_answers`]).
 //! * On shutdown the listener closes, idle connections close, requests in flight get
 //!   `SHUTDOWN_GRACE_SECS` to finish, and whatever is left is then closed.
 
@@ -19,7 +21,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum::Router;
@@ -34,6 +36,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tower::ServiceExt;
 
+use crate::own_answers::Replacement;
 use crate::settings::ConnectionSettings;
 
 /// File descriptors kept apart from client connections: the database pool, the health
@@ -221,6 +224,7 @@ async fn serve_connection(
     let io = TokioIo::new(Watched {
         inner: stream,
         activity: Arc::clone(&activity),
+        replacement: Replacement::default(),
     });
     let service_activity = Arc::clone(&activity);
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
@@ -367,10 +371,13 @@ impl Drop for InFlight {
     }
 }
 
-/// The socket, telling [`Activity`] when bytes arrive.
+/// The socket, telling [`Activity`] when bytes arrive, and writing our answer in place of
+/// hyper's own refusals ([`crate::own_answers`]).
 struct Watched {
     inner: TcpStream,
     activity: Arc<Activity>,
+    /// Written before anything else hyper writes, flushes or shuts down.
+    replacement: Replacement,
 }
 
 impl AsyncRead for Watched {
@@ -394,15 +401,24 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let this = &mut *self;
+        ready!(this.replacement.poll_write_to(&mut this.inner, cx))?;
+        if this.replacement.take(buf) {
+            return Poll::Ready(Ok(buf.len()));
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let this = &mut *self;
+        ready!(this.replacement.poll_write_to(&mut this.inner, cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let this = &mut *self;
+        ready!(this.replacement.poll_write_to(&mut this.inner, cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 
     fn poll_write_vectored(
@@ -410,7 +426,16 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let this = &mut *self;
+        ready!(this.replacement.poll_write_to(&mut this.inner, cx))?;
+        // hyper hands its own head over as one slice.
+        let mut filled = bufs.iter().filter(|buf| !buf.is_empty());
+        if let (Some(only), None) = (filled.next(), filled.next())
+            && this.replacement.take(only)
+        {
+            return Poll::Ready(Ok(only.len()));
+        }
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {

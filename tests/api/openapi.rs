@@ -214,3 +214,53 @@ fn the_device_name_pattern_is_the_servers_rule() {
         }
     }
 }
+
+/// The session operations are linked so that schemathesis's stateful phase chains create →
+/// read → delete → trash and restore (it inferred links from PUT's 200 only, and a create is
+/// a 201): every declared link is present and targets an operation of the document. None
+/// leaves the trash or a restore (api/src/routes/openapi.rs says why).
+#[test]
+fn session_operations_are_linked_from_create_to_restore() {
+    let doc = serde_json::to_value(api::routes::openapi::document()).unwrap();
+    let mut operation_ids = Vec::new();
+    let mut links = Vec::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, operation) in item.as_object().unwrap() {
+            if let Some(id) = operation["operationId"].as_str() {
+                operation_ids.push(id.to_owned());
+            }
+            let Some(responses) = operation["responses"].as_object() else {
+                continue;
+            };
+            for (status, response) in responses {
+                for (name, link) in response["links"].as_object().into_iter().flatten() {
+                    links.push((
+                        format!("{method} {path} {status} {name}"),
+                        link["operationId"].as_str().unwrap_or("").to_owned(),
+                    ));
+                }
+            }
+        }
+    }
+    for (from, target) in &links {
+        assert!(operation_ids.contains(target), "{from} -> {target}");
+    }
+    let names: Vec<&str> = links.iter().map(|(from, _)| from.as_str()).collect();
+    for chain in [
+        "put /v1/sessions/{client_id} 201 UpdateSession",
+        "put /v1/sessions/{client_id} 200 GetSession",
+        "put /v1/sessions/{client_id} 201 GetSession",
+        "get /v1/sessions/{client_id} 200 DeleteSession",
+        "delete /v1/sessions/{client_id} 204 ListTrash",
+        "delete /v1/sessions/{client_id} 204 RestoreSession",
+    ] {
+        assert!(names.contains(&chain), "{chain} missing from {names:?}");
+    }
+    assert!(
+        !names
+            .iter()
+            .any(|name| name.starts_with("get /v1/trash ") || name.starts_with("post ")),
+        "{names:?}"
+    );
+    assert_eq!(links.len(), 8, "{names:?}");
+}

@@ -7,10 +7,11 @@
 use std::sync::LazyLock;
 
 use axum::Json;
-use utoipa::openapi::path::Operation;
+use utoipa::openapi::link::LinkBuilder;
+use utoipa::openapi::path::{Operation, PathItem};
 use utoipa::openapi::response::ResponseBuilder;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{ContentBuilder, Ref};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -42,6 +43,7 @@ pub fn document() -> &'static utoipa::openapi::OpenApi {
         let mut document = crate::routes::api().into_openapi();
         // After the merge: the derive's `modifiers(...)` would run before any operation exists.
         BearerAndCommonErrors.modify(&mut document);
+        SessionLinks.modify(&mut document);
         document
     });
     &DOCUMENT
@@ -117,5 +119,105 @@ fn add_authenticated_errors(operation: &mut Operation) {
                     .build()
                     .into()
             });
+    }
+}
+
+/// Links between the session operations (OpenAPI `links`), so a client generator, and
+/// schemathesis's stateful phase, can chain create → read → delete → the trash, and delete →
+/// restore. schemathesis inferred links from PUT's 200 only, and a create answers 201: a
+/// stateful run sent nothing but PUTs. Each link names its target by operationId (the
+/// handler's name); tests/api/openapi.rs checks that every target exists.
+///
+/// No link leaves the trash's list or a restore: schemathesis (4.32) starts its chains from
+/// any POST, or GET without a path parameter, that has a link of its own, and then never from
+/// a PUT. With `GET /v1/trash → restore` declared, a stateful run sent no PUT at all, so no
+/// session ever existed to chain from; the restore is reached from the DELETE instead.
+struct SessionLinks;
+
+/// From (path, method, status), a link (name, target operationId, where its `client_id`
+/// comes from; none for the trash's list).
+type LinkFrom = (&'static str, &'static str, &'static str);
+type LinkTo = (&'static str, &'static str, Option<&'static str>);
+
+const SESSION_LINKS: &[(LinkFrom, LinkTo)] = &[
+    // The same PUT again is an update (200), which the links below start from too.
+    (
+        ("/v1/sessions/{client_id}", "put", "201"),
+        ("UpdateSession", "sync", Some("$request.path.client_id")),
+    ),
+    (
+        ("/v1/sessions/{client_id}", "put", "201"),
+        ("GetSession", "get_one", Some("$request.path.client_id")),
+    ),
+    (
+        ("/v1/sessions/{client_id}", "put", "201"),
+        (
+            "DeleteSession",
+            "soft_delete",
+            Some("$request.path.client_id"),
+        ),
+    ),
+    (
+        ("/v1/sessions/{client_id}", "put", "200"),
+        ("GetSession", "get_one", Some("$request.path.client_id")),
+    ),
+    (
+        ("/v1/sessions/{client_id}", "put", "200"),
+        (
+            "DeleteSession",
+            "soft_delete",
+            Some("$request.path.client_id"),
+        ),
+    ),
+    (
+        ("/v1/sessions/{client_id}", "get", "200"),
+        (
+            "DeleteSession",
+            "soft_delete",
+            Some("$response.body#/client_id"),
+        ),
+    ),
+    (
+        ("/v1/sessions/{client_id}", "delete", "204"),
+        ("ListTrash", "trash", None),
+    ),
+    (
+        ("/v1/sessions/{client_id}", "delete", "204"),
+        ("RestoreSession", "restore", Some("$request.path.client_id")),
+    ),
+];
+
+impl Modify for SessionLinks {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for ((path, method, status), (name, target, client_id)) in SESSION_LINKS {
+            let Some(operation) = openapi
+                .paths
+                .paths
+                .get_mut(*path)
+                .and_then(|item| operation_mut(item, method))
+            else {
+                continue;
+            };
+            let Some(RefOr::T(response)) = operation.responses.responses.get_mut(*status) else {
+                continue;
+            };
+            let mut link = LinkBuilder::new().operation_id(*target);
+            if let Some(expression) = client_id {
+                link = link.parameter("client_id", *expression);
+            }
+            response
+                .links
+                .insert((*name).to_owned(), link.build().into());
+        }
+    }
+}
+
+fn operation_mut<'a>(item: &'a mut PathItem, method: &str) -> Option<&'a mut Operation> {
+    match method {
+        "get" => item.get.as_mut(),
+        "put" => item.put.as_mut(),
+        "post" => item.post.as_mut(),
+        "delete" => item.delete.as_mut(),
+        _ => None,
     }
 }

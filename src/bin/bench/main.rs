@@ -4,16 +4,19 @@
 //! * `bench webhooks`: Stripe webhook deliveries per second and their latency;
 //! * `bench purge`: the retention purge of soft-deleted sessions under live traffic;
 //! * `bench sync`: session sync requests per second and their latency, beside their SQL;
-//! * `bench migrations`: every migration under live clients, on PostgreSQL and MariaDB.
+//! * `bench migrations`: every migration under live clients, on PostgreSQL and MariaDB;
+//! * `bench fairness`: one user's latency while 1,000 clients send bad tokens, and while
+//!   another user floods reads (printed only, no chart).
 //!
 //! Each measures its own floor in the same run and prints its figures as ratios to it, and
 //! writes an SVG chart of what it measured.
 //!
-//! `cargo run --release --bin bench -- <m006|webhooks|purge|sync|migrations> --help`
+//! `cargo run --release --bin bench -- <m006|webhooks|purge|sync|migrations|fairness> --help`
 
 mod about;
 mod chart;
 mod cpu;
+mod fairness;
 mod live_migrations;
 mod load;
 mod m006;
@@ -45,6 +48,8 @@ enum Bench {
     Sync(sync::Args),
     /// Every migration, up, down and up again, under clients, on PostgreSQL and MariaDB.
     Migrations(migrations::Args),
+    /// One user's latency while others send bad tokens or flood reads.
+    Fairness(fairness::Args),
 }
 
 #[tokio::main]
@@ -55,6 +60,7 @@ async fn main() -> std::process::ExitCode {
         Bench::Purge(args) => purge::run(args).await,
         Bench::Sync(args) => sync::run(args).await,
         Bench::Migrations(args) => migrations::run(args).await,
+        Bench::Fairness(args) => fairness::run(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -126,7 +126,7 @@ impl Request {
     }
 
     fn token(&self) -> String {
-        format!("bst_bench_{}", self.user)
+        load::user_token(self.user)
     }
 
     fn body() -> String {
@@ -167,16 +167,8 @@ async fn measure(args: &Args, bench: &Bench, about: &About) -> Result<(), String
         ..Fill::default()
     };
     load::populate(&bench.db, args.users, args.sessions, fill).await?;
-    // One token per user, `bst_bench_<id>`, stored as the API stores tokens (SHA-256, hex).
-    load::execute_all(
-        &bench.db,
-        &[
-            "INSERT INTO api_tokens (user_id, token_hash) \
-         SELECT id, encode(sha256(('bst_bench_' || id)::bytea), 'hex') FROM users",
-            "ANALYZE api_tokens",
-        ],
-    )
-    .await?;
+    // One token per user (`bst_bench_<id>` before the API checked the form of tokens).
+    load::execute_all(&bench.db, &[load::INSERT_USER_TOKENS, "ANALYZE api_tokens"]).await?;
 
     let settings = replay::api_settings(
         &bench.url,
