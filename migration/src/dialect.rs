@@ -80,12 +80,16 @@ pub trait Dialect: Sync {
     /// Replaces view `name` with `create` (a whole `CREATE ... VIEW` statement) in one
     /// lock-timed transaction: by default dropped and created, which transactional DDL makes
     /// atomic (readers never see the view missing).
-    fn replace_view(&self, name: &str, create: &str) -> Step {
+    fn replace_view(&self, name: &'static str, create: &str) -> Step {
         Step::new(
             format!("replace view {name}"),
             Mode::LockTimed,
             Probe::Never,
         )
+        .expecting(Probe::View {
+            name,
+            present: true,
+        })
         .raw(format!("DROP VIEW IF EXISTS {}", self.qualified(name)))
         .raw(create)
     }
@@ -129,12 +133,17 @@ pub fn of(backend: DbBackend) -> &'static dyn Dialect {
 
 /// `CREATE VIEW`, replacing one of the same name where the backend can.
 pub fn create_view(dialect: &dyn Dialect, view: &ViewSpec) -> Step {
-    Step::new(view_summary("create", view), Mode::LockTimed, Probe::Never).raw(format!(
-        "{} {} AS {}",
-        dialect.create_view_keyword(),
-        crate::schema::qualified(dialect.backend(), view.name),
-        (view.body)(dialect)
-    ))
+    Step::new(view_summary("create", view), Mode::LockTimed, Probe::Never)
+        .expecting(Probe::View {
+            name: view.name,
+            present: true,
+        })
+        .raw(format!(
+            "{} {} AS {}",
+            dialect.create_view_keyword(),
+            crate::schema::qualified(dialect.backend(), view.name),
+            (view.body)(dialect)
+        ))
 }
 /// `CREATE TABLE`, then its indexes, each a step.
 pub fn create_table(dialect: &dyn Dialect, spec: &TableSpec) -> Vec<Step> {

@@ -119,6 +119,8 @@ on_every_backend!(
     eight_migrators_at_once_all_succeed_and_each_migration_runs_once,
     sql_prints_pending_migrations_without_running_them,
     fresh_drops_views_that_depend_on_ours,
+    an_interrupted_fresh_never_hides_a_lost_view,
+    status_reports_drift_and_repair_restores_it,
 );
 
 async fn m006_names_the_missing_tables(backend: Backend) {
@@ -1198,6 +1200,83 @@ async fn fresh_drops_views_that_depend_on_ours(backend: Backend) {
     assert_eq!(
         t.texts("SELECT count(*) FROM seaql_migrations").await,
         vec![migration_count().to_string()]
+    );
+}
+
+/// Issue 17: `fresh` killed after its first drop. On PostgreSQL and SQLite the drop is one
+/// transaction, so the schema is as it was, and `status` is clean. MariaDB commits each DROP:
+/// `status` says what is missing, and `repair` restores it. Before, PostgreSQL lost the view
+/// `user_tiers` for good while `status` said everything was applied.
+async fn an_interrupted_fresh_never_hides_a_lost_view(backend: Backend) {
+    let t = TestDb::new(backend).await;
+    assert!(migration(&["up"], Some(&t.url)).status.success());
+    let clean = snapshot(&t).await;
+    // Views go first: this pauses with `user_tiers` dropped and a table not yet.
+    let mut child = spawn_paused(&["fresh"], &t.url, "fresh:drop:1");
+    child.kill().expect("kill the paused migrator");
+    let _ = child.wait();
+    let status = migration(&["status"], Some(&t.url));
+    let out = String::from_utf8_lossy(&status.stdout).into_owned();
+    if backend == Backend::MySql {
+        assert_eq!(status.status.code(), Some(1), "{out}{}", stderr(&status));
+        assert!(out.contains("DRIFT: view user_tiers missing"), "{out}");
+        let repair = migration(&["repair"], Some(&t.url));
+        assert!(repair.status.success(), "{}", stderr(&repair));
+    } else {
+        assert!(status.status.success(), "{out}{}", stderr(&status));
+        assert!(!out.contains("DRIFT"), "{out}");
+    }
+    assert_eq!(snapshot(&t).await, clean);
+    assert!(migration(&["status"], Some(&t.url)).status.success());
+}
+
+/// Issue 17: a view and an index dropped by hand are reported by `status` (exit code 1, one
+/// `DRIFT:` line each) and rebuilt by `repair`, after which `status` is clean.
+async fn status_reports_drift_and_repair_restores_it(backend: Backend) {
+    let t = TestDb::new(backend).await;
+    assert!(migration(&["up"], Some(&t.url)).status.success());
+    let clean = snapshot(&t).await;
+    let status = migration(&["status"], Some(&t.url));
+    assert!(status.status.success(), "{}", stderr(&status));
+    assert!(!String::from_utf8_lossy(&status.stdout).contains("DRIFT"));
+
+    t.exec("DROP VIEW user_tiers").await;
+    t.exec(match backend {
+        Backend::MySql => "DROP INDEX idx_users_stripe_customer ON users",
+        _ => "DROP INDEX idx_users_stripe_customer",
+    })
+    .await;
+    let status = migration(&["status"], Some(&t.url));
+    let out = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert_clear_error(
+        &status,
+        "2 object(s) that applied migrations made are missing",
+    );
+    let drift: Vec<&str> = out.lines().filter(|l| l.starts_with("DRIFT: ")).collect();
+    assert_eq!(drift.len(), 2, "{out}");
+    assert!(
+        drift
+            .iter()
+            .any(|l| l.starts_with("DRIFT: view user_tiers missing")),
+        "{out}"
+    );
+    assert!(
+        drift
+            .iter()
+            .any(|l| l.starts_with("DRIFT: index idx_users_stripe_customer on users missing")),
+        "{out}"
+    );
+
+    let repair = migration(&["repair"], Some(&t.url));
+    assert!(repair.status.success(), "{}", stderr(&repair));
+    assert_eq!(snapshot(&t).await, clean);
+    let status = migration(&["status"], Some(&t.url));
+    assert!(status.status.success(), "{}", stderr(&status));
+    let again = migration(&["repair"], Some(&t.url));
+    assert!(
+        stderr(&again).contains("nothing to repair"),
+        "{}",
+        stderr(&again)
     );
 }
 

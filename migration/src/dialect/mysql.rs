@@ -329,12 +329,16 @@ impl Dialect for MySql {
     }
 
     /// MySQL replaces a view in place.
-    fn replace_view(&self, name: &str, create: &str) -> Step {
+    fn replace_view(&self, name: &'static str, create: &str) -> Step {
         Step::new(
             format!("replace view {name}"),
             Mode::LockTimed,
             Probe::Never,
         )
+        .expecting(Probe::View {
+            name,
+            present: true,
+        })
         .raw(create)
     }
 
