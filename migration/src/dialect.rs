@@ -98,6 +98,14 @@ pub trait Dialect: Sync {
         "CREATE VIEW"
     }
 
+    /// A new table of text users send (emails, device names, payloads). MySQL/MariaDB name
+    /// its character set, `utf8mb4`, rather than take the database's default: a table created
+    /// in a `utf8mb3` or `latin1` database (or one converted after it) would otherwise fail
+    /// or mangle an emoji. Elsewhere text is UTF-8 anyway.
+    fn text_table(&self, name: &'static str) -> TableCreateStatement {
+        Table::create().table(self.table(name)).take()
+    }
+
     /// A new table whose text columns compare as bytes, as identifiers from other systems
     /// need.
     fn case_sensitive_table(&self, name: &'static str) -> TableCreateStatement {

@@ -2124,3 +2124,96 @@ async fn a_database_that_cannot_store_utf8mb4_is_refused_mysql() {
         );
     }
 }
+
+/// Issue 17 §6: every table names `utf8mb4`, and every connection speaks it. The database
+/// here defaults to `utf8mb4_general_ci`: the tables of m001-m003 show the collation they
+/// name, not the database's (before, they took the database's). A URL asking for `latin1`
+/// still gets `utf8mb4`, and an emoji round-trips. A database that applied m001-m003 before
+/// they named their character set is not flagged as changed (EARLIER_CHECKSUMS).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_table_and_connection_names_utf8mb4_mysql() {
+    use sea_orm::{ConnectionTrait, Statement};
+    let t = TestDb::new(Backend::MySql).await;
+    t.exec(&format!(
+        "ALTER DATABASE {} CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci",
+        t.name
+    ))
+    .await;
+    let out = migration(&["up"], Some(&t.url));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let tables = t
+        .texts(
+            "SELECT concat(table_name, ' ', table_collation) FROM information_schema.tables \
+             WHERE table_schema = DATABASE() AND table_type = 'BASE TABLE' \
+             AND table_name <> 'seaql_migrations' ORDER BY table_name",
+        )
+        .await;
+    assert!(!tables.is_empty());
+    for line in &tables {
+        assert!(
+            line.ends_with(" utf8mb4_unicode_ci") || line.ends_with(" utf8mb4_bin"),
+            "a table took the database's default: {tables:?}"
+        );
+    }
+    let row =
+        t.db.query_one_raw(Statement::from_string(
+            sea_orm::DbBackend::MySql,
+            "SHOW CREATE TABLE users",
+        ))
+        .await
+        .expect("show create table")
+        .expect("a row");
+    let ddl: String = row.try_get_by_index(1).expect("the DDL");
+    assert!(
+        ddl.contains("CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci"),
+        "{ddl}"
+    );
+
+    let url = migration::connect::resolve_url(Some(&format!("{}?charset=latin1", t.url)))
+        .expect("a good URL");
+    let db = migration::connect::open(&url, None, std::time::Duration::from_secs(5), 1)
+        .await
+        .expect("open");
+    let charset = db
+        .query_one_raw(Statement::from_string(
+            sea_orm::DbBackend::MySql,
+            "SELECT @@character_set_client AS c",
+        ))
+        .await
+        .expect("read the charset")
+        .expect("a row");
+    assert_eq!(charset.try_get::<String>("", "c").expect("c"), "utf8mb4");
+    db.execute_unprepared("INSERT INTO users (email) VALUES ('\u{1F600}@example.com')")
+        .await
+        .expect("an emoji is stored");
+    let stored = db
+        .query_one_raw(Statement::from_string(
+            sea_orm::DbBackend::MySql,
+            "SELECT email FROM users",
+        ))
+        .await
+        .expect("read it back")
+        .expect("a row");
+    assert_eq!(
+        stored.try_get::<String>("", "email").expect("email"),
+        "\u{1F600}@example.com"
+    );
+    let _ = db.close().await;
+
+    t.exec(
+        "UPDATE migration_checksums SET checksum = \
+         '039c2dda3b071640ebd2b0de9477ed1150bf3bcad5a2d0fc991d5b8c4d11fb6a' \
+         WHERE version = 'm001_create_users'",
+    )
+    .await;
+    let status = migration(&["status"], Some(&t.url));
+    assert!(status.status.success(), "{}", stderr(&status));
+    assert!(!String::from_utf8_lossy(&status.stdout).contains("CHANGED"));
+    assert!(migration(&["up"], Some(&t.url)).status.success());
+    assert_ne!(
+        t.texts("SELECT checksum FROM migration_checksums WHERE version = 'm001_create_users'")
+            .await,
+        ["039c2dda3b071640ebd2b0de9477ed1150bf3bcad5a2d0fc991d5b8c4d11fb6a"],
+        "up records the current plan's sum"
+    );
+}
