@@ -117,7 +117,7 @@ async fn both_modes_follow_one_rollback_rule(backend: Backend) {
                 pending,
                 newer,
             })) => {
-                assert_eq!(pending, [last.clone()], "{mode:?}");
+                assert_eq!(pending, std::slice::from_ref(&last), "{mode:?}");
                 assert_eq!(newer, ["m999_of_a_later_release"], "{mode:?}");
             }
             other => {
