@@ -2200,28 +2200,19 @@ async fn every_table_and_connection_names_utf8mb4_mysql() {
     let db = migration::connect::open(&url, None, std::time::Duration::from_secs(5), 1)
         .await
         .expect("open");
-    let charset = db
-        .query_one_raw(Statement::from_string(
-            sea_orm::DbBackend::MySql,
-            "SELECT @@character_set_client AS c",
-        ))
-        .await
-        .expect("read the charset")
-        .expect("a row");
-    assert_eq!(charset.try_get::<String>("", "c").expect("c"), "utf8mb4");
+    let text = async |sql: &str| -> String {
+        db.query_one_raw(Statement::from_string(sea_orm::DbBackend::MySql, sql))
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .and_then(|row| row.try_get_by_index::<String>(0).ok())
+            .unwrap_or_default()
+    };
+    assert_eq!(text("SELECT @@character_set_client").await, "utf8mb4");
     db.execute_unprepared("INSERT INTO users (email) VALUES ('\u{1F600}@example.com')")
         .await
         .expect("an emoji is stored");
-    let stored = db
-        .query_one_raw(Statement::from_string(
-            sea_orm::DbBackend::MySql,
-            "SELECT email FROM users",
-        ))
-        .await
-        .expect("read it back")
-        .expect("a row");
     assert_eq!(
-        stored.try_get::<String>("", "email").expect("email"),
+        text("SELECT email FROM users").await,
         "\u{1F600}@example.com"
     );
     let _ = db.close().await;

@@ -78,6 +78,18 @@ async fn start(t: &TestDb, mode: MigrateMode) -> Result<(), StartupError> {
 
 const BOTH: [MigrateMode; 2] = [MigrateMode::OnStart, MigrateMode::Check];
 
+/// Both modes start on `t`, which records `case`.
+async fn both_serve(t: &TestDb, case: &str) {
+    for mode in BOTH {
+        let served = start(t, mode).await;
+        assert!(
+            served.is_ok(),
+            "{mode:?} refused {case}: {:?}",
+            served.err()
+        );
+    }
+}
+
 /// docs/operations.md "Rollbacks": `on-start` and `check` serve the same histories.
 /// Before, `check` refused the previous release during a rollback (newer migrations
 /// recorded), and `on-start` refused it too, and a changed checksum with nothing pending.
@@ -92,14 +104,7 @@ async fn both_modes_follow_one_rollback_rule(backend: Backend) {
         "INSERT INTO seaql_migrations (version, applied_at) VALUES ('m999_of_a_later_release', 0)",
     )
     .await;
-    for mode in BOTH {
-        let served = start(&t, mode).await;
-        assert!(
-            served.is_ok(),
-            "{mode:?} refused a rollback: {:?}",
-            served.err()
-        );
-    }
+    both_serve(&t, "a rollback").await;
     // ... and nothing of this build is pending: the migrator did not run (nothing recorded).
     assert_eq!(
         t.texts("SELECT count(*) FROM seaql_migrations").await,
@@ -150,14 +155,7 @@ async fn both_modes_follow_one_rollback_rule(backend: Backend) {
     // A checksum that differs (a newer release accepted an edit), nothing pending: served.
     t.exec("UPDATE migration_checksums SET checksum = 'accepted-by-a-later-release' WHERE version = 'm004_index_sessions_by_user'")
         .await;
-    for mode in BOTH {
-        let served = start(&t, mode).await;
-        assert!(
-            served.is_ok(),
-            "{mode:?} refused a changed checksum with nothing pending: {:?}",
-            served.err()
-        );
-    }
+    both_serve(&t, "a changed checksum with nothing pending").await;
     assert_eq!(
         t.texts(
             "SELECT checksum FROM migration_checksums WHERE version = 'm004_index_sessions_by_user'"
