@@ -195,13 +195,14 @@ pub async fn open_migrated(settings: &Settings) -> Result<(Db, DatabaseUrl), Sta
 }
 
 /// `--migrate check`: reads the migration history on the migrations' URL (the pool's own
-/// connection when that is the same database).
+/// connection when that is the same database) and serves it under the rollback rule
+/// ([`migration::rollback`]) as long as nothing is pending.
 async fn check_nothing_pending(
     settings: &Settings,
     db: &Db,
     url: &DatabaseUrl,
 ) -> Result<(), StartupError> {
-    let pending = if settings.migration_database_url.is_some() {
+    let history = if settings.migration_database_url.is_some() {
         let migrations_url = connect::resolve_url(settings.migration_database_url())?;
         let reader = connect::open_to_read(
             &migrations_url,
@@ -210,16 +211,25 @@ async fn check_nothing_pending(
             1,
         )
         .await?;
-        let pending = migration::cli::pending(&reader, &migrations_url).await;
+        let history = migration::cli::history_for_serving(&reader, &migrations_url).await;
         let _ = reader.close().await;
-        pending?
+        history?
     } else {
-        migration::cli::pending(db.pool(), url).await?
+        migration::cli::history_for_serving(db.pool(), url).await?
     };
-    if pending.is_empty() {
-        Ok(())
-    } else {
-        Err(StartupError::PendingMigrations { pending })
+    if !history.pending.is_empty() {
+        return Err(StartupError::PendingMigrations {
+            pending: history.pending,
+        });
+    }
+    warn_served(&history);
+    Ok(())
+}
+
+/// Logs why a history that `migration up` would refuse is served anyway.
+fn warn_served(history: &migration::rollback::History) {
+    for warning in history.warnings() {
+        tracing::warn!("{warning}");
     }
 }
 
@@ -241,15 +251,35 @@ async fn open_after_migrating(settings: &Settings) -> Result<(Db, DatabaseUrl), 
             MIGRATOR_CONNECTIONS,
         )
         .await?;
-        let migrated = migration::cli::migrate_up(&migrator, &migrations_url).await;
+        let migrated = migrate_on_start(&migrator, &migrations_url).await;
         let _ = migrator.close().await;
         migrated?;
     }
     let db = open_pool(&url, settings).await?;
-    if url.backend == DbBackend::Sqlite {
-        migration::cli::migrate_up(db.pool(), &url).await?;
+    if url.backend == DbBackend::Sqlite
+        && let Err(err) = migrate_on_start(db.pool(), &url).await
+    {
+        let _ = db.close().await;
+        return Err(err);
     }
     Ok((db, url))
+}
+
+/// `--migrate on-start` under the rollback rule ([`migration::rollback`]), as `check` reads
+/// it: a history with newer migrations or changed checksums and nothing pending is served with
+/// a warning, without running `migration up` (which would refuse it); otherwise `up` runs as
+/// ever, and refuses a changed checksum before it applies anything.
+async fn migrate_on_start(
+    db: &sea_orm::DatabaseConnection,
+    url: &DatabaseUrl,
+) -> Result<(), StartupError> {
+    let history = migration::cli::history_for_serving(db, url).await?;
+    if history.pending.is_empty() && !history.warnings().is_empty() {
+        warn_served(&history);
+        return Ok(());
+    }
+    migration::cli::migrate_up(db, url).await?;
+    Ok(())
 }
 
 /// As many as the `migration` command uses.

@@ -77,19 +77,23 @@ async fn exists<C: ConnectionTrait>(db: &C) -> Result<bool, DbErr> {
     .await
 }
 
+/// Created as the migrations' own tables are: on MySQL/MariaDB with a named `utf8mb4`
+/// character set ([`crate::dialect::Dialect::text_table`]).
 async fn create_if_missing<C: ConnectionTrait>(db: &C) -> Result<(), DbErr> {
-    let create = Table::create()
-        .table(table(db).await?)
-        .if_not_exists()
-        .col(
-            ColumnDef::new("version")
-                .string_len(255)
-                .not_null()
-                .primary_key(),
-        )
-        .col(ColumnDef::new("checksum").string_len(64).not_null())
-        .col(crate::created_at("recorded_at"))
-        .take();
+    let backend = db.get_database_backend();
+    let schema = crate::schema::of(db).await?.unwrap_or_default();
+    let create =
+        crate::schema::planning_in(&schema, || crate::dialect::of(backend).text_table(TABLE))
+            .if_not_exists()
+            .col(
+                ColumnDef::new("version")
+                    .string_len(255)
+                    .not_null()
+                    .primary_key(),
+            )
+            .col(ColumnDef::new("checksum").string_len(64).not_null())
+            .col(crate::created_at("recorded_at"))
+            .take();
     db.execute(&create).await.map(|_| ())
 }
 

@@ -11,9 +11,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use sea_orm_migration::MigratorTrait;
-use sea_orm_migration::sea_orm::{
-    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement,
-};
+use sea_orm_migration::sea_orm::{DatabaseConnection, DbBackend, DbErr};
 
 use crate::Migrator;
 use crate::checksum::{self, Check};
@@ -76,8 +74,16 @@ pub enum Command {
     Refresh,
     #[command(about = "Roll back all applied migrations")]
     Reset,
-    #[command(about = "Show which migrations are applied and which are pending")]
+    #[command(
+        about = "Show which migrations are applied and which are pending, and any object an \
+                 applied migration made that is missing (DRIFT; exit code 1)"
+    )]
     Status,
+    #[command(
+        about = "Run again the steps of applied migrations whose objects are missing (what \
+                 `status` reports as DRIFT)"
+    )]
+    Repair,
     #[command(about = "Apply pending migrations (the default)")]
     Up {
         #[arg(short, long, help = "Number of pending migrations to apply")]
@@ -217,19 +223,15 @@ pub async fn migrate_up(db: &DatabaseConnection, url: &DatabaseUrl) -> Result<()
     run_with(db, url, &Command::Up { num: None }).await
 }
 
-/// The migrations this build has that the database has not applied, oldest first; reads
-/// only (what the API's `--migrate check` asks). Refuses, as `up` would, a database that
-/// records a migration this build does not know.
-pub async fn pending(db: &DatabaseConnection, url: &DatabaseUrl) -> Result<Vec<String>, Error> {
-    let found = async {
-        check_history(db).await?;
-        Ok(Migrator::get_pending_migrations_read_only(db)
-            .await?
-            .iter()
-            .map(|m| m.name().to_owned())
-            .collect())
-    };
-    found.await.map_err(|err: Error| err.scrubbed(url))
+/// The history as a server of this build reads it at start, without writing
+/// ([`crate::rollback`]: one rule for `--migrate on-start` and `check`).
+pub async fn history_for_serving(
+    db: &DatabaseConnection,
+    url: &DatabaseUrl,
+) -> Result<crate::rollback::History, Error> {
+    crate::rollback::read(db)
+        .await
+        .map_err(|err| err.scrubbed(url))
 }
 
 /// Runs `command`; a database message in its error never shows the URL's password (a server
@@ -301,13 +303,27 @@ async fn change_schema(db: &DatabaseConnection, command: &Command) -> Result<(),
             Migrator::reset(db).await?;
             checksum::uninstall(db).await
         }
-        Command::Fresh => {
-            // SeaORM's `fresh` drops what it lists as tables; on MySQL that list includes views,
-            // which DROP TABLE refuses, and SQLite keeps them. Views go first, with CASCADE on
-            // PostgreSQL (as stock `fresh` drops tables), so a user's view built on ours does
-            // not stop it. Our checksum table goes with the tables, and `up` records anew.
-            drop_views(db).await?;
-            Migrator::fresh(db).await
+        // Views and tables in one transaction where DDL is transactional (`fresh.rs`). Our
+        // checksum table goes with the tables, and `up` records anew.
+        Command::Fresh => crate::fresh::run(db).await,
+        Command::Repair => {
+            // A changed migration's steps are edited code: refused like `up`.
+            checksum::backfill_and_verify(db).await.map_err(raise)?;
+            let repaired = crate::drift::repair(db).await?;
+            let left = crate::drift::find(db).await?;
+            if !left.is_empty() {
+                return Err(raise(Error::Drift {
+                    found: left.iter().map(ToString::to_string).collect(),
+                }));
+            }
+            if repaired.is_empty() {
+                tracing::info!(
+                    "nothing to repair: every object of the applied migrations is there"
+                );
+            } else {
+                tracing::info!("repaired {} missing object(s)", repaired.len());
+            }
+            Ok(())
         }
         Command::AcceptChecksum { name } => {
             let sum = checksum::accept(db, name).await.map_err(raise)?;
@@ -318,79 +334,16 @@ async fn change_schema(db: &DatabaseConnection, command: &Command) -> Result<(),
     }
 }
 
-/// Drops every view of the migrations' schema (only that schema).
-async fn drop_views(db: &DatabaseConnection) -> Result<(), DbErr> {
-    let backend = db.get_database_backend();
-    let schema = crate::schema::of(db).await?.unwrap_or_default();
-    let list = match backend {
-        DbBackend::Postgres => {
-            "SELECT table_name AS name FROM information_schema.views WHERE table_schema = $1"
-        }
-        DbBackend::MySql => {
-            "SELECT table_name AS name FROM information_schema.views \
-             WHERE table_schema = DATABASE()"
-        }
-        _ => "SELECT name FROM sqlite_master WHERE type = 'view'",
-    };
-    let values = match backend {
-        DbBackend::Postgres => vec![schema.clone().into()],
-        _ => Vec::new(),
-    };
-    let rows = db
-        .query_all_raw(Statement::from_sql_and_values(backend, list, values))
-        .await?;
-    let names = rows
-        .iter()
-        .map(|row| row.try_get::<String>("", "name"))
-        .collect::<Result<Vec<_>, _>>()?;
-    let views: Vec<String> = crate::schema::planning_in(&schema, || {
-        names
-            .iter()
-            .map(|name| crate::schema::qualified(backend, name))
-            .collect()
-    });
-    let cascade = if backend == DbBackend::Postgres {
-        " CASCADE"
-    } else {
-        ""
-    };
-    for (name, view) in names.iter().zip(&views) {
-        tracing::info!("Dropping view '{name}'");
-        db.execute_unprepared(&format!("DROP VIEW IF EXISTS {view}{cascade}"))
-            .await?;
-    }
-    Ok(())
-}
-
-/// Refuses to go on when the database records a migration this build does not have.
+/// Refuses to go on when the database records a migration this build does not have: the
+/// migrator runs code, and an old one must not change a newer schema (a server may serve it:
+/// [`crate::rollback`]).
 async fn check_history(db: &DatabaseConnection) -> Result<(), Error> {
-    let backend = db.get_database_backend();
-    let exists = crate::probe::Probe::Table {
-        table: "seaql_migrations",
-        present: true,
-    }
-    .holds(db)
-    .await?;
-    if !exists {
-        return Ok(());
-    }
-    let rows = db
-        .query_all_raw(Statement::from_string(
-            backend,
-            "SELECT version FROM seaql_migrations ORDER BY version",
-        ))
-        .await?;
-    let known: Vec<String> = Migrator::migrations()
-        .iter()
-        .map(|m| m.name().to_owned())
+    let known: Vec<String> = migration_names();
+    let unknown: Vec<String> = crate::rollback::recorded_versions(db)
+        .await?
+        .into_iter()
+        .filter(|version| !known.contains(version))
         .collect();
-    let mut unknown = Vec::new();
-    for row in rows {
-        let version: String = row.try_get("", "version")?;
-        if !known.contains(&version) {
-            unknown.push(version);
-        }
-    }
     if unknown.is_empty() {
         return Ok(());
     }
@@ -399,7 +352,8 @@ async fn check_history(db: &DatabaseConnection) -> Result<(), Error> {
 
 /// Reads the history without writing: no `seaql_migrations` is created where there is none
 /// (a read-only user or a read-only SQLite file must be able to ask). An applied migration
-/// whose plan differs from its recorded checksum is marked.
+/// whose plan differs from its recorded checksum is marked, and an object that an applied
+/// migration made and the catalog lacks is listed as DRIFT, which makes the command fail.
 async fn print_status(db: &DatabaseConnection) -> Result<(), Error> {
     let migrations = Migrator::get_migration_with_status_read_only(db).await?;
     let applied = checksum::applied(db).await?;
@@ -409,6 +363,7 @@ async fn print_status(db: &DatabaseConnection) -> Result<(), Error> {
         .filter(|(_, check)| *check == Check::Changed)
         .map(|(name, _)| name)
         .collect();
+    let drift = crate::drift::find(db).await?;
     let mut listing = String::new();
     for migration in migrations {
         let mark = if changed.iter().any(|name| name == migration.name()) {
@@ -423,7 +378,16 @@ async fn print_status(db: &DatabaseConnection) -> Result<(), Error> {
             migration.status()
         ));
     }
-    print_out(&listing)
+    for item in &drift {
+        listing.push_str(&format!("{item}\n"));
+    }
+    print_out(&listing)?;
+    if drift.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Drift {
+        found: drift.iter().map(|d| d.what.clone()).collect(),
+    })
 }
 
 /// Writes `text` to standard output. A reader that closed the pipe early (`| head -1`,

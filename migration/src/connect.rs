@@ -514,6 +514,12 @@ async fn open_inner(
     if url.backend == DbBackend::Postgres {
         options.set_schema_search_path(format!("\"{}\"", schema.replace('"', "\"\"")));
     }
+    // MySQL/MariaDB: every connection says `SET NAMES utf8mb4`, whatever `?charset=` the URL
+    // has. sqlx does so by default; pinned here so that a URL cannot make an emoji in a
+    // device name travel as `?`. The tables name `utf8mb4` too (`Dialect::text_table`).
+    if url.backend == DbBackend::MySql {
+        options.map_sqlx_mysql_opts(|mysql| mysql.charset("utf8mb4"));
+    }
     tune(&mut options);
     let db = Database::connect(options)
         .await

@@ -80,18 +80,30 @@ pub trait Dialect: Sync {
     /// Replaces view `name` with `create` (a whole `CREATE ... VIEW` statement) in one
     /// lock-timed transaction: by default dropped and created, which transactional DDL makes
     /// atomic (readers never see the view missing).
-    fn replace_view(&self, name: &str, create: &str) -> Step {
+    fn replace_view(&self, name: &'static str, create: &str) -> Step {
         Step::new(
             format!("replace view {name}"),
             Mode::LockTimed,
             Probe::Never,
         )
+        .expecting(Probe::View {
+            name,
+            present: true,
+        })
         .raw(format!("DROP VIEW IF EXISTS {}", self.qualified(name)))
         .raw(create)
     }
     /// The keyword that creates a view in place of the one [`Dialect::replace_view`] drops.
     fn replacing_view_keyword(&self) -> &'static str {
         "CREATE VIEW"
+    }
+
+    /// A new table of text users send (emails, device names, payloads). MySQL/MariaDB name
+    /// its character set, `utf8mb4`, rather than take the database's default: a table created
+    /// in a `utf8mb3` or `latin1` database (or one converted after it) would otherwise fail
+    /// or mangle an emoji. Elsewhere text is UTF-8 anyway.
+    fn text_table(&self, name: &'static str) -> TableCreateStatement {
+        Table::create().table(self.table(name)).take()
     }
 
     /// A new table whose text columns compare as bytes, as identifiers from other systems
@@ -129,12 +141,17 @@ pub fn of(backend: DbBackend) -> &'static dyn Dialect {
 
 /// `CREATE VIEW`, replacing one of the same name where the backend can.
 pub fn create_view(dialect: &dyn Dialect, view: &ViewSpec) -> Step {
-    Step::new(view_summary("create", view), Mode::LockTimed, Probe::Never).raw(format!(
-        "{} {} AS {}",
-        dialect.create_view_keyword(),
-        crate::schema::qualified(dialect.backend(), view.name),
-        (view.body)(dialect)
-    ))
+    Step::new(view_summary("create", view), Mode::LockTimed, Probe::Never)
+        .expecting(Probe::View {
+            name: view.name,
+            present: true,
+        })
+        .raw(format!(
+            "{} {} AS {}",
+            dialect.create_view_keyword(),
+            crate::schema::qualified(dialect.backend(), view.name),
+            (view.body)(dialect)
+        ))
 }
 /// `CREATE TABLE`, then its indexes, each a step.
 pub fn create_table(dialect: &dyn Dialect, spec: &TableSpec) -> Vec<Step> {

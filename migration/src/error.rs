@@ -99,6 +99,26 @@ pub enum Error {
     UnknownApplied { versions: Vec<String> },
 
     #[error(
+        "{} object(s) that applied migrations made are missing ({}): `migration repair` runs \
+         their steps again",
+        found.len(),
+        found.join("; ")
+    )]
+    Drift { found: Vec<String> },
+
+    #[error(
+        "the database records migration(s) {} of a newer build, but this build's {} is not \
+         applied: the history is not this build's followed by newer ones, so nothing is served \
+         or migrated. Deploy the build that applied the newer migration(s)",
+        newer.join(", "),
+        pending.join(", ")
+    )]
+    PendingBelowNewer {
+        pending: Vec<String>,
+        newer: Vec<String>,
+    },
+
+    #[error(
         "migration(s) {} changed after they were applied: the plan this build would run differs \
          from the one recorded (`migration status` marks them). Restore the applied code and add \
          a new migration for the change; or, if the edit was deliberate and the database already \

@@ -14,6 +14,10 @@ pub struct Migration;
 pub const CLIENT_ID_INDEX: &str = "idx_sessions_user_client";
 
 impl Operations for Migration {
+    /// The MySQL sum of the plan before the table named its character set (below).
+    const EARLIER_CHECKSUMS: &'static [&'static str] =
+        &["40cf9763f459e8065226937a468c7c4de4f577d5a61838b3003545c57eb32c04"];
+
     const REQUIRED_TABLES: &'static [&'static str] = &["users"];
 
     /// `down` is derived: the table dropped.
@@ -38,9 +42,15 @@ const TABLE: TableSpec = TableSpec {
     }],
 };
 
+/// MySQL/MariaDB: the table names its character set (`utf8mb4`, collation
+/// `utf8mb4_unicode_ci`; [`Dialect::text_table`]). It took the database's default until
+/// 2026-12; that plan's MySQL sum is listed in `EARLIER_CHECKSUMS`, so a database that applied
+/// it is not flagged as changed. It is the same table wherever that default was `utf8mb4`, which
+/// `up` has required since (charset.rs); an older `utf8mb3` database needs the conversion
+/// that refusal gives. PostgreSQL and SQLite plans are unchanged.
 fn create_table(dialect: &dyn Dialect) -> TableCreateStatement {
-    Table::create()
-        .table(dialect.table("synced_sessions"))
+    dialect
+        .text_table("synced_sessions")
         .col(
             ColumnDef::new(SyncedSessions::Id)
                 .big_integer()

@@ -99,6 +99,10 @@ pub struct Step {
     pub mode: Mode,
     /// Skip the step when this holds.
     pub done_when: Probe,
+    /// What the step leaves in the catalog, where `done_when` cannot say (a `CREATE OR
+    /// REPLACE VIEW` always runs, yet leaves a view): `migration status` checks it for
+    /// applied migrations (`drift.rs`). `None`: `done_when` says it.
+    pub expects: Option<Probe>,
     pub statements: Vec<String>,
 }
 
@@ -108,8 +112,21 @@ impl Step {
             summary: summary.into(),
             mode,
             done_when,
+            expects: None,
             statements: Vec::new(),
         }
+    }
+
+    /// Declares what the step leaves in the catalog when its `done_when` cannot tell
+    /// ([`Step::expects`]). Not part of the plan's SQL, so not of its checksum.
+    pub fn expecting(mut self, probe: Probe) -> Self {
+        self.expects = Some(probe);
+        self
+    }
+
+    /// What an applied step should have left in the catalog.
+    pub fn expected(&self) -> &Probe {
+        self.expects.as_ref().unwrap_or(&self.done_when)
     }
 
     /// Adds a statement built with sea-query, rendered for `backend`.
@@ -349,7 +366,7 @@ pub async fn apply_with(
         let pause = PauseHook {
             target: engine.pause_before.as_deref(),
             migration,
-            direction,
+            direction: direction.as_str(),
             first_statement: statement_index,
         };
         let outcome = match step.mode {
@@ -791,23 +808,36 @@ pub fn is_lock_conflict(err: &DbErr) -> bool {
 /// sleeps until killed, or until a line arrives on stdin (tests that change the database
 /// under a paused migrator resume it that way; end of input keeps it asleep). The variable is
 /// read once, into [`EngineSettings`].
-struct PauseHook<'a> {
+pub(crate) struct PauseHook<'a> {
     /// [`EngineSettings::pause_before`].
     target: Option<&'a str>,
     migration: &'a str,
-    direction: Direction,
+    /// `up`, `down`, or the phase of another command.
+    direction: &'a str,
     first_statement: usize,
 }
 
+impl<'a> PauseHook<'a> {
+    /// The hook of a command that is not a migration step (`fresh:drop:N`).
+    pub(crate) fn at(target: Option<&'a str>, name: &'a str, phase: &'a str) -> Self {
+        PauseHook {
+            target,
+            migration: name,
+            direction: phase,
+            first_statement: 0,
+        }
+    }
+}
+
 impl PauseHook<'_> {
-    fn check(&self, offset: usize) {
+    pub(crate) fn check(&self, offset: usize) {
         let Some(target) = self.target else {
             return;
         };
         let here = format!(
             "{}:{}:{}",
             self.migration,
-            self.direction.as_str(),
+            self.direction,
             self.first_statement + offset
         );
         if target == here {

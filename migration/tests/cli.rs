@@ -119,6 +119,9 @@ on_every_backend!(
     eight_migrators_at_once_all_succeed_and_each_migration_runs_once,
     sql_prints_pending_migrations_without_running_them,
     fresh_drops_views_that_depend_on_ours,
+    an_interrupted_fresh_never_hides_a_lost_view,
+    status_reports_drift_and_repair_restores_it,
+    no_drift_after_any_number_of_migrations_either_way,
 );
 
 async fn m006_names_the_missing_tables(backend: Backend) {
@@ -1201,6 +1204,108 @@ async fn fresh_drops_views_that_depend_on_ours(backend: Backend) {
     );
 }
 
+/// Issue 17: `fresh` killed after its first drop. On PostgreSQL and SQLite the drop is one
+/// transaction, so the schema is as it was, and `status` is clean. MariaDB commits each DROP:
+/// `status` says what is missing, and `repair` restores it. Before, PostgreSQL lost the view
+/// `user_tiers` for good while `status` said everything was applied.
+async fn an_interrupted_fresh_never_hides_a_lost_view(backend: Backend) {
+    let t = TestDb::new(backend).await;
+    assert!(migration(&["up"], Some(&t.url)).status.success());
+    let clean = snapshot(&t).await;
+    // Views go first: this pauses with `user_tiers` dropped and a table not yet.
+    let mut child = spawn_paused(&["fresh"], &t.url, "fresh:drop:1");
+    child.kill().expect("kill the paused migrator");
+    let _ = child.wait();
+    let status = migration(&["status"], Some(&t.url));
+    let out = String::from_utf8_lossy(&status.stdout).into_owned();
+    if backend == Backend::MySql {
+        assert_eq!(status.status.code(), Some(1), "{out}{}", stderr(&status));
+        assert!(out.contains("DRIFT: view user_tiers missing"), "{out}");
+        let repair = migration(&["repair"], Some(&t.url));
+        assert!(repair.status.success(), "{}", stderr(&repair));
+    } else {
+        assert!(status.status.success(), "{out}{}", stderr(&status));
+        assert!(!out.contains("DRIFT"), "{out}");
+    }
+    assert_eq!(snapshot(&t).await, clean);
+    assert!(migration(&["status"], Some(&t.url)).status.success());
+}
+
+/// Issue 17: a view and an index dropped by hand are reported by `status` (exit code 1, one
+/// `DRIFT:` line each) and rebuilt by `repair`, after which `status` is clean.
+async fn status_reports_drift_and_repair_restores_it(backend: Backend) {
+    let t = TestDb::new(backend).await;
+    assert!(migration(&["up"], Some(&t.url)).status.success());
+    let clean = snapshot(&t).await;
+    let status = migration(&["status"], Some(&t.url));
+    assert!(status.status.success(), "{}", stderr(&status));
+    assert!(!String::from_utf8_lossy(&status.stdout).contains("DRIFT"));
+
+    t.exec("DROP VIEW user_tiers").await;
+    t.exec(match backend {
+        Backend::MySql => "DROP INDEX idx_users_stripe_customer ON users",
+        _ => "DROP INDEX idx_users_stripe_customer",
+    })
+    .await;
+    let status = migration(&["status"], Some(&t.url));
+    let out = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert_clear_error(
+        &status,
+        "2 object(s) that applied migrations made are missing",
+    );
+    let drift: Vec<&str> = out.lines().filter(|l| l.starts_with("DRIFT: ")).collect();
+    assert_eq!(drift.len(), 2, "{out}");
+    assert!(
+        drift
+            .iter()
+            .any(|l| l.starts_with("DRIFT: view user_tiers missing")),
+        "{out}"
+    );
+    assert!(
+        drift
+            .iter()
+            .any(|l| l.starts_with("DRIFT: index idx_users_stripe_customer on users missing")),
+        "{out}"
+    );
+
+    let repair = migration(&["repair"], Some(&t.url));
+    assert!(repair.status.success(), "{}", stderr(&repair));
+    assert_eq!(snapshot(&t).await, clean);
+    let status = migration(&["status"], Some(&t.url));
+    assert!(status.status.success(), "{}", stderr(&status));
+    let again = migration(&["repair"], Some(&t.url));
+    assert!(
+        stderr(&again).contains("nothing to repair"),
+        "{}",
+        stderr(&again)
+    );
+}
+
+/// The drift check reports nothing on a schema the migrations made: after each `up -n 1`
+/// and each `down -n 1`, where later migrations replaced what earlier ones made (m008's
+/// index, m011's view).
+async fn no_drift_after_any_number_of_migrations_either_way(backend: Backend) {
+    let t = TestDb::new(backend).await;
+    let clean_status = |when: String| {
+        let status = migration(&["status"], Some(&t.url));
+        let out = String::from_utf8_lossy(&status.stdout).into_owned();
+        assert!(status.status.success(), "{when}: {out}{}", stderr(&status));
+        assert!(!out.contains("DRIFT"), "{when}: {out}");
+    };
+    for n in 1..=migration_count() {
+        assert!(migration(&["up", "-n", "1"], Some(&t.url)).status.success());
+        clean_status(format!("after {n} up"));
+    }
+    for n in 1..=migration_count() {
+        assert!(
+            migration(&["down", "-n", "1"], Some(&t.url))
+                .status
+                .success()
+        );
+        clean_status(format!("after {n} down"));
+    }
+}
+
 /// PostgreSQL's default `search_path` is `"$user", public`. A schema named after the role
 /// (here `postgres`) appearing after a full migration must not make `up` build a second copy
 /// there, nor drop anything in `public`: with no `-s`, everything is `public`.
@@ -2044,4 +2149,88 @@ async fn a_database_that_cannot_store_utf8mb4_is_refused_mysql() {
             "{charset}: nothing may be applied"
         );
     }
+}
+
+/// Issue 17 §6: every table names `utf8mb4`, and every connection speaks it. The database
+/// here defaults to `utf8mb4_general_ci`: the tables of m001-m003 show the collation they
+/// name, not the database's (before, they took the database's). A URL asking for `latin1`
+/// still gets `utf8mb4`, and an emoji round-trips. A database that applied m001-m003 before
+/// they named their character set is not flagged as changed (EARLIER_CHECKSUMS).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_table_and_connection_names_utf8mb4_mysql() {
+    use sea_orm::{ConnectionTrait, Statement};
+    let t = TestDb::new(Backend::MySql).await;
+    t.exec(&format!(
+        "ALTER DATABASE {} CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci",
+        t.name
+    ))
+    .await;
+    let out = migration(&["up"], Some(&t.url));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let tables = t
+        .texts(
+            "SELECT concat(table_name, ' ', table_collation) FROM information_schema.tables \
+             WHERE table_schema = DATABASE() AND table_type = 'BASE TABLE' \
+             AND table_name <> 'seaql_migrations' ORDER BY table_name",
+        )
+        .await;
+    assert!(!tables.is_empty());
+    for line in &tables {
+        assert!(
+            line.ends_with(" utf8mb4_unicode_ci") || line.ends_with(" utf8mb4_bin"),
+            "a table took the database's default: {tables:?}"
+        );
+    }
+    let row =
+        t.db.query_one_raw(Statement::from_string(
+            sea_orm::DbBackend::MySql,
+            "SHOW CREATE TABLE users",
+        ))
+        .await
+        .expect("show create table")
+        .expect("a row");
+    let ddl: String = row.try_get_by_index(1).expect("the DDL");
+    assert!(
+        ddl.contains("CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci"),
+        "{ddl}"
+    );
+
+    let url = migration::connect::resolve_url(Some(&format!("{}?charset=latin1", t.url)))
+        .expect("a good URL");
+    let db = migration::connect::open(&url, None, std::time::Duration::from_secs(5), 1)
+        .await
+        .expect("open");
+    let text = async |sql: &str| -> String {
+        db.query_one_raw(Statement::from_string(sea_orm::DbBackend::MySql, sql))
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .and_then(|row| row.try_get_by_index::<String>(0).ok())
+            .unwrap_or_default()
+    };
+    assert_eq!(text("SELECT @@character_set_client").await, "utf8mb4");
+    db.execute_unprepared("INSERT INTO users (email) VALUES ('\u{1F600}@example.com')")
+        .await
+        .expect("an emoji is stored");
+    assert_eq!(
+        text("SELECT email FROM users").await,
+        "\u{1F600}@example.com"
+    );
+    let _ = db.close().await;
+
+    t.exec(
+        "UPDATE migration_checksums SET checksum = \
+         '039c2dda3b071640ebd2b0de9477ed1150bf3bcad5a2d0fc991d5b8c4d11fb6a' \
+         WHERE version = 'm001_create_users'",
+    )
+    .await;
+    let status = migration(&["status"], Some(&t.url));
+    assert!(status.status.success(), "{}", stderr(&status));
+    assert!(!String::from_utf8_lossy(&status.stdout).contains("CHANGED"));
+    assert!(migration(&["up"], Some(&t.url)).status.success());
+    assert_ne!(
+        t.texts("SELECT checksum FROM migration_checksums WHERE version = 'm001_create_users'")
+            .await,
+        ["039c2dda3b071640ebd2b0de9477ed1150bf3bcad5a2d0fc991d5b8c4d11fb6a"],
+        "up records the current plan's sum"
+    );
 }

@@ -15,6 +15,7 @@ crate::on_every_backend!(
     concurrent_deliveries_end_as_sequential_ones,
     unknown_customers_and_types_are_acknowledged,
     signed_events_no_column_can_hold_are_acknowledged_not_stored,
+    a_period_end_after_2038_is_stored_at_the_cap,
 );
 
 async fn events_stored(app: &TestApp) -> String {
@@ -554,6 +555,56 @@ async fn signed_events_no_column_can_hold_are_acknowledged_not_stored(backend: B
         app.billing_row("ann@example.com")
             .await
             .starts_with(&longest)
+    );
+}
+
+/// Issue 17 §6: MariaDB's TIMESTAMP ends at 2038-01-19 03:14:07 UTC, and a signed event
+/// whose period ends after it answered 500 there. Every backend now stores such a time at that
+/// cap (docs/migrations.md, "Times after 2038"), and the subscription grants Pro.
+async fn a_period_end_after_2038_is_stored_at_the_cap(backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.user("ann@example.com").await;
+    let uid = app.user_id("ann@example.com").await;
+    let now = Utc::now().timestamp();
+    app.deliver_event(&checkout("evt_c", now, uid, "cus_far", "sub_far"))
+        .await;
+    // 2040-01-01T00:00:00Z.
+    let far = subscription(
+        "evt_far",
+        "updated",
+        now,
+        ("cus_far", "sub_far"),
+        "active",
+        2_208_988_800,
+        true,
+    );
+    let (status, answer) = app.deliver_event(&far).await;
+    assert_eq!(status, 200, "{answer}");
+    let stored = app
+        .db
+        .texts(match backend {
+            Backend::Postgres => {
+                "SELECT extract(epoch FROM current_period_end)::bigint::text FROM users"
+            }
+            Backend::MySql => "SELECT unix_timestamp(current_period_end) FROM users",
+            Backend::Sqlite => "SELECT current_period_end FROM users",
+        })
+        .await;
+    let capped = match backend {
+        Backend::Sqlite => {
+            stored[0].starts_with("2038-01-19 03:14:07")
+                || stored[0].starts_with("2038-01-19T03:14:07")
+        }
+        _ => stored[0] == "2147483647",
+    };
+    assert!(capped, "{stored:?}");
+    assert_eq!(
+        app.db
+            .texts(&format!(
+                "SELECT tier FROM user_tiers WHERE user_id = {uid}"
+            ))
+            .await,
+        ["pro"]
     );
 }
 

@@ -43,6 +43,7 @@ use entity::{SubscriptionStatus, stripe_customers, stripe_subscriptions, users};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
 
 use crate::db::Db;
+use crate::stripe::stored_time::stored_time;
 use serde_json::Value;
 
 use crate::error::ApiError;
@@ -855,7 +856,7 @@ async fn stored_differs(db: &Db, snapshot: &Snapshot) -> Result<Option<String>, 
     let Some(stored) = stored else {
         return Ok(Some("none".to_owned()));
     };
-    let period_end = snapshot.current_period_end.map(|t| t.fixed_offset());
+    let period_end = snapshot.current_period_end.map(stored_time);
     if stored.status == snapshot.status.as_str() && stored.current_period_end == period_end {
         return Ok(None);
     }

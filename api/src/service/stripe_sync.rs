@@ -41,6 +41,7 @@
 use std::time::Duration;
 
 use crate::db::Db;
+use crate::stripe::stored_time::stored_time;
 use chrono::Utc;
 use entity::{
     Standing, SubscriptionStatus, decider, stripe_customers, stripe_events, stripe_subscriptions,
@@ -322,7 +323,7 @@ async fn record<C: ConnectionTrait>(db: &C, event: &Event) -> Result<bool, DbErr
             Some(s.customer.clone()),
             Some(s.subscription.clone()),
             Some(s.status.as_str().to_owned()),
-            s.current_period_end.map(|t| t.fixed_offset()),
+            s.current_period_end.map(stored_time),
         ),
         Action::LinkCustomer {
             customer,
@@ -421,7 +422,7 @@ async fn keep_snapshot<C: ConnectionTrait>(
     snapshot: &Snapshot,
     created: i64,
 ) -> Result<Kept, DbErr> {
-    let period_end = snapshot.current_period_end.map(|t| t.fixed_offset());
+    let period_end = snapshot.current_period_end.map(stored_time);
     let rank = lifecycle_rank(snapshot.status);
     let incoming: Key = (created, rank, period_end);
     let stored = stripe_subscriptions::Entity::find_by_id(snapshot.subscription.as_str())
@@ -507,7 +508,7 @@ fn past_due_start(
         (seen, invoice) => seen.or(invoice),
     };
     // An instant chrono cannot hold still marks the subscription past due: from now.
-    Some(start.unwrap_or_else(Utc::now).fixed_offset())
+    Some(stored_time(start.unwrap_or_else(Utc::now)))
 }
 
 /// What the user's columns become when none of their customers has a subscription.
@@ -559,8 +560,8 @@ async fn refresh_user<C: ConnectionTrait>(
     // The column admits m006's six statuses (m011 says why): `incomplete` and `paused` show
     // as the nearest, which grant nothing either.
     let status = decides.status.for_user_column();
-    let period_end = decides.current_period_end.map(|t| t.fixed_offset());
-    let past_due_since = decides.past_due_since.map(|t| t.fixed_offset());
+    let period_end = decides.current_period_end.map(stored_time);
+    let past_due_since = decides.past_due_since.map(stored_time);
     if user.stripe_customer_id == customer
         && user.subscription_id == decides.subscription_id
         && user.subscription_status == status.as_str()

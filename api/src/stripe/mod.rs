@@ -5,3 +5,4 @@ pub mod client;
 pub mod event;
 pub mod mode;
 pub mod signature;
+pub mod stored_time;

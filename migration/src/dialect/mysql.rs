@@ -329,17 +329,31 @@ impl Dialect for MySql {
     }
 
     /// MySQL replaces a view in place.
-    fn replace_view(&self, name: &str, create: &str) -> Step {
+    fn replace_view(&self, name: &'static str, create: &str) -> Step {
         Step::new(
             format!("replace view {name}"),
             Mode::LockTimed,
             Probe::Never,
         )
+        .expecting(Probe::View {
+            name,
+            present: true,
+        })
         .raw(create)
     }
 
     fn replacing_view_keyword(&self) -> &'static str {
         "CREATE OR REPLACE VIEW"
+    }
+
+    /// `utf8mb4_unicode_ci`: the collation the refusal of a non-`utf8mb4` database advises
+    /// (charset.rs), named so that the table does not depend on the server's default either.
+    fn text_table(&self, name: &'static str) -> TableCreateStatement {
+        Table::create()
+            .table(self.table(name))
+            .character_set("utf8mb4")
+            .collate(TEXT_COLLATION)
+            .take()
     }
 
     fn case_sensitive_table(&self, name: &'static str) -> TableCreateStatement {
@@ -366,3 +380,6 @@ impl Dialect for MySql {
             .take()
     }
 }
+
+/// The collation of [`MySql::text_table`]'s tables.
+pub const TEXT_COLLATION: &str = "utf8mb4_unicode_ci";
