@@ -224,11 +224,16 @@ pub async fn migrate_up(db: &DatabaseConnection, url: &DatabaseUrl) -> Result<()
 }
 
 /// The history as a server of this build reads it at start, without writing
-/// ([`crate::rollback`]: one rule for `--migrate on-start` and `check`).
+/// ([`crate::rollback`]: one rule for `--migrate on-start` and `check`). Behind a
+/// transaction-mode pooler it refuses first, as every migrator command does: the reading
+/// itself may fail half-way there, and `on-start` would go on to migrate through it.
 pub async fn history_for_serving(
     db: &DatabaseConnection,
     url: &DatabaseUrl,
 ) -> Result<crate::rollback::History, Error> {
+    if url.backend == DbBackend::Postgres {
+        crate::pooler::refuse_transaction_pooler(url).await?;
+    }
     crate::rollback::read(db)
         .await
         .map_err(|err| err.scrubbed(url))
