@@ -506,6 +506,7 @@ async fn open_inner(
         .acquire_timeout(timeout)
         .max_connections(max_connections)
         .sqlx_logging(false);
+    without_pool_reaper(&mut options);
     // Pinned to exactly one schema, `public` by default, as stock sea-orm-cli does: the
     // server's default `"$user", public` would move unqualified names (SeaORM's
     // `seaql_migrations`) into any schema named after the role. Quoted here so that SeaORM
@@ -528,6 +529,20 @@ async fn open_inner(
         require_schema(&db, url, schema).await?;
     }
     Ok(db)
+}
+
+/// Turns off sqlx's idle and lifetime reaping, the pool's only background task (with no
+/// `min_connections`). In sqlx 0.9.0 a connection returned to the pool becomes takeable before
+/// the pool's idle count is raised, so a sweep that reads the count in that instant reads
+/// `usize::MAX` and then takes and returns connections without ever yielding: one core at 100%
+/// for good, and on a runtime with few workers, every task behind it stalls (sqlx issue #3645,
+/// fixed upstream by PR #4289 after 0.9.0). A test run here hung on it (a SQLite pool of one,
+/// 2026-12-03). Without the reaper a connection lives until it fails: sqlx still pings each
+/// one as it leaves the pool (`test_before_acquire`, SeaORM's default) and replaces a dead
+/// one; PgBouncer or the server can retire idle ones on their side (docs/operations.md, "The
+/// connection budget"). Every pool this workspace opens goes through here.
+pub fn without_pool_reaper(options: &mut ConnectOptions) {
+    options.idle_timeout(None).max_lifetime(None);
 }
 
 /// PostgreSQL accepts a `search_path` naming a schema that does not exist (the default
@@ -856,6 +871,17 @@ mod tests {
             Some(Some("Odd \"Sch,ema"))
         );
         assert_eq!(chosen_schema(Some(" ")).ok(), Some(None));
+    }
+
+    /// The pool comes without sqlx's reaper, whose sweep can spin forever in sqlx 0.9.0
+    /// ([`without_pool_reaper`]): with neither bound set, sqlx starts no sweep at all.
+    #[async_std::test]
+    async fn pools_open_without_the_idle_and_lifetime_reaper() {
+        let url = DatabaseUrl::parse("sqlite::memory:").unwrap();
+        let db = open(&url, None, Duration::from_secs(5), 1).await.unwrap();
+        let pool = db.get_sqlite_connection_pool().options();
+        assert_eq!(pool.get_idle_timeout(), None);
+        assert_eq!(pool.get_max_lifetime(), None);
     }
 
     #[test]

@@ -239,6 +239,7 @@ pub async fn connect(url: &str) -> DatabaseConnection {
         .connect_timeout(std::time::Duration::from_secs(10))
         .acquire_timeout(std::time::Duration::from_secs(30))
         .sqlx_logging(false);
+    migration::connect::without_pool_reaper(&mut options);
     Database::connect(options)
         .await
         .unwrap_or_else(|e| panic!("cannot connect to {url}: {e} (is the server running?)"))

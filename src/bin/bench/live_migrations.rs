@@ -357,6 +357,7 @@ async fn connect(
         .connect_timeout(Duration::from_secs(10))
         .acquire_timeout(Duration::from_secs(60))
         .sqlx_logging(false);
+    migration::connect::without_pool_reaper(&mut options);
     if let Some(wait) = lock_wait {
         let backend = if url.starts_with("postgres") {
             DbBackend::Postgres

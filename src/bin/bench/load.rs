@@ -51,6 +51,7 @@ pub async fn connect_with(url: &str, max: u32, ping: bool) -> Result<DatabaseCon
         .connect_timeout(Duration::from_secs(10))
         .test_before_acquire(ping)
         .sqlx_logging(false);
+    migration::connect::without_pool_reaper(&mut options);
     Database::connect(options)
         .await
         .map_err(|e| format!("cannot connect to {}: {e}", migration::connect::redact(url)))
