@@ -152,11 +152,24 @@ pub enum Error {
         "database {database} uses character set {charset}, which cannot store every character \
          users send (an emoji in a device name fails or becomes '?'), and MariaDB refuses \
          online schema changes on some of them; nothing was applied. Convert it first: \
-         ALTER DATABASE `{database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci (and \
-         ALTER TABLE ... CONVERT TO CHARACTER SET utf8mb4 for tables it already has), then run \
-         the migration again"
+         ALTER DATABASE `{database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci, and \
+         its tables, if it has any, as docs/migrator.md says; then run the migration again"
     )]
     NotUtf8mb4 { database: String, charset: String },
+
+    /// A `utf8mb4` database whose older tables kept another character set.
+    #[error(
+        "database {database} is utf8mb4 but these columns are not, so an emoji sent to them \
+         fails or becomes '?': {}; nothing was applied. Convert their tables to utf8mb4, \
+         keeping each `_bin` column binary (ALTER TABLE ... CONVERT TO gives every column \
+         the collation it names): docs/migrator.md has the statements; then run the \
+         migration again",
+        columns.join(", ")
+    )]
+    ColumnsNotUtf8mb4 {
+        database: String,
+        columns: Vec<String>,
+    },
 
     #[error("cannot write the output: {0}")]
     Output(#[source] std::io::Error),
