@@ -91,6 +91,15 @@ impl FromRequestParts<AppState> for CurrentUser {
         if state.unknown_tokens.is_known_unknown(&token_hash) {
             return Err(ApiError::Unauthorized);
         }
+        // A token lately found valid is looked up whatever its peer did; any other lookup is
+        // taken from the peer's allowance of lookups that find nothing (429 when spent).
+        let lookup = if state.valid_tokens.contains(&token_hash) {
+            None
+        } else {
+            let connection = crate::token_gate::connection_address(parts);
+            let peer = state.peer_limit.peer(&parts.headers, connection);
+            Some(state.peer_limit.admit(peer)?)
+        };
         let found = api_tokens::Entity::find()
             .filter(api_tokens::Column::TokenHash.eq(token_hash.as_str()))
             .filter(api_tokens::Column::RevokedAt.is_null())
@@ -98,9 +107,15 @@ impl FromRequestParts<AppState> for CurrentUser {
             .one(&state.db)
             .await?;
         match found {
-            Some((_, Some(user))) => Ok(CurrentUser(user)),
+            Some((_, Some(user))) => {
+                state.valid_tokens.remember(&token_hash);
+                Ok(CurrentUser(user))
+            }
             // Revoked tokens too: revocation is for good.
             _ => {
+                if let Some(lookup) = lookup {
+                    lookup.found_nothing();
+                }
                 state.unknown_tokens.remember(token_hash);
                 Err(ApiError::Unauthorized)
             }

@@ -33,6 +33,10 @@ pub enum ApiError {
     BodyTimedOut,
     #[error("request body is larger than this server accepts (MAX_BODY_BYTES)")]
     PayloadTooLarge,
+    #[error(
+        "too many unknown bearer tokens from this address (UNKNOWN_TOKENS_PER_PEER); retry after Retry-After seconds"
+    )]
+    TooManyUnknownTokens { retry_after_secs: u64 },
     #[error("{message}")]
     PaymentRequired { message: String },
     #[error("{message}")]
@@ -96,6 +100,9 @@ impl ApiError {
                 (StatusCode::PAYMENT_REQUIRED, "tier_limit_reached")
             }
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
+            ApiError::TooManyUnknownTokens { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "too_many_unknown_tokens")
+            }
             ApiError::InvalidSignature(_) => (StatusCode::BAD_REQUEST, "invalid_signature"),
             ApiError::NotConfigured(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_configured"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
@@ -211,6 +218,9 @@ impl IntoResponse for ApiError {
                     header::RETRY_AFTER,
                     HeaderValue::from_static(RETRY_AFTER_SECS),
                 );
+            }
+            ApiError::TooManyUnknownTokens { retry_after_secs } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
             _ => {}
         }

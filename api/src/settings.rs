@@ -311,6 +311,29 @@ pub struct Limits {
         value_parser = clap::value_parser!(u32).range(1..)
     )]
     pub token_concurrency: u32,
+    /// Lookups of unknown bearer tokens one peer address may cause per minute: a burst of this
+    /// many, then one every 60/N seconds. Past it, a token this instance has not lately seen
+    /// valid is answered 429 `too_many_unknown_tokens` (with `Retry-After`) without a query.
+    /// 0: no limit.
+    #[arg(
+        global = true,
+        long,
+        env = "UNKNOWN_TOKENS_PER_PEER",
+        default_value_t = 60
+    )]
+    pub unknown_tokens_per_peer: u32,
+    /// Count the peer as the last address of `X-Forwarded-For` instead of the connection's
+    /// (`true` only behind a load balancer that appends it; otherwise clients could pick any
+    /// address).
+    #[arg(
+        global = true,
+        long,
+        env = "TRUST_X_FORWARDED_FOR",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub trust_x_forwarded_for: bool,
     /// Rows the retention purge deletes per batch (one short transaction each).
     #[arg(global = true, long, env = "PURGE_BATCH_SIZE", default_value_t = 1000)]
     pub purge_batch_size: u64,
@@ -338,6 +361,8 @@ impl Default for Limits {
             max_body_bytes: 65_536,
             max_page_size: 100,
             token_concurrency: 4,
+            unknown_tokens_per_peer: 60,
+            trust_x_forwarded_for: false,
             purge_batch_size: 1000,
             purge_pause_ms: 0,
         }

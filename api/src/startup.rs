@@ -28,7 +28,7 @@ use crate::serve::{self, ConnectionLimits};
 use crate::settings::{MigrateMode, Settings};
 use crate::startup_error::StartupError;
 use crate::state::AppState;
-use crate::token_gate::{TokenGate, UnknownTokens, one_token_at_a_time};
+use crate::token_gate::{PeerLimit, TokenGate, UnknownTokens, one_token_at_a_time};
 use crate::user_queue::UserQueue;
 
 /// Every route, with request ids, tracing, the body cap and the request timeout.
@@ -519,6 +519,11 @@ impl Application {
             user_queue: UserQueue::default(),
             token_gate: TokenGate::new(settings.limits.token_concurrency, settings.lock_timeout()),
             unknown_tokens: UnknownTokens::default(),
+            valid_tokens: Default::default(),
+            peer_limit: PeerLimit::new(
+                settings.limits.unknown_tokens_per_peer,
+                settings.limits.trust_x_forwarded_for,
+            ),
             health_probe: HealthProbe::default(),
         };
         let mut app_router = router(state.clone());

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::db::Db;
 use crate::health_probe::HealthProbe;
 use crate::settings::{Limits, StripeSettings};
-use crate::token_gate::{TokenGate, UnknownTokens};
+use crate::token_gate::{PeerLimit, TokenGate, UnknownTokens, ValidTokens};
 use crate::user_queue::UserQueue;
 
 #[derive(Clone)]
@@ -27,6 +27,10 @@ pub struct AppState {
     pub token_gate: TokenGate,
     /// Well-formed tokens the database lately did not know.
     pub unknown_tokens: UnknownTokens,
+    /// Tokens lately found valid, which a peer past its limit may still use.
+    pub valid_tokens: ValidTokens,
+    /// Lookups of unknown tokens per peer address (`UNKNOWN_TOKENS_PER_PEER`).
+    pub peer_limit: PeerLimit,
     /// `/healthz`'s own connection, used when the pool is exhausted.
     pub health_probe: HealthProbe,
 }

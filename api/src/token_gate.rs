@@ -8,13 +8,20 @@
 //! * [`UnknownTokens`]: a well-formed token the database did not know is remembered for a
 //!   while, so repeating it costs no query. (A malformed one never reaches the database:
 //!   [`crate::auth`] checks the format first.)
+//! * [`PeerLimit`]: each peer address may cause `UNKNOWN_TOKENS_PER_PEER` lookups that find
+//!   nothing per minute; past it, a token not lately seen valid ([`ValidTokens`]) is answered
+//!   429 without a query. Fresh random tokens each cost a query, which the negative cache
+//!   cannot save: 1,000 clients sending them kept the pool busy for everyone.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -147,6 +154,179 @@ impl UnknownTokens {
     }
 }
 
+/// Hashes of tokens a lookup lately found valid: a peer past its [`PeerLimit`] may still use
+/// them (they are looked up as usual, so a revocation holds at once). Whoever holds one has a
+/// valid token and has no need to guess; someone guessing cannot name one.
+#[derive(Clone, Default)]
+pub struct ValidTokens(Arc<Mutex<HashMap<String, Instant>>>);
+
+impl ValidTokens {
+    const REMEMBER: Duration = Duration::from_secs(3600);
+    /// Most entries kept; when full, the memory starts over (a user then counts against their
+    /// peer's limit once more until their next success).
+    const CAPACITY: usize = 100_000;
+
+    fn entries(&self) -> MutexGuard<'_, HashMap<String, Instant>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn contains(&self, token_hash: &str) -> bool {
+        self.entries()
+            .get(token_hash)
+            .is_some_and(|at| at.elapsed() < Self::REMEMBER)
+    }
+
+    pub fn remember(&self, token_hash: &str) {
+        let mut entries = self.entries();
+        if let Some(at) = entries.get_mut(token_hash) {
+            *at = Instant::now();
+            return;
+        }
+        if entries.len() >= Self::CAPACITY {
+            entries.retain(|_, at| at.elapsed() < Self::REMEMBER);
+            if entries.len() >= Self::CAPACITY {
+                entries.clear();
+            }
+        }
+        entries.insert(token_hash.to_owned(), Instant::now());
+    }
+}
+
+/// A token bucket per peer address for lookups of tokens that turn out unknown
+/// (`UNKNOWN_TOKENS_PER_PEER` a minute; 0: off).
+#[derive(Clone)]
+pub struct PeerLimit {
+    per_minute: u32,
+    trust_forwarded_for: bool,
+    buckets: Arc<Mutex<HashMap<IpAddr, Bucket>>>,
+}
+
+struct Bucket {
+    /// Lookups left, refilled at `per_minute / 60` a second up to `per_minute`.
+    left: f64,
+    at: Instant,
+}
+
+impl PeerLimit {
+    /// Most peers tracked. When full, the peers back at a full bucket are forgotten; if that
+    /// is not enough, all are (failing open: an attacker with this many addresses, each IPv6
+    /// /64 counting as one, is not stopped by a per-peer limit anyway). About 64 bytes each.
+    const CAPACITY: usize = 65_536;
+
+    pub fn new(per_minute: u32, trust_forwarded_for: bool) -> Self {
+        Self {
+            per_minute,
+            trust_forwarded_for,
+            buckets: Arc::default(),
+        }
+    }
+
+    fn buckets(&self) -> MutexGuard<'_, HashMap<IpAddr, Bucket>> {
+        self.buckets.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The peer a request counts against: the connection's address, or with
+    /// `TRUST_X_FORWARDED_FOR` the last address in `X-Forwarded-For` (the one the balancer
+    /// appended; the entries before it are the client's to choose). IPv6 addresses count by
+    /// their /64, which is what one host is usually given.
+    pub fn peer(&self, headers: &HeaderMap, connection: Option<SocketAddr>) -> Option<IpAddr> {
+        let forwarded = self
+            .trust_forwarded_for
+            .then(|| {
+                headers
+                    .get_all("x-forwarded-for")
+                    .iter()
+                    .next_back()
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(|value| value.rsplit(',').next())
+                    .and_then(|last| last.trim().parse::<IpAddr>().ok())
+            })
+            .flatten();
+        let ip = forwarded.or(connection.map(|address| address.ip()))?;
+        Some(match ip.to_canonical() {
+            IpAddr::V6(v6) => {
+                let [a, b, c, d, ..] = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(a, b, c, d, 0, 0, 0, 0))
+            }
+            v4 => v4,
+        })
+    }
+
+    /// Takes one lookup from `peer`'s bucket, or answers 429 if it is empty. The lookup is
+    /// given back unless [`Lookup::found_nothing`] is called: only failures count.
+    pub fn admit(&self, peer: Option<IpAddr>) -> Result<Lookup, ApiError> {
+        let Some(peer) = peer.filter(|_| self.per_minute > 0) else {
+            return Ok(Lookup(None));
+        };
+        let capacity = f64::from(self.per_minute);
+        let per_second = capacity / 60.0;
+        let now = Instant::now();
+        let mut buckets = self.buckets();
+        if buckets.len() >= Self::CAPACITY && !buckets.contains_key(&peer) {
+            buckets.retain(|_, bucket| {
+                bucket.left + now.duration_since(bucket.at).as_secs_f64() * per_second < capacity
+            });
+            if buckets.len() >= Self::CAPACITY {
+                buckets.clear();
+            }
+        }
+        let bucket = buckets.entry(peer).or_insert(Bucket {
+            left: capacity,
+            at: now,
+        });
+        bucket.left =
+            (bucket.left + now.duration_since(bucket.at).as_secs_f64() * per_second).min(capacity);
+        bucket.at = now;
+        if bucket.left < 1.0 {
+            let wait = ((1.0 - bucket.left) / per_second).ceil().max(1.0);
+            // At most a minute: the bucket refills at least one a minute.
+            return Err(ApiError::TooManyUnknownTokens {
+                retry_after_secs: wait.min(60.0) as u64,
+            });
+        }
+        bucket.left -= 1.0;
+        Ok(Lookup(Some((self.clone(), peer))))
+    }
+
+    fn give_back(&self, peer: IpAddr) {
+        let capacity = f64::from(self.per_minute);
+        if let Some(bucket) = self.buckets().get_mut(&peer) {
+            bucket.left = (bucket.left + 1.0).min(capacity);
+        }
+    }
+
+    /// Peers tracked now.
+    pub fn tracked(&self) -> usize {
+        self.buckets().len()
+    }
+}
+
+/// A lookup taken from a peer's bucket; given back when dropped, unless it found nothing.
+pub struct Lookup(Option<(PeerLimit, IpAddr)>);
+
+impl Lookup {
+    pub fn found_nothing(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Lookup {
+    fn drop(&mut self) {
+        if let Some((limit, peer)) = self.0.take() {
+            limit.give_back(peer);
+        }
+    }
+}
+
+/// The connection's address of a request served by [`crate::serve`] (absent elsewhere, e.g.
+/// a router called directly: then no peer limit applies).
+pub fn connection_address(parts: &Parts) -> Option<SocketAddr> {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(address)| *address)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,6 +347,57 @@ mod tests {
         );
         drop((first, second));
         assert!(gate.slots().is_empty());
+    }
+
+    #[test]
+    fn a_peer_runs_out_of_lookups_that_fail_but_not_of_those_that_succeed() {
+        let limit = PeerLimit::new(3, false);
+        let one = Some(IpAddr::from([10, 0, 0, 1]));
+        for _ in 0..10 {
+            drop(limit.admit(one).ok());
+        }
+        for _ in 0..3 {
+            limit.admit(one).map(Lookup::found_nothing).ok();
+        }
+        let refused = limit.admit(one).err();
+        assert!(
+            matches!(refused, Some(ApiError::TooManyUnknownTokens { retry_after_secs }) if (1..=20).contains(&retry_after_secs)),
+            "{refused:?}"
+        );
+        assert!(limit.admit(Some(IpAddr::from([10, 0, 0, 2]))).is_ok());
+        assert!(limit.admit(None).is_ok(), "no peer, no limit");
+        let off = PeerLimit::new(0, false);
+        for _ in 0..10 {
+            off.admit(one).map(Lookup::found_nothing).ok();
+        }
+        assert!(off.admit(one).is_ok() && off.tracked() == 0);
+    }
+
+    #[test]
+    fn the_peer_is_the_connection_unless_the_balancer_is_trusted() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", "1.2.3.4, 5.6.7.8".parse().unwrap());
+        let connection = Some(SocketAddr::from(([127, 0, 0, 9], 4000)));
+        let own = PeerLimit::new(1, false);
+        assert_eq!(
+            own.peer(&headers, connection),
+            Some(IpAddr::from([127, 0, 0, 9]))
+        );
+        let trusting = PeerLimit::new(1, true);
+        assert_eq!(
+            trusting.peer(&headers, connection),
+            Some(IpAddr::from([5, 6, 7, 8]))
+        );
+        headers.insert("x-forwarded-for", "not an address".parse().unwrap());
+        assert_eq!(
+            trusting.peer(&headers, connection),
+            Some(IpAddr::from([127, 0, 0, 9]))
+        );
+        let v6: SocketAddr = "[2001:db8:1:2:3:4:5:6]:80".parse().unwrap();
+        assert_eq!(
+            own.peer(&HeaderMap::new(), Some(v6)),
+            Some("2001:db8:1:2::".parse().unwrap())
+        );
     }
 
     #[test]

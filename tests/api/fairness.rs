@@ -7,7 +7,7 @@ use std::time::Duration;
 use reqwest::{Client, StatusCode};
 use sea_orm::{ConnectionTrait, TransactionTrait};
 
-use crate::helpers::{TestApp, spawn_app_with, start_server, test_settings};
+use crate::helpers::{TestApp, code, spawn_app_with, start_server, test_settings};
 use crate::support::{self, Backend};
 use crate::throwaway_pg::{Stop, ThrowawayPg};
 
@@ -109,5 +109,159 @@ async fn one_tokens_reads_take_at_most_its_share_of_the_pool() {
     assert!(
         most <= 2,
         "{most} reads of one token waited in the database at once"
+    );
+}
+
+crate::on_every_backend!(
+    a_peer_sending_unknown_tokens_is_limited_while_another_is_served,
+    the_peer_limit_is_off_at_zero,
+    a_trusted_balancer_names_the_peer_in_x_forwarded_for,
+);
+
+/// A well-formed token no user has; a different one for each `n`.
+fn unknown_token(n: u32) -> String {
+    format!("bst_f{n:063x}")
+}
+
+/// A client whose connections come from `ip` (all of 127.0.0.0/8 is this machine's).
+fn client_from(ip: [u8; 4]) -> Client {
+    Client::builder()
+        .local_address(std::net::IpAddr::from(ip))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+async fn sessions_status(
+    app: &TestApp,
+    client: &Client,
+    token: &str,
+    forwarded_for: &str,
+) -> reqwest::Response {
+    client
+        .get(format!("{}/v1/sessions", app.address))
+        .bearer_auth(token)
+        .header("x-forwarded-for", forwarded_for)
+        .send()
+        .await
+        .expect("request")
+}
+
+/// UNKNOWN_TOKENS_PER_PEER=5: a peer's sixth unknown token in a minute is answered 429 with
+/// Retry-After and no lookup, whatever `X-Forwarded-For` it claims (not trusted by default).
+/// A token the instance saw valid lately still works from that peer; a valid token it has not
+/// seen waits like an unknown one (it is indistinguishable without the lookup). Another peer
+/// is served as before, unknown tokens and all.
+async fn a_peer_sending_unknown_tokens_is_limited_while_another_is_served(backend: Backend) {
+    let app = spawn_app_with(backend, |settings| {
+        settings.limits.unknown_tokens_per_peer = 5;
+    })
+    .await;
+    let used = app.user("used@example.com").await;
+    let fresh = app.user("fresh@example.com").await;
+    let (attacker, other) = (client_from([127, 0, 0, 1]), client_from([127, 0, 0, 2]));
+    let status = |response: reqwest::Response| response.status();
+    assert_eq!(
+        status(sessions_status(&app, &attacker, &used, "203.0.113.1").await),
+        StatusCode::OK
+    );
+    for n in 0..5 {
+        let claimed = format!("203.0.113.{n}");
+        assert_eq!(
+            status(sessions_status(&app, &attacker, &unknown_token(n), &claimed).await),
+            StatusCode::UNAUTHORIZED,
+            "unknown token {n}"
+        );
+    }
+    let limited = sessions_status(&app, &attacker, &unknown_token(5), "203.0.113.99").await;
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = limited
+        .headers()
+        .get("retry-after")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse().ok())
+        .expect("Retry-After in seconds");
+    assert!(
+        (1..=12).contains(&retry_after),
+        "Retry-After: {retry_after}"
+    );
+    let body: serde_json::Value = limited.json().await.expect("JSON");
+    assert_eq!(code(&body), "too_many_unknown_tokens");
+    // A token already refused is answered from memory, as before: 401, no lookup.
+    assert_eq!(
+        status(sessions_status(&app, &attacker, &unknown_token(0), "-").await),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        status(sessions_status(&app, &attacker, &used, "-").await),
+        StatusCode::OK,
+        "a token seen valid lately still works from the limited peer"
+    );
+    assert_eq!(
+        status(sessions_status(&app, &attacker, &fresh, "-").await),
+        StatusCode::TOO_MANY_REQUESTS,
+        "a valid token not seen yet waits like any other from the limited peer"
+    );
+    assert_eq!(
+        status(sessions_status(&app, &other, &unknown_token(100), "-").await),
+        StatusCode::UNAUTHORIZED,
+        "another peer's unknown token is still looked up"
+    );
+    assert_eq!(
+        status(sessions_status(&app, &other, &fresh, "-").await),
+        StatusCode::OK
+    );
+}
+
+/// UNKNOWN_TOKENS_PER_PEER=0 turns the limit off: 30 unknown tokens from one peer, all 401.
+async fn the_peer_limit_is_off_at_zero(backend: Backend) {
+    let app = spawn_app_with(backend, |settings| {
+        settings.limits.unknown_tokens_per_peer = 0;
+    })
+    .await;
+    let client = client_from([127, 0, 0, 1]);
+    for n in 0..30 {
+        assert_eq!(
+            sessions_status(&app, &client, &unknown_token(n), "-")
+                .await
+                .status(),
+            StatusCode::UNAUTHORIZED,
+            "unknown token {n}"
+        );
+    }
+}
+
+/// TRUST_X_FORWARDED_FOR=true: behind a balancer every request comes from its address, and
+/// the client is the last `X-Forwarded-For` entry. One client is limited, another client
+/// through the same balancer (the same connection here) is not.
+async fn a_trusted_balancer_names_the_peer_in_x_forwarded_for(backend: Backend) {
+    let app = spawn_app_with(backend, |settings| {
+        settings.limits.unknown_tokens_per_peer = 2;
+        settings.limits.trust_x_forwarded_for = true;
+    })
+    .await;
+    let balancer = client_from([127, 0, 0, 1]);
+    // The entries before the last are the client's own claims: not counted as the peer.
+    for n in 0..2 {
+        let claimed = format!("198.51.100.{n}, 203.0.113.7");
+        assert_eq!(
+            sessions_status(&app, &balancer, &unknown_token(n), &claimed)
+                .await
+                .status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(
+        sessions_status(&app, &balancer, &unknown_token(2), "203.0.113.7")
+            .await
+            .status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        sessions_status(&app, &balancer, &unknown_token(3), "203.0.113.8")
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED,
+        "another client behind the balancer"
     );
 }

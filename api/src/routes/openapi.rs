@@ -96,6 +96,11 @@ fn add_authenticated_errors(operation: &mut Operation) {
     let common = [
         ("401", "missing, malformed or revoked bearer token"),
         (
+            "429",
+            "this address sent more unknown bearer tokens than UNKNOWN_TOKENS_PER_PEER a minute; \
+             retry after Retry-After seconds",
+        ),
+        (
             "503",
             "the database is unavailable or busy (a lock wait past DB_LOCK_TIMEOUT_MS), or the \
              request ran past REQUEST_TIMEOUT_SECS; retry after Retry-After seconds",

@@ -32,7 +32,16 @@ fn machine() -> Option<(u64, u64)> {
 
 /// utime + stime of this process, in jiffies.
 fn process() -> Option<u64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    stat_jiffies("/proc/self/stat")
+}
+
+/// utime + stime of process `pid` (its threads included), in jiffies.
+pub fn process_jiffies(pid: u32) -> Option<u64> {
+    stat_jiffies(&format!("/proc/{pid}/stat"))
+}
+
+fn stat_jiffies(path: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(path).ok()?;
     // Fields after the command name, which is in parentheses and may hold spaces.
     let rest = stat.rsplit_once(')')?.1;
     let fields: Vec<&str> = rest.split_whitespace().collect();
@@ -40,7 +49,7 @@ fn process() -> Option<u64> {
 }
 
 /// Linux's USER_HZ, fixed at 100 on every architecture it exports /proc/stat for.
-const TICKS_PER_SECOND: f64 = 100.0;
+pub const TICKS_PER_SECOND: f64 = 100.0;
 
 impl Cpu {
     pub fn read() -> Self {

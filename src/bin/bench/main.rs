@@ -50,6 +50,9 @@ enum Bench {
     Migrations(migrations::Args),
     /// One user's latency while others send bad tokens or flood reads.
     Fairness(fairness::Args),
+    /// The other clients of one `fairness` phase, in their own process (run by `fairness`).
+    #[command(hide = true)]
+    FairnessFlood(fairness::FloodArgs),
 }
 
 #[tokio::main]
@@ -61,6 +64,7 @@ async fn main() -> std::process::ExitCode {
         Bench::Sync(args) => sync::run(args).await,
         Bench::Migrations(args) => migrations::run(args).await,
         Bench::Fairness(args) => fairness::run(args).await,
+        Bench::FairnessFlood(args) => fairness::flood(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -166,6 +166,11 @@ impl ApiServer {
                 settings.lock_timeout(),
             ),
             unknown_tokens: Default::default(),
+            valid_tokens: Default::default(),
+            peer_limit: api::token_gate::PeerLimit::new(
+                settings.limits.unknown_tokens_per_peer,
+                settings.limits.trust_x_forwarded_for,
+            ),
             health_probe: Default::default(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
