@@ -90,6 +90,14 @@ async fn tiers(app: &TestApp, token: &str, email: &str) -> (String, String, Stri
     (field("tier"), field("subscription_status"), view)
 }
 
+/// `(name, status, items' (price, product), expected tier)`.
+type Case = (
+    &'static str,
+    &'static str,
+    Vec<(&'static str, Value)>,
+    &'static str,
+);
+
 fn product(id: &str) -> Value {
     json!(id)
 }
@@ -107,7 +115,7 @@ async fn only_a_listed_price_or_product_grants_pro(backend: Backend) {
     })
     .await;
     let now = chrono::Utc::now().timestamp();
-    let cases: [(&str, &str, Vec<(&str, Value)>, &str); 7] = [
+    let cases: [Case; 7] = [
         (
             "listed",
             "active",
