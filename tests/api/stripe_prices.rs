@@ -270,14 +270,17 @@ async fn an_event_after_the_list_changed_rewrites_the_flag(backend: Backend) {
     let before = spawn_app(backend).await;
     let now = chrono::Utc::now().timestamp();
     let token = linked_user(&before, "ann@example.com", "cus_ann", now - DAY).await;
+    // The same state but for the list: one period end for both events.
     let basic = |id: &str, created: i64| {
-        priced(
+        let mut sent = priced(
             id,
             created,
             ("cus_ann", "sub_ann"),
             "active",
             &[("price_1Basic", product("prod_Basic"))],
-        )
+        );
+        sent["data"]["object"]["items"]["data"][0]["current_period_end"] = json!(now + 20 * DAY);
+        sent
     };
     assert_eq!(
         deliver(&before, &basic("evt_1", now - 7_200)).await,
