@@ -784,7 +784,7 @@ pub fn generate(seed: u64, start: i64, end: i64) -> History {
     };
     let retries = retry_offsets(rng.chance(0.5));
     let trial_end_behavior = ["cancel", "pause", "create_invoice"][rng.below(3)];
-    let mut prices = Rng::new(seed ^ 0x9A1C_E5EE_D5);
+    let mut prices = Rng::new(seed ^ 0x009A_1CE5_EED5);
     let pro_list = prices.chance(0.5);
     let mut sim = Sim {
         rng: &mut rng,
