@@ -1,4 +1,4 @@
-//! m001-m011 on every backend, each test in a database of its own.
+//! m001-m012 on every backend, each test in a database of its own.
 
 mod support;
 
@@ -26,6 +26,7 @@ on_every_backend!(
     rust_and_sql_agree_over_several_subscriptions,
     m010_backfills_customers_and_each_subscriptions_latest_snapshot,
     m011_dates_past_due_from_the_first_event_showing_it,
+    m012_keeps_every_stored_tier_until_the_list_is_applied,
     past_due_grace_counts_from_the_failure_not_the_period_end,
     an_online_step_is_refused_inside_a_transaction,
     a_migration_declares_the_tables_it_needs,
@@ -198,7 +199,7 @@ async fn stripe_customer_id_is_unique_but_nulls_are_free(backend: Backend) {
 }
 
 /// The migrations written for billing, each checked on its own by the two tests below.
-const BILLING_MIGRATIONS: [u32; 5] = [6, 7, 8, 9, 10];
+const BILLING_MIGRATIONS: [u32; 7] = [6, 7, 8, 9, 10, 11, 12];
 
 /// Where migration number `version` (as in its name, `mNNN_...`) stands in the list, 0-based.
 fn position(version: u32) -> usize {
@@ -401,8 +402,8 @@ async fn client_ids_differing_by_case_are_two_sessions(backend: Backend) {
 }
 
 /// Every status the user's columns admit crossed with every period-end position, every
-/// past-due-since position and both renewal flags, read through the `user_tiers` view and
-/// through `users::Model::billing_at()`.
+/// past-due-since position, both renewal flags and both Pro-price flags, read through the
+/// `user_tiers` view and through `users::Model::billing_at()`.
 async fn rust_and_sql_agree_on_the_tier(backend: Backend) {
     let t = migrated(backend).await;
     let now = Utc::now();
@@ -427,20 +428,24 @@ async fn rust_and_sql_agree_on_the_tier(backend: Backend) {
         for (end_label, end) in ends {
             for (since_label, past_due_since) in since {
                 for ends_at_period_end in [false, true] {
-                    n += 1;
-                    users::ActiveModel {
-                        email: Set(format!(
-                            "{status}-{end_label}-{since_label}-{ends_at_period_end}@x.test"
-                        )),
-                        subscription_status: Set(status.into()),
-                        current_period_end: Set(end.map(|e| e.fixed_offset())),
-                        past_due_since: Set(past_due_since.map(|e| e.fixed_offset())),
-                        ends_at_period_end: Set(ends_at_period_end),
-                        ..Default::default()
+                    for price_grants_pro in [false, true] {
+                        n += 1;
+                        users::ActiveModel {
+                            email: Set(format!(
+                                "{status}-{end_label}-{since_label}-{ends_at_period_end}-\
+                                 {price_grants_pro}@x.test"
+                            )),
+                            subscription_status: Set(status.into()),
+                            current_period_end: Set(end.map(|e| e.fixed_offset())),
+                            past_due_since: Set(past_due_since.map(|e| e.fixed_offset())),
+                            ends_at_period_end: Set(ends_at_period_end),
+                            price_grants_pro: Set(price_grants_pro),
+                            ..Default::default()
+                        }
+                        .insert(&t.db)
+                        .await
+                        .unwrap_or_else(|e| panic!("insert {status} {end_label}: {e}"));
                     }
-                    .insert(&t.db)
-                    .await
-                    .unwrap_or_else(|e| panic!("insert {status} {end_label}: {e}"));
                 }
             }
         }
@@ -461,9 +466,10 @@ async fn rust_and_sql_agree_on_the_tier(backend: Backend) {
         pro += usize::from(billing.tier == Tier::Pro);
         retention_pro += usize::from(billing.retention_tier == Tier::Pro);
     }
-    // active and trialing: 16 each, less the ended-with-no-renewal and lapsed ones (null and
-    // future: 8 each, within the renewal grace: 4 (renewing only)); past_due: yesterday and
-    // within the grace, whatever the period end (4 x 2 x 2 = 16).
+    // Only users whose price grants Pro (half of them); among those, active and trialing: 16
+    // each, less the ended-with-no-renewal and lapsed ones (null and future: 8 each, within
+    // the renewal grace: 4 (renewing only)); past_due: yesterday and within the grace,
+    // whatever the period end (4 x 2 x 2 = 16).
     assert_eq!(pro, 2 * (8 + 8 + 4) + 16, "of {n}");
     assert!(retention_pro > pro, "{retention_pro} vs {pro}");
 }
@@ -521,6 +527,9 @@ async fn rust_and_sql_agree_over_several_subscriptions(backend: Backend) {
                             .flatten()
                     };
                     let ends_at_period_end = n % 4 == 0;
+                    // Off the Pro list: every third first subscription (and the columns
+                    // copied from it), every fifth second one.
+                    let (first_pro, second_pro) = (n % 3 != 0, n % 5 != 0);
                     let user = users::ActiveModel {
                         email: Set(format!("u{n}@x.test")),
                         // The columns as an earlier write left them: the first subscription.
@@ -529,6 +538,7 @@ async fn rust_and_sql_agree_over_several_subscriptions(backend: Backend) {
                         current_period_end: Set(end),
                         past_due_since: Set(since(status, end)),
                         ends_at_period_end: Set(ends_at_period_end),
+                        price_grants_pro: Set(first_pro),
                         stripe_customer_id: Set(Some(format!("cus_{n}_a"))),
                         ..Default::default()
                     }
@@ -553,13 +563,20 @@ async fn rust_and_sql_agree_over_several_subscriptions(backend: Backend) {
                         .await
                         .expect("customer");
                     }
-                    for (id, customer, status, end) in [
-                        (format!("sub_{n}_a"), format!("cus_{n}_a"), status, end),
+                    for (id, customer, status, end, price_grants_pro) in [
+                        (
+                            format!("sub_{n}_a"),
+                            format!("cus_{n}_a"),
+                            status,
+                            end,
+                            first_pro,
+                        ),
                         (
                             format!("sub_{n}_b"),
                             second_customer,
                             second_status,
                             second_end,
+                            second_pro,
                         ),
                     ] {
                         stripe_subscriptions::ActiveModel {
@@ -572,6 +589,7 @@ async fn rust_and_sql_agree_over_several_subscriptions(backend: Backend) {
                             updated_at: Set(now.fixed_offset()),
                             past_due_since: Set(since(status, end)),
                             ends_at_period_end: Set(ends_at_period_end),
+                            price_grants_pro: Set(price_grants_pro),
                         }
                         .insert(&t.db)
                         .await
@@ -579,8 +597,10 @@ async fn rust_and_sql_agree_over_several_subscriptions(backend: Backend) {
                     }
                     let (sql_tier, sql_retention) = sql_tiers(&t, user.id).await;
                     let billing = user.billing_at(&t.db, Utc::now()).await.expect("billing");
-                    let case =
-                        format!("{status} {end:?} + {second_status} {second_end:?} ({layout})");
+                    let case = format!(
+                        "{status} {end:?} {first_pro} + {second_status} {second_end:?} \
+                         {second_pro} ({layout})"
+                    );
                     assert_eq!(sql_tier, billing.tier.as_str(), "tier: {case}");
                     assert_eq!(
                         sql_retention,
@@ -656,6 +676,7 @@ async fn past_due_grace_counts_from_the_failure_not_the_period_end(backend: Back
             updated_at: Set(now.fixed_offset()),
             past_due_since: Set(at(failed)),
             ends_at_period_end: Set(false),
+            price_grants_pro: Set(true),
         }
         .insert(&t.db)
         .await
@@ -1136,5 +1157,61 @@ async fn m010_applied_by_its_first_plan_is_not_a_changed_migration(backend: Back
     assert!(
         matches!(refused, Err(migration::Error::ChecksumMismatch { .. })),
         "{refused:?}"
+    );
+}
+
+/// m012 adds `price_grants_pro` TRUE to every row, the rule with no list: every user keeps
+/// the tier they had, in the view and in Rust; a row set to FALSE then grants nothing.
+async fn m012_keeps_every_stored_tier_until_the_list_is_applied(backend: Backend) {
+    let t = TestDb::new(backend).await;
+    Migrator::up(&t.db, Some(position(12) as u32))
+        .await
+        .expect("up to m011");
+    t.exec(
+        "INSERT INTO users (email, stripe_customer_id, subscription_id, subscription_status) \
+         VALUES ('sub@x.test', 'cus_a', 'sub_a', 'active'), \
+         ('own@x.test', NULL, NULL, 'active'), ('free@x.test', NULL, NULL, 'canceled')",
+    )
+    .await;
+    t.exec(
+        "INSERT INTO stripe_customers (customer_id, user_id, created_at) \
+         SELECT 'cus_a', id, CURRENT_TIMESTAMP FROM users WHERE email = 'sub@x.test'",
+    )
+    .await;
+    t.exec(
+        "INSERT INTO stripe_subscriptions (subscription_id, customer_id, status, created, \
+         lifecycle_rank, updated_at) VALUES ('sub_a', 'cus_a', 'active', 1, 2, CURRENT_TIMESTAMP)",
+    )
+    .await;
+    let tiers = "SELECT concat(u.email, '=', v.tier) FROM users u \
+                 JOIN user_tiers v ON v.user_id = u.id ORDER BY u.email";
+    let before = t.texts(tiers).await;
+    assert_eq!(
+        before,
+        ["free@x.test=free", "own@x.test=pro", "sub@x.test=pro"]
+    );
+    Migrator::up(&t.db, None).await.expect("m012");
+    assert_eq!(t.texts(tiers).await, before);
+    for user in users::Entity::find().all(&t.db).await.expect("users") {
+        assert!(user.price_grants_pro, "{user:?}");
+        let rust = user
+            .billing_at(&t.db, Utc::now())
+            .await
+            .expect("billing")
+            .tier;
+        assert!(before.contains(&format!("{}={}", user.email, rust.as_str())));
+    }
+    // Written off the list, the subscription grants nothing; the user's own columns still do.
+    t.exec("UPDATE stripe_subscriptions SET price_grants_pro = FALSE")
+        .await;
+    assert_eq!(
+        t.texts(tiers).await,
+        ["free@x.test=free", "own@x.test=pro", "sub@x.test=pro"]
+    );
+    t.exec("UPDATE users SET price_grants_pro = FALSE WHERE email = 'sub@x.test'")
+        .await;
+    assert_eq!(
+        t.texts(tiers).await,
+        ["free@x.test=free", "own@x.test=pro", "sub@x.test=free"]
     );
 }

@@ -11,6 +11,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::db::Pooler;
 use crate::stripe::mode::{self, ModeError, StripeMode};
+use crate::stripe::prices::ProPrices;
 use crate::stripe::signature::WebhookSecrets;
 
 #[derive(clap::Args, Clone, Debug)]
@@ -170,6 +171,19 @@ pub struct StripeSettings {
     /// webhook secrets when STRIPE_API_KEY is not set.
     #[arg(global = true, long = "stripe-mode", env = "STRIPE_MODE", value_enum)]
     pub mode: Option<StripeMode>,
+    /// Stripe prices (price_...) and products (prod_...) whose subscriptions grant Pro,
+    /// comma-separated. Empty: any subscription grants Pro. After a change, restart and run
+    /// stripe-sync: stored subscriptions keep the answer they were written with.
+    #[arg(
+        global = true,
+        long = "pro-price-ids",
+        env = "PRO_PRICE_IDS",
+        value_name = "PRICE_OR_PRODUCT,...",
+        value_parser = PricesParser,
+        default_value = "",
+        hide_default_value = true
+    )]
+    pub pro_prices: ProPrices,
 }
 
 impl StripeSettings {
@@ -375,6 +389,7 @@ impl Default for StripeSettings {
             webhook_secrets: WebhookSecrets::default(),
             webhook_tolerance_secs: 300,
             mode: None,
+            pro_prices: ProPrices::default(),
         }
     }
 }
@@ -406,6 +421,28 @@ impl TypedValueParser for SecretsParser {
             )
         })?;
         WebhookSecrets::parse(text)
+            .map_err(|err| clap::Error::raw(ErrorKind::ValueValidation, format!("{err}\n")))
+    }
+}
+
+/// Parses `PRO_PRICE_IDS` for clap with one line naming the refused entry's position: clap's
+/// own "invalid value" message would print the whole list.
+#[derive(Clone)]
+struct PricesParser;
+
+impl TypedValueParser for PricesParser {
+    type Value = ProPrices;
+
+    fn parse_ref(
+        &self,
+        _cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<ProPrices, clap::Error> {
+        let text = value.to_str().ok_or_else(|| {
+            clap::Error::raw(ErrorKind::InvalidUtf8, "PRO_PRICE_IDS is not valid UTF-8\n")
+        })?;
+        ProPrices::parse(text)
             .map_err(|err| clap::Error::raw(ErrorKind::ValueValidation, format!("{err}\n")))
     }
 }

@@ -46,6 +46,7 @@ impl From<&stripe_subscriptions::Model> for Standing {
             row.current_period_end.as_ref(),
             row.past_due_since.as_ref(),
             row.ends_at_period_end,
+            row.price_grants_pro,
         )
     }
 }
@@ -59,6 +60,7 @@ impl users::Model {
             self.current_period_end.as_ref(),
             self.past_due_since.as_ref(),
             self.ends_at_period_end,
+            self.price_grants_pro,
         )
     }
 

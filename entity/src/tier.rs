@@ -1,7 +1,10 @@
-//! The tier rule. Its SQL twin is the `user_tiers` view (m011); a test proves they agree for
-//! every status, period-end and past-due position, over several subscriptions, on every backend.
+//! The tier rule. Its SQL twin is the `user_tiers` view (m012); a test proves they agree for
+//! every status, period-end and past-due position and both price flags, over several
+//! subscriptions, on every backend.
 //!
-//! One subscription grants Pro by this table:
+//! A subscription whose items match none of the Pro prices (`PRO_PRICE_IDS`, when set; the
+//! webhook and `stripe-sync` store the answer as `price_grants_pro`) grants nothing. Any other
+//! grants Pro by this table:
 //!
 //! | status                  | condition                                                        | tier |
 //! |-------------------------|------------------------------------------------------------------|------|
@@ -64,6 +67,9 @@ pub struct Standing {
     pub past_due_since: Option<DateTime<Utc>>,
     /// Stripe has said it ends at the period end: no renewal grace.
     pub ends_at_period_end: bool,
+    /// Its items matched the Pro prices when it was stored (always, with no list): false
+    /// grants nothing, whatever the status.
+    pub price_grants_pro: bool,
 }
 
 impl Standing {
@@ -74,6 +80,7 @@ impl Standing {
         current_period_end: Option<&DateTime<Tz>>,
         past_due_since: Option<&DateTime<Tz>>,
         ends_at_period_end: bool,
+        price_grants_pro: bool,
     ) -> Self {
         Self {
             subscription_id,
@@ -81,29 +88,31 @@ impl Standing {
             current_period_end: current_period_end.map(|end| end.with_timezone(&Utc)),
             past_due_since: past_due_since.map(|since| since.with_timezone(&Utc)),
             ends_at_period_end,
+            price_grants_pro,
         }
     }
 
     /// The rule for one subscription (the table in the module comment).
     pub fn tier_at(&self, now: DateTime<Utc>) -> Tier {
-        let pro = match self.status {
-            SubscriptionStatus::Active | SubscriptionStatus::Trialing => {
-                let grace = if self.ends_at_period_end {
-                    Duration::zero()
-                } else {
-                    Duration::days(RENEWAL_GRACE_DAYS)
-                };
-                self.current_period_end.is_none_or(|end| end + grace > now)
-            }
-            SubscriptionStatus::PastDue => self
-                .past_due_since
-                .is_some_and(|since| since + Duration::days(GRACE_PERIOD_DAYS) > now),
-            SubscriptionStatus::None
-            | SubscriptionStatus::Canceled
-            | SubscriptionStatus::Unpaid
-            | SubscriptionStatus::Incomplete
-            | SubscriptionStatus::Paused => false,
-        };
+        let pro = self.price_grants_pro
+            && match self.status {
+                SubscriptionStatus::Active | SubscriptionStatus::Trialing => {
+                    let grace = if self.ends_at_period_end {
+                        Duration::zero()
+                    } else {
+                        Duration::days(RENEWAL_GRACE_DAYS)
+                    };
+                    self.current_period_end.is_none_or(|end| end + grace > now)
+                }
+                SubscriptionStatus::PastDue => self
+                    .past_due_since
+                    .is_some_and(|since| since + Duration::days(GRACE_PERIOD_DAYS) > now),
+                SubscriptionStatus::None
+                | SubscriptionStatus::Canceled
+                | SubscriptionStatus::Unpaid
+                | SubscriptionStatus::Incomplete
+                | SubscriptionStatus::Paused => false,
+            };
         if pro { Tier::Pro } else { Tier::Free }
     }
 }
@@ -181,6 +190,7 @@ mod tests {
                 .filter(|_| status == SubscriptionStatus::PastDue)
                 .map(at),
             ends_at_period_end: false,
+            price_grants_pro: true,
         }
     }
 
@@ -217,15 +227,35 @@ mod tests {
             (S::Paused, None, None, false, Tier::Free),
         ];
         for (status, end, since, ends_at_period_end, expected) in cases {
-            let standing = Standing {
+            let mut standing = Standing {
                 subscription_id: None,
                 status,
                 current_period_end: end.map(at),
                 past_due_since: since.map(at),
                 ends_at_period_end,
+                price_grants_pro: true,
             };
             assert_eq!(standing.tier_at(now), expected, "{standing:?}");
+            // A price off the Pro list grants nothing, whatever the rest says.
+            standing.price_grants_pro = false;
+            assert_eq!(standing.tier_at(now), Tier::Free, "{standing:?}");
         }
+    }
+
+    #[test]
+    fn a_subscription_off_the_pro_list_never_decides_over_one_on_it() {
+        use SubscriptionStatus as S;
+        let now = at(0);
+        let mut basic = standing("sub_basic", S::Active, Some(20));
+        basic.price_grants_pro = false;
+        let pro = standing("sub_pro", S::Trialing, Some(5));
+        let both = [basic.clone(), pro.clone()];
+        assert_eq!(tier_over(&both, now), Tier::Pro);
+        assert_eq!(
+            decider(&both, now).and_then(|s| s.subscription_id.clone()),
+            Some("sub_pro".to_owned())
+        );
+        assert_eq!(tier_over(&[basic], now), Tier::Free);
     }
 
     #[test]

@@ -233,10 +233,13 @@ mod m00000000_000009_session_client_id_binary;
 pub mod m00000000_000010_subscriptions;
 #[path = "m011_past_due_since.rs"]
 pub mod m00000000_000011_past_due_since;
+#[path = "m012_price_grants_pro.rs"]
+pub mod m00000000_000012_price_grants_pro;
 
 pub use m00000000_000006_billing_fields as m006_billing_fields;
 pub use m00000000_000010_subscriptions as m010_subscriptions;
 pub use m00000000_000011_past_due_since as m011_past_due_since;
+pub use m00000000_000012_price_grants_pro as m012_price_grants_pro;
 
 pub struct Migrator;
 
@@ -257,6 +260,7 @@ impl MigratorTrait for Migrator {
             Box::new(m00000000_000009_session_client_id_binary::Migration),
             Box::new(m00000000_000010_subscriptions::Migration),
             Box::new(m00000000_000011_past_due_since::Migration),
+            Box::new(m00000000_000012_price_grants_pro::Migration),
         ]
     }
 }

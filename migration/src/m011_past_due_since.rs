@@ -252,7 +252,7 @@ fn pro_over_subscriptions(dialect: &dyn Dialect, offset_days: u32) -> String {
 
 /// `user_tiers(user_id, tier, retention_tier)`, as m010 defines the columns: `retention_tier`
 /// is the tier as it stood RENEWAL_GRACE_DAYS ago (a grant only ever ends as time passes).
-fn tier_view_sql(dialect: &dyn Dialect) -> String {
+pub(crate) fn tier_view_sql(dialect: &dyn Dialect) -> String {
     format!(
         "{create} {view} AS SELECT u.id AS user_id, {tier} AS tier, {retention} AS retention_tier \
          FROM {users} u",

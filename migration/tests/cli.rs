@@ -176,6 +176,7 @@ async fn eight_migrators_at_once_all_succeed_and_each_migration_runs_once(backen
         "m009_session_client_id_binary",
         "m010_subscriptions",
         "m011_past_due_since",
+        "m012_price_grants_pro",
     ] {
         let applied = format!("Migration '{name}' has been applied");
         assert_eq!(

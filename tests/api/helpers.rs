@@ -130,6 +130,7 @@ pub fn test_settings(url: &str) -> Settings {
             webhook_tolerance_secs: 300,
             // The events the tests build say `"livemode": false`.
             mode: Some(api::stripe::mode::StripeMode::Test),
+            pro_prices: Default::default(),
         },
         purge_every_secs: 0,
         connections: Default::default(),

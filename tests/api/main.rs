@@ -28,6 +28,7 @@ mod sessions;
 mod storage;
 mod stripe;
 mod stripe_model;
+mod stripe_prices;
 mod stripe_rules;
 mod stripe_sync_command;
 mod three_instances;

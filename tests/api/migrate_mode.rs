@@ -188,7 +188,7 @@ async fn both_modes_follow_one_rollback_rule(backend: Backend) {
 async fn the_binary_exits_with_a_clear_error_when_check_finds_pending_migrations() {
     let t = TestDb::new(Backend::Sqlite).await;
     let up = Command::new(support::migration_bin())
-        .args(["up", "-n", "10", "-u", &t.url])
+        .args(["up", "-n", "11", "-u", &t.url])
         .output()
         .expect("run migration");
     assert!(
@@ -211,7 +211,7 @@ async fn the_binary_exits_with_a_clear_error_when_check_finds_pending_migrations
     let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(errors.len(), 1, "{err}");
     assert!(
-        errors[0].contains("1 pending migration(s) (m011_past_due_since)"),
+        errors[0].contains("1 pending migration(s) (m012_price_grants_pro)"),
         "{err}"
     );
     assert!(errors[0].contains("migration up"), "{err}");

@@ -1310,7 +1310,8 @@ async fn fetched_snapshots_go_through_the_same_rule_as_events(backend: Backend) 
                 {"id": "si_1", "current_period_end": end}]}})
     };
     let active =
-        api::stripe::event::snapshot_from_subscription(&object("active")).expect("snapshot");
+        api::stripe::event::snapshot_from_subscription(&object("active"), &Default::default())
+            .expect("snapshot");
     assert_eq!(
         apply_fetched_subscription(db, &active, now).await.unwrap(),
         Outcome::Applied

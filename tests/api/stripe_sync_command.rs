@@ -28,6 +28,7 @@ crate::on_every_backend!(
     a_past_due_stretch_first_seen_by_a_sync_starts_at_the_failed_invoice,
     a_stretch_left_past_due_starts_at_the_oldest_failed_invoice_of_its_run,
     its_progress_is_served_on_metrics_addr_while_it_runs,
+    a_changed_pro_price_list_is_applied_by_the_next_run,
 );
 
 const KEY: &str = "sk_test_51SyncKeyThatMustNeverBePrinted";
@@ -1137,4 +1138,80 @@ async fn its_progress_is_served_on_metrics_addr_while_it_runs(backend: Backend) 
         reqwest::get(&url).await.is_err(),
         "the listener outlived the run"
     );
+}
+
+/// `PRO_PRICE_IDS` changed: rows keep the flag they were written with until `stripe-sync`
+/// re-reads every subscription and rewrites it, counting it `updated` (a changed flag is a
+/// changed state); a second run with the same list changes nothing.
+async fn a_changed_pro_price_list_is_applied_by_the_next_run(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let stripe = FakeStripe::start(KEY, 2).await;
+    let period_end = Utc::now().timestamp() + 20 * 86_400;
+    // Stored by a webhook with no list: Pro.
+    linked_user(&app, "ann@example.com", "cus_ann", "sub_ann").await;
+    stripe.add_customer(customer("cus_ann", Some("ann@example.com"), None));
+    // Its one item: price_pro_monthly of prod_pro.
+    stripe.put_subscription(subscription("sub_ann", "cus_ann", "active", period_end));
+    let view = || async {
+        app.db
+            .texts(
+                "SELECT concat(v.tier, '|', CASE WHEN s.price_grants_pro THEN 'listed' \
+                 ELSE 'unlisted' END) FROM user_tiers v JOIN users u ON u.id = v.user_id \
+                 JOIN stripe_subscriptions s ON s.subscription_id = 'sub_ann' \
+                 WHERE u.email = 'ann@example.com'",
+            )
+            .await
+            .join("")
+    };
+    assert_eq!(view().await, "pro|listed");
+    let user_tier = || async {
+        let user = users::Entity::find()
+            .filter(users::Column::Email.eq("ann@example.com"))
+            .one(&app.db.db)
+            .await
+            .expect("read")
+            .expect("ann");
+        let tier = user.tier(&app.db.db).await.expect("tier");
+        (
+            tier.as_str().to_owned(),
+            user.subscription_status,
+            user.price_grants_pro,
+        )
+    };
+    let start = Utc::now().timestamp();
+    for (run, (list, updated, unchanged, expected, flag)) in [
+        // Another price on the list: not Pro any more; the user's columns follow.
+        ("price_1Other", 1, 0, "free|unlisted", false),
+        ("price_1Other", 0, 1, "free|unlisted", false),
+        // The product listed: Pro again.
+        ("prod_pro, price_1Other", 1, 0, "pro|listed", true),
+        ("prod_pro", 0, 1, "pro|listed", true),
+        ("", 0, 1, "pro|listed", true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // Each run a minute after the last by Stripe's clock, as runs are: one in the same
+        // second as the last would be no newer than what it stored.
+        stripe.set_clock(Some(start + 60 * (run as i64 + 1)));
+        let run = stripe_sync_env(&app, &stripe, Some(KEY), &[], &[("PRO_PRICE_IDS", list)]).await;
+        assert!(run.success, "{list:?}: {}\n{}", run.stdout, run.stderr);
+        assert_eq!(run.count("updated"), updated, "{list:?}: {}", run.stdout);
+        assert_eq!(
+            run.count("unchanged"),
+            unchanged,
+            "{list:?}: {}",
+            run.stdout
+        );
+        assert_eq!(view().await, expected, "{list:?}");
+        assert_eq!(
+            user_tier().await,
+            (
+                expected[..expected.find('|').unwrap_or(0)].to_owned(),
+                "active".to_owned(),
+                flag
+            ),
+            "{list:?}"
+        );
+    }
 }

@@ -92,7 +92,7 @@ async fn receive(
         tracing::warn!(error = %err, "Stripe webhook refused");
         ApiError::InvalidSignature(err.to_string())
     })?;
-    let event = match event::parse(&body) {
+    let event = match event::parse(&body, &stripe.pro_prices) {
         Ok(event) => event,
         Err(err @ EventError::Malformed(_)) => {
             metrics::webhook(None, "malformed");

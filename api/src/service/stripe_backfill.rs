@@ -53,6 +53,7 @@ use crate::stripe::event::{
     MAX_ID_CHARS, Snapshot, UnpaidRun, snapshot_from_subscription, storable,
 };
 use crate::stripe::mode::{ModeError, StripeMode};
+use crate::stripe::prices::ProPrices;
 
 /// `billing stripe-sync` flags. The key is read from the environment in preference; it is
 /// never shown (`hide_env_values`, and `ApiKey` has no readable `Debug`).
@@ -260,11 +261,13 @@ pub async fn sync(
     client: &mut StripeClient,
     only: Option<&str>,
     link_by_email: bool,
+    prices: &ProPrices,
     mut note: impl FnMut(Note<'_>),
 ) -> Result<Tally, SyncError> {
     let mut run = Run {
         db,
         link_by_email,
+        prices,
         tally: Tally::default(),
         users_of: HashMap::new(),
         linked_users: HashSet::new(),
@@ -343,6 +346,8 @@ fn is_live(stripe_status: &str) -> bool {
 struct Run<'a, N: FnMut(Note<'_>)> {
     db: &'a Db,
     link_by_email: bool,
+    /// `PRO_PRICE_IDS`: each subscription's items are checked against it as it is written.
+    prices: &'a ProPrices,
     tally: Tally,
     /// Customer → its user, for every customer looked at (None: not linked).
     users_of: HashMap<String, Option<i64>>,
@@ -665,7 +670,7 @@ impl<N: FnMut(Note<'_>)> Run<'_, N> {
         while let Some(page) = listing.next(client).await? {
             for object in &page.data {
                 self.tally.subscriptions_seen += 1;
-                let snapshot = match snapshot_from_subscription(object) {
+                let snapshot = match snapshot_from_subscription(object, self.prices) {
                     Ok(snapshot) => snapshot,
                     Err(err) => {
                         self.tally.failed += 1;
@@ -750,12 +755,11 @@ impl<N: FnMut(Note<'_>)> Run<'_, N> {
                             .await
                             .map_err(SyncError::from)
                             .and_then(|(object, at)| {
-                                let again = snapshot_from_subscription(&object).map_err(|e| {
-                                    StripeError::Malformed {
+                                let again = snapshot_from_subscription(&object, self.prices)
+                                    .map_err(|e| StripeError::Malformed {
                                         path: path.clone(),
                                         detail: e.to_string(),
-                                    }
-                                })?;
+                                    })?;
                                 Ok((again, at))
                             }) {
                             Ok((again, at)) => {
@@ -857,13 +861,29 @@ async fn stored_differs(db: &Db, snapshot: &Snapshot) -> Result<Option<String>, 
         return Ok(Some("none".to_owned()));
     };
     let period_end = snapshot.current_period_end.map(stored_time);
-    if stored.status == snapshot.status.as_str() && stored.current_period_end == period_end {
+    if stored.status == snapshot.status.as_str()
+        && stored.current_period_end == period_end
+        && stored.price_grants_pro == snapshot.price_grants_pro
+    {
         return Ok(None);
     }
-    Ok(Some(describe(
+    let mut shown = describe(
         &stored.status,
         stored.current_period_end.map(|t| t.timestamp()),
-    )))
+    );
+    if stored.price_grants_pro != snapshot.price_grants_pro {
+        shown.push_str(price_note(stored.price_grants_pro));
+    }
+    Ok(Some(shown))
+}
+
+/// What a state says of the Pro list, when that is where two states differ.
+fn price_note(grants_pro: bool) -> &'static str {
+    if grants_pro {
+        ", a Pro price"
+    } else {
+        ", not a Pro price (PRO_PRICE_IDS)"
+    }
 }
 
 /// `past_due until 1796328014`.

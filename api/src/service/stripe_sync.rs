@@ -10,9 +10,11 @@
 //!   same-second events resolve the same way whichever comes first (the later lifecycle stage
 //!   wins). Snapshots of customers no user has yet are kept and count once checkout links them.
 //!   With the snapshot go `past_due_since` (when the current past-due stretch began: the
-//!   first snapshot showing it, see [`keep_snapshot`]) and `ends_at_period_end` (Stripe said
-//!   no renewal is coming), which the tier rule reads (m011). A delivery older than the stored
-//!   snapshot answers [`Outcome::Stale`].
+//!   first snapshot showing it, see [`keep_snapshot`]), `ends_at_period_end` (Stripe said
+//!   no renewal is coming, m011) and `price_grants_pro` (its items matched `PRO_PRICE_IDS`
+//!   when it was written, m012), which the tier rule reads. A changed `price_grants_pro` is a
+//!   changed state, so `stripe-sync` after a change of the list rewrites it. A delivery older
+//!   than the stored snapshot answers [`Outcome::Stale`].
 //! * `stripe_customers`: every customer we have heard of and the user it is linked to. A user
 //!   keeps every customer they ever checked out with, so a second checkout orphans nothing: the
 //!   first customer's renewals still apply. A customer is never linked to a second user.
@@ -442,6 +444,7 @@ async fn keep_snapshot<C: ConnectionTrait>(
             updated_at: Set(now),
             past_due_since: Set(failed_at),
             ends_at_period_end: Set(snapshot.ends_at_period_end),
+            price_grants_pro: Set(snapshot.price_grants_pro),
         }
         .insert(db)
         .await?;
@@ -475,7 +478,9 @@ async fn keep_snapshot<C: ConnectionTrait>(
     let same_state = stored.status == snapshot.status.as_str()
         && stored.current_period_end == period_end
         && stored.past_due_since == past_due_since
-        && stored.ends_at_period_end == snapshot.ends_at_period_end;
+        && stored.ends_at_period_end == snapshot.ends_at_period_end
+        // The Pro list changed since it was stored: a changed state.
+        && stored.price_grants_pro == snapshot.price_grants_pro;
     let mut row = stored.into_active_model();
     row.created = Set(created);
     row.lifecycle_rank = Set(i16::from(rank));
@@ -487,6 +492,7 @@ async fn keep_snapshot<C: ConnectionTrait>(
     row.current_period_end = Set(period_end);
     row.past_due_since = Set(past_due_since);
     row.ends_at_period_end = Set(snapshot.ends_at_period_end);
+    row.price_grants_pro = Set(snapshot.price_grants_pro);
     row.updated_at = Set(now);
     row.update(db).await?;
     Ok(Kept::Changed)
@@ -553,6 +559,7 @@ async fn refresh_user<C: ConnectionTrait>(
                 current_period_end: None,
                 past_due_since: None,
                 ends_at_period_end: false,
+                price_grants_pro: true,
             },
         ),
         None => return Ok(()),
@@ -568,6 +575,7 @@ async fn refresh_user<C: ConnectionTrait>(
         && user.current_period_end == period_end
         && user.past_due_since == past_due_since
         && user.ends_at_period_end == decides.ends_at_period_end
+        && user.price_grants_pro == decides.price_grants_pro
     {
         return Ok(());
     }
@@ -578,6 +586,7 @@ async fn refresh_user<C: ConnectionTrait>(
     active.current_period_end = Set(period_end);
     active.past_due_since = Set(past_due_since);
     active.ends_at_period_end = Set(decides.ends_at_period_end);
+    active.price_grants_pro = Set(decides.price_grants_pro);
     active.updated_at = Set(Utc::now().fixed_offset());
     active.update(db).await?;
     Ok(())

@@ -4,6 +4,8 @@ use chrono::{DateTime, TimeZone, Utc};
 use entity::SubscriptionStatus;
 use serde_json::Value;
 
+use crate::stripe::prices::ProPrices;
+
 /// The envelope every Stripe event shares.
 #[derive(Debug, Clone)]
 pub struct Event {
@@ -50,6 +52,9 @@ pub struct Snapshot {
     /// the object carries `latest_invoice` expanded and open: the earliest the payment can
     /// have failed. None otherwise; the event's `created` stands in for it.
     pub unpaid_invoice_since: Option<DateTime<Utc>>,
+    /// An item's price or product is on the Pro list (`PRO_PRICE_IDS`), or there is no list.
+    /// False grants nothing, whatever the status.
+    pub price_grants_pro: bool,
 }
 
 /// Why a signed body was not turned into an [`Event`].
@@ -279,8 +284,11 @@ impl UnpaidRun {
 /// A Stripe subscription object (as in events' `data.object` and in `GET /v1/subscriptions`)
 /// as the snapshot we keep. A status we do not know maps to `none` (see [`map_status`]).
 /// An `active` or `trialing` one with no period end anywhere is [`EventError::Unusable`]:
-/// fail closed rather than grant Pro with no end.
-pub fn snapshot_from_subscription(object: &Value) -> Result<Snapshot, EventError> {
+/// fail closed rather than grant Pro with no end. `prices` says whether its items grant Pro.
+pub fn snapshot_from_subscription(
+    object: &Value,
+    prices: &ProPrices,
+) -> Result<Snapshot, EventError> {
     let customer = stored_id(object, "customer", "customer")?
         .ok_or_else(|| malformed("subscription without customer"))?;
     let subscription = stored_id(object, "id", "subscription")?
@@ -306,6 +314,7 @@ pub fn snapshot_from_subscription(object: &Value) -> Result<Snapshot, EventError
         stripe_status,
         ends_at_period_end: ends_at_period_end(object, current_period_end),
         unpaid_invoice_since: unpaid_invoice_since(object),
+        price_grants_pro: prices.grants_pro(object),
         current_period_end,
     })
 }
@@ -331,7 +340,8 @@ pub const ACTED_ON: [&str; 7] = [
     "customer.deleted",
 ];
 
-pub fn parse(body: &[u8]) -> Result<Event, EventError> {
+/// `body` as an event; a subscription's items are checked against `prices` (the Pro list).
+pub fn parse(body: &[u8], prices: &ProPrices) -> Result<Event, EventError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| EventError::Malformed(format!("invalid JSON: {e}")))?;
     let id = stored_id(&value, "id", "event id")?.ok_or_else(|| malformed("no id"))?;
@@ -362,7 +372,7 @@ pub fn parse(body: &[u8]) -> Result<Event, EventError> {
         // Pausing and resuming change the status; the event carries the whole subscription.
         | "customer.subscription.paused"
         | "customer.subscription.resumed" => {
-            let snapshot = snapshot_from_subscription(object)?;
+            let snapshot = snapshot_from_subscription(object, prices)?;
             if !map_status(&snapshot.stripe_status).1 {
                 tracing::warn!(event = %id, stripe_status = snapshot.stripe_status, "unknown Stripe subscription status; stored as none");
             }
@@ -406,7 +416,8 @@ mod tests {
             "current_period_end": 250, "items": {"data": [{"id": "si_1"}]}}),
         );
         for (body, expected) in [(basil, 300), (old, 250)] {
-            let Action::Subscription(s) = parse(&body).unwrap().action else {
+            let Action::Subscription(s) = parse(&body, &ProPrices::default()).unwrap().action
+            else {
                 panic!("not a subscription")
             };
             assert_eq!(s.current_period_end, timestamp(expected));
@@ -440,7 +451,7 @@ mod tests {
             br#"{"type":"x"}"#,
             br#"{"id":"evt","type":"x"}"#,
         ] {
-            assert!(parse(body).is_err());
+            assert!(parse(body, &ProPrices::default()).is_err());
         }
     }
 
@@ -457,7 +468,7 @@ mod tests {
         let no_object = json!({"id": "evt_n", "type": "customer.subscription.updated",
             "created": 5, "data": {}});
         for (body, created) in [(thin, 1_768_046_400), (unknown, 5), (no_object, 5)] {
-            let event = parse(body.to_string().as_bytes()).expect("parsed");
+            let event = parse(body.to_string().as_bytes(), &ProPrices::default()).expect("parsed");
             assert_eq!(event.action, Action::Unhandled, "{body}");
             assert_eq!(event.created, created);
         }
@@ -469,14 +480,17 @@ mod tests {
             let body = subscription_event(json!({"id": "sub_1", "customer": "cus_1",
                 "status": status, "items": {"data": [{"id": "si_1"}]}}));
             assert!(
-                matches!(parse(&body), Err(EventError::Unusable(_))),
+                matches!(
+                    parse(&body, &ProPrices::default()),
+                    Err(EventError::Unusable(_))
+                ),
                 "{status}"
             );
         }
         // A status that grants nothing needs no period end.
         let canceled =
             subscription_event(json!({"id": "sub_1", "customer": "cus_1", "status": "canceled"}));
-        assert!(parse(&canceled).is_ok());
+        assert!(parse(&canceled, &ProPrices::default()).is_ok());
     }
 
     #[test]
@@ -488,7 +502,10 @@ mod tests {
             for (key, value) in changes.as_object().unwrap() {
                 object[key] = value.clone();
             }
-            let Action::Subscription(s) = parse(&subscription_event(object)).unwrap().action else {
+            let Action::Subscription(s) = parse(&subscription_event(object), &ProPrices::default())
+                .unwrap()
+                .action
+            else {
                 panic!("not a subscription")
             };
             s.ends_at_period_end
@@ -547,13 +564,13 @@ mod tests {
             "status": "past_due", "current_period_end": 9_000,
             "latest_invoice": {"id": "in_1", "object": "invoice", "status": "open",
                 "created": 40, "status_transitions": {"finalized_at": 50}}}));
-        let Action::Subscription(s) = parse(&body).unwrap().action else {
+        let Action::Subscription(s) = parse(&body, &ProPrices::default()).unwrap().action else {
             panic!("not a subscription")
         };
         assert_eq!(s.unpaid_invoice_since, timestamp(50));
         let id_only = subscription_event(json!({"id": "sub_1", "customer": "cus_1",
             "status": "past_due", "current_period_end": 9_000, "latest_invoice": "in_1"}));
-        let Action::Subscription(s) = parse(&id_only).unwrap().action else {
+        let Action::Subscription(s) = parse(&id_only, &ProPrices::default()).unwrap().action else {
             panic!("not a subscription")
         };
         assert_eq!(s.unpaid_invoice_since, None);

@@ -4,5 +4,6 @@
 pub mod client;
 pub mod event;
 pub mod mode;
+pub mod prices;
 pub mod signature;
 pub mod stored_time;

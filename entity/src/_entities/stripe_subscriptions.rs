@@ -15,6 +15,7 @@ pub struct Model {
     pub updated_at: DateTimeWithTimeZone,
     pub past_due_since: Option<DateTimeWithTimeZone>,
     pub ends_at_period_end: bool,
+    pub price_grants_pro: bool,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

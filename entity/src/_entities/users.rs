@@ -19,6 +19,7 @@ pub struct Model {
     pub current_period_end: Option<DateTimeWithTimeZone>,
     pub past_due_since: Option<DateTimeWithTimeZone>,
     pub ends_at_period_end: bool,
+    pub price_grants_pro: bool,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -36,6 +36,7 @@ pub fn api_settings(
             webhook_tolerance_secs: 300,
             // The events the benchmarks build say `"livemode": false`.
             mode: Some(api::stripe::mode::StripeMode::Test),
+            pro_prices: Default::default(),
         },
         purge_every_secs: 0,
         connections: Default::default(),

@@ -150,7 +150,13 @@ pub struct SyncRun {
 }
 
 /// `billing stripe-sync` as an operator runs it, on a host whose clock reads `host_clock`.
-pub async fn stripe_sync(database_url: &str, api_base: &str, host_clock: i64) -> SyncRun {
+/// `pro_list`: the history's `PRO_PRICE_IDS`, if it runs with one.
+pub async fn stripe_sync(
+    database_url: &str,
+    api_base: &str,
+    host_clock: i64,
+    pro_list: Option<&str>,
+) -> SyncRun {
     let clock = chrono::DateTime::from_timestamp(host_clock, 0)
         .map(|t| t.format("@%Y-%m-%d %H:%M:%S").to_string())
         .unwrap_or_default();
@@ -161,6 +167,7 @@ pub async fn stripe_sync(database_url: &str, api_base: &str, host_clock: i64) ->
         .env("STRIPE_API_BASE", api_base)
         .env("STRIPE_API_KEY", super::fake_api::KEY)
         .env("STRIPE_MAX_REQUESTS_PER_SEC", "1000")
+        .env("PRO_PRICE_IDS", pro_list.unwrap_or(""))
         // The harness migrated the database; a nightly run on a deployed one would say the
         // same. `check` still refuses a schema with a migration pending, and saves the
         // migrator's own pool and lock on every run (docs/stripe-model.md, "Time").

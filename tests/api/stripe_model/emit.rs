@@ -8,15 +8,15 @@
 
 use serde_json::{Value, json};
 
-use super::model::{Checkout, Customer, Invoice, Object, Sent, Shape, Sub};
+use super::model::{Checkout, Customer, Invoice, Object, Sent, Shape, Sub, product_of};
 
 pub fn subscription(sub: &Sub, shape: Shape) -> Value {
     let item = |with_period: bool| {
         let mut item = json!({
             "id": format!("si_{}", sub.id), "object": "subscription_item",
             "created": sub.created, "discounts": [], "metadata": {},
-            "price": {"id": "price_pro", "object": "price", "active": true, "currency": "usd",
-                      "product": "prod_pro", "type": "recurring",
+            "price": {"id": sub.price, "object": "price", "active": true, "currency": "usd",
+                      "product": product_of(sub.price), "type": "recurring",
                       "recurring": {"interval": if sub.interval > 31 * 86_400 { "year" } else { "month" },
                                     "interval_count": 1, "usage_type": "licensed"},
                       "unit_amount": 2000},

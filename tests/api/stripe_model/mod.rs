@@ -55,7 +55,13 @@ const SPAN: i64 = 150 * DAY;
 async fn stripe_model_histories(backend: Backend) {
     let seeds = seeds();
     let app = Arc::new(spawn_app(backend).await);
-    let second = Arc::new(Instance::start(&app.db.url).await);
+    let second = Arc::new(Instance::start(&app.db.url, None).await);
+    // The histories that run with PRO_PRICE_IDS set are served by two instances of their own,
+    // on the same database.
+    let listed = Arc::new([
+        Instance::start(&app.db.url, Some(model::PRO_LIST)).await,
+        Instance::start(&app.db.url, Some(model::PRO_LIST)).await,
+    ]);
     let started = std::time::Instant::now();
     let mut failures = Vec::new();
     for chunk in seeds.chunks(concurrent(backend)) {
@@ -63,7 +69,14 @@ async fn stripe_model_histories(backend: Backend) {
         for &seed in chunk {
             let app = app.clone();
             let second = second.clone();
-            running.spawn(async move { (seed, run_history(seed, &app, &second.address).await) });
+            let listed = listed.clone();
+            running.spawn(async move {
+                let servers = Servers {
+                    plain: [app.address.as_str(), second.address.as_str()],
+                    listed: [listed[0].address.as_str(), listed[1].address.as_str()],
+                };
+                (seed, run_history(seed, &app, servers).await)
+            });
         }
         while let Some(done) = running.join_next().await {
             let (seed, result) = done.expect("history task");
@@ -144,9 +157,21 @@ struct Instance {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
+/// The two instances a history is delivered to: `plain` with no `PRO_PRICE_IDS`, `listed`
+/// with [`model::PRO_LIST`].
+struct Servers<'a> {
+    plain: [&'a str; 2],
+    listed: [&'a str; 2],
+}
+
 impl Instance {
-    async fn start(database_url: &str) -> Self {
-        let app = Application::build(&test_settings(database_url))
+    async fn start(database_url: &str, pro_list: Option<&str>) -> Self {
+        let mut settings = test_settings(database_url);
+        if let Some(list) = pro_list {
+            settings.stripe.pro_prices =
+                api::stripe::prices::ProPrices::parse(list).expect("the model's list");
+        }
+        let app = Application::build(&settings)
             .await
             .expect("build the second instance");
         let address = format!("http://{}", app.local_addr().expect("addr"));
@@ -178,18 +203,22 @@ async fn stored(db: &DatabaseConnection, user_id: i64) -> String {
         .await
         .unwrap_or_default();
     let mut out = format!(
-        "user columns {} {:?} {:?}; rows:",
-        user.subscription_status, user.subscription_id, user.current_period_end
+        "user columns {} {:?} {:?} price grants pro {}; rows:",
+        user.subscription_status,
+        user.subscription_id,
+        user.current_period_end,
+        user.price_grants_pro
     );
     for s in subs {
         let _ = write!(
             out,
-            " [{} {} {} end {:?} created {}]",
+            " [{} {} {} end {:?} created {} price grants pro {}]",
             s.subscription_id,
             s.customer_id,
             s.status,
             s.current_period_end.map(|e| e.timestamp()),
-            s.created
+            s.created,
+            s.price_grants_pro
         );
     }
     out
@@ -199,9 +228,11 @@ async fn stored(db: &DatabaseConnection, user_id: i64) -> String {
 fn describe(h: &History, object: &model::Object) -> String {
     match object {
         model::Object::Sub(s) => format!(
-            "[{} of {} {} ends {}{}{}]",
+            "[{} of {} {} {}{} ends {}{}{}]",
             s.id,
             s.customer,
+            s.price,
+            if s.listed { "" } else { " (not Pro)" },
             s.status.as_str(),
             day(h, s.period_end),
             if s.cancel_at_period_end {
@@ -250,7 +281,7 @@ async fn check_instant(
     Ok(())
 }
 
-async fn run_history(seed: u64, app: &TestApp, second: &str) -> Result<(), String> {
+async fn run_history(seed: u64, app: &TestApp, servers: Servers<'_>) -> Result<(), String> {
     let now = chrono::Utc::now().timestamp();
     let h = Arc::new(model::generate(seed, now - SPAN, now));
     let mut users = Vec::new();
@@ -276,15 +307,20 @@ async fn run_history(seed: u64, app: &TestApp, second: &str) -> Result<(), Strin
     let stripe = fake_api::FakeApi::start(h.clone(), users.clone()).await;
     let mut rng = rng::Rng::new(seed ^ 0x5EED_DE11_7E57);
     let steps = deliver::plan(&h, &mut rng);
-    let addresses = [app.address.as_str(), second];
+    let (addresses, pro_list) = if h.pro_list {
+        (servers.listed, Some(model::PRO_LIST))
+    } else {
+        (servers.plain, None)
+    };
     // Every step and its answer, for replaying a seed (docs/stripe-model.md).
     let trace = std::env::var_os("STRIPE_MODEL_TRACE").is_some();
     let mut known = Knowledge::new(&h);
     let context = |what: String| {
         format!(
-            "{what} [{:?} shape, after retries: {:?}, {} users, {} events]",
+            "{what} [{:?} shape, after retries: {:?}, PRO_PRICE_IDS {:?}, {} users, {} events]",
             h.shape,
             h.after_retries,
+            pro_list.unwrap_or(""),
             h.users.len(),
             h.events.len()
         )
@@ -349,7 +385,8 @@ async fn run_history(seed: u64, app: &TestApp, second: &str) -> Result<(), Strin
             Step::Sync { skew } => {
                 let at = (*at).min(now);
                 stripe.set_now(at);
-                let run = deliver::stripe_sync(&app.db.url, &stripe.base, at + skew).await;
+                let run =
+                    deliver::stripe_sync(&app.db.url, &stripe.base, at + skew, pro_list).await;
                 if trace {
                     println!(
                         "{seed:#x} {} sync, skew {skew}s: {}",
@@ -372,7 +409,7 @@ async fn run_history(seed: u64, app: &TestApp, second: &str) -> Result<(), Strin
     // Settled: every delivery made; a sync for the lost events, from a skewed host.
     stripe.set_now(now);
     let skew = rng.below_i64(2 * deliver::MAX_SKEW + 1) - deliver::MAX_SKEW;
-    let mut sync = deliver::stripe_sync(&app.db.url, &stripe.base, now + skew).await;
+    let mut sync = deliver::stripe_sync(&app.db.url, &stripe.base, now + skew, pro_list).await;
     // A run that met a busy SQLite database is run again, as an operator would.
     for attempt in 1..=3 {
         let busy = sync.output.contains("database is locked") || sync.output.contains("busy");
@@ -380,7 +417,7 @@ async fn run_history(seed: u64, app: &TestApp, second: &str) -> Result<(), Strin
             break;
         }
         pause_before_retry(attempt).await;
-        sync = deliver::stripe_sync(&app.db.url, &stripe.base, now + skew).await;
+        sync = deliver::stripe_sync(&app.db.url, &stripe.base, now + skew, pro_list).await;
     }
     known.last_sync = Some(now + knowledge::SYNC_MARGIN);
     if !sync.success {
@@ -429,14 +466,19 @@ async fn check_settled(
             let end = row.current_period_end.map(|e| e.timestamp());
             if !oracle::stored_statuses(sub.status).contains(&row.status.as_str())
                 || end != Some(sub.period_end)
+                || row.price_grants_pro != sub.listed
             {
                 return Err(format!(
-                    "SETTLED STATE: subscription {} is {} ending {} at Stripe, stored {} ending {:?}",
+                    "SETTLED STATE: subscription {} is {} ending {} at Stripe (price {}, \
+                     grants Pro by it: {}), stored {} ending {:?} (price grants Pro: {})",
                     sub.id,
                     sub.status.as_str(),
                     sub.period_end,
+                    sub.price,
+                    sub.listed,
                     row.status,
-                    end
+                    end,
+                    row.price_grants_pro
                 ));
             }
         }

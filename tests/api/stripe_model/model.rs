@@ -140,6 +140,30 @@ pub struct Sub {
     /// The truth the oracle reads: when this stretch of `past_due` began (the first failed
     /// payment that made it past due). Not a Stripe field.
     pub past_due_since: Option<i64>,
+    /// Its one item's price, one of [`PRICES`].
+    pub price: &'static str,
+    /// The truth the oracle reads: its price grants Pro under the history's `PRO_PRICE_IDS`
+    /// (always, with no list). Not a Stripe field.
+    pub listed: bool,
+}
+
+/// The prices a subscription is sold at, `(price, its product)`: with [`PRO_LIST`] set, the
+/// first grants Pro by its price id, the second by its product, the third not at all.
+pub const PRICES: [(&str, &str); 3] = [
+    ("price_pro", "prod_pro"),
+    ("price_team", "prod_team"),
+    ("price_basic", "prod_basic"),
+];
+
+/// `PRO_PRICE_IDS` of the histories that run with a list.
+pub const PRO_LIST: &str = "price_pro,prod_team";
+
+/// The product of a price of [`PRICES`].
+pub fn product_of(price: &str) -> &'static str {
+    PRICES
+        .iter()
+        .find(|(p, _)| *p == price)
+        .map_or("prod_unknown", |(_, product)| product)
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -231,6 +255,8 @@ pub struct History {
     pub events: Vec<Sent>,
     pub start: i64,
     pub end: i64,
+    /// Whether the service runs with `PRO_PRICE_IDS` = [`PRO_LIST`] for this history.
+    pub pro_list: bool,
 }
 
 /// The retry days after the first failure of an invoice [retries].
@@ -254,9 +280,27 @@ struct Sim<'a> {
     retries: Vec<i64>,
     trial_end_behavior: &'static str,
     counter: u32,
+    /// Draws the prices, apart from `rng`: the histories of earlier seeds (the regression
+    /// seeds among them) keep every other draw they had.
+    prices: Rng,
 }
 
 impl Sim<'_> {
+    /// A new subscription's price: mostly a Pro one.
+    fn price(&mut self) -> &'static str {
+        match self.prices.below(10) {
+            0..=4 => PRICES[0].0,
+            5..=7 => PRICES[1].0,
+            _ => PRICES[2].0,
+        }
+    }
+
+    /// Whether `price` grants Pro under the history's list: [`PRO_LIST`] names the first
+    /// price and the second's product.
+    fn listed(&self, price: &str) -> bool {
+        !self.h.pro_list || price != PRICES[2].0
+    }
+
     fn next_id(&mut self, prefix: &str) -> String {
         self.counter += 1;
         format!("{prefix}_m{:x}x{}", self.h.seed, self.counter)
@@ -542,6 +586,7 @@ impl Sim<'_> {
         }
         let customer = self.customers[c].id.clone();
         let id = self.next_id("sub");
+        let price = self.price();
         let interval = if self.rng.chance(0.8) {
             30 * DAY
         } else {
@@ -571,6 +616,8 @@ impl Sim<'_> {
             collection_paused: false,
             latest_invoice: None,
             past_due_since: None,
+            price,
+            listed: self.listed(price),
         };
         self.subs.push(sub);
         let i = self.subs.len() - 1;
@@ -611,6 +658,7 @@ impl Sim<'_> {
     fn incomplete_subscription(&mut self, c: usize, at: i64) {
         let customer = self.customers[c].id.clone();
         let id = self.next_id("sub");
+        let price = self.price();
         self.subs.push(Sub {
             id,
             customer,
@@ -626,6 +674,8 @@ impl Sim<'_> {
             collection_paused: false,
             latest_invoice: None,
             past_due_since: None,
+            price,
+            listed: self.listed(price),
         });
         let i = self.subs.len() - 1;
         self.new_invoice(i, at, "subscription_create");
@@ -734,6 +784,8 @@ pub fn generate(seed: u64, start: i64, end: i64) -> History {
     };
     let retries = retry_offsets(rng.chance(0.5));
     let trial_end_behavior = ["cancel", "pause", "create_invoice"][rng.below(3)];
+    let mut prices = Rng::new(seed ^ 0x009A_1CE5_EED5);
+    let pro_list = prices.chance(0.5);
     let mut sim = Sim {
         rng: &mut rng,
         h: History {
@@ -747,6 +799,7 @@ pub fn generate(seed: u64, start: i64, end: i64) -> History {
             events: Vec::new(),
             start,
             end,
+            pro_list,
         },
         subs: Vec::new(),
         customers: Vec::new(),
@@ -755,6 +808,7 @@ pub fn generate(seed: u64, start: i64, end: i64) -> History {
         retries,
         trial_end_behavior,
         counter: 0,
+        prices,
     };
     let actions_until = end - 4 * DAY;
     let mut at = start;

@@ -144,11 +144,14 @@ fn the_model_keeps_stripes_rules() {
 /// A service that does what issue 18 asks, in memory: snapshots ordered by Stripe's clock
 /// (events by `created`, syncs by `Date` less the margin), the past-due grace counted from
 /// the first event or sync showing it, no renewal grace with `cancel_at_period_end`, and
-/// customers linked by their Checkout's `client_reference_id` (webhook or sync).
+/// customers linked by their Checkout's `client_reference_id` (webhook or sync), and, with
+/// `PRO_PRICE_IDS` set, Pro only for a subscription whose price or product is listed.
 #[derive(Default)]
 struct Reference {
     links: HashMap<String, usize>,
     subs: HashMap<String, Stored>,
+    /// The history runs with [`model::PRO_LIST`].
+    pro_list: bool,
 }
 
 struct Stored {
@@ -158,6 +161,8 @@ struct Stored {
     cancel_at_period_end: bool,
     key: i64,
     past_due_from: Option<i64>,
+    /// Its price or product is on the list, or there is none.
+    listed: bool,
 }
 
 impl Reference {
@@ -186,6 +191,10 @@ impl Reference {
                 cancel_at_period_end: sub.cancel_at_period_end,
                 key,
                 past_due_from,
+                listed: !self.pro_list
+                    || model::PRO_LIST
+                        .split(',')
+                        .any(|e| e == sub.price || e == model::product_of(sub.price)),
             },
         );
     }
@@ -195,6 +204,7 @@ impl Reference {
         self.subs
             .values()
             .filter(|s| self.links.get(&s.customer) == Some(&user))
+            .filter(|s| s.listed)
             .any(|s| match s.status {
                 Status::Active | Status::Trialing => {
                     let grace = if s.cancel_at_period_end {
@@ -247,7 +257,10 @@ fn a_service_built_to_the_rule_keeps_the_properties() {
         let mut rng = super::rng::Rng::new(seed ^ 0x5EED_DE11_7E57);
         let steps = deliver::plan(&h, &mut rng);
         let mut known = Knowledge::new(&h);
-        let mut service = Reference::default();
+        let mut service = Reference {
+            pro_list: h.pro_list,
+            ..Reference::default()
+        };
         let mut failed = None;
         for (at, step) in &steps {
             match step {

@@ -7,7 +7,9 @@
 //! * `active`/`trialing` keep Pro until the period end plus RENEWAL_GRACE_DAYS (Stripe's renewal
 //!   event may be late), but only until the period end when `cancel_at_period_end` is set:
 //!   Stripe has said it will end then;
-//! * `canceled`, `unpaid`, `incomplete`, `incomplete_expired`, `paused`: Free.
+//! * `canceled`, `unpaid`, `incomplete`, `incomplete_expired`, `paused`: Free;
+//! * with `PRO_PRICE_IDS` set, a subscription whose price (or its product) is not listed
+//!   grants nothing, whatever its status.
 
 use std::collections::HashMap;
 
@@ -18,17 +20,18 @@ pub const RENEWAL_GRACE_DAYS: i64 = 3;
 
 /// Whether `sub`, as Stripe holds it at `t`, grants Pro at `t`.
 pub fn grants_pro(sub: &Sub, t: i64) -> bool {
-    match sub.status {
-        Status::Active | Status::Trialing => t < renewal_grace_end(sub),
-        Status::PastDue => sub
-            .past_due_since
-            .is_some_and(|since| t < since + GRACE_PERIOD_DAYS * DAY),
-        Status::Canceled
-        | Status::Unpaid
-        | Status::Incomplete
-        | Status::IncompleteExpired
-        | Status::Paused => false,
-    }
+    sub.listed
+        && match sub.status {
+            Status::Active | Status::Trialing => t < renewal_grace_end(sub),
+            Status::PastDue => sub
+                .past_due_since
+                .is_some_and(|since| t < since + GRACE_PERIOD_DAYS * DAY),
+            Status::Canceled
+            | Status::Unpaid
+            | Status::Incomplete
+            | Status::IncompleteExpired
+            | Status::Paused => false,
+        }
 }
 
 /// [`grants_pro`] as a service may apply it to `sub` when it was first shown this stretch of
@@ -36,7 +39,9 @@ pub fn grants_pro(sub: &Sub, t: i64) -> bool {
 /// that arrives late, or is lost, moves the start of the grace that late.
 pub fn may_grant_pro(sub: &Sub, seen: Option<i64>, t: i64) -> bool {
     match (sub.status, sub.past_due_since, seen) {
-        (Status::PastDue, Some(since), Some(seen)) => t < since.max(seen) + GRACE_PERIOD_DAYS * DAY,
+        (Status::PastDue, Some(since), Some(seen)) => {
+            sub.listed && t < since.max(seen) + GRACE_PERIOD_DAYS * DAY
+        }
         _ => grants_pro(sub, t),
     }
 }
