@@ -206,8 +206,22 @@ impl Error {
     /// was sent). The variants with a `detail` carry text this crate did not write; those made
     /// where the URL is at hand ([`ConnectError`], [`Error::LockConnection`]) are scrubbed
     /// already.
+    ///
+    /// A prepared statement the server says it does not know (SQLSTATE 26000) is reported as
+    /// what causes it: a transaction-mode pooler that bound it on another server connection.
+    /// [`crate::pooler`]'s probe can miss a busy pooler by luck (a local test run saw it
+    /// once, with the pool's three server connections shared by parallel tests); the symptom
+    /// cannot.
     pub fn scrubbed(self, url: &DatabaseUrl) -> Self {
         match self {
+            Self::Database { source, .. }
+                if url.backend == sea_orm_migration::sea_orm::DbBackend::Postgres
+                    && unknown_prepared_statement(&source) =>
+            {
+                Self::TransactionPooler {
+                    target: url.display.clone(),
+                }
+            }
             Self::Database { detail, source } => Self::Database {
                 detail: url.scrub(&detail),
                 source,
@@ -218,6 +232,18 @@ impl Error {
             other => other,
         }
     }
+}
+
+/// Whether the server refused a statement naming a prepared statement it does not have.
+fn unknown_prepared_statement(err: &DbErr) -> bool {
+    use sea_orm_migration::sea_orm::RuntimeErr;
+    let (DbErr::Exec(RuntimeErr::SqlxError(err)) | DbErr::Query(RuntimeErr::SqlxError(err))) = err
+    else {
+        return false;
+    };
+    err.as_database_error()
+        .and_then(|db| db.code())
+        .is_some_and(|code| code == "26000")
 }
 
 /// What the server said, for a user. PostgreSQL's errors display with the line of the

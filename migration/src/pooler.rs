@@ -12,7 +12,10 @@
 //! it got back last (PgBouncer's default), so the second connection's transaction, opened
 //! right after the first connection's, lands on the first one's backend; and while that
 //! transaction holds it, the first connection's next statement lands elsewhere. Each round
-//! would catch either; three rounds make a busy pool's luck unlikely to hide it. Only simple
+//! would catch either. Three rounds once missed a pool whose three server connections were
+//! busy with parallel tests (a local run, 2026-12-04); twenty cost a few milliseconds more,
+//! and a pooler that still slips through is named by its first unknown prepared statement
+//! ([`Error::scrubbed`]). Only simple
 //! queries are sent: behind such a pooler, a prepared statement may not survive to be bound.
 
 use sea_orm_migration::sea_orm::sqlx::{self, Connection, PgConnection, Row};
@@ -20,7 +23,7 @@ use sea_orm_migration::sea_orm::sqlx::{self, Connection, PgConnection, Row};
 use crate::connect::DatabaseUrl;
 use crate::error::Error;
 
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 20;
 
 /// Errs with [`Error::TransactionPooler`] when `url` (PostgreSQL) leads to a pooler that
 /// moves a client connection between server sessions.
