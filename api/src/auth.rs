@@ -80,25 +80,31 @@ impl FromRequestParts<AppState> for CurrentUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        // Every failure counts against the peer's allowance (UNKNOWN_TOKENS_PER_PEER); past
+        // it, the answer is a 429 held for a second (token_gate.rs, `PeerLimit::refusal`).
+        let peer = || {
+            let connection = crate::token_gate::connection_address(parts);
+            state.peer_limit.peer(&parts.headers, connection)
+        };
         // A malformed token, or one the database lately did not know, costs no query.
-        let secret = parts
+        let Some(secret) = parts
             .headers
             .get(AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
             .and_then(well_formed_token)
-            .ok_or(ApiError::Unauthorized)?;
+        else {
+            return Err(state.peer_limit.failed(peer()).await);
+        };
         let token_hash = hash(secret);
         if state.unknown_tokens.is_known_unknown(&token_hash) {
-            return Err(ApiError::Unauthorized);
+            return Err(state.peer_limit.failed(peer()).await);
         }
         // A token lately found valid is looked up whatever its peer did; any other lookup is
-        // taken from the peer's allowance of lookups that find nothing (429 when spent).
+        // taken from the peer's allowance (given back if the token is found).
         let lookup = if state.valid_tokens.contains(&token_hash) {
             None
         } else {
-            let connection = crate::token_gate::connection_address(parts);
-            let peer = state.peer_limit.peer(&parts.headers, connection);
-            Some(state.peer_limit.admit(peer)?)
+            Some(state.peer_limit.admit(peer()).await?)
         };
         let found = api_tokens::Entity::find()
             .filter(api_tokens::Column::TokenHash.eq(token_hash.as_str()))

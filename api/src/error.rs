@@ -34,9 +34,13 @@ pub enum ApiError {
     #[error("request body is larger than this server accepts (MAX_BODY_BYTES)")]
     PayloadTooLarge,
     #[error(
-        "too many unknown bearer tokens from this address (UNKNOWN_TOKENS_PER_PEER); retry after Retry-After seconds"
+        "too many failed bearer tokens from this address (UNKNOWN_TOKENS_PER_PEER); retry after Retry-After seconds"
     )]
     TooManyUnknownTokens { retry_after_secs: u64 },
+    #[error(
+        "this token sent more requests than TOKEN_REQUESTS_PER_SEC a second; retry after Retry-After seconds"
+    )]
+    RateLimited { retry_after_secs: u64 },
     #[error("{message}")]
     PaymentRequired { message: String },
     #[error("{message}")]
@@ -103,6 +107,7 @@ impl ApiError {
             ApiError::TooManyUnknownTokens { .. } => {
                 (StatusCode::TOO_MANY_REQUESTS, "too_many_unknown_tokens")
             }
+            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::InvalidSignature(_) => (StatusCode::BAD_REQUEST, "invalid_signature"),
             ApiError::NotConfigured(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_configured"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
@@ -219,7 +224,8 @@ impl IntoResponse for ApiError {
                     HeaderValue::from_static(RETRY_AFTER_SECS),
                 );
             }
-            ApiError::TooManyUnknownTokens { retry_after_secs } => {
+            ApiError::TooManyUnknownTokens { retry_after_secs }
+            | ApiError::RateLimited { retry_after_secs } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
             _ => {}

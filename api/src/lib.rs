@@ -11,6 +11,7 @@ pub mod health_probe;
 pub mod json;
 pub mod metrics;
 pub mod own_answers;
+pub mod rate_buckets;
 pub mod routes;
 pub mod serve;
 pub mod service;

@@ -325,9 +325,20 @@ pub struct Limits {
         value_parser = clap::value_parser!(u32).range(1..)
     )]
     pub token_concurrency: u32,
-    /// Lookups of unknown bearer tokens one peer address may cause per minute: a burst of this
-    /// many, then one every 60/N seconds. Past it, a token this instance has not lately seen
-    /// valid is answered 429 `too_many_unknown_tokens` (with `Retry-After`) without a query.
+    /// Requests one bearer token may start per second, reads included: a burst of this many,
+    /// then one every 1/N s; a request whose turn is further off than a lock wait
+    /// (DB_LOCK_TIMEOUT_MS) is answered 429 `rate_limited` with `Retry-After`. 0: no limit.
+    #[arg(
+        global = true,
+        long,
+        env = "TOKEN_REQUESTS_PER_SEC",
+        default_value_t = 100
+    )]
+    pub token_requests_per_sec: u32,
+    /// Failed bearer tokens (missing, malformed, unknown, revoked) one peer address may send
+    /// per minute: a burst of this many, then one every 60/N seconds. Past it, a request
+    /// without a token this instance lately saw valid is answered 429
+    /// `too_many_unknown_tokens` (with `Retry-After`) without a query, after a second.
     /// 0: no limit.
     #[arg(
         global = true,
@@ -375,6 +386,7 @@ impl Default for Limits {
             max_body_bytes: 65_536,
             max_page_size: 100,
             token_concurrency: 4,
+            token_requests_per_sec: 100,
             unknown_tokens_per_peer: 60,
             trust_x_forwarded_for: false,
             purge_batch_size: 1000,

@@ -517,7 +517,11 @@ impl Application {
             body_read_timeout: settings.connections.body_read_timeout(),
             lock_timeout: settings.lock_timeout(),
             user_queue: UserQueue::default(),
-            token_gate: TokenGate::new(settings.limits.token_concurrency, settings.lock_timeout()),
+            token_gate: TokenGate::new(
+                settings.limits.token_concurrency,
+                settings.limits.token_requests_per_sec,
+                settings.lock_timeout(),
+            ),
             unknown_tokens: UnknownTokens::default(),
             valid_tokens: Default::default(),
             peer_limit: PeerLimit::new(

@@ -97,8 +97,10 @@ fn add_authenticated_errors(operation: &mut Operation) {
         ("401", "missing, malformed or revoked bearer token"),
         (
             "429",
-            "this address sent more unknown bearer tokens than UNKNOWN_TOKENS_PER_PEER a minute; \
-             retry after Retry-After seconds",
+            "`too_many_unknown_tokens`: this address sent more failed bearer tokens (missing, \
+             malformed, unknown, revoked) than UNKNOWN_TOKENS_PER_PEER a minute (answered after \
+             a second); `rate_limited`: this token started more requests than \
+             TOKEN_REQUESTS_PER_SEC a second. Retry after Retry-After seconds",
         ),
         (
             "503",

@@ -64,6 +64,14 @@ pub struct Args {
     /// The server's UNKNOWN_TOKENS_PER_PEER (its default: 60; 0: no limit).
     #[arg(long, default_value_t = 60)]
     pub unknown_tokens_per_peer: u32,
+    /// Requests a second the victim sends, one at a time on a fixed schedule (a busy client,
+    /// within any sane per-token rate); 0: back to back, as fast as answers come (the victim
+    /// is then a flood of its own, and meets TOKEN_REQUESTS_PER_SEC).
+    #[arg(long, default_value_t = 50)]
+    pub victim_rate: u32,
+    /// The server's TOKEN_REQUESTS_PER_SEC (its default: 100; 0: no limit).
+    #[arg(long, default_value_t = 100)]
+    pub token_requests_per_sec: u32,
     /// The `billing` binary to serve with (default: the one beside this `bench`).
     #[arg(long)]
     pub billing_bin: Option<PathBuf>,
@@ -201,6 +209,10 @@ async fn start_server(args: &Args, database_url: &str) -> Result<Server, String>
             "UNKNOWN_TOKENS_PER_PEER",
             args.unknown_tokens_per_peer.to_string(),
         )
+        .env(
+            "TOKEN_REQUESTS_PER_SEC",
+            args.token_requests_per_sec.to_string(),
+        )
         .env("RUST_LOG", "error")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -246,10 +258,13 @@ async fn measure(args: &Args, bench: &Bench) -> Result<(), String> {
 
     let server = start_server(args, &bench.url).await?;
     println!(
-        "\nserver: {} (pid {}), UNKNOWN_TOKENS_PER_PEER={}; attackers from {} addresses; flood nice {}",
+        "\nserver: {} (pid {}), UNKNOWN_TOKENS_PER_PEER={}, TOKEN_REQUESTS_PER_SEC={}; victim \
+         {} requests/s (0: back to back); attackers from {} addresses; flood nice {}",
         server.base,
         server.child.id(),
         args.unknown_tokens_per_peer,
+        args.token_requests_per_sec,
+        args.victim_rate,
         args.attacker_addresses,
         args.flood_nice
     );
@@ -390,7 +405,16 @@ async fn phase(
     let victim_token = load::user_token(VICTIM);
     let mut victim = Vec::new();
     let mut victim_failed = 0;
+    let mut schedule = (args.victim_rate > 0).then(|| {
+        let mut ticks = tokio::time::interval(Duration::from_secs(1) / args.victim_rate.max(1));
+        // A late request does not make the next ones bunch up.
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks
+    });
     while Instant::now() < deadline {
+        if let Some(ticks) = schedule.as_mut() {
+            ticks.tick().await;
+        }
         let began = Instant::now();
         let ok = match victim_client
             .get(format!("{}/v1/sessions", server.base))

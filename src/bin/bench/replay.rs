@@ -164,6 +164,7 @@ impl ApiServer {
             user_queue: Default::default(),
             token_gate: api::token_gate::TokenGate::new(
                 settings.limits.token_concurrency,
+                settings.limits.token_requests_per_sec,
                 settings.lock_timeout(),
             ),
             unknown_tokens: Default::default(),
