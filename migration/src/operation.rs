@@ -159,17 +159,6 @@ pub struct TextWidening {
     pub not_null: bool,
 }
 
-/// An index built plainly, in the migration's transaction, with the same statement on every
-/// backend: for a table no traffic used yet when the migration was written (m004).
-#[derive(Clone, Copy)]
-pub struct PlainIndex {
-    pub name: &'static str,
-    pub table: &'static str,
-    pub columns: &'static [&'static str],
-    /// What the build step prints ("index sessions by (user_id, id)").
-    pub summary: &'static str,
-}
-
 /// A column added plainly, in the migration's transaction, with the same statement on every
 /// backend (m005).
 #[derive(Clone)]
@@ -214,8 +203,6 @@ pub enum Operation {
     CreateTable(TableSpec),
     DropTable(TableSpec),
     ReplaceView(ViewChange),
-    PlainCreateIndex(PlainIndex),
-    PlainDropIndex(PlainIndex),
     PlainAddColumn(PlainColumn),
     PlainDropColumn(PlainColumn),
     /// Makes an existing string column compare as bytes, where the backend's default
@@ -261,8 +248,6 @@ impl Operation {
             Operation::ReplaceView(change) => {
                 vec![dialect.replace_view(change.name, &(change.new)(dialect))]
             }
-            Operation::PlainCreateIndex(index) => vec![plain_create_index(dialect, index)],
-            Operation::PlainDropIndex(index) => vec![plain_drop_index(dialect, index)],
             Operation::PlainAddColumn(column) => vec![plain_add_column(dialect, column)],
             Operation::PlainDropColumn(column) => vec![plain_drop_column(dialect, column)],
             Operation::CompareAsBytes(column) => dialect.string_collation(column, true),
@@ -292,8 +277,6 @@ impl Operation {
                 old: change.new,
                 new: change.old,
             }),
-            Operation::PlainCreateIndex(index) => Operation::PlainDropIndex(*index),
-            Operation::PlainDropIndex(index) => Operation::PlainCreateIndex(*index),
             Operation::PlainAddColumn(column) => Operation::PlainDropColumn(column.clone()),
             Operation::PlainDropColumn(column) => Operation::PlainAddColumn(column.clone()),
             Operation::CompareAsBytes(column) => Operation::CompareByTableDefault(*column),
@@ -309,34 +292,6 @@ impl Operation {
             },
         }
     }
-}
-
-fn plain_create_index(dialect: &dyn Dialect, index: &PlainIndex) -> Step {
-    let mut stmt = Index::create();
-    stmt.name(index.name).table(dialect.table(index.table));
-    for column in index.columns {
-        stmt.col(Alias::new(*column));
-    }
-    Step::new(
-        index.summary,
-        crate::step::Mode::Plain,
-        crate::probe::Probe::index_present(index.table, index.name),
-    )
-    .build(dialect.backend(), &stmt)
-}
-
-fn plain_drop_index(dialect: &dyn Dialect, index: &PlainIndex) -> Step {
-    Step::new(
-        format!("drop index {}", index.name),
-        crate::step::Mode::Plain,
-        crate::probe::Probe::index_absent(index.table, index.name),
-    )
-    .build(
-        dialect.backend(),
-        Index::drop()
-            .name(index.name)
-            .table(dialect.table(index.table)),
-    )
 }
 
 fn plain_add_column(dialect: &dyn Dialect, column: &PlainColumn) -> Step {
