@@ -906,6 +906,23 @@ async fn terminate_lock_session(t: &TestDb) {
         )
         .await;
     assert_eq!(killed, vec!["true"], "one lock session, terminated");
+    // pg_terminate_backend only signals: until the backend has exited, the session still
+    // answers and still holds the lock (so no other migrator can have it), and a migrator
+    // resumed then may rightly run a few more steps. A CI run on PostgreSQL 16 under load did
+    // (steps 2 to 5). Wait until the lock is gone, as the test means "the session is gone".
+    for _ in 0..200 {
+        let held = t
+            .texts(
+                "SELECT count(*)::text FROM pg_locks WHERE locktype = 'advisory' AND granted \
+                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            )
+            .await;
+        if held == vec!["0"] {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the terminated lock session still holds its lock after 10 s");
 }
 
 /// The lock's connection is killed (as a proxy, an idle timeout or an administrator would)
