@@ -81,7 +81,7 @@ impl FromRequestParts<AppState> for CurrentUser {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         // Every failure counts against the peer's allowance (UNKNOWN_TOKENS_PER_PEER); past
-        // it, the answer is a 429 held for a second (token_gate.rs, `PeerLimit::refusal`).
+        // it, the answer is a 429 held 1 to 2 s (`crate::rate_buckets::held`).
         let peer = || {
             let connection = crate::token_gate::connection_address(parts);
             state.peer_limit.peer(&parts.headers, connection)

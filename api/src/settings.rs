@@ -338,7 +338,7 @@ pub struct Limits {
     /// Failed bearer tokens (missing, malformed, unknown, revoked) one peer address may send
     /// per minute: a burst of this many, then one every 60/N seconds. Past it, a request
     /// without a token this instance lately saw valid is answered 429
-    /// `too_many_unknown_tokens` (with `Retry-After`) without a query, after a second.
+    /// `too_many_unknown_tokens` (with `Retry-After`) without a query, after 1 to 2 s.
     /// 0: no limit.
     #[arg(
         global = true,

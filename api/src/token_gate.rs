@@ -11,7 +11,7 @@
 //! * [`PeerLimit`]: each peer address may send `UNKNOWN_TOKENS_PER_PEER` credentials that
 //!   open nothing per minute (missing, malformed, unknown, revoked); past it, any request
 //!   without a token lately seen valid ([`ValidTokens`]) is answered 429 without a query,
-//!   and only after a second. Fresh random tokens each cost a query, which the negative
+//!   and only after 1 to 2 s. Fresh random tokens each cost a query, which the negative
 //!   cache cannot save: 1,000 clients sending them kept the pool busy for everyone. Refusals
 //!   answered at once kept the cores busy instead.
 
@@ -61,9 +61,10 @@ impl TokenGate {
 
     /// Waits for the token's turn under `TOKEN_REQUESTS_PER_SEC`: at once within its burst,
     /// then one request per 1/N s, in the order they came. A turn further off than a lock
-    /// wait is refused with 429 `rate_limited`, held like every refusal by a rate. Concurrency alone did not stop one
-    /// user's read flood from taking the cores: four requests in flight, each replaced the
-    /// moment it finished, served ~2,200 reads a second and pushed another user's p99 4.7×.
+    /// wait is refused with 429 `rate_limited`, held like every refusal by a rate.
+    /// Concurrency alone did not stop one user's read flood from taking the cores: four
+    /// requests in flight, each replaced the moment it finished, served ~2,200 reads a second
+    /// and pushed another user's p99 4.4× to 4.7×.
     async fn pace(&self, token_hash: &str) -> Result<(), ApiError> {
         let Some(rate) = &self.rate else {
             return Ok(());
@@ -299,7 +300,7 @@ impl PeerLimit {
 
     /// Before looking a token up: takes one failure from `peer`'s allowance, given back
     /// unless [`Lookup::found_nothing`] is called (only failures count). Past the allowance,
-    /// the refusal held for [`Self::REFUSAL_DELAY`].
+    /// the refusal held for [`Self::REFUSAL_DELAY`] or longer.
     pub async fn admit(&self, peer: Option<IpAddr>) -> Result<Lookup, ApiError> {
         let Some(peer) = self.limited(peer) else {
             return Ok(Lookup(None));
@@ -314,8 +315,8 @@ impl PeerLimit {
 
     /// Credentials that open nothing without a lookup (none, malformed, or a token lately
     /// found unknown): 401 while `peer`'s allowance lasts, each one taken from it; past it,
-    /// the refusal held for [`Self::REFUSAL_DELAY`]. Cheap failures count like looked-up ones: otherwise a flood of
-    /// them is answered as fast as it is sent.
+    /// the refusal held for [`Self::REFUSAL_DELAY`] or longer. Cheap failures count like
+    /// looked-up ones: otherwise a flood of them is answered as fast as it is sent.
     pub async fn failed(&self, peer: Option<IpAddr>) -> ApiError {
         let Some(peer) = self.limited(peer) else {
             return ApiError::Unauthorized;
