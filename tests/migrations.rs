@@ -25,6 +25,7 @@ on_every_backend!(
     client_ids_differing_by_case_are_two_sessions,
     rust_and_sql_agree_over_several_subscriptions,
     m010_backfills_customers_and_each_subscriptions_latest_snapshot,
+    m010_backfills_every_range_of_events_whole,
     m011_dates_past_due_from_the_first_event_showing_it,
     m012_keeps_every_stored_tier_until_the_list_is_applied,
     past_due_grace_counts_from_the_failure_not_the_period_end,
@@ -814,6 +815,64 @@ async fn m010_backfills_customers_and_each_subscriptions_latest_snapshot(backend
     assert_eq!(tiers, vec!["pro", "pro", "free"]);
 }
 
+/// m010 reads `stripe_events` by ranges of `customer_id` (5,000 events each). With three
+/// events per customer, a range cut after a count of rows would split a customer (5,000 is
+/// not a multiple of 3), and the part seen first would store an older snapshot that the
+/// rest could not replace: every subscription must end at its latest event, every customer
+/// once, every deleted customer marked.
+async fn m010_backfills_every_range_of_events_whole(backend: Backend) {
+    const CUSTOMERS: u32 = 4000;
+    let t = TestDb::new(backend).await;
+    Migrator::up(&t.db, Some(position(10) as u32))
+        .await
+        .expect("up to m010");
+    // 1..=CUSTOMERS from digits (MariaDB stops a recursive CTE at 1,000 rows by default).
+    let numbers = format!(
+        "d(x) AS (SELECT 0 UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 \
+         UNION ALL SELECT 4 UNION ALL SELECT 5 UNION ALL SELECT 6 UNION ALL SELECT 7 \
+         UNION ALL SELECT 8 UNION ALL SELECT 9), \
+         n(i) AS (SELECT 1 + a.x + 10 * b.x + 100 * c.x + 1000 * e.x FROM d a, d b, d c, d e \
+         WHERE a.x + 10 * b.x + 100 * c.x + 1000 * e.x < {CUSTOMERS})"
+    );
+    // The latest of each customer's three events is the middle one by insertion, so neither
+    // the first nor the last row seen decides.
+    t.exec(&format!(
+        "INSERT INTO stripe_events (id, event_type, created, customer_id, subscription_id, status) \
+         WITH {numbers}, \
+         k(j, created, status) AS (SELECT 1, 100, 'trialing' UNION ALL SELECT 2, 300, 'past_due' \
+         UNION ALL SELECT 3, 200, 'active') \
+         SELECT concat('evt_', i, '_', j), 'customer.subscription.updated', created, \
+         concat('cus_', i), concat('sub_', i), status FROM n, k"
+    ))
+    .await;
+    t.exec(&format!(
+        "INSERT INTO stripe_events (id, event_type, created, customer_id) \
+         WITH {numbers} \
+         SELECT concat('evt_del_', i), 'customer.deleted', 400, concat('cus_', i) \
+         FROM n WHERE i % 7 = 0"
+    ))
+    .await;
+    Migrator::up(&t.db, None).await.expect("m010");
+    assert_eq!(
+        t.texts(
+            "SELECT concat(count(*), '|', sum(CASE WHEN status = 'past_due' AND created = 300 \
+             THEN 1 ELSE 0 END)) FROM stripe_subscriptions"
+        )
+        .await
+        .concat(),
+        format!("{CUSTOMERS}|{CUSTOMERS}")
+    );
+    assert_eq!(
+        t.texts(
+            "SELECT concat(count(*), '|', count(DISTINCT customer_id), '|', \
+             count(deleted_at)) FROM stripe_customers"
+        )
+        .await
+        .concat(),
+        format!("{CUSTOMERS}|{CUSTOMERS}|{}", CUSTOMERS / 7)
+    );
+}
+
 mod postgres_only {
     use super::*;
 
@@ -1122,36 +1181,50 @@ async fn wait_for_a_lock_wait<T: std::fmt::Debug>(
     }
 }
 
-/// A database that applied m010's first plan (one `INSERT ... SELECT` per source) recorded
-/// that plan's checksum. The reshaped plan leaves the same schema and data, so `up` takes the
-/// old sum as applied and records the new one; any other sum is still a changed migration.
+/// A database that applied one of m010's earlier plans (one `INSERT ... SELECT` per source;
+/// then the linked customers alone by ranges) recorded that plan's checksum. Each reshaped
+/// plan leaves the same schema and data, so `up` takes an earlier sum as applied and records
+/// the new one; any other sum is still a changed migration.
 async fn m010_applied_by_its_first_plan_is_not_a_changed_migration(backend: Backend) {
     use migration::checksum;
     let t = migrated(backend).await;
-    let first_plan = match backend {
-        Backend::Postgres => "fcbcf11de45bb6998e1409b3fda00ac7affb6a1ebbb558db63e52acdb002267d",
-        Backend::MySql => "52d083ff09b798bccf756b53cbdb00527cc4c48bc46795c206f2af2ef6452a2e",
-        Backend::Sqlite => "4f5f9a7b2e04f18e37bbd6b01983fe0ece25f67ac8c6496aed5804761940f92a",
+    let earlier_plans = match backend {
+        Backend::Postgres => [
+            "fcbcf11de45bb6998e1409b3fda00ac7affb6a1ebbb558db63e52acdb002267d",
+            "3d873973a64177a4ff9c731eda647cae2d205688dd9336b992d06e312a211d34",
+        ],
+        Backend::MySql => [
+            "52d083ff09b798bccf756b53cbdb00527cc4c48bc46795c206f2af2ef6452a2e",
+            "5275d321dda25b2233fb2fcee807176cbb30933f6386213d4b52a1420c0d923b",
+        ],
+        Backend::Sqlite => [
+            "4f5f9a7b2e04f18e37bbd6b01983fe0ece25f67ac8c6496aed5804761940f92a",
+            "fb6d13cb10d7917e3c0fbd6b2b9fd44bf506910f70e977cef8629a33045d4ff5",
+        ],
     };
     let current = checksum::of(
         migration::plan_of("m010_subscriptions").expect("m010 is planned"),
         t.db_backend(),
     );
-    assert_ne!(current, first_plan);
     let set = |sum: &str| {
         format!(
             "UPDATE migration_checksums SET checksum = '{sum}' WHERE version = 'm010_subscriptions'"
         )
     };
-    t.exec(&set(first_plan)).await;
-    checksum::backfill_and_verify(&t.db)
-        .await
-        .expect("the first plan's sum is accepted");
-    assert_eq!(
-        t.texts("SELECT checksum FROM migration_checksums WHERE version = 'm010_subscriptions'")
+    for earlier in earlier_plans {
+        assert_ne!(current, earlier);
+        t.exec(&set(earlier)).await;
+        checksum::backfill_and_verify(&t.db)
+            .await
+            .expect("an earlier plan's sum is accepted");
+        assert_eq!(
+            t.texts(
+                "SELECT checksum FROM migration_checksums WHERE version = 'm010_subscriptions'"
+            )
             .await,
-        vec![current]
-    );
+            vec![current.clone()]
+        );
+    }
     t.exec(&set(&"0".repeat(64))).await;
     let refused = checksum::backfill_and_verify(&t.db).await;
     assert!(

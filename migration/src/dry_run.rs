@@ -24,8 +24,8 @@ fn render_backfill(
     if let Some(r) = ranges {
         let _ = writeln!(
             out,
-            "-- each statement once per range of {} consecutive {}.{} values, from the \
-             smallest to the largest when the step starts, as {}..{} (inclusive)",
+            "-- each statement once per range of about {} rows by {}.{}, from the smallest \
+             value to the largest when the step starts, bound as {}..{} (inclusive)",
             r.rows,
             r.table,
             r.key,

@@ -107,11 +107,25 @@ macro_rules! register_plan {
     };
 }
 
-/// `impl MigrationTrait` for a migration whose `up`/`down` are its plan, run in SeaORM's
-/// default transaction mode, and registered for the dry run.
+/// `impl MigrationTrait` for a migration whose `up`/`down` are its plan, registered for the
+/// dry run. `planned_migration!(M)` runs the plan in SeaORM's default transaction mode (one
+/// transaction on PostgreSQL and SQLite); `planned_migration!(M, outside_a_transaction)` lets
+/// each step commit on its own, so no lock outlives its step, `CREATE INDEX CONCURRENTLY` can
+/// run, and MySQL's self-committing DDL is never mistaken for atomic (every step is
+/// re-runnable instead).
 #[macro_export]
 macro_rules! planned_migration {
     ($migration:ident) => {
+        $crate::planned_migration!(@impl $migration {});
+    };
+    ($migration:ident, outside_a_transaction) => {
+        $crate::planned_migration!(@impl $migration {
+            fn use_transaction(&self) -> Option<bool> {
+                Some(false)
+            }
+        });
+    };
+    (@impl $migration:ident { $($transaction_mode:tt)* }) => {
         $crate::register_plan!($migration);
 
         #[sea_orm_migration::async_trait::async_trait]
@@ -129,6 +143,8 @@ macro_rules! planned_migration {
             ) -> Result<(), sea_orm_migration::DbErr> {
                 $crate::apply_planned(self, manager, $crate::step::Direction::Down).await
             }
+
+            $($transaction_mode)*
         }
     };
 }

@@ -138,22 +138,7 @@ impl Operations for Migration {
     }
 }
 
-crate::register_plan!(Migration);
-
-#[async_trait::async_trait]
-impl MigrationTrait for Migration {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        crate::apply_planned(self, manager, crate::step::Direction::Up).await
-    }
-
-    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        crate::apply_planned(self, manager, crate::step::Direction::Down).await
-    }
-
-    fn use_transaction(&self) -> Option<bool> {
-        Some(false)
-    }
-}
+crate::planned_migration!(Migration, outside_a_transaction);
 
 /// The four billing columns on `users`, with the status CHECK. Stripe ids are case-sensitive,
 /// so they compare as bytes (on MySQL `cus_AbC` and `cus_abc` would collide in the unique

@@ -59,7 +59,6 @@ use sea_orm_migration::prelude::*;
 
 use crate::dialect::Dialect;
 use crate::operation::{Operation, Operations, StringColumn, TextWidening};
-use crate::step::Direction;
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -93,20 +92,4 @@ impl Operations for Migration {
     }
 }
 
-crate::register_plan!(Migration);
-
-#[async_trait::async_trait]
-impl MigrationTrait for Migration {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        crate::apply_planned(self, manager, Direction::Up).await
-    }
-
-    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        crate::apply_planned(self, manager, Direction::Down).await
-    }
-
-    /// MySQL DDL commits on its own; each step is re-runnable instead.
-    fn use_transaction(&self) -> Option<bool> {
-        Some(false)
-    }
-}
+crate::planned_migration!(Migration, outside_a_transaction);

@@ -49,16 +49,22 @@
 //!
 //!   The other statements insert rows with no foreign key (customers named only by events,
 //!   `user_id` NULL) or into `stripe_subscriptions`, which has none, so they lock nothing a
-//!   request uses and run as one statement each. Every insert skips rows already present
-//!   (`NOT EXISTS`), so a re-run after a crash finishes the job and never overwrites a
-//!   snapshot applied since. On MySQL with binary logging in `STATEMENT` format, `READ
-//!   COMMITTED` writes are refused (error 1665): use `MIXED` (MariaDB's default) or `ROW`.
+//!   request uses. They run by ranges too, for another reason: as single statements at 1M
+//!   users / 500k events, the window function over every event sorted on disk for 3 s and
+//!   the statements wrote a few hundred MB of WAL in one go; one API `COMMIT` in three runs
+//!   waited 145 ms for its WAL flush behind them (no lock wait was logged). By ranges of
+//!   [`EVENTS_PER_RANGE`] events (`stripe_events.customer_id`, which its index leads with;
+//!   a subscription's events all name its one customer) each statement sorts in memory and
+//!   each commit flushes little. Every insert skips rows already present (`NOT EXISTS`), so
+//!   a re-run after a crash finishes the job and never overwrites a snapshot applied since.
+//!   On MySQL with binary logging in `STATEMENT` format, `READ COMMITTED` writes are refused
+//!   (error 1665): use `MIXED` (MariaDB's default) or `ROW`.
 //!
-//!   This changed m010's plan after databases had applied it. Both plans build the same
-//!   tables and copy the same rows, so the sums of the first plan are listed as
+//!   This changed m010's plan twice after databases had applied it (first only the linked
+//!   customers by ranges, then every statement). Every plan builds the same tables and
+//!   copies the same rows, so the sums of the earlier plans are listed as
 //!   [`Operations::EARLIER_CHECKSUMS`]: a database that recorded one is taken as having
-//!   applied this plan, and its sum is updated on the next `up`, without
-//!   `accept-checksum`.
+//!   applied this plan, and its sum is updated on the next `up`, without `accept-checksum`.
 //!
 //!   What is copied:
 //!   - Customers: every `users.stripe_customer_id` (linked), then every customer named by an
@@ -86,7 +92,7 @@ use crate::dialect::Dialect;
 use crate::idents::Users;
 use crate::operation::{NewTableIndex, Operation, Operations, TableSpec, ViewChange};
 use crate::probe::Probe;
-use crate::step::{Direction, KeyRanges, Mode, RANGE_END, RANGE_START, Step};
+use crate::step::{KeyKind, KeyRanges, Mode, RANGE_END, RANGE_START, Step};
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -125,11 +131,15 @@ enum StripeSubscriptions {
 
 impl Operations for Migration {
     const REQUIRED_TABLES: &'static [&'static str] = &["users", "stripe_events"];
-    /// The first plan's sums (PostgreSQL, MySQL, SQLite): one `INSERT ... SELECT` per source.
+    /// The earlier plans' sums (PostgreSQL, MySQL, SQLite each): one `INSERT ... SELECT` per
+    /// source; then the linked customers alone by ranges of `users.id`.
     const EARLIER_CHECKSUMS: &'static [&'static str] = &[
         "fcbcf11de45bb6998e1409b3fda00ac7affb6a1ebbb558db63e52acdb002267d",
         "52d083ff09b798bccf756b53cbdb00527cc4c48bc46795c206f2af2ef6452a2e",
         "4f5f9a7b2e04f18e37bbd6b01983fe0ece25f67ac8c6496aed5804761940f92a",
+        "3d873973a64177a4ff9c731eda647cae2d205688dd9336b992d06e312a211d34",
+        "5275d321dda25b2233fb2fcee807176cbb30933f6386213d4b52a1420c0d923b",
+        "fb6d13cb10d7917e3c0fbd6b2b9fd44bf506910f70e977cef8629a33045d4ff5",
     ];
 
     /// `down` is derived: m006's view back, then the tables dropped (the backfills' inverse is
@@ -155,22 +165,7 @@ impl Operations for Migration {
     }
 }
 
-crate::register_plan!(Migration);
-
-#[async_trait::async_trait]
-impl MigrationTrait for Migration {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        crate::apply_planned(self, manager, Direction::Up).await
-    }
-
-    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        crate::apply_planned(self, manager, Direction::Down).await
-    }
-
-    fn use_transaction(&self) -> Option<bool> {
-        Some(false)
-    }
-}
+crate::planned_migration!(Migration, outside_a_transaction);
 
 const CUSTOMERS_TABLE: TableSpec = TableSpec {
     name: CUSTOMERS,
@@ -280,6 +275,34 @@ fn create_subscriptions(dialect: &dyn Dialect) -> TableCreateStatement {
 /// key's lock on at most this many `users` rows, for a few milliseconds.
 const USERS_PER_RANGE: i64 = 1000;
 
+/// Events per range of the backfills that read `stripe_events` (by `customer_id`, which its
+/// index leads with): no foreign key is checked there, so the size only bounds each
+/// statement's sort and the WAL each commit flushes.
+const EVENTS_PER_RANGE: i64 = 5000;
+
+/// `users.id` ranges.
+const USER_RANGES: KeyRanges = KeyRanges {
+    table: "users",
+    key: "id",
+    kind: KeyKind::Integer,
+    rows: USERS_PER_RANGE,
+};
+
+/// `stripe_events.customer_id` ranges: a range holds every event of its customers, and a
+/// subscription's events all name its one customer (Stripe never moves a subscription to
+/// another customer), so a range sees every snapshot of its subscriptions.
+const EVENT_RANGES: KeyRanges = KeyRanges {
+    table: "stripe_events",
+    key: "customer_id",
+    kind: KeyKind::Text,
+    rows: EVENTS_PER_RANGE,
+};
+
+/// The events of the current range.
+fn in_event_range(alias: &str) -> String {
+    format!("{alias}.customer_id BETWEEN {RANGE_START} AND {RANGE_END}")
+}
+
 // Raw SQL: sea-query cannot say INSERT ... SELECT ... WHERE NOT EXISTS over a window
 // function portably, nor the range placeholders of a backfill.
 fn backfill_customers(dialect: &dyn Dialect) -> Vec<Step> {
@@ -289,11 +312,7 @@ fn backfill_customers(dialect: &dyn Dialect) -> Vec<Step> {
         Step::new(
             "backfill stripe_customers from users, by ranges of users.id",
             Mode::Backfill {
-                ranges: Some(KeyRanges {
-                    table: "users",
-                    key: "id",
-                    rows: USERS_PER_RANGE,
-                }),
+                ranges: Some(USER_RANGES),
             },
             Probe::Never,
         )
@@ -306,20 +325,25 @@ fn backfill_customers(dialect: &dyn Dialect) -> Vec<Step> {
             users = dialect.qualified("users"),
         )),
         Step::new(
-            "backfill stripe_customers from stripe_events",
-            Mode::Backfill { ranges: None },
+            "backfill stripe_customers from stripe_events, by ranges of its customer_id",
+            Mode::Backfill {
+                ranges: Some(EVENT_RANGES),
+            },
             Probe::Never,
         )
         .raw(format!(
             "INSERT INTO {customers} (customer_id) \
              SELECT DISTINCT e.customer_id FROM {events} e \
-             WHERE e.customer_id IS NOT NULL AND NOT EXISTS \
+             WHERE {range} AND NOT EXISTS \
              (SELECT 1 FROM {customers} c WHERE c.customer_id = e.customer_id)",
+            range = in_event_range("e"),
         ))
         .raw(format!(
             "UPDATE {customers} SET deleted_at = CURRENT_TIMESTAMP \
-             WHERE deleted_at IS NULL AND customer_id IN \
-             (SELECT e.customer_id FROM {events} e WHERE e.event_type = 'customer.deleted')",
+             WHERE deleted_at IS NULL AND customer_id BETWEEN {RANGE_START} AND {RANGE_END} \
+             AND customer_id IN (SELECT e.customer_id FROM {events} e \
+             WHERE {range} AND e.event_type = 'customer.deleted')",
+            range = in_event_range("e"),
         )),
     ]
 }
@@ -327,17 +351,27 @@ fn backfill_customers(dialect: &dyn Dialect) -> Vec<Step> {
 fn backfill_subscriptions(dialect: &dyn Dialect) -> Vec<Step> {
     vec![
         Step::new(
-            "backfill stripe_subscriptions from stripe_events and users",
-            Mode::Backfill { ranges: None },
+            "backfill stripe_subscriptions from stripe_events, by ranges of its customer_id",
+            Mode::Backfill {
+                ranges: Some(EVENT_RANGES),
+            },
             Probe::Never,
         )
-        .raw(latest_snapshots_sql(dialect))
+        .raw(latest_snapshots_sql(dialect)),
+        Step::new(
+            "backfill stripe_subscriptions from users, by ranges of users.id",
+            Mode::Backfill {
+                ranges: Some(USER_RANGES),
+            },
+            Probe::Never,
+        )
         .raw(format!(
             "INSERT INTO {subscriptions} \
              (subscription_id, customer_id, status, current_period_end, created, lifecycle_rank) \
              SELECT u.subscription_id, u.stripe_customer_id, u.subscription_status, \
              u.current_period_end, 0, {rank} FROM {users} u \
-             WHERE u.subscription_id IS NOT NULL AND u.stripe_customer_id IS NOT NULL \
+             WHERE u.id BETWEEN {RANGE_START} AND {RANGE_END} \
+             AND u.subscription_id IS NOT NULL AND u.stripe_customer_id IS NOT NULL \
              AND u.subscription_status <> 'none' AND NOT EXISTS \
              (SELECT 1 FROM {subscriptions} s WHERE s.subscription_id = u.subscription_id)",
             rank = rank_sql("u.subscription_status"),
@@ -368,12 +402,13 @@ fn latest_snapshots_sql(dialect: &dyn Dialect) -> String {
          ROW_NUMBER() OVER (PARTITION BY e.subscription_id ORDER BY e.created DESC, {rank} DESC, \
          CASE WHEN e.current_period_end IS NULL THEN 0 ELSE 1 END DESC, \
          e.current_period_end DESC, e.id DESC) AS pick \
-         FROM {events} e WHERE e.subscription_id IS NOT NULL \
-         AND e.customer_id IS NOT NULL AND e.status IS NOT NULL) l \
+         FROM {events} e WHERE {range} AND e.subscription_id IS NOT NULL \
+         AND e.status IS NOT NULL) l \
          WHERE l.pick = 1 AND NOT EXISTS \
          (SELECT 1 FROM {subscriptions} s WHERE s.subscription_id = l.subscription_id)",
         subscriptions = dialect.qualified(SUBSCRIPTIONS),
         events = dialect.qualified("stripe_events"),
+        range = in_event_range("e"),
     )
 }
 

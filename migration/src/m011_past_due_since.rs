@@ -66,7 +66,7 @@ use sea_orm_migration::sea_orm::DbBackend;
 use crate::dialect::Dialect;
 use crate::operation::{AddColumns, NewColumn, Operation, Operations, ViewChange};
 use crate::probe::Probe;
-use crate::step::{Direction, Mode, Step};
+use crate::step::{Mode, Step};
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -105,22 +105,7 @@ impl Operations for Migration {
     }
 }
 
-crate::register_plan!(Migration);
-
-#[async_trait::async_trait]
-impl MigrationTrait for Migration {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        crate::apply_planned(self, manager, Direction::Up).await
-    }
-
-    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        crate::apply_planned(self, manager, Direction::Down).await
-    }
-
-    fn use_transaction(&self) -> Option<bool> {
-        Some(false)
-    }
-}
+crate::planned_migration!(Migration, outside_a_transaction);
 
 fn nothing(_dialect: &dyn Dialect) -> Vec<Step> {
     Vec::new()

@@ -42,7 +42,6 @@ use sea_orm_migration::prelude::*;
 
 use crate::dialect::Dialect;
 use crate::operation::{AddColumns, NewColumn, Operation, Operations, ViewChange};
-use crate::step::Direction;
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -73,22 +72,7 @@ impl Operations for Migration {
     }
 }
 
-crate::register_plan!(Migration);
-
-#[async_trait::async_trait]
-impl MigrationTrait for Migration {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        crate::apply_planned(self, manager, Direction::Up).await
-    }
-
-    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        crate::apply_planned(self, manager, Direction::Down).await
-    }
-
-    fn use_transaction(&self) -> Option<bool> {
-        Some(false)
-    }
-}
+crate::planned_migration!(Migration, outside_a_transaction);
 
 /// `price_grants_pro` on `table`.
 fn price_column(table: &'static str) -> AddColumns {

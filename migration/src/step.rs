@@ -41,7 +41,9 @@ use std::borrow::Cow;
 use std::time::Duration;
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::{ConnectionTrait, DbBackend, StatementBuilder, TransactionTrait};
+use sea_orm_migration::sea_orm::{
+    ConnectionTrait, DbBackend, Statement, StatementBuilder, TransactionTrait, Value,
+};
 
 use crate::probe::Probe;
 use crate::settings::LockSettings;
@@ -75,16 +77,27 @@ pub enum Mode {
     Backfill { ranges: Option<KeyRanges> },
 }
 
-/// The ranges a [`Mode::Backfill`] step walks: `rows` consecutive values of the integer
-/// column `key` of `table` at a time, from its minimum to its maximum when the step starts
-/// (rows inserted later are not the backfill's business: the code that inserts them writes
-/// the new tables itself). Each statement names the range as [`RANGE_START`] and
-/// [`RANGE_END`] (inclusive), which the runner replaces with numbers.
+/// The ranges a [`Mode::Backfill`] step walks: the values of column `key` of `table` in
+/// order, about `rows` rows at a time, from the smallest to the largest present when the
+/// step starts (rows inserted later are not the backfill's business: the code that inserts
+/// them writes the new tables itself). A range ends at a value, so every row holding that
+/// value falls in the same range, however many there are: a statement that groups by the key
+/// sees whole groups. Each statement names the range as [`RANGE_START`] and [`RANGE_END`]
+/// (inclusive), which the runner binds as parameters. `key` should be indexed: each range
+/// is found by reading `rows` entries of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KeyRanges {
     pub table: &'static str,
     pub key: &'static str,
+    pub kind: KeyKind,
     pub rows: i64,
+}
+
+/// The type of a [`KeyRanges`] key column.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyKind {
+    Integer,
+    Text,
 }
 
 /// Where a [`KeyRanges`] statement takes its range's first key.
@@ -480,22 +493,20 @@ async fn run_backfill(
     position: &str,
     pause: &PauseHook<'_>,
 ) -> Result<(), DbErr> {
+    let backend = db.get_database_backend();
     let Some(ranges) = ranges else {
         for (k, sql) in step.statements.iter().enumerate() {
             pause.check(k);
-            run_read_committed(db, sql).await?;
+            run_read_committed(db, Statement::from_string(backend, sql.as_str())).await?;
         }
         return Ok(());
     };
-    let Some((first, last)) = key_bounds(db, &ranges, schema).await? else {
-        return Ok(());
-    };
-    let rows = Ord::max(ranges.rows, 1);
-    let count = (last - first) / rows + 1;
-    let mut start = first;
+    let walk = RangeWalk::new(backend, &ranges, schema);
+    let count = walk.count(db).await?;
+    let mut next = walk.first(db).await?;
     let mut done = 0i64;
-    while start <= last {
-        let end = start.saturating_add(rows - 1);
+    while let Some(start) = next {
+        let end = walk.end_from(db, &start).await?;
         if done > 0 {
             crate::lock::verify_held(db).await?;
         }
@@ -503,60 +514,182 @@ async fn run_backfill(
             if done == 0 {
                 pause.check(k);
             }
-            let sql = sql
-                .replace(RANGE_START, &start.to_string())
-                .replace(RANGE_END, &end.to_string());
-            run_read_committed(db, &sql).await?;
+            run_read_committed(db, bind_range(backend, sql, &start, &end)).await?;
         }
         done += 1;
         if done % 100 == 0 {
-            tracing::info!("{position}: {done}/{count} ranges of {rows} {}", ranges.key);
+            tracing::info!(
+                "{position}: {done}/{count} ranges of about {} {}",
+                ranges.rows,
+                ranges.key
+            );
         }
-        start = match end.checked_add(1) {
-            Some(next) => next,
-            None => break,
-        };
+        next = walk.after(db, &end).await?;
     }
     Ok(())
 }
 
-/// The smallest and largest `key` of `table` (in `schema`, the one the steps were planned
-/// in); `None` when it is empty.
-async fn key_bounds(
-    db: &SchemaManagerConnection<'_>,
-    ranges: &KeyRanges,
-    schema: &str,
-) -> Result<Option<(i64, i64)>, DbErr> {
-    let backend = db.get_database_backend();
-    let table =
-        crate::schema::planning_in(schema, || crate::schema::qualified(backend, ranges.table));
-    let sql = format!(
-        "SELECT MIN({key}) AS first, MAX({key}) AS last FROM {table}",
-        key = ranges.key,
-    );
-    let Some(row) = db
-        .query_one_raw(sea_orm_migration::sea_orm::Statement::from_string(
-            backend, sql,
-        ))
-        .await?
-    else {
-        return Ok(None);
-    };
-    let first: Option<i64> = row.try_get("", "first")?;
-    let last: Option<i64> = row.try_get("", "last")?;
-    Ok(first.zip(last))
+/// The queries that find a [`KeyRanges`] step's ranges, in the schema the steps were planned
+/// in. Each range is found where the previous one ended, by reading the key's index, so rows
+/// inserted or deleted meanwhile never make a range skip a value present when it is found.
+struct RangeWalk {
+    backend: DbBackend,
+    kind: KeyKind,
+    rows: i64,
+    table: String,
+    key: &'static str,
 }
 
-/// `sql` alone in a `READ COMMITTED` transaction (SQLite has one writer and no levels: a
+impl RangeWalk {
+    fn new(backend: DbBackend, ranges: &KeyRanges, schema: &str) -> Self {
+        Self {
+            backend,
+            kind: ranges.kind,
+            rows: Ord::max(ranges.rows, 1),
+            table: crate::schema::planning_in(schema, || {
+                crate::schema::qualified(backend, ranges.table)
+            }),
+            key: ranges.key,
+        }
+    }
+
+    /// How many ranges, about (for the progress line).
+    async fn count(&self, db: &SchemaManagerConnection<'_>) -> Result<i64, DbErr> {
+        let sql = format!("SELECT COUNT(*) AS n FROM {}", self.table);
+        let rows: i64 = match db
+            .query_one_raw(Statement::from_string(self.backend, sql))
+            .await?
+        {
+            Some(row) => row.try_get("", "n")?,
+            None => 0,
+        };
+        Ok((rows + self.rows - 1) / self.rows)
+    }
+
+    /// The smallest key; `None` when the table has no row with one.
+    async fn first(&self, db: &SchemaManagerConnection<'_>) -> Result<Option<Value>, DbErr> {
+        let sql = format!(
+            "SELECT MIN({key}) AS k FROM {table}",
+            key = self.key,
+            table = self.table
+        );
+        self.key_of(db, Statement::from_string(self.backend, sql))
+            .await
+    }
+
+    /// The last key of the range that starts at `start`: the `rows`-th key from it, or the
+    /// largest key when fewer rows are left.
+    async fn end_from(
+        &self,
+        db: &SchemaManagerConnection<'_>,
+        start: &Value,
+    ) -> Result<Value, DbErr> {
+        let sql = format!(
+            "SELECT {key} AS k FROM {table} WHERE {key} >= {p} ORDER BY {key} \
+             LIMIT 1 OFFSET {skip}",
+            key = self.key,
+            table = self.table,
+            p = placeholder(self.backend, 1),
+            skip = self.rows - 1,
+        );
+        let nth = Statement::from_sql_and_values(self.backend, sql, [start.clone()]);
+        if let Some(end) = self.key_of(db, nth).await? {
+            return Ok(end);
+        }
+        let sql = format!(
+            "SELECT MAX({key}) AS k FROM {table}",
+            key = self.key,
+            table = self.table
+        );
+        Ok(self
+            .key_of(db, Statement::from_string(self.backend, sql))
+            .await?
+            .unwrap_or_else(|| start.clone()))
+    }
+
+    /// The smallest key after `end`; `None` when there is none.
+    async fn after(
+        &self,
+        db: &SchemaManagerConnection<'_>,
+        end: &Value,
+    ) -> Result<Option<Value>, DbErr> {
+        let sql = format!(
+            "SELECT MIN({key}) AS k FROM {table} WHERE {key} > {p}",
+            key = self.key,
+            table = self.table,
+            p = placeholder(self.backend, 1),
+        );
+        self.key_of(
+            db,
+            Statement::from_sql_and_values(self.backend, sql, [end.clone()]),
+        )
+        .await
+    }
+
+    async fn key_of(
+        &self,
+        db: &SchemaManagerConnection<'_>,
+        query: Statement,
+    ) -> Result<Option<Value>, DbErr> {
+        let Some(row) = db.query_one_raw(query).await? else {
+            return Ok(None);
+        };
+        Ok(match self.kind {
+            KeyKind::Integer => row.try_get::<Option<i64>>("", "k")?.map(Value::from),
+            KeyKind::Text => row.try_get::<Option<String>>("", "k")?.map(Value::from),
+        })
+    }
+}
+
+/// `sql` with each [`RANGE_START`] and [`RANGE_END`] replaced by a parameter bound to
+/// `start` or `end`, in the order they appear (MySQL's and SQLite's `?` are positional).
+fn bind_range(backend: DbBackend, sql: &str, start: &Value, end: &Value) -> Statement {
+    let mut text = String::with_capacity(sql.len());
+    let mut values = Vec::new();
+    let mut rest = sql;
+    loop {
+        let at_start = rest.find(RANGE_START);
+        let at_end = rest.find(RANGE_END);
+        let (at, name, value) = match (at_start, at_end) {
+            (Some(s), Some(e)) if e < s => (e, RANGE_END, end),
+            (Some(s), _) => (s, RANGE_START, start),
+            (None, Some(e)) => (e, RANGE_END, end),
+            (None, None) => break,
+        };
+        text.push_str(&rest[..at]);
+        values.push(value.clone());
+        text.push_str(&placeholder(backend, values.len()));
+        rest = &rest[at + name.len()..];
+    }
+    text.push_str(rest);
+    Statement::from_sql_and_values(backend, text, values)
+}
+
+/// The `n`-th (from 1) parameter's placeholder.
+fn placeholder(backend: DbBackend, n: usize) -> String {
+    match backend {
+        DbBackend::Postgres => format!("${n}"),
+        _ => "?".to_owned(),
+    }
+}
+
+/// `statement` alone in a `READ COMMITTED` transaction (SQLite has one writer and no levels: a
 /// plain transaction).
-async fn run_read_committed(db: &SchemaManagerConnection<'_>, sql: &str) -> Result<(), DbErr> {
+async fn run_read_committed(
+    db: &SchemaManagerConnection<'_>,
+    statement: Statement,
+) -> Result<(), DbErr> {
     use sea_orm_migration::sea_orm::IsolationLevel;
     let isolation = match db.get_database_backend() {
         DbBackend::Sqlite => None,
         _ => Some(IsolationLevel::ReadCommitted),
     };
     let txn = db.begin_with_config(isolation, None).await?;
-    txn.execute_unprepared(sql).await?;
+    if statement.values.is_some() {
+        txn.execute_raw(statement).await?;
+    } else {
+        txn.execute_unprepared(&statement.sql).await?;
+    }
     txn.commit().await
 }
 
