@@ -56,7 +56,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use entity::{SubscriptionStatus, stripe_customers, stripe_subscriptions, users};
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use tokio::task::JoinSet;
 
 use crate::db::Db;
@@ -494,7 +494,7 @@ impl<N: FnMut(Note<'_>)> Run<'_, N> {
         // rest are asked for one by one (`mark_deleted`).
         let mut unlisted = self.known_customers().await?;
         let mut unlinked = Vec::new();
-        let mut emails_at_stripe: HashMap<Box<str>, u32> = HashMap::new();
+        let mut emails_at_stripe = EmailCounts::default();
         let mut customers = client.list("/v1/customers", &[]);
         while let Some(page) = customers.next(client).await? {
             let mut read = Vec::with_capacity(page.data.len());
@@ -514,8 +514,14 @@ impl<N: FnMut(Note<'_>)> Run<'_, N> {
                     continue;
                 }
                 unlisted.remove(&*customer.id);
+                let mut customer = customer;
                 if let Some(email) = &customer.email {
-                    *emails_at_stripe.entry(email.clone()).or_default() += 1;
+                    emails_at_stripe.add(email);
+                }
+                // A customer with metadata.user_id is linked by its sessions or its metadata,
+                // never by e-mail: its e-mail counted, it need not be kept.
+                if customer.metadata_user.is_some() {
+                    customer.email = None;
                 }
                 read.push(customer);
             }
@@ -568,7 +574,8 @@ impl<N: FnMut(Note<'_>)> Run<'_, N> {
         drop(by_metadata);
         self.drain(client).await;
         let users_by_email = if self.link_by_email && !rest.is_empty() {
-            users_by_email(self.db).await?
+            let wanted: HashSet<&str> = rest.iter().filter_map(|c| c.email.as_deref()).collect();
+            users_by_email(self.db, &wanted).await?
         } else {
             HashMap::new()
         };
@@ -758,12 +765,12 @@ impl<N: FnMut(Note<'_>)> Run<'_, N> {
     fn email_match(
         &self,
         customer: &Customer,
-        emails_at_stripe: &HashMap<Box<str>, u32>,
+        emails_at_stripe: &EmailCounts,
         users_by_email: &HashMap<String, Vec<i64>>,
     ) -> Result<i64, Option<String>> {
         let email = customer.email.as_deref().ok_or(None)?;
         let users = users_by_email.get(email).map_or(&[][..], Vec::as_slice);
-        let customers = emails_at_stripe.get(email).copied().unwrap_or(1);
+        let customers = emails_at_stripe.get(email).max(1);
         match users {
             [] => Err(None),
             _ if customers > 1 => Err(Some(format!(
@@ -1144,21 +1151,58 @@ fn is_deleted(customer: &Value) -> bool {
     customer.get("deleted").and_then(Value::as_bool) == Some(true)
 }
 
-/// Every user by lower-cased e-mail (several when rows differ only in case).
-async fn users_by_email(db: &Db) -> Result<HashMap<String, Vec<i64>>, ApiError> {
-    let rows: Vec<(i64, String)> = users::Entity::find()
-        .select_only()
-        .column(users::Column::Id)
-        .column(users::Column::Email)
-        .into_tuple()
-        .all(db)
-        .await?;
+/// How many customers at Stripe have each e-mail, by a 64-bit hash of it: a million
+/// addresses cost 32 MB, not 80. Two addresses with one hash (about one run in ten million
+/// at a million customers) only count as one address shared: their customers are left
+/// unlinked and named as ambiguous, never linked to the wrong user.
+#[derive(Default)]
+struct EmailCounts {
+    hasher: std::hash::RandomState,
+    counts: HashMap<u64, u32>,
+}
+
+impl EmailCounts {
+    fn add(&mut self, email: &str) {
+        let key = std::hash::BuildHasher::hash_one(&self.hasher, email);
+        *self.counts.entry(key).or_default() += 1;
+    }
+
+    fn get(&self, email: &str) -> u32 {
+        let key = std::hash::BuildHasher::hash_one(&self.hasher, email);
+        self.counts.get(&key).copied().unwrap_or(0)
+    }
+}
+
+/// Users by lower-cased e-mail (several when rows differ only in case), for the e-mails in
+/// `wanted` only; read 10,000 users at a time, so that a million users are never all held.
+async fn users_by_email(
+    db: &Db,
+    wanted: &HashSet<&str>,
+) -> Result<HashMap<String, Vec<i64>>, ApiError> {
+    const CHUNK: u64 = 10_000;
     let mut by_email: HashMap<String, Vec<i64>> = HashMap::new();
-    for (id, email) in rows {
-        by_email
-            .entry(email.trim().to_lowercase())
-            .or_default()
-            .push(id);
+    let mut after = i64::MIN;
+    loop {
+        let rows: Vec<(i64, String)> = users::Entity::find()
+            .select_only()
+            .column(users::Column::Id)
+            .column(users::Column::Email)
+            .filter(users::Column::Id.gt(after))
+            .order_by_asc(users::Column::Id)
+            .limit(CHUNK)
+            .into_tuple()
+            .all(db)
+            .await?;
+        let Some(&(last, _)) = rows.last() else {
+            break;
+        };
+        after = last;
+        for (id, email) in rows {
+            let email = email.trim().to_lowercase();
+            if wanted.contains(email.as_str()) {
+                by_email.entry(email).or_default().push(id);
+            }
+        }
     }
     Ok(by_email)
 }
