@@ -114,9 +114,11 @@ pub async fn run(args: Args) -> Result<(), String> {
         bench.drop_database().await;
         let (first, repeat) = measured?;
         points.push((customers, first, repeat));
-    }
-    if let Some(about) = about {
-        draw(&args, &about, &points)?;
+        // After every size: a run stopped during a long size still leaves the chart of the
+        // sizes before it.
+        if let Some(about) = &about {
+            draw(&args, about, &points)?;
+        }
     }
     Ok(())
 }
