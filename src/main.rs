@@ -199,6 +199,7 @@ async fn stripe_sync(settings: &Settings, args: &stripe_backfill::SyncArgs) -> R
         &mut client,
         args.customer.as_deref(),
         args.link_by_email,
+        args.writers_within(settings.db_max_connections, db.get_database_backend()),
         &settings.stripe.pro_prices,
         |note| match note {
             stripe_backfill::Note::Progress(tally) => {

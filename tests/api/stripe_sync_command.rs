@@ -29,6 +29,8 @@ crate::on_every_backend!(
     a_stretch_left_past_due_starts_at_the_oldest_failed_invoice_of_its_run,
     its_progress_is_served_on_metrics_addr_while_it_runs,
     a_changed_pro_price_list_is_applied_by_the_next_run,
+    concurrent_writes_end_as_one_at_a_time,
+    a_write_that_fails_loses_no_other,
 );
 
 const KEY: &str = "sk_test_51SyncKeyThatMustNeverBePrinted";
@@ -1214,4 +1216,182 @@ async fn a_changed_pro_price_list_is_applied_by_the_next_run(backend: Backend) {
             "{list:?}"
         );
     }
+}
+
+/// One user with five customers (linked by Checkout Sessions) and twenty subscriptions in
+/// every status, another linked by metadata with three: the database a run with eight writes
+/// in flight leaves is the one a run with one at a time leaves, and so are its counts.
+async fn concurrent_writes_end_as_one_at_a_time(backend: Backend) {
+    let statuses = [
+        "active",
+        "past_due",
+        "canceled",
+        "trialing",
+        "unpaid",
+        "incomplete",
+    ];
+    let mut ends = Vec::new();
+    for writers in ["8", "1"] {
+        let app = spawn_app(backend).await;
+        let stripe = FakeStripe::start(KEY, 3).await;
+        let now = Utc::now().timestamp();
+        app.user("many@example.com").await;
+        app.user("meta@example.com").await;
+        let many = app.user_id("many@example.com").await.to_string();
+        let meta = app.user_id("meta@example.com").await.to_string();
+        let mut n = 0;
+        for c in 0..5 {
+            let cus = format!("cus_many{c}");
+            stripe.add_customer(customer(&cus, Some("many@example.com"), None));
+            stripe.add_checkout_session(checkout_session(
+                &format!("cs_many{c}"),
+                &many,
+                &cus,
+                &format!("sub_many{c}_0"),
+            ));
+            for s in 0..4 {
+                let status = statuses[n % statuses.len()];
+                let end = now + (n as i64 + 1) * 86_400;
+                stripe.put_subscription(subscription(
+                    &format!("sub_many{c}_{s}"),
+                    &cus,
+                    status,
+                    end,
+                ));
+                n += 1;
+            }
+        }
+        stripe.add_customer(customer("cus_meta", Some("meta@example.com"), Some(&meta)));
+        for s in 0..3 {
+            let status = statuses[(s + 1) % statuses.len()];
+            let end = now + (s as i64 + 3) * 86_400;
+            stripe.put_subscription(subscription(
+                &format!("sub_meta{s}"),
+                "cus_meta",
+                status,
+                end,
+            ));
+        }
+        let vars = [
+            ("STRIPE_SYNC_WRITERS", writers),
+            ("DB_MAX_CONNECTIONS", "10"),
+        ];
+        let run = stripe_sync_env(&app, &stripe, Some(KEY), &[], &vars).await;
+        assert!(run.success, "{}\n{}", run.stdout, run.stderr);
+        assert_eq!(run.count("checkout"), 5, "{}", run.stdout);
+        assert_eq!(run.count("metadata.user_id"), 1, "{}", run.stdout);
+        assert_eq!(run.count("updated"), 23, "{}", run.stdout);
+        let summary = run
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("stripe-sync: "))
+            .map(str::to_owned);
+        let rows = [
+            app.billing_row("many@example.com").await,
+            app.billing_row("meta@example.com").await,
+            app.db
+                .texts(
+                    "SELECT concat_ws('|', subscription_id, customer_id, status, created, \
+                     lifecycle_rank, CASE WHEN past_due_since IS NULL THEN '-' ELSE 'set' END) \
+                     FROM stripe_subscriptions ORDER BY subscription_id",
+                )
+                .await
+                .join(","),
+            app.db
+                .texts(
+                    "SELECT concat_ws('|', customer_id, coalesce(user_id, 0)) \
+                     FROM stripe_customers ORDER BY customer_id",
+                )
+                .await
+                .join(","),
+        ];
+        // A repeat changes nothing, whatever the writers.
+        let again = stripe_sync_env(&app, &stripe, Some(KEY), &[], &vars).await;
+        assert!(again.success, "{}\n{}", again.stdout, again.stderr);
+        assert_eq!(again.count("updated"), 0, "{}", again.stdout);
+        assert_eq!(again.count("unchanged"), 23, "{}", again.stdout);
+        ends.push((summary, rows, app.billing_row("many@example.com").await));
+    }
+    // `created` is the run's own clock: equal within a run, not across two. Compared without it.
+    let strip = |rows: &[String; 4]| {
+        let mut rows = rows.clone();
+        rows[2] = rows[2]
+            .split(',')
+            .map(|r| {
+                let f: Vec<&str> = r.split('|').collect();
+                format!("{}|{}|{}|{}", f[0], f[1], f[2], f[4..].join("|"))
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        rows
+    };
+    assert_eq!(ends[0].0, ends[1].0, "the same counts");
+    assert_eq!(strip(&ends[0].1), strip(&ends[1].1));
+    assert_eq!(ends[0].2, ends[1].2);
+}
+
+/// A subscription whose write the database refuses (a trigger, here) fails alone: counted,
+/// named, its transaction rolled back whole; every other write in flight with it is kept.
+async fn a_write_that_fails_loses_no_other(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let stripe = FakeStripe::start(KEY, 4).await;
+    let period_end = Utc::now().timestamp() + 20 * 86_400;
+    let refuse: &[&str] = match backend {
+        Backend::Postgres => &[
+            "CREATE FUNCTION refuse_sub() RETURNS trigger AS $$ BEGIN \
+             RAISE EXCEPTION 'refused by the test'; END $$ LANGUAGE plpgsql",
+            "CREATE TRIGGER refuse BEFORE INSERT ON stripe_subscriptions FOR EACH ROW \
+             WHEN (NEW.subscription_id = 'sub_refused') EXECUTE FUNCTION refuse_sub()",
+        ],
+        Backend::MySql => &[
+            "CREATE TRIGGER refuse BEFORE INSERT ON stripe_subscriptions \
+             FOR EACH ROW BEGIN IF NEW.subscription_id = 'sub_refused' THEN \
+             SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'refused by the test'; END IF; END",
+        ],
+        Backend::Sqlite => &[
+            "CREATE TRIGGER refuse BEFORE INSERT ON stripe_subscriptions \
+             WHEN NEW.subscription_id = 'sub_refused' \
+             BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
+        ],
+    };
+    for sql in refuse {
+        sea_orm::ConnectionTrait::execute_unprepared(&app.db.db, sql)
+            .await
+            .expect("create the trigger");
+    }
+    let mut emails = Vec::new();
+    for i in 0..12 {
+        let email = format!("payer{i}@example.com");
+        app.user(&email).await;
+        let uid = app.user_id(&email).await.to_string();
+        let cus = format!("cus_payer{i}");
+        stripe.add_customer(customer(&cus, Some(&email), Some(&uid)));
+        let sub = if i == 5 {
+            "sub_refused".to_owned()
+        } else {
+            format!("sub_payer{i}")
+        };
+        stripe.put_subscription(subscription(&sub, &cus, "active", period_end));
+        emails.push((email, cus, sub));
+    }
+    let vars = [("STRIPE_SYNC_WRITERS", "8")];
+    let run = stripe_sync_env(&app, &stripe, Some(KEY), &[], &vars).await;
+    assert!(!run.success, "{}", run.stdout);
+    assert_eq!(run.count("failed"), 1, "{}", run.stdout);
+    assert_eq!(run.count("updated"), 11, "{}", run.stdout);
+    assert!(run.stderr.contains("sub_refused"), "{}", run.stderr);
+    for (email, cus, sub) in &emails {
+        let row = app.billing_row(email).await;
+        if sub == "sub_refused" {
+            // Linked (a write of its own), but its subscription was not written.
+            assert_eq!(row, format!("{cus}|-|none|-"), "{email}");
+        } else {
+            assert_eq!(row, format!("{cus}|{sub}|active|set"), "{email}");
+        }
+    }
+    let stored = app
+        .db
+        .texts("SELECT count(*) FROM stripe_subscriptions WHERE subscription_id = 'sub_refused'")
+        .await;
+    assert_eq!(stored.join(""), "0");
 }

@@ -176,6 +176,27 @@ pub async fn user_of_customer(db: &Db, customer: &str) -> Result<Option<i64>, Ap
         .and_then(|c| c.user_id))
 }
 
+/// The user each of `customers` is linked to, as [`user_of_customer`] reads it, in one query
+/// (stripe-sync asks once per page of 100, not once per customer). Customers we do not have
+/// are absent.
+pub async fn users_of_customers(
+    db: &Db,
+    customers: &[String],
+) -> Result<std::collections::HashMap<String, Option<i64>>, ApiError> {
+    if customers.is_empty() {
+        return Ok(std::collections::HashMap::new());
+    }
+    let rows: Vec<(String, Option<i64>)> = stripe_customers::Entity::find()
+        .select_only()
+        .column(stripe_customers::Column::CustomerId)
+        .column(stripe_customers::Column::UserId)
+        .filter(stripe_customers::Column::CustomerId.is_in(customers.iter().map(String::as_str)))
+        .into_tuple()
+        .all(db)
+        .await?;
+    Ok(rows.into_iter().collect())
+}
+
 /// Attempts before a deadlock or a concurrent twin's insert becomes an error (5xx: Stripe
 /// retries later).
 const ATTEMPTS: u32 = 5;

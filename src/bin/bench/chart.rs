@@ -341,6 +341,23 @@ pub fn against_size(
     footer: &[String],
     curves: &[Curve<'_>],
 ) -> Result<(), String> {
+    against(
+        path,
+        title,
+        footer,
+        curves,
+        "synced_sessions rows, millions (users = 1/5 of them)",
+    )
+}
+
+/// Seconds against a count of anything, in millions (`x_desc` names it).
+pub fn against(
+    path: &Path,
+    title: &str,
+    footer: &[String],
+    curves: &[Curve<'_>],
+    x_desc: &str,
+) -> Result<(), String> {
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     let body = page(&root, footer)?;
     let xmax = curves
@@ -362,7 +379,7 @@ pub fn against_size(
         .map_err(failed)?;
     chart
         .configure_mesh()
-        .x_desc("synced_sessions rows, millions (users = 1/5 of them)")
+        .x_desc(x_desc)
         .y_desc("seconds")
         .draw()
         .map_err(failed)?;

@@ -6,17 +6,20 @@
 //! * `bench sync`: session sync requests per second and their latency, beside their SQL;
 //! * `bench migrations`: every migration under live clients, on PostgreSQL and MariaDB;
 //! * `bench fairness`: one user's latency while 1,000 clients send bad tokens, and while
-//!   another user floods reads (printed only, no chart).
+//!   another user floods reads (printed only, no chart);
+//! * `bench stripe-sync`: `billing stripe-sync` against a fake Stripe of up to millions of
+//!   customers, held to Stripe's rate limit, beside that limit's floor.
 //!
 //! Each measures its own floor in the same run and prints its figures as ratios to it, and
 //! writes an SVG chart of what it measured.
 //!
-//! `cargo run --release --bin bench -- <m006|webhooks|purge|sync|migrations|fairness> --help`
+//! `cargo run --release --bin bench -- <m006|webhooks|purge|sync|migrations|fairness|stripe-sync> --help`
 
 mod about;
 mod chart;
 mod cpu;
 mod fairness;
+mod fake_stripe;
 mod live_migrations;
 mod load;
 mod m006;
@@ -24,6 +27,7 @@ mod migrations;
 mod migrator_log;
 mod purge;
 mod replay;
+mod stripe_sync;
 mod sync;
 mod webhooks;
 
@@ -50,6 +54,8 @@ enum Bench {
     Migrations(migrations::Args),
     /// One user's latency while others send bad tokens or flood reads.
     Fairness(fairness::Args),
+    /// `billing stripe-sync` against a fake Stripe held to a rate limit, at each size.
+    StripeSync(stripe_sync::Args),
     /// The other clients of one `fairness` phase, in their own process (run by `fairness`).
     #[command(hide = true)]
     FairnessFlood(fairness::FloodArgs),
@@ -64,6 +70,7 @@ async fn main() -> std::process::ExitCode {
         Bench::Sync(args) => sync::run(args).await,
         Bench::Migrations(args) => migrations::run(args).await,
         Bench::Fairness(args) => fairness::run(args).await,
+        Bench::StripeSync(args) => stripe_sync::run(args).await,
         Bench::FairnessFlood(args) => fairness::flood(args).await,
     };
     match result {
