@@ -32,6 +32,13 @@ fn render_backfill(
             crate::step::RANGE_START,
             crate::step::RANGE_END
         );
+        if backend == DbBackend::Postgres {
+            let _ = writeln!(
+                out,
+                "-- and in each range's transaction, before the statement: {};",
+                crate::step::CUSTOM_PLANS
+            );
+        }
     }
     for sql in &step.statements {
         match backend {

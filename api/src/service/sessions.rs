@@ -2,7 +2,7 @@
 //! trash. Every function is scoped to one user: another user's session is simply not found.
 
 use chrono::{DateTime, FixedOffset, Utc};
-use entity::{Tier, synced_sessions as sessions, users};
+use entity::{Billing, Tier, synced_sessions as sessions, users};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel,
     PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
@@ -46,17 +46,44 @@ async fn live_count<C: ConnectionTrait>(db: &C, user_id: i64) -> Result<u64, Api
         .await?)
 }
 
+/// The user's billing (tier and retention tier), read at most once per request: a create
+/// over an expired trashed row needs both, and each read is a query over every subscription
+/// of the user. Read under the user's row lock, which every webhook takes before it commits
+/// a change for the user, so one read serves the whole request.
+struct BillingOnce<'a> {
+    user: &'a users::Model,
+    now: DateTime<Utc>,
+    read: Option<Billing>,
+}
+
+impl<'a> BillingOnce<'a> {
+    fn new(user: &'a users::Model, now: DateTime<Utc>) -> Self {
+        Self {
+            user,
+            now,
+            read: None,
+        }
+    }
+
+    async fn get<C: ConnectionTrait>(&mut self, db: &C) -> Result<&Billing, ApiError> {
+        let billing = match self.read.take() {
+            Some(read) => read,
+            None => self.user.billing_at(db, self.now).await?,
+        };
+        Ok(self.read.insert(billing))
+    }
+}
+
 /// Refuses one more live session for a Free account at its limit.
 async fn ensure_room<C: ConnectionTrait>(
     db: &C,
-    user: &users::Model,
+    billing: &mut BillingOnce<'_>,
     limits: &Limits,
-    now: DateTime<Utc>,
 ) -> Result<(), ApiError> {
-    if user.tier_at(db, now).await? == Tier::Pro {
+    if billing.get(db).await?.tier == Tier::Pro {
         return Ok(());
     }
-    let live = live_count(db, user.id).await?;
+    let live = live_count(db, billing.user.id).await?;
     if live >= limits.free_session_limit {
         return Err(ApiError::PaymentRequired {
             message: format!(
@@ -80,15 +107,16 @@ pub async fn sync<C: ConnectionTrait>(
 ) -> Result<Synced, ApiError> {
     let user = lock_user(db, user_id).await?;
     let stamp = now.fixed_offset();
-    let tier = retention_tier(db, &user, now).await?;
-    let found = match find(db, user.id, id).await? {
+    let mut billing = BillingOnce::new(&user, now);
+    let found = find(db, user.id, id).await?;
+    let expired = match found.as_ref().and_then(|session| session.deleted_at) {
+        Some(at) => retention_expired(at, billing.get(db).await?.retention_tier, limits, now),
+        None => false,
+    };
+    let found = match found {
         // Past its window the session is gone for the user, purged or not (the purge may be
         // off, or behind): its client id starts a new session.
-        Some(trashed)
-            if trashed
-                .deleted_at
-                .is_some_and(|at| retention_expired(at, tier, limits, now)) =>
-        {
+        Some(trashed) if expired => {
             sessions::Entity::delete_many()
                 .filter(sessions::Column::Id.eq(trashed.id))
                 .filter(sessions::Column::DeletedAt.is_not_null())
@@ -117,7 +145,7 @@ pub async fn sync<C: ConnectionTrait>(
             ))
         }
         None => {
-            ensure_room(db, &user, limits, now).await?;
+            ensure_room(db, &mut billing, limits).await?;
             let created = sessions::ActiveModel {
                 user_id: Set(user.id),
                 client_id: Set(id.as_str().to_owned()),
@@ -276,14 +304,15 @@ pub async fn restore<C: ConnectionTrait>(
     let Some(deleted_at) = session.deleted_at else {
         return Ok(session);
     };
-    let tier = retention_tier(db, &user, now).await?;
+    let mut billing = BillingOnce::new(&user, now);
+    let tier = billing.get(db).await?.retention_tier;
     // Past its window a session is gone for the user whether the purge has removed its row
     // yet or not (the purge may be off, or behind): the same answer as after the purge, so a
     // client sees one status for it, not 410 until the purge runs and 404 after.
     if retention_expired(deleted_at, tier, limits, now) {
         return Err(ApiError::NotFound(NOTHING_TO_RESTORE));
     }
-    ensure_room(db, &user, limits, now).await?;
+    ensure_room(db, &mut billing, limits).await?;
     let mut active = session.into_active_model();
     active.deleted_at = Set(None);
     active.updated_at = Set(now.fixed_offset());

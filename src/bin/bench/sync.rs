@@ -1,6 +1,7 @@
 //! Session sync against its floor: `--clients` concurrent users, each request one of
 //! `PUT /v1/sessions/{client_id}` creating a session, the same PUT updating one, and
-//! `GET /v1/sessions`, in turn. Two phases of one run, with the same clients:
+//! `GET /v1/sessions`, in turn. Two kinds of phase, with the same clients, interleaved over
+//! `--rounds` rounds so that the machine's drift falls on both alike:
 //!
 //! 1. `sql`: the statements each request executes, recorded from the API itself (one probe
 //!    request of each kind served by the API's router on a connection that records every
@@ -45,9 +46,12 @@ pub struct Args {
     /// Concurrent users sending requests (and concurrent clients of the SQL phase).
     #[arg(long, default_value_t = 32)]
     pub clients: usize,
-    /// Seconds of each phase.
+    /// Seconds of each kind of phase, over all rounds.
     #[arg(long, default_value_t = 20)]
     pub duration: u64,
+    /// Rounds: each kind of phase runs once per round for --duration ÷ --rounds seconds.
+    #[arg(long, default_value_t = 4)]
+    pub rounds: u64,
     /// Where to write the SVG chart.
     #[arg(long, default_value = "bench-sync.svg")]
     pub chart: PathBuf,
@@ -199,40 +203,57 @@ async fn measure(args: &Args, bench: &Bench, about: &About) -> Result<(), String
             client,
             base,
         };
-        let span = Duration::from_secs(args.duration);
         runner
             .phase(
-                Route::Http,
+                Arc::new(Route::Http),
                 "warm-up",
                 Duration::from_secs(2.min(args.duration)),
             )
             .await?;
-        let sql = runner
-            .phase(
-                Route::Sql {
-                    db: own.clone(),
-                    templates: templates.clone(),
-                },
-                "sql",
-                span,
-            )
-            .await?;
-        let http = runner.phase(Route::Http, "http", span).await?;
+        let rounds = args.rounds.max(1);
+        let span = Duration::from_secs_f64(args.duration as f64 / rounds as f64);
+        let sql_route = Arc::new(Route::Sql {
+            db: own.clone(),
+            templates: templates.clone(),
+        });
+        let http_route = Arc::new(Route::Http);
+        let (mut sql, mut http) = (Phase::default(), Phase::default());
+        let mut spans = Vec::new();
+        for round in 0..rounds {
+            for (name, route, tally) in [
+                ("sql", &sql_route, &mut sql),
+                ("http", &http_route, &mut http),
+            ] {
+                let phase = runner.phase(route.clone(), name, span).await?;
+                spans.push(Span {
+                    label: if round == 0 { name } else { "" },
+                    from: phase.started,
+                    to: phase.ended,
+                });
+                tally.add(phase);
+            }
+        }
         let _ = own.close().await;
         println!(
+            "\n{rounds} rounds of {:.1} s per kind, interleaved; over all rounds:",
+            span.as_secs_f64()
+        );
+        sql.print("sql", args.clients);
+        http.print("http", args.clients);
+        println!(
             "\nhttp ÷ sql = {:.2} ({:.0} ÷ {:.0} requests/s)",
-            http.rate / sql.rate,
-            http.rate,
-            sql.rate
+            http.rate() / sql.rate(),
+            http.rate(),
+            sql.rate()
         );
         chart::throughput_timeline(
             &args.chart,
             &format!(
                 "Session sync, {} clients: http {:.0}/s = {:.2} × the SQL alone ({:.0}/s)",
                 args.clients,
-                http.rate,
-                http.rate / sql.rate,
-                sql.rate
+                http.rate(),
+                http.rate() / sql.rate(),
+                sql.rate()
             ),
             &about.lines(),
             &[
@@ -247,18 +268,7 @@ async fn measure(args: &Args, bench: &Bench, about: &About) -> Result<(), String
                     color: chart::INK_RED,
                 },
             ],
-            &[
-                Span {
-                    label: "sql only",
-                    from: sql.started,
-                    to: sql.ended,
-                },
-                Span {
-                    label: "http",
-                    from: http.started,
-                    to: http.ended,
-                },
-            ],
+            &spans,
         )?;
         println!("chart: {}", args.chart.display());
         let errors = sql.errors + http.errors;
@@ -390,17 +400,61 @@ struct Runner<'a> {
     base: String,
 }
 
+/// Phases of one kind: one round's, or every round's added up.
+#[derive(Default)]
 struct Phase {
-    rate: f64,
+    seconds: f64,
     errors: u64,
+    /// Every request, then each kind's.
     samples: Vec<Sample>,
+    by_op: [Vec<Sample>; 3],
     started: f64,
     ended: f64,
+    machine_busy_seconds: f64,
+    process_seconds: f64,
+}
+
+impl Phase {
+    fn add(&mut self, phase: Phase) {
+        self.seconds += phase.seconds;
+        self.errors += phase.errors;
+        self.machine_busy_seconds += phase.machine_busy_seconds;
+        self.process_seconds += phase.process_seconds;
+        self.samples.extend(phase.samples);
+        for (all, some) in self.by_op.iter_mut().zip(phase.by_op) {
+            all.extend(some);
+        }
+    }
+
+    fn rate(&self) -> f64 {
+        self.samples.len() as f64 / self.seconds.max(1e-9)
+    }
+
+    fn print(&self, name: &str, clients: usize) {
+        println!(
+            "{name:<8} {:>7} requests, {clients} clients, {:.1} s: {:>6.0}/s; p50/p99/max {} ms; \
+             {} failed; machine CPU {:.0}% busy, this process {:.2} ms CPU per request",
+            self.samples.len(),
+            self.seconds,
+            self.rate(),
+            load::percentiles(&load::latencies(&self.samples)),
+            self.errors,
+            self.machine_busy_seconds / self.seconds.max(1e-9) * 100.0,
+            self.process_seconds * 1e3 / self.samples.len().max(1) as f64,
+        );
+        for (op, samples) in OPS.iter().zip(&self.by_op) {
+            println!(
+                "  {:<18} {:>6.0}/s  p50/p99/max {} ms",
+                op.name(),
+                samples.len() as f64 / self.seconds.max(1e-9),
+                load::percentiles(&load::latencies(samples))
+            );
+        }
+    }
 }
 
 impl Runner<'_> {
-    async fn phase(&self, route: Route, name: &str, span: Duration) -> Result<Phase, String> {
-        let route = Arc::new(route);
+    async fn phase(&self, route: Arc<Route>, name: &str, span: Duration) -> Result<Phase, String> {
         let cpu = Cpu::read();
         let started = load::now();
         let deadline = Instant::now() + span;
@@ -457,30 +511,17 @@ impl Runner<'_> {
         let used = cpu.since();
         let samples: Vec<Sample> = by_op.iter().flatten().copied().collect();
         let seconds = ended - started;
-        let rate = samples.len() as f64 / seconds;
-        println!(
-            "\n{name:<8} {:>7} requests, {} clients, {seconds:.1} s: {rate:>6.0}/s; p50/p99/max {} ms; \
-             {errors} failed; machine CPU {:.0}% busy, this process {:.2} ms CPU per request",
-            samples.len(),
-            self.args.clients,
-            load::percentiles(&load::latencies(&samples)),
-            used.machine_busy * 100.0,
-            used.process_seconds * 1e3 / samples.len().max(1) as f64,
-        );
-        for (op, samples) in OPS.iter().zip(&by_op) {
-            println!(
-                "  {:<18} {:>6.0}/s  p50/p99/max {} ms",
-                op.name(),
-                samples.len() as f64 / seconds,
-                load::percentiles(&load::latencies(samples))
-            );
-        }
-        Ok(Phase {
-            rate,
+        let phase = Phase {
+            seconds,
             errors,
             samples,
+            by_op,
             started,
             ended,
-        })
+            machine_busy_seconds: used.machine_busy * seconds,
+            process_seconds: used.process_seconds,
+        };
+        phase.print(name, self.args.clients);
+        Ok(phase)
     }
 }
