@@ -25,7 +25,7 @@ fn render_backfill(
         let _ = writeln!(
             out,
             "-- each statement once per range of about {} rows by {}.{}, from the smallest \
-             value to the largest when the step starts, bound as {}..{} (inclusive)",
+             value until none is left past the last range, bound as {}..{} (inclusive)",
             r.rows,
             r.table,
             r.key,

@@ -78,9 +78,10 @@ pub enum Mode {
 }
 
 /// The ranges a [`Mode::Backfill`] step walks: the values of column `key` of `table` in
-/// order, about `rows` rows at a time, from the smallest to the largest present when the
-/// step starts (rows inserted later are not the backfill's business: the code that inserts
-/// them writes the new tables itself). A range ends at a value, so every row holding that
+/// order, about `rows` rows at a time, from the smallest until no key is left past the last
+/// range. Rows inserted meanwhile past that point fall in a range too, which is harmless
+/// (the statements skip what is already copied; the code that inserts such rows writes the
+/// new tables itself), and a walk that meets them runs that much longer. A range ends at a value, so every row holding that
 /// value falls in the same range, however many there are: a statement that groups by the key
 /// sees whole groups. Each statement names the range as [`RANGE_START`] and [`RANGE_END`]
 /// (inclusive), which the runner binds as parameters. `key` should be indexed: each range
