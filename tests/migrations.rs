@@ -1133,6 +1133,113 @@ async fn m010_backfill_holds_no_user_but_its_range(backend: Backend) {
     );
 }
 
+/// An `ALTER TABLE users` while a webhook delivery holds its customer's row and is about to
+/// lock its user (the API's lock order). On MariaDB the ALTER takes `users`' metadata lock and
+/// then, to commit, waits for InnoDB locks on the tables that reference `users` (the
+/// customer's row lock among them) for up to `innodb_lock_wait_timeout`, 50 s by default,
+/// which the migrator's `lock_wait_timeout` does not bound; the delivery meanwhile waits for
+/// the metadata lock. Before the migrator bounded that wait too, the delivery's user lock
+/// timed out (5 s here) and every statement on `users` stalled with it; now the step gives up
+/// after its second, is retried, and both finish. PostgreSQL: the same property, which its
+/// `lock_timeout` always covered.
+mod alter_of_users_does_not_wait_out_a_delivery {
+    use super::*;
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        super::alter_of_users_does_not_wait_out_a_delivery(Backend::Postgres).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mysql() {
+        super::alter_of_users_does_not_wait_out_a_delivery(Backend::MySql).await
+    }
+}
+
+async fn alter_of_users_does_not_wait_out_a_delivery(backend: Backend) {
+    use sea_orm::TransactionTrait;
+    let t = TestDb::new(backend).await;
+    Migrator::up(&t.db, Some(position(12) as u32))
+        .await
+        .expect("up to m011");
+    t.exec("INSERT INTO users (email, stripe_customer_id) VALUES ('u@x.test', 'cus_1')")
+        .await;
+    let user = t.texts("SELECT max(id) FROM users").await.remove(0);
+    t.exec(&format!(
+        "INSERT INTO stripe_customers (customer_id, user_id) VALUES ('cus_1', {user})"
+    ))
+    .await;
+
+    // The delivery: its customer's row first.
+    let delivery = support::connect(&t.url).await;
+    let txn = delivery.begin().await.expect("begin");
+    txn.execute_unprepared(
+        "SELECT customer_id FROM stripe_customers WHERE customer_id = 'cus_1' FOR UPDATE",
+    )
+    .await
+    .expect("lock the customer");
+
+    let db = t.db.clone();
+    let migrating = tokio::spawn(async move { Migrator::up(&db, None).await });
+    // m012's ALTER of `users` under way (its first step alters stripe_subscriptions).
+    let altering = match backend {
+        Backend::Postgres => {
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND query LIKE 'ALTER TABLE \"public\".\"users\"%' AND state = 'active'"
+        }
+        _ => {
+            "SELECT count(*) FROM information_schema.processlist WHERE db = DATABASE() \
+             AND info LIKE 'ALTER TABLE `users`%'"
+        }
+    };
+    let watcher = support::connect(&t.url).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let row = watcher
+            .query_one_raw(sea_orm::Statement::from_string(t.db_backend(), altering))
+            .await
+            .unwrap_or_else(|e| panic!("{altering}: {e}"));
+        if row
+            .and_then(|r| r.try_get_by_index::<i64>(0).ok())
+            .unwrap_or(0)
+            > 0
+        {
+            break;
+        }
+        if migrating.is_finished() || std::time::Instant::now() > deadline {
+            // PostgreSQL's ALTER is over in an instant, before it can be seen: nothing waits.
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    // Then its user, with a lock wait of 5 s.
+    let timeout = match backend {
+        Backend::Postgres => "SET LOCAL lock_timeout = '5s'",
+        _ => "SET SESSION lock_wait_timeout = 5",
+    };
+    txn.execute_unprepared(timeout).await.expect("lock wait");
+    let started = std::time::Instant::now();
+    let locked = txn
+        .execute_unprepared(&format!(
+            "SELECT id FROM users WHERE id = {user} FOR UPDATE"
+        ))
+        .await;
+    let waited = started.elapsed();
+    txn.commit().await.expect("commit the delivery");
+    assert!(
+        locked.is_ok(),
+        "the delivery's user lock failed after {waited:?} while the migration altered users: {locked:?}"
+    );
+    migrating
+        .await
+        .expect("join")
+        .expect("m012 finishes once the delivery is done");
+    assert_eq!(
+        t.texts("SELECT count(*) FROM users WHERE price_grants_pro")
+            .await,
+        vec!["1".to_owned()]
+    );
+}
+
 /// Polls until some session of the test's database waits for a row lock (within 60 s), and
 /// fails at once with the migration's outcome if it ended instead.
 async fn wait_for_a_lock_wait<T: std::fmt::Debug>(

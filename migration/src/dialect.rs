@@ -43,6 +43,14 @@ pub trait Dialect: Sync {
     fn lock_timeout_reset_sql(&self) -> Option<&'static str> {
         None
     }
+    /// A second bound a lock-timed step needs where the first does not cover every lock its
+    /// DDL can wait for, with the statement that undoes it. Set by the migrator beside
+    /// [`Dialect::lock_timeout_sql`] but, unlike it, not part of the plan: `migration sql`
+    /// prints it as a comment and checksums leave it out, so adding it flagged no database.
+    fn row_lock_timeout_sql(&self, timeout: std::time::Duration) -> Option<(String, &'static str)> {
+        let _ = timeout;
+        None
+    }
 
     /// The steps that add `op`'s columns (and its CHECK).
     fn add_columns(&self, op: &AddColumns) -> Vec<Step>;

@@ -121,6 +121,11 @@ pub fn render(
                 if let Some(sql) = lock_timeout_sql(backend, settings.lock_timeout) {
                     let _ = writeln!(out, "{sql};");
                 }
+                if let Some((sql, _)) =
+                    crate::dialect::of(backend).row_lock_timeout_sql(settings.lock_timeout)
+                {
+                    let _ = writeln!(out, "-- the migrator's, not summed: {sql};");
+                }
             }
             if let Mode::Backfill { ranges } = step.mode {
                 render_backfill(&mut out, backend, step, ranges);
@@ -132,6 +137,11 @@ pub fn render(
             if own_transaction {
                 if let Some(sql) = lock_timeout_reset_sql(backend) {
                     let _ = writeln!(out, "{sql};");
+                }
+                if let Some((_, reset)) =
+                    crate::dialect::of(backend).row_lock_timeout_sql(settings.lock_timeout)
+                {
+                    let _ = writeln!(out, "-- the migrator's, not summed: {reset};");
                 }
                 out.push_str("COMMIT;\n");
             }

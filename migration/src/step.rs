@@ -804,6 +804,10 @@ async fn attempt_lock_timed(
     if let Some(sql) = lock_timeout_sql(backend, settings.lock_timeout) {
         txn.execute_unprepared(&sql).await?;
     }
+    let row_lock_timeout = crate::dialect::of(backend).row_lock_timeout_sql(settings.lock_timeout);
+    if let Some((sql, _)) = &row_lock_timeout {
+        txn.execute_unprepared(sql).await?;
+    }
     let mut outcome = Ok(());
     for (k, sql) in step.statements.iter().enumerate() {
         pause.check(k);
@@ -812,8 +816,11 @@ async fn attempt_lock_timed(
             break;
         }
     }
-    if let Some(sql) = lock_timeout_reset_sql(backend) {
-        // MySQL's setting is per session and the connection goes back to the pool.
+    let resets = lock_timeout_reset_sql(backend)
+        .into_iter()
+        .chain(row_lock_timeout.map(|(_, reset)| reset));
+    for sql in resets {
+        // MySQL's settings are per session and the connection goes back to the pool.
         // Best effort: a failure here must not mask the statement's own error.
         let reset = txn.execute_unprepared(sql).await;
         if outcome.is_ok() {
