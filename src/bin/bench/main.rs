@@ -20,6 +20,7 @@ mod chart;
 mod cpu;
 mod fairness;
 mod fake_stripe;
+mod fewest_statements;
 mod live_migrations;
 mod load;
 mod m006;

@@ -13,7 +13,11 @@
 //! 4. `http`: signed deliveries to the real API (`api::Application`) served in-process;
 //! 5. `http, router on plain axum::serve`: the same router and state on the API's own pool,
 //!    served by `axum::serve` with TCP_NODELAY: what is left of the HTTP cost once
-//!    `Application`'s own serving is taken out.
+//!    `Application`'s own serving is taken out;
+//! 6. `sql, fewest statements`: the second floor, the fewest statements a correct delivery
+//!    needs, written by hand (`fewest_statements`), on the same pool as the first. Before the
+//!    phases one probe delivery through it must leave the same billing columns and snapshot
+//!    as the API's probe did, or the run stops.
 //!
 //! It prints each rate, latency and CPU use, and the ratios. Each delivery is for a customer
 //! no other delivery of the run has used, so every phase takes the same path (a new
@@ -34,6 +38,7 @@ use serde_json::json;
 use crate::about::About;
 use crate::chart::{self, Series, Span};
 use crate::cpu::Cpu;
+use crate::fewest_statements;
 use crate::load::{self, Bench, Common, Fill, Sample};
 use crate::replay::{self, ApiServer, POOL, RecordingServer, Shape};
 
@@ -60,6 +65,9 @@ pub struct Args {
 
 const SECRET: &str = "whsec_benchSigningSecret0123456789abcdef";
 
+/// A delivery's period: its end is this many seconds after the event.
+const PERIOD: i64 = 30 * 86_400;
+
 /// The ids one delivery is about; what the replayed statements substitute.
 #[derive(Clone)]
 struct Ids {
@@ -82,6 +90,18 @@ impl Ids {
         }
     }
 
+    /// The delivery `body` describes, as the fewest-statements floor takes it.
+    fn delivery<'a>(&'a self, created: i64, status: &'a str) -> fewest_statements::Delivery<'a> {
+        fewest_statements::Delivery {
+            event: &self.event,
+            created,
+            customer: &self.customer,
+            subscription: &self.subscription,
+            status,
+            period_end: created + PERIOD,
+        }
+    }
+
     fn body(&self, created: i64, status: &str) -> String {
         json!({
             "id": self.event, "object": "event",
@@ -89,7 +109,7 @@ impl Ids {
             "data": {"object": {
                 "id": self.subscription, "object": "subscription",
                 "customer": self.customer, "status": status,
-                "items": {"data": [{"current_period_end": created + 30 * 86_400}]}
+                "items": {"data": [{"current_period_end": created + PERIOD}]}
             }}
         })
         .to_string()
@@ -175,12 +195,13 @@ impl Tally {
     }
 }
 
-const KINDS: [&str; 5] = [
+const KINDS: [&str; 6] = [
     "sql",
     "service, no ping",
     "service",
     "http",
     "http, router on plain axum::serve",
+    "sql, fewest statements",
 ];
 
 async fn phases(args: &Args, bench: &Bench, about: &About) -> Result<(), String> {
@@ -231,14 +252,16 @@ async fn phases(args: &Args, bench: &Bench, about: &About) -> Result<(), String>
             1 => Kind::Service { db: api::db::Db::direct(bare.clone()) },
             2 => Kind::Service { db: api::db::Db::direct(pinged.clone()) },
             3 => Kind::Http(url.clone()),
-            _ => Kind::Http(nodelay_url.clone()),
+            4 => Kind::Http(nodelay_url.clone()),
+            _ => Kind::Fewest { db: bare.clone() },
         };
+        same_writes_as_the_api(&bare, &captured_from, &next, args.common.users).await?;
         sender
             .phase(Kind::Http(url.clone()), Duration::from_secs(2.min(args.duration)))
             .await?;
         let rounds = args.rounds.max(1);
         let span = Duration::from_secs_f64(args.duration as f64 / rounds as f64);
-        let mut tallies: [Tally; 5] = Default::default();
+        let mut tallies: [Tally; 6] = Default::default();
         let mut spans = Vec::new();
         for round in 0..rounds {
             for (i, tally) in tallies.iter_mut().enumerate() {
@@ -262,7 +285,7 @@ async fn phases(args: &Args, bench: &Bench, about: &About) -> Result<(), String>
         for (name, tally) in KINDS.iter().zip(&tallies) {
             tally.print(name, args.senders);
         }
-        let [sql, bare_service, service, http, http_nodelay] = &tallies;
+        let [sql, bare_service, service, http, http_nodelay, fewest] = &tallies;
         println!(
             "\nhttp ÷ sql = {:.2} ({:.0} ÷ {:.0} deliveries/s). Of the gap: service (no ping) ÷ sql \
              = {:.2}; the pool's ping: service ÷ service (no ping) = {:.2}; HTTP, JSON and HMAC: \
@@ -276,6 +299,15 @@ async fn phases(args: &Args, bench: &Bench, about: &About) -> Result<(), String>
             http.rate() / service.rate(),
             http_nodelay.rate() / http.rate(),
         );
+        println!(
+            "against the second floor, {} statements written by hand ({:.0} deliveries/s): \
+             sql (the API's {} recorded statements) ÷ fewest = {:.2}; http ÷ fewest = {:.2}",
+            fewest_statements::STATEMENTS,
+            fewest.rate(),
+            template.len(),
+            sql.rate() / fewest.rate(),
+            http.rate() / fewest.rate(),
+        );
         sign_cost(args.common.users);
         let colors = [
             chart::INK_GREEN,
@@ -283,6 +315,7 @@ async fn phases(args: &Args, bench: &Bench, about: &About) -> Result<(), String>
             chart::INK_GREY,
             chart::INK_BLUE,
             chart::INK_RED,
+            RGBColor(120, 60, 160),
         ];
         let series: Vec<Series<'_>> = KINDS
             .iter()
@@ -432,6 +465,10 @@ enum Kind {
     },
     /// Signed deliveries to this URL.
     Http(String),
+    /// The second floor's hand-written statements.
+    Fewest {
+        db: DatabaseConnection,
+    },
 }
 
 struct Sender<'a> {
@@ -538,6 +575,13 @@ async fn deliver(kind: &Kind, client: &reqwest::Client, ids: &Ids, status: &str)
             };
             api::service::stripe_sync::process(db, &event).await.is_ok()
         }
+        Kind::Fewest { db } => {
+            let delivery = ids.delivery(now, status);
+            matches!(
+                fewest_statements::deliver(db, &delivery).await,
+                Ok(fewest_statements::Applied::ToUser(_))
+            )
+        }
         Kind::Sql { db, template, from } => {
             replay::replay(db, &substitute(template, from, ids), DELIVERY)
                 .await
@@ -587,5 +631,74 @@ async fn add_history(db: &DatabaseConnection, past: i64) -> Result<(), String> {
     db.execute_unprepared("ANALYZE stripe_events")
         .await
         .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// The billing columns and snapshot a delivery leaves, with its own ids and times taken out
+/// (as one line of text): what the API's probe and the second floor's probe must both write.
+async fn written_by(db: &DatabaseConnection, ids: &Ids) -> Result<String, String> {
+    let row = db
+        .query_one_raw(Statement::from_sql_and_values(
+            sea_orm::DbBackend::Postgres,
+            "SELECT concat_ws(' ', 'user:', u.stripe_customer_id = $2 AND u.subscription_id = $3, \
+             u.subscription_status, u.current_period_end = s.current_period_end, \
+             u.past_due_since IS NULL, u.ends_at_period_end, u.price_grants_pro, \
+             'snapshot:', s.customer_id = $2, s.status, s.lifecycle_rank, \
+             s.past_due_since IS NULL, s.ends_at_period_end, s.price_grants_pro, \
+             'events:', (SELECT count(*) FROM stripe_events e WHERE e.id = $4)) \
+             FROM users u JOIN stripe_subscriptions s ON s.subscription_id = $3 WHERE u.id = $1",
+            [
+                ids.user.into(),
+                ids.customer.clone().into(),
+                ids.subscription.clone().into(),
+                ids.event.clone().into(),
+            ],
+        ))
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| {
+            format!(
+                "no user {} with subscription {}",
+                ids.user, ids.subscription
+            )
+        })?;
+    row.try_get_by_index::<String>(0).map_err(|e| e.to_string())
+}
+
+/// Delivers one probe through the second floor and checks that it wrote what the API wrote
+/// for its own probe (`api_probe`, delivered with status `active`): a floor that skipped work
+/// the API must do would flatter every ratio against it.
+async fn same_writes_as_the_api(
+    db: &DatabaseConnection,
+    api_probe: &Ids,
+    next: &AtomicI64,
+    users: i64,
+) -> Result<(), String> {
+    let ids = Ids::new("probe", next.fetch_add(1, Ordering::Relaxed), users);
+    let delivery = ids.delivery(Utc::now().timestamp(), "active");
+    let applied = fewest_statements::deliver(db, &delivery)
+        .await
+        .map_err(|e| format!("the fewest-statements probe failed: {e}"))?;
+    if applied != fewest_statements::Applied::ToUser(ids.user) {
+        return Err(format!("the fewest-statements probe ended {applied:?}"));
+    }
+    let repeated = fewest_statements::deliver(db, &delivery)
+        .await
+        .map_err(|e| format!("the fewest-statements probe's repeat failed: {e}"))?;
+    if repeated != fewest_statements::Applied::Repeated {
+        return Err(format!(
+            "the fewest-statements probe's repeat ended {repeated:?}, not as a repeat"
+        ));
+    }
+    let (api, fewest) = (
+        written_by(db, api_probe).await?,
+        written_by(db, &ids).await?,
+    );
+    if api != fewest {
+        return Err(format!(
+            "the fewest-statements probe wrote {fewest} where the API wrote {api}"
+        ));
+    }
+    println!("the second floor's probe wrote what the API's probe wrote: {fewest}");
     Ok(())
 }
