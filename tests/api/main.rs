@@ -1,5 +1,9 @@
 //! The API over real HTTP, on every backend, each test with its own database and server.
 
+// `cargo build --release --all-targets` stopped here with "queries overflow the depth limit!"
+// (the layout of `helpers::spawn_app_on`'s future, as in src/main.rs); debug builds did not.
+#![recursion_limit = "256"]
+
 #[path = "../support/mod.rs"]
 mod support;
 
