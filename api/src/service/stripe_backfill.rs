@@ -52,7 +52,8 @@
 //!
 //! Memory, what a full run holds besides the page in hand (dropped once read):
 //! * the id of every customer the database holds as live, from the start until the linking
-//!   has ended (struck off as the list shows them, but the set keeps its size);
+//!   has ended (those the list shows are struck off and freed, but the set's table keeps the
+//!   size it had at the start);
 //! * per customer no user has, its id and `metadata.user_id`, and its e-mail only with
 //!   `--link-by-email` and no `metadata.user_id`;
 //! * with `--link-by-email`, a 64-bit hash and a count per distinct e-mail of every customer
@@ -324,7 +325,8 @@ pub enum Note<'a> {
 /// `writers` 0, each write ends before the run goes on (a pool of one connection).
 ///
 /// When the run stops on an error, the writes already started still end, and the counts
-/// with them are noted (`Note::Progress`) before the error is returned.
+/// with them are noted (`Note::Progress`, unless nothing was counted yet) before the error is
+/// returned.
 #[tracing::instrument(level = "debug", skip_all, fields(only = only))]
 pub async fn sync(
     db: &Db,
@@ -354,8 +356,11 @@ pub async fn sync(
     if let Err(err) = result {
         // The writes made before the error (those of the page that failed included) are
         // in the database: the last counts shown say so, not those of the last progress
-        // line, which may be seconds older.
-        run.progress(true);
+        // line, which may be seconds older. A run refused before it counted anything (a
+        // rejected key) says only why.
+        if run.tally != Tally::default() {
+            run.progress(true);
+        }
         return Err(err);
     }
     Ok(run.tally)
