@@ -222,7 +222,7 @@ pub enum SyncError {
     Database(#[from] ApiError),
     /// An invariant of the run broke: it stops with an error rather than wait forever.
     #[error(
-        "stripe-sync: a link to user {0} waits for another that is no longer in flight (a bug); \
+        "a link to user {0} waits for another that is no longer in flight (a bug in stripe-sync); \
          stopped, the writes already made are kept"
     )]
     LinkGuardLeft(i64),
@@ -657,10 +657,11 @@ impl InFlight {
 
 /// Fault injection for the tests, in debug builds only (as `stripe_sync`'s
 /// `pause_after_record`): `STRIPE_SYNC_WRITE_HOOKS=delay:cus_a:300,panic:sub_b` makes the
-/// write of customer `cus_a`'s link (or of subscription `sub_a`) start 300 ms late, and the
-/// task writing `sub_b` panic before it writes. Read once a run. Not `cfg(test)`: the tests
-/// run the `billing` binary; not a cargo feature: `cargo build` after `cargo test` would
-/// rebuild the crate. A release build has no hooks and ignores the variable.
+/// write of customer `cus_a`'s link (or of a subscription, named by its id) start 300 ms
+/// late, and the task writing `sub_b` panic before it writes: the orders and failures a
+/// test must provoke to be able to fail. Read once a run. Not `cfg(test)`: the tests run the
+/// `billing` binary; not a cargo feature: `cargo build` after `cargo test` would rebuild the
+/// crate. A release build has no hooks and ignores the variable.
 mod hooks {
     #[cfg(debug_assertions)]
     #[derive(Clone, Default)]
