@@ -1613,7 +1613,7 @@ async fn a_lock_timeout_between_its_own_writes_is_retried(backend: Backend) {
         ("STRIPE_SYNC_WRITERS", "8"),
         ("DB_LOCK_TIMEOUT_MS", "300"),
         // sub_hold's write takes the customer's row first.
-        ("STRIPE_SYNC_WRITE_HOOKS", "delay:sub_wait:200"),
+        ("STRIPE_SYNC_WRITE_HOOKS", "delay:sub_wait:500"),
     ];
     let run = stripe_sync_env(&app, &stripe, Some(KEY), &[], &vars).await;
     assert!(run.success, "{}\n{}", run.stdout, run.stderr);
