@@ -1459,8 +1459,8 @@ fn email_match<S: std::hash::BuildHasher>(
         // Counted by hash: the others may have this e-mail, or, rarely, another one with the
         // same hash. Either way the customer is not linked; the note must not claim which.
         _ if customers > 1 => Err(Some(format!(
-            "its e-mail is not unique at Stripe: {} other customer(s) have it, or an e-mail \
-             with the same 64-bit hash",
+            "its e-mail may be another Stripe customer's: {} other customer(s) have it or an \
+             e-mail with the same 64-bit hash (counted by hash, not told apart)",
             customers - 1
         ))),
         [user] if linked_users.contains(user) => Err(Some(format!(
