@@ -74,11 +74,7 @@ async fn main() -> ExitCode {
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            // Not `eprintln!`: it panics when the reader of stderr has gone away.
-            let _ = std::io::Write::write_fmt(
-                &mut std::io::stderr().lock(),
-                format_args!("error: {message}\n"),
-            );
+            tell(&format!("error: {message}"));
             ExitCode::FAILURE
         }
     }
@@ -93,7 +89,7 @@ fn parse_args() -> Result<Cli, ExitCode> {
         Ok(cli) => Ok(cli),
         Err(err) if !err.use_stderr() => err.exit(),
         Err(err) => {
-            eprintln!("{}", one_line(&err.render().to_string()));
+            tell(&one_line(&err.render().to_string()));
             Err(ExitCode::from(2))
         }
     }
@@ -171,10 +167,10 @@ async fn run(cli: Cli) -> Result<(), String> {
 async fn purge(settings: &Settings) -> Result<(), String> {
     let db = migrated(settings).await?;
     let purged = api::service::retention::purge_expired(&db, &settings.limits, |so_far| {
-        eprintln!(
+        tell(&format!(
             "purged {} session(s) in {} batch(es)",
             so_far.removed, so_far.batches
-        )
+        ))
     })
     .await
     .map_err(|e| format!("purge failed: {e}"))?;
@@ -204,10 +200,10 @@ async fn stripe_sync(settings: &Settings, args: &stripe_backfill::SyncArgs) -> R
         |note| match note {
             stripe_backfill::Note::Progress(tally) => {
                 api::metrics::stripe_sync_progress(&tally.counts());
-                eprintln!("stripe-sync: {tally}")
+                tell(&format!("stripe-sync: {tally}"))
             }
             stripe_backfill::Note::Customer { customer, detail } => {
-                eprintln!("stripe-sync: customer {customer}: {detail}")
+                tell(&format!("stripe-sync: customer {customer}: {detail}"))
             }
         },
     )
@@ -255,6 +251,14 @@ fn say(line: &str) -> Result<(), String> {
         }
         _ => Ok(()),
     }
+}
+
+/// One line on stderr, for people watching. Not `eprintln!`, which panics when the reader of
+/// stderr has gone away (`billing stripe-sync 2>&1 | head -1`): a line nobody can read is
+/// dropped, and the command goes on to its end and its exit status.
+fn tell(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 /// The database, migrated (a newcomer's first `create-user` works on a fresh clone).

@@ -31,7 +31,25 @@ crate::on_every_backend!(
     a_changed_pro_price_list_is_applied_by_the_next_run,
     concurrent_writes_end_as_one_at_a_time,
     a_write_that_fails_loses_no_other,
+    a_run_stopped_by_an_error_shows_the_writes_it_made,
+    a_closed_stderr_gets_no_panic,
 );
+
+/// PostgreSQL and MariaDB: row locks with a timeout, and writes in flight together (SQLite's
+/// pool has one connection, so a run writes one at a time there).
+macro_rules! on_row_locking_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() { super::$name(Backend::Postgres).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mysql() { super::$name(Backend::MySql).await }
+        }
+    )*};
+}
+
+on_row_locking_backends!(a_lock_timeout_between_its_own_writes_is_retried);
 
 const KEY: &str = "sk_test_51SyncKeyThatMustNeverBePrinted";
 
@@ -49,16 +67,15 @@ impl Output {
             .lines()
             .find(|l| l.starts_with("stripe-sync: "))
             .unwrap_or_else(|| panic!("no summary on stdout: {}", self.stdout));
-        let words: Vec<&str> = summary.split([' ', ',', ';', ':']).collect();
-        let at = words
-            .iter()
-            .position(|w| *w == what)
-            .unwrap_or_else(|| panic!("{what:?} not in {summary}"));
-        words[..at]
-            .iter()
-            .rev()
-            .find_map(|w| w.parse().ok())
-            .unwrap_or_else(|| panic!("no count before {what:?} in {summary}"))
+        count_in(summary, what)
+    }
+
+    /// The last counts stderr shows (a progress line).
+    fn last_progress(&self) -> &str {
+        self.stderr
+            .lines()
+            .rfind(|l| l.starts_with("stripe-sync: ") && l.contains(" subscription(s) seen: "))
+            .unwrap_or_else(|| panic!("no progress on stderr: {}", self.stderr))
     }
 
     fn assert_key_not_shown(&self) {
@@ -70,6 +87,20 @@ impl Output {
             );
         }
     }
+}
+
+/// The number before `what` in a line of counts.
+fn count_in(line: &str, what: &str) -> u64 {
+    let words: Vec<&str> = line.split([' ', ',', ';', ':']).collect();
+    let at = words
+        .iter()
+        .position(|w| *w == what)
+        .unwrap_or_else(|| panic!("{what:?} not in {line}"));
+    words[..at]
+        .iter()
+        .rev()
+        .find_map(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no count before {what:?} in {line}"))
 }
 
 /// Runs `billing stripe-sync ARGS` on the app's database against `stripe`.
@@ -907,6 +938,14 @@ async fn customers_deleted_at_stripe_are_marked_deleted(backend: Backend) {
     let run = stripe_sync(&app, &stripe, Some(KEY), &["--customer", "cus_one"]).await;
     assert!(run.success, "{}\n{}", run.stdout, run.stderr);
     assert_eq!(deleted().await, "cus_one");
+    // Counted once: deleted, not also left alone.
+    assert_eq!(run.count("deleted"), 1, "{}", run.stdout);
+    assert_eq!(run.count("unmatched"), 0, "{}", run.stdout);
+    // Marked before: this run marks nothing, so it counts nothing deleted.
+    let run = stripe_sync(&app, &stripe, Some(KEY), &["--customer", "cus_one"]).await;
+    assert!(run.success, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.count("deleted"), 0, "{}", run.stdout);
+    assert_eq!(run.count("unmatched"), 1, "{}", run.stdout);
     let run = stripe_sync(&app, &stripe, Some(KEY), &[]).await;
     assert!(run.success, "{}\n{}", run.stdout, run.stderr);
     assert_eq!(run.count("deleted"), 1, "{}", run.stdout);
@@ -1218,9 +1257,68 @@ async fn a_changed_pro_price_list_is_applied_by_the_next_run(backend: Backend) {
     }
 }
 
+/// Records, at every write of a subscription or a customer, how many write transactions are
+/// open on the database (the writer's own included), each write made 20 ms longer so that
+/// writes in flight together overlap for certain. `None` on SQLite, which writes one at a
+/// time and cannot tell.
+async fn log_overlapping_writes(app: &TestApp, backend: Backend) {
+    let statements: &[&str] = match backend {
+        Backend::Postgres => &[
+            "CREATE TABLE sync_overlap (n BIGINT NOT NULL)",
+            // pg_stat_activity is a snapshot per transaction unless cleared. A transaction
+            // has an xid once it has written or locked a row: a sync write, after locking its
+            // customer.
+            "CREATE FUNCTION record_overlap() RETURNS trigger AS $$ BEGIN \
+             PERFORM pg_sleep(0.02); PERFORM pg_stat_clear_snapshot(); \
+             INSERT INTO sync_overlap SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND backend_xid IS NOT NULL; \
+             RETURN NEW; END $$ LANGUAGE plpgsql",
+            "CREATE TRIGGER overlap_subscriptions BEFORE INSERT OR UPDATE ON stripe_subscriptions \
+             FOR EACH ROW EXECUTE FUNCTION record_overlap()",
+            "CREATE TRIGGER overlap_customers BEFORE UPDATE ON stripe_customers \
+             FOR EACH ROW EXECUTE FUNCTION record_overlap()",
+        ],
+        Backend::MySql => &[
+            "CREATE TABLE sync_overlap (n BIGINT NOT NULL)",
+            // Connections of this database (other tests share the server) running a write
+            // or a locking read now: this one, and any other write's statement that runs or
+            // waits for a lock at the same moment. (Not innodb_trx: MariaDB serves it from a
+            // cache refreshed at most every 0.1 s, which missed every overlap. sqlx's
+            // statements are prepared: 'Execute'.)
+            "CREATE PROCEDURE record_overlap() BEGIN DO SLEEP(0.02); \
+             INSERT INTO sync_overlap SELECT count(*) FROM information_schema.processlist \
+             WHERE DB = DATABASE() AND COMMAND IN ('Query', 'Execute') AND (INFO LIKE 'INSERT%' \
+             OR INFO LIKE 'UPDATE%' OR INFO LIKE '%FOR UPDATE%'); END",
+            "CREATE TRIGGER overlap_subscriptions_i BEFORE INSERT ON stripe_subscriptions \
+             FOR EACH ROW CALL record_overlap()",
+            "CREATE TRIGGER overlap_subscriptions_u BEFORE UPDATE ON stripe_subscriptions \
+             FOR EACH ROW CALL record_overlap()",
+            "CREATE TRIGGER overlap_customers BEFORE UPDATE ON stripe_customers \
+             FOR EACH ROW CALL record_overlap()",
+        ],
+        Backend::Sqlite => &[],
+    };
+    for sql in statements {
+        app.db.exec(sql).await;
+    }
+}
+
+/// The most write transactions [`log_overlapping_writes`] saw open at once.
+async fn most_overlapping_writes(app: &TestApp) -> u64 {
+    let most = app
+        .db
+        .texts("SELECT coalesce(max(n), 0) FROM sync_overlap")
+        .await;
+    most.join("").parse().expect("a count")
+}
+
 /// One user with five customers (linked by Checkout Sessions) and twenty subscriptions in
-/// every status, another linked by metadata with three: the database a run with eight writes
-/// in flight leaves is the one a run with one at a time leaves, and so are its counts.
+/// every status, another linked by metadata with three, and one with two customers and no
+/// subscription: the database a run with eight writes in flight leaves is the one a run with
+/// one at a time leaves, and so are its counts; so is a run on a pool of one connection.
+/// What makes it able to fail: the eight did overlap (counted by a trigger), and the first of
+/// the two links to one user starts 400 ms late (a debug-build hook), so a second link that
+/// did not wait for it would end first and leave the wrong customer last.
 async fn concurrent_writes_end_as_one_at_a_time(backend: Backend) {
     let statuses = [
         "active",
@@ -1231,14 +1329,28 @@ async fn concurrent_writes_end_as_one_at_a_time(backend: Backend) {
         "incomplete",
     ];
     let mut ends = Vec::new();
-    for writers in ["8", "1"] {
+    for (writers, pool) in [("8", "10"), ("1", "10"), ("8", "1")] {
         let app = spawn_app(backend).await;
         let stripe = FakeStripe::start(KEY, 3).await;
         let now = Utc::now().timestamp();
         app.user("many@example.com").await;
         app.user("meta@example.com").await;
+        app.user("order@example.com").await;
         let many = app.user_id("many@example.com").await.to_string();
         let meta = app.user_id("meta@example.com").await.to_string();
+        let order = app.user_id("order@example.com").await.to_string();
+        // Listed first, linked first: a, then b. With no subscription, the last linked is
+        // the user's customer.
+        for c in ["a", "b"] {
+            let cus = format!("cus_order_{c}");
+            stripe.add_customer(customer(&cus, None, None));
+            stripe.add_checkout_session(checkout_session(
+                &format!("cs_order_{c}"),
+                &order,
+                &cus,
+                &format!("sub_order_{c}"),
+            ));
+        }
         let mut n = 0;
         for c in 0..5 {
             let cus = format!("cus_many{c}");
@@ -1272,15 +1384,38 @@ async fn concurrent_writes_end_as_one_at_a_time(backend: Backend) {
                 end,
             ));
         }
+        log_overlapping_writes(&app, backend).await;
         let vars = [
             ("STRIPE_SYNC_WRITERS", writers),
-            ("DB_MAX_CONNECTIONS", "10"),
+            ("DB_MAX_CONNECTIONS", pool),
+            ("STRIPE_SYNC_WRITE_HOOKS", "delay:cus_order_a:400"),
+            ("LOG_FORMAT", "json"),
         ];
         let run = stripe_sync_env(&app, &stripe, Some(KEY), &[], &vars).await;
         assert!(run.success, "{}\n{}", run.stdout, run.stderr);
-        assert_eq!(run.count("checkout"), 5, "{}", run.stdout);
+        assert_eq!(run.count("checkout"), 7, "{}", run.stdout);
         assert_eq!(run.count("metadata.user_id"), 1, "{}", run.stdout);
         assert_eq!(run.count("updated"), 23, "{}", run.stdout);
+        assert_eq!(
+            app.billing_row("order@example.com").await,
+            "cus_order_b|-|none|-",
+            "{writers} writers, pool {pool}: Stripe's order, whatever ended first"
+        );
+        // A write's logs carry the run's span, though it runs in a task of its own.
+        let second_links: Vec<serde_json::Value> = run
+            .stderr
+            .lines()
+            .filter(|l| l.contains("user linked to a second Stripe customer"))
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        assert_eq!(second_links.len(), 5, "{}", run.stderr);
+        for line in &second_links {
+            let spans = line["spans"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+            assert!(
+                spans.iter().any(|span| span["name"] == "sync"),
+                "not in the run's span: {line}"
+            );
+        }
         let summary = run
             .stdout
             .lines()
@@ -1310,6 +1445,14 @@ async fn concurrent_writes_end_as_one_at_a_time(backend: Backend) {
         assert!(again.success, "{}\n{}", again.stdout, again.stderr);
         assert_eq!(again.count("updated"), 0, "{}", again.stdout);
         assert_eq!(again.count("unchanged"), 23, "{}", again.stdout);
+        if backend != Backend::Sqlite {
+            let most = most_overlapping_writes(&app).await;
+            if (writers, pool) == ("8", "10") {
+                assert!(most >= 2, "eight writers never overlapped: {most}");
+            } else {
+                assert_eq!(most, 1, "{writers} writers, pool {pool}: writes overlapped");
+            }
+        }
         ends.push((summary, rows, app.billing_row("many@example.com").await));
     }
     // `created` is the run's own clock: equal within a run, not across two. Compared without it.
@@ -1325,13 +1468,19 @@ async fn concurrent_writes_end_as_one_at_a_time(backend: Backend) {
             .join(",");
         rows
     };
-    assert_eq!(ends[0].0, ends[1].0, "the same counts");
-    assert_eq!(strip(&ends[0].1), strip(&ends[1].1));
-    assert_eq!(ends[0].2, ends[1].2);
+    for end in &ends[1..] {
+        assert_eq!(ends[0].0, end.0, "the same counts");
+        assert_eq!(strip(&ends[0].1), strip(&end.1));
+        assert_eq!(ends[0].2, end.2);
+    }
 }
 
-/// A subscription whose write the database refuses (a trigger, here) fails alone: counted,
-/// named, its transaction rolled back whole; every other write in flight with it is kept.
+/// Writes that fail, in flight with others, fail alone: a subscription the database refuses
+/// (a trigger on the user's row, after its snapshot was written in the same transaction), and
+/// a subscription and a link whose tasks panic (debug-build hooks). Each is counted and named
+/// by its customer, its transaction is rolled back whole, and every other write is kept. The
+/// panicked link releases only its own user's guard: a link to another user that waits for a
+/// slow first one still waits (Stripe's order decides that user's last customer).
 async fn a_write_that_fails_loses_no_other(backend: Backend) {
     let app = spawn_app(backend).await;
     let stripe = FakeStripe::start(KEY, 4).await;
@@ -1340,25 +1489,28 @@ async fn a_write_that_fails_loses_no_other(backend: Backend) {
         Backend::Postgres => &[
             "CREATE FUNCTION refuse_sub() RETURNS trigger AS $$ BEGIN \
              RAISE EXCEPTION 'refused by the test'; END $$ LANGUAGE plpgsql",
-            "CREATE TRIGGER refuse BEFORE INSERT ON stripe_subscriptions FOR EACH ROW \
+            "CREATE TRIGGER refuse BEFORE UPDATE ON users FOR EACH ROW \
              WHEN (NEW.subscription_id = 'sub_refused') EXECUTE FUNCTION refuse_sub()",
         ],
-        Backend::MySql => &[
-            "CREATE TRIGGER refuse BEFORE INSERT ON stripe_subscriptions \
+        Backend::MySql => &["CREATE TRIGGER refuse BEFORE UPDATE ON users \
              FOR EACH ROW BEGIN IF NEW.subscription_id = 'sub_refused' THEN \
-             SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'refused by the test'; END IF; END",
-        ],
-        Backend::Sqlite => &[
-            "CREATE TRIGGER refuse BEFORE INSERT ON stripe_subscriptions \
+             SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'refused by the test'; END IF; END"],
+        Backend::Sqlite => &["CREATE TRIGGER refuse BEFORE UPDATE ON users \
              WHEN NEW.subscription_id = 'sub_refused' \
-             BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
-        ],
+             BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"],
     };
     for sql in refuse {
-        sea_orm::ConnectionTrait::execute_unprepared(&app.db.db, sql)
-            .await
-            .expect("create the trigger");
+        app.db.exec(sql).await;
     }
+    log_overlapping_writes(&app, backend).await;
+    // Listed first: a slow link to `two`, a link that panics, then `two`'s second customer.
+    app.user("two@example.com").await;
+    app.user("boom@example.com").await;
+    let two = app.user_id("two@example.com").await.to_string();
+    let boom = app.user_id("boom@example.com").await.to_string();
+    stripe.add_customer(customer("cus_two_a", None, Some(&two)));
+    stripe.add_customer(customer("cus_boom", None, Some(&boom)));
+    stripe.add_customer(customer("cus_two_b", None, Some(&two)));
     let mut emails = Vec::new();
     for i in 0..12 {
         let email = format!("payer{i}@example.com");
@@ -1366,32 +1518,188 @@ async fn a_write_that_fails_loses_no_other(backend: Backend) {
         let uid = app.user_id(&email).await.to_string();
         let cus = format!("cus_payer{i}");
         stripe.add_customer(customer(&cus, Some(&email), Some(&uid)));
-        let sub = if i == 5 {
-            "sub_refused".to_owned()
-        } else {
-            format!("sub_payer{i}")
+        let sub = match i {
+            5 => "sub_refused".to_owned(),
+            8 => "sub_panics".to_owned(),
+            _ => format!("sub_payer{i}"),
         };
         stripe.put_subscription(subscription(&sub, &cus, "active", period_end));
         emails.push((email, cus, sub));
     }
-    let vars = [("STRIPE_SYNC_WRITERS", "8")];
+    let vars = [
+        ("STRIPE_SYNC_WRITERS", "8"),
+        (
+            "STRIPE_SYNC_WRITE_HOOKS",
+            "delay:cus_two_a:600,panic:cus_boom,panic:sub_panics",
+        ),
+    ];
     let run = stripe_sync_env(&app, &stripe, Some(KEY), &[], &vars).await;
     assert!(!run.success, "{}", run.stdout);
-    assert_eq!(run.count("failed"), 1, "{}", run.stdout);
-    assert_eq!(run.count("updated"), 11, "{}", run.stdout);
-    assert!(run.stderr.contains("sub_refused"), "{}", run.stderr);
+    assert_eq!(run.count("failed"), 3, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.count("updated"), 10, "{}", run.stdout);
+    assert_eq!(run.count("metadata.user_id"), 14, "{}", run.stdout);
+    for named in [
+        "customer cus_payer5: subscription sub_refused",
+        "customer cus_payer8: subscription sub_panics: its task panicked",
+        &format!("customer cus_boom: linking to user {boom}: its task panicked"),
+    ] {
+        assert!(
+            run.stderr.contains(named),
+            "{named:?} not in {}",
+            run.stderr
+        );
+    }
+    assert!(!run.stderr.contains("customer ?"), "{}", run.stderr);
     for (email, cus, sub) in &emails {
         let row = app.billing_row(email).await;
-        if sub == "sub_refused" {
+        if sub == "sub_refused" || sub == "sub_panics" {
             // Linked (a write of its own), but its subscription was not written.
             assert_eq!(row, format!("{cus}|-|none|-"), "{email}");
         } else {
             assert_eq!(row, format!("{cus}|{sub}|active|set"), "{email}");
         }
     }
+    assert_eq!(app.billing_row("boom@example.com").await, "-|-|none|-");
+    assert_eq!(
+        app.billing_row("two@example.com").await,
+        "cus_two_b|-|none|-",
+        "the second link to `two` ran before the first ended"
+    );
+    // Rolled back whole: the snapshot written before the user's row was refused is gone.
     let stored = app
         .db
-        .texts("SELECT count(*) FROM stripe_subscriptions WHERE subscription_id = 'sub_refused'")
+        .texts(
+            "SELECT count(*) FROM stripe_subscriptions \
+             WHERE subscription_id IN ('sub_refused', 'sub_panics')",
+        )
         .await;
     assert_eq!(stored.join(""), "0");
+    if backend != Backend::Sqlite {
+        let most = most_overlapping_writes(&app).await;
+        assert!(most >= 2, "the writes never overlapped: {most}");
+    }
+}
+
+/// Two subscriptions of one customer in flight together: the first holds the customer's row
+/// (a trigger sleeps in its insert) past DB_LOCK_TIMEOUT_MS, so the second's lock wait gives
+/// up (PostgreSQL 55P03, MariaDB 1205), and is started again until the first has ended. One
+/// try only would count it failed and leave it to the next run.
+async fn a_lock_timeout_between_its_own_writes_is_retried(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let stripe = FakeStripe::start(KEY, 10).await;
+    let period_end = Utc::now().timestamp() + 20 * 86_400;
+    // MariaDB counts lock waits in whole seconds (1 at least): held longer there.
+    let hold: &[&str] = match backend {
+        Backend::Postgres => &[
+            "CREATE FUNCTION hold_sub() RETURNS trigger AS $$ BEGIN \
+             PERFORM pg_sleep(1.5); RETURN NEW; END $$ LANGUAGE plpgsql",
+            "CREATE TRIGGER hold BEFORE INSERT ON stripe_subscriptions FOR EACH ROW \
+             WHEN (NEW.subscription_id = 'sub_hold') EXECUTE FUNCTION hold_sub()",
+        ],
+        _ => &["CREATE TRIGGER hold BEFORE INSERT ON stripe_subscriptions \
+             FOR EACH ROW BEGIN IF NEW.subscription_id = 'sub_hold' THEN \
+             DO SLEEP(2.5); END IF; END"],
+    };
+    for sql in hold {
+        app.db.exec(sql).await;
+    }
+    app.user("held@example.com").await;
+    let uid = app.user_id("held@example.com").await.to_string();
+    stripe.add_customer(customer("cus_held", None, Some(&uid)));
+    for sub in ["sub_hold", "sub_wait"] {
+        stripe.put_subscription(subscription(sub, "cus_held", "active", period_end));
+    }
+    let vars = [
+        ("STRIPE_SYNC_WRITERS", "8"),
+        ("DB_LOCK_TIMEOUT_MS", "300"),
+        // sub_hold's write takes the customer's row first.
+        ("STRIPE_SYNC_WRITE_HOOKS", "delay:sub_wait:500"),
+    ];
+    let run = stripe_sync_env(&app, &stripe, Some(KEY), &[], &vars).await;
+    assert!(run.success, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.count("updated"), 2, "{}", run.stdout);
+    assert_eq!(run.count("failed"), 0, "{}", run.stdout);
+    // It did wait too long once at least: the retry is what saved it.
+    assert!(
+        run.stderr
+            .contains("stripe-sync write waited too long for a lock; retrying"),
+        "{}",
+        run.stderr
+    );
+    let stored = app
+        .db
+        .texts("SELECT count(*) FROM stripe_subscriptions WHERE customer_id = 'cus_held'")
+        .await;
+    assert_eq!(stored.join(""), "2");
+}
+
+/// A run that stops on an error (here Stripe refuses the key half-way, when the third
+/// subscription of the first page has its invoices read) keeps the writes already made, and
+/// its last counts on stderr include them: not the counts of the last progress line before
+/// them.
+async fn a_run_stopped_by_an_error_shows_the_writes_it_made(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let stripe = FakeStripe::start(KEY, 3).await;
+    let period_end = Utc::now().timestamp() + 20 * 86_400;
+    for (i, status) in ["active", "active", "past_due", "active"]
+        .iter()
+        .enumerate()
+    {
+        let email = format!("p{i}@example.com");
+        app.user(&email).await;
+        let uid = app.user_id(&email).await.to_string();
+        let cus = format!("cus_p{i}");
+        stripe.add_customer(customer(&cus, None, Some(&uid)));
+        stripe.put_subscription(subscription(&format!("sub_p{i}"), &cus, status, period_end));
+    }
+    stripe.fail_next(Fault::new("/v1/invoices", 401));
+    let run = stripe_sync(&app, &stripe, Some(KEY), &[]).await;
+    assert!(!run.success, "{}", run.stdout);
+    assert!(run.stderr.contains("error: "), "{}", run.stderr);
+    let stored = app
+        .db
+        .texts("SELECT subscription_id FROM stripe_subscriptions ORDER BY subscription_id")
+        .await;
+    assert_eq!(stored.join(","), "sub_p0,sub_p1");
+    let last = run.last_progress();
+    assert_eq!(count_in(last, "updated"), 2, "{}", run.stderr);
+    assert_eq!(count_in(last, "metadata.user_id"), 4, "{}", run.stderr);
+}
+
+/// `billing stripe-sync 2>&1 | head -1`: the reader of stderr has gone, and the run still
+/// ends its work and exits 0, where `eprintln!` panicked (exit 101) at its first line.
+async fn a_closed_stderr_gets_no_panic(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let stripe = FakeStripe::start(KEY, 10).await;
+    let period_end = Utc::now().timestamp() + 20 * 86_400;
+    app.user("ann@example.com").await;
+    let uid = app.user_id("ann@example.com").await.to_string();
+    stripe.add_customer(customer("cus_ann", None, Some(&uid)));
+    // A customer left alone: a note on stderr besides the progress lines.
+    stripe.add_customer(customer("cus_nobody", None, Some("not-a-user-id")));
+    stripe.put_subscription(subscription("sub_ann", "cus_ann", "active", period_end));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_billing"))
+        .arg("stripe-sync")
+        .env("DATABASE_URL", &app.db.url)
+        .env("STRIPE_API_BASE", &stripe.base)
+        .env("STRIPE_API_KEY", KEY)
+        .env("RUST_LOG", "info")
+        .env_remove("STRIPE_MAX_REQUESTS_PER_SEC")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run billing stripe-sync");
+    drop(child.stderr.take());
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("join")
+        .expect("wait for billing stripe-sync");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_ne!(output.status.code(), Some(101), "panicked: {stdout}");
+    assert!(output.status.success(), "{:?}: {stdout}", output.status);
+    assert!(stdout.contains("1 updated"), "{stdout}");
+    assert_eq!(
+        app.billing_row("ann@example.com").await,
+        "cus_ann|sub_ann|active|set"
+    );
 }

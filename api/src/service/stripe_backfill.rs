@@ -38,16 +38,31 @@
 //! while the next page is read. Each is the webhook's one write, unchanged: customer locked
 //! before user, the ordering rule, all or nothing, retried on deadlock. So writes in flight
 //! together end as concurrent webhooks do, in the state sequential ones would; a failed one
-//! is counted and named, and the others go on. What stays ordered: every link of one step
-//! (Checkout, then metadata, then e-mail) ends before the next step starts, two links to one
-//! user never run together (Stripe's order decides the user's last linked customer, as
-//! before), and the subscriptions are read only once every link has ended. Who owns a
-//! subscription's customer is read from the database, one query a page, when the page is
-//! applied.
+//! (or one whose task panicked) is counted and named, and the others go on. A write that gave
+//! up waiting for a lock (`DB_LOCK_TIMEOUT_MS`; most often another write of this run on the
+//! same customer or user) is started again, a few times, with growing pauses: a webhook that
+//! times out is retried by Stripe, a sync write only by the next run. What stays ordered: every
+//! link of one step (Checkout, then metadata, then e-mail) ends before the next step starts,
+//! two links to one user never run together (Stripe's order decides the user's last linked
+//! customer, as before), and the subscriptions are read only once every link has ended. Who
+//! owns a subscription's customer is read from the database, one query a page, when the page
+//! is applied. With a pool of one connection (SQLite, or `DB_MAX_CONNECTIONS=1`) there is no
+//! connection to spare for the reads, so each write ends before the run goes on: writes one
+//! at a time, never in flight while a page is read.
 //!
-//! Memory: a run holds, per customer, only what linking needs (its id and metadata, its
-//! e-mail only with `--link-by-email`) and, per Checkout Session, a (customer, user) pair;
-//! pages are dropped once read.
+//! Memory, what a full run holds besides the page in hand (dropped once read):
+//! * the id of every customer the database holds as live, from the start until the linking
+//!   has ended (those the list shows are struck off and freed, but the set's table keeps the
+//!   size it had at the start);
+//! * per customer no user has, its id and `metadata.user_id`, and its e-mail only with
+//!   `--link-by-email` and no `metadata.user_id`;
+//! * with `--link-by-email`, a 64-bit hash and a count per distinct e-mail of every customer
+//!   at Stripe, the id of every user who has a customer, and the users whose e-mail some
+//!   unlinked customer has;
+//! * when some customer is unlinked, a (customer, user) pair per completed Checkout Session
+//!   that names both, for every session at Stripe (not only the unlinked customers'), with
+//!   repeats until the first lookup sorts and deduplicates them;
+//! * up to `--writers` subscriptions in flight, and the ids of unlinked payers.
 //!
 //! [`CLOCK_MARGIN`]: crate::stripe::client::CLOCK_MARGIN
 
@@ -58,6 +73,7 @@ use std::time::{Duration, Instant};
 use entity::{SubscriptionStatus, stripe_customers, stripe_subscriptions, users};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::db::Db;
 use crate::stripe::stored_time::stored_time;
@@ -112,7 +128,8 @@ pub struct SyncArgs {
     pub link_by_email: bool,
     /// Database writes in flight at once, each in its own transaction on its own pooled
     /// connection, while the next page is read. Capped at DB_MAX_CONNECTIONS − 1 (one
-    /// connection stays free for the reads between pages); one on SQLite.
+    /// connection stays free for the reads between pages); with a pool of one connection
+    /// (SQLite, or DB_MAX_CONNECTIONS=1) writes run one at a time, between the reads.
     #[arg(
         long,
         env = "STRIPE_SYNC_WRITERS",
@@ -123,14 +140,17 @@ pub struct SyncArgs {
 }
 
 impl SyncArgs {
-    /// The writes in flight at once on a pool of `pool_size` connections.
+    /// The writes in flight at once on a pool of `pool_size` connections; 0 when the pool
+    /// has one connection, which the writes and the reads between pages would share: then
+    /// each write ends before the run reads on ([`sync`]).
     pub fn writers_within(&self, pool_size: u32, backend: sea_orm::DbBackend) -> usize {
-        let budget = match backend {
-            // One writer at a time, and the pool holds one connection.
+        let pool_size = match backend {
+            // `startup` opens SQLite with one connection (one writer at a time).
             sea_orm::DbBackend::Sqlite => 1,
-            _ => pool_size.saturating_sub(1).max(1),
+            _ => pool_size,
         };
-        self.writers.min(budget) as usize
+        // One connection stays free for the reads between pages.
+        self.writers.min(pool_size.saturating_sub(1)) as usize
     }
 }
 
@@ -200,6 +220,12 @@ pub enum SyncError {
     Stripe(#[from] StripeError),
     #[error("database: {0}")]
     Database(#[from] ApiError),
+    /// An invariant of the run broke: it stops with an error rather than wait forever.
+    #[error(
+        "a link to user {0} waits for another that is no longer in flight (a bug in stripe-sync); \
+         stopped, the writes already made are kept"
+    )]
+    LinkGuardLeft(i64),
 }
 
 /// What a run found and did. `failed` counts customers and subscriptions that could not be
@@ -295,7 +321,12 @@ pub enum Note<'a> {
 
 /// Syncs every customer, or only `only`; links by e-mail too when `link_by_email`. At most
 /// `writers` writes are in flight at once, each in its own transaction on its own pooled
-/// connection (keep it under the pool's size: the reads between pages need one too).
+/// connection (keep it under the pool's size: the reads between pages need one too); with
+/// `writers` 0, each write ends before the run goes on (a pool of one connection).
+///
+/// When the run stops on an error, the writes already started still end, and the counts
+/// with them are noted (`Note::Progress`, unless nothing was counted yet) before the error is
+/// returned.
 #[tracing::instrument(level = "debug", skip_all, fields(only = only))]
 pub async fn sync(
     db: &Db,
@@ -322,7 +353,16 @@ pub async fn sync(
     };
     // Whatever ended the run, the writes already started finish and are counted.
     run.drain(client).await;
-    result?;
+    if let Err(err) = result {
+        // The writes made before the error (those of the page that failed included) are
+        // in the database: the last counts shown say so, not those of the last progress
+        // line, which may be seconds older. A run refused before it counted anything (a
+        // rejected key) says only why.
+        if run.tally != Tally::default() {
+            run.progress(true);
+        }
+        return Err(err);
+    }
     Ok(run.tally)
 }
 
@@ -439,7 +479,7 @@ enum Attempt {
 /// Applies a fetched subscription through the webhook's path, and compares the stored state
 /// when that path changed nothing.
 async fn attempt(db: &Db, snapshot: &Snapshot, as_of: i64) -> Attempt {
-    match stripe_sync::apply_fetched_subscription(db, snapshot, as_of).await {
+    match contended(|| stripe_sync::apply_fetched_subscription(db, snapshot, as_of)).await {
         Ok(Outcome::Applied) => Attempt::Updated,
         Ok(Outcome::Duplicate) => match stored_differs(db, snapshot).await {
             Ok(None) => Attempt::Unchanged,
@@ -451,26 +491,243 @@ async fn attempt(db: &Db, snapshot: &Snapshot, as_of: i64) -> Attempt {
     }
 }
 
+/// Tries of one sync write that gives up waiting for a lock (`ApiError::Busy`), before it
+/// counts as failed.
+const LOCK_ATTEMPTS: u32 = 6;
+/// The pause after the first lock timeout; doubled after each next one, up to
+/// [`MAX_LOCK_BACKOFF`].
+const FIRST_LOCK_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_LOCK_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Runs one write (a `stripe_sync` function, its own transaction) and starts it again when it
+/// gave up waiting for a lock: PostgreSQL's `lock_not_available` (55P03), MySQL's lock wait
+/// timeout (1205), or deadlocks past `stripe_sync`'s own quick retries, all
+/// [`ApiError::Busy`]. Several writes of one run in flight together queue on the same
+/// customer's or user's row, and the last of a long queue can wait past
+/// `DB_LOCK_TIMEOUT_MS`; the webhook leaves such a retry to Stripe's redelivery, which a sync
+/// has none of. Bounded: [`LOCK_ATTEMPTS`] tries, pauses of 0.1 s doubling to 2 s, with
+/// jitter so that writes that timed out together do not retry together.
+async fn contended<T, W, F>(mut write: W) -> Result<T, ApiError>
+where
+    W: FnMut() -> F,
+    F: std::future::Future<Output = Result<T, ApiError>>,
+{
+    let mut attempt = 1;
+    loop {
+        match write().await {
+            Err(ApiError::Busy(Some(err))) if attempt < LOCK_ATTEMPTS => {
+                tracing::debug!(error = %err, attempt, "stripe-sync write waited too long for a lock; retrying");
+                tokio::time::sleep(lock_backoff(attempt)).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Between half and all of the doubled step ("equal jitter", as the Stripe client's).
+fn lock_backoff(attempt: u32) -> Duration {
+    let step = FIRST_LOCK_BACKOFF
+        .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)))
+        .min(MAX_LOCK_BACKOFF);
+    let half = step / 2;
+    let spread = u64::try_from(half.as_millis()).unwrap_or(u64::MAX).max(1);
+    half + Duration::from_millis(getrandom::u64().unwrap_or(0) % spread)
+}
+
 /// Writes in flight: each a task with its own transaction, through `stripe_sync`'s functions,
 /// so each keeps the webhook's guarantees (customer locked before user, the ordering rule,
 /// all or nothing, retried on deadlock). They overlap the paging: the next page is read while
 /// the last one's writes run.
 struct Writes {
     tasks: JoinSet<Written>,
+    /// What each task in flight writes, by its task id: a task that panics returns nothing,
+    /// and its customer must still be named and its link guard (only its own) released.
+    in_flight: HashMap<tokio::task::Id, InFlight>,
     limit: usize,
+    /// A pool of one connection: each write ends before the run goes on, since a write in
+    /// flight would hold the connection the next read needs.
+    serial: bool,
     /// Users a link is in flight for. A second link to one of them waits for the first, so
     /// that a user's customers are linked in the order Stripe listed them, as one at a time
     /// did (the last linked is the user's `stripe_customer_id` while none has a subscription).
     linking: HashSet<i64>,
+    hooks: hooks::WriteHooks,
+}
+
+/// A write in flight, as a panic report names it.
+enum InFlight {
+    /// Its user's guard is in `linking` until the task ends.
+    Link { customer: Box<str>, user: i64 },
+    Apply {
+        customer: Box<str>,
+        subscription: Box<str>,
+    },
+}
+
+/// What a write waiting for a slot should do.
+#[derive(Debug, PartialEq, Eq)]
+enum Slot {
+    Free,
+    /// Wait for a write in flight to end.
+    Wait,
+    /// Nothing in flight could ever free it: a guard was left behind.
+    Stuck,
 }
 
 impl Writes {
+    /// `limit` 0: one at a time, each ended before the run goes on.
     fn new(limit: usize) -> Self {
         Self {
             tasks: JoinSet::new(),
+            in_flight: HashMap::new(),
             limit: limit.max(1),
+            serial: limit == 0,
             linking: HashSet::new(),
+            hooks: hooks::WriteHooks::from_env(),
         }
+    }
+
+    /// Whether a write (a link to `user`, when `Some`) may start now.
+    fn slot(&self, user: Option<i64>) -> Slot {
+        let guarded = user.is_some_and(|user| self.linking.contains(&user));
+        if !guarded && self.tasks.len() < self.limit {
+            Slot::Free
+        } else if self.tasks.is_empty() {
+            // Waiting would return at once, forever: a guard outlived its task.
+            Slot::Stuck
+        } else {
+            Slot::Wait
+        }
+    }
+
+    /// Starts `write` as a task, remembered as `in_flight`.
+    fn spawn<F>(&mut self, in_flight: InFlight, write: F)
+    where
+        F: std::future::Future<Output = Written> + Send + 'static,
+    {
+        if let InFlight::Link { user, .. } = &in_flight {
+            self.linking.insert(*user);
+        }
+        let hooks = self.hooks.clone();
+        let target = in_flight.target().to_owned();
+        // The run's span goes with the task: its logs (and a panic's) say which run.
+        let task = async move {
+            hooks.before_write(&target).await;
+            write.await
+        }
+        .instrument(tracing::Span::current());
+        let handle = self.tasks.spawn(task);
+        self.in_flight.insert(handle.id(), in_flight);
+    }
+
+    /// The task `id` ended: forgets it and releases its link guard.
+    fn ended(&mut self, id: tokio::task::Id) -> Option<InFlight> {
+        let ended = self.in_flight.remove(&id)?;
+        if let InFlight::Link { user, .. } = &ended {
+            self.linking.remove(user);
+        }
+        Some(ended)
+    }
+}
+
+impl InFlight {
+    fn customer(&self) -> &str {
+        match self {
+            InFlight::Link { customer, .. } | InFlight::Apply { customer, .. } => customer,
+        }
+    }
+
+    /// What the test hooks match: the subscription's id, or the customer's for a link.
+    fn target(&self) -> &str {
+        match self {
+            InFlight::Link { customer, .. } => customer,
+            InFlight::Apply { subscription, .. } => subscription,
+        }
+    }
+
+    /// What the write was doing, for the note that names it.
+    fn describe(&self) -> String {
+        match self {
+            InFlight::Link { user, .. } => format!("linking to user {user}"),
+            InFlight::Apply { subscription, .. } => format!("subscription {subscription}"),
+        }
+    }
+}
+
+/// Fault injection for the tests, in debug builds only (as `stripe_sync`'s
+/// `pause_after_record`): `STRIPE_SYNC_WRITE_HOOKS=delay:cus_a:300,panic:sub_b` makes the
+/// write of customer `cus_a`'s link (or of a subscription, named by its id) start 300 ms
+/// late, and the task writing `sub_b` panic before it writes: the orders and failures a
+/// test must provoke to be able to fail. Read once a run. Not `cfg(test)`: the tests run the
+/// `billing` binary; not a cargo feature: `cargo build` after `cargo test` would rebuild the
+/// crate. A release build has no hooks and ignores the variable.
+mod hooks {
+    #[cfg(debug_assertions)]
+    #[derive(Clone, Default)]
+    pub struct WriteHooks(std::sync::Arc<Vec<(String, Hook)>>);
+
+    #[cfg(debug_assertions)]
+    #[derive(Clone, Copy)]
+    enum Hook {
+        Delay(std::time::Duration),
+        Panic,
+    }
+
+    #[cfg(debug_assertions)]
+    impl WriteHooks {
+        pub fn from_env() -> Self {
+            let Ok(spec) = std::env::var("STRIPE_SYNC_WRITE_HOOKS") else {
+                return Self::default();
+            };
+            let hooks = spec
+                .split(',')
+                .filter_map(|hook| {
+                    let mut parts = hook.trim().splitn(3, ':');
+                    match (parts.next(), parts.next(), parts.next()) {
+                        (Some("delay"), Some(target), Some(ms)) => {
+                            let ms = ms.parse().ok()?;
+                            Some((
+                                target.to_owned(),
+                                Hook::Delay(std::time::Duration::from_millis(ms)),
+                            ))
+                        }
+                        (Some("panic"), Some(target), None) => {
+                            Some((target.to_owned(), Hook::Panic))
+                        }
+                        _ => None,
+                    }
+                })
+                .collect();
+            Self(std::sync::Arc::new(hooks))
+        }
+
+        pub async fn before_write(&self, target: &str) {
+            for (wanted, hook) in self.0.iter() {
+                if wanted != target {
+                    continue;
+                }
+                match hook {
+                    Hook::Delay(pause) => tokio::time::sleep(*pause).await,
+                    Hook::Panic => {
+                        panic!("STRIPE_SYNC_WRITE_HOOKS: panicked before writing {target}")
+                    }
+                }
+            }
+        }
+    }
+
+    #[cfg(not(debug_assertions))]
+    #[derive(Clone, Default)]
+    pub struct WriteHooks;
+
+    #[cfg(not(debug_assertions))]
+    impl WriteHooks {
+        pub fn from_env() -> Self {
+            Self
+        }
+
+        pub async fn before_write(&self, _target: &str) {}
     }
 }
 
@@ -494,7 +751,7 @@ impl<N: FnMut(Note<'_>)> Run<'_, N> {
         // rest are asked for one by one (`mark_deleted`).
         let mut unlisted = self.known_customers().await?;
         let mut unlinked = Vec::new();
-        let mut emails_at_stripe = EmailCounts::default();
+        let mut emails_at_stripe: EmailCounts = EmailCounts::default();
         let mut customers = client.list("/v1/customers", &[]);
         while let Some(page) = customers.next(client).await? {
             let mut read = Vec::with_capacity(page.data.len());
@@ -553,7 +810,7 @@ impl<N: FnMut(Note<'_>)> Run<'_, N> {
         let mut rest = Vec::new();
         for customer in unlinked {
             match checkouts.users(&customer.id).as_slice() {
-                &[user] => self.link(client, &customer, user, Via::Checkout).await,
+                &[user] => self.link(client, &customer, user, Via::Checkout).await?,
                 [] => rest.push(customer),
                 users => {
                     let named: Vec<String> = users.iter().map(i64::to_string).collect();
@@ -569,7 +826,7 @@ impl<N: FnMut(Note<'_>)> Run<'_, N> {
         let (by_metadata, rest): (Vec<_>, Vec<_>) =
             rest.into_iter().partition(|c| c.metadata_user.is_some());
         for customer in &by_metadata {
-            self.link_by_metadata(client, customer).await;
+            self.link_by_metadata(client, customer).await?;
         }
         drop(by_metadata);
         self.drain(client).await;
@@ -584,8 +841,13 @@ impl<N: FnMut(Note<'_>)> Run<'_, N> {
                 self.unmatched(&customer.id);
                 continue;
             }
-            match self.email_match(customer, &emails_at_stripe, &users_by_email) {
-                Ok(user) => self.link(client, customer, user, Via::Email).await,
+            match email_match(
+                customer,
+                &emails_at_stripe,
+                &users_by_email,
+                &self.linked_users,
+            ) {
+                Ok(user) => self.link(client, customer, user, Via::Email).await?,
                 Err(None) => self.unmatched(&customer.id),
                 Err(Some(why)) => self.ambiguous(&customer.id, why),
             }
@@ -639,9 +901,13 @@ impl<N: FnMut(Note<'_>)> Run<'_, N> {
         Ok(())
     }
 
+    /// Marks the customer deleted (again, harmlessly, if it already is: the user's columns are
+    /// recomputed either way); counted `deleted` only when this run is what marked it.
     async fn deleted(&mut self, id: &str) {
-        match stripe_sync::customer_deleted(self.db, id).await {
-            Ok(()) => self.tally.deleted += 1,
+        match contended(|| stripe_sync::customer_deleted(self.db, id)).await {
+            Ok(true) => self.tally.deleted += 1,
+            // Marked before, by a webhook while the run went on, say.
+            Ok(false) => {}
             Err(err) => {
                 self.tally.failed += 1;
                 (self.note)(Note::Customer {
@@ -656,6 +922,7 @@ impl<N: FnMut(Note<'_>)> Run<'_, N> {
         let (object, _) = client.get(&format!("/v1/customers/{id}")).await?;
         self.tally.customers_seen += 1;
         if is_deleted(&object) {
+            let (deleted, failed) = (self.tally.deleted, self.tally.failed);
             if stripe_sync::user_of_customer(self.db, id).await?.is_some()
                 || stripe_customers::Entity::find_by_id(id)
                     .one(self.db)
@@ -665,7 +932,11 @@ impl<N: FnMut(Note<'_>)> Run<'_, N> {
             {
                 self.deleted(id).await;
             }
-            self.left_alone(id, "deleted at Stripe".to_owned());
+            // Counted once: `deleted` when this run marked it, else left alone (marked
+            // before, or never ours).
+            if (self.tally.deleted, self.tally.failed) == (deleted, failed) {
+                self.left_alone(id, "deleted at Stripe".to_owned());
+            }
         } else {
             match stripe_sync::user_of_customer(self.db, id).await? {
                 Some(user) => self.matched(user),
@@ -703,9 +974,9 @@ impl<N: FnMut(Note<'_>)> Run<'_, N> {
             }
         }
         match checkouts.users(id).as_slice() {
-            &[user] => self.link(client, &customer, user, Via::Checkout).await,
+            &[user] => self.link(client, &customer, user, Via::Checkout).await?,
             [] if customer.metadata_user.is_some() => {
-                self.link_by_metadata(client, &customer).await
+                self.link_by_metadata(client, &customer).await?
             }
             [] => self.left_alone(
                 id,
@@ -749,64 +1020,61 @@ impl<N: FnMut(Note<'_>)> Run<'_, N> {
         });
     }
 
-    async fn link_by_metadata(&mut self, client: &mut StripeClient, customer: &Customer) {
+    async fn link_by_metadata(
+        &mut self,
+        client: &mut StripeClient,
+        customer: &Customer,
+    ) -> Result<(), SyncError> {
         let raw = customer.metadata_user.as_deref().unwrap_or_default();
         match raw.parse::<i64>() {
-            Ok(user) => self.link(client, customer, user, Via::Metadata).await,
+            Ok(user) => self.link(client, customer, user, Via::Metadata).await?,
             Err(_) => self.ambiguous(
                 &customer.id,
                 format!("metadata.user_id {raw:?} is not a user id"),
             ),
         }
-    }
-
-    /// The one user the customer's e-mail names, or why there is none: `Err(None)` when no
-    /// user has it, `Err(Some(reason))` when more than one candidate does.
-    fn email_match(
-        &self,
-        customer: &Customer,
-        emails_at_stripe: &EmailCounts,
-        users_by_email: &HashMap<String, Vec<i64>>,
-    ) -> Result<i64, Option<String>> {
-        let email = customer.email.as_deref().ok_or(None)?;
-        let users = users_by_email.get(email).map_or(&[][..], Vec::as_slice);
-        let customers = emails_at_stripe.get(email).max(1);
-        match users {
-            [] => Err(None),
-            _ if customers > 1 => Err(Some(format!(
-                "{customers} Stripe customers have its e-mail"
-            ))),
-            [user] if self.linked_users.contains(user) => Err(Some(format!(
-                "the user with its e-mail (id {user}) already has another customer"
-            ))),
-            [user] => Ok(*user),
-            several => Err(Some(format!("{} users have its e-mail", several.len()))),
-        }
+        Ok(())
     }
 
     /// Starts linking `customer` to `user`, once a write slot is free and no other link to
     /// that user is in flight; counted when it ends.
-    async fn link(&mut self, client: &mut StripeClient, customer: &Customer, user: i64, via: Via) {
-        while self.writes.linking.contains(&user) || self.writes.tasks.len() >= self.writes.limit {
-            self.settle_next(client).await;
+    async fn link(
+        &mut self,
+        client: &mut StripeClient,
+        customer: &Customer,
+        user: i64,
+        via: Via,
+    ) -> Result<(), SyncError> {
+        loop {
+            match self.writes.slot(Some(user)) {
+                Slot::Free => break,
+                Slot::Wait => self.settle_next(client).await,
+                Slot::Stuck => return Err(SyncError::LinkGuardLeft(user)),
+            }
         }
-        self.writes.linking.insert(user);
         let db = self.db.clone();
-        let customer = customer.id.clone();
-        self.writes.tasks.spawn(async move {
-            let result = stripe_sync::link_customer(&db, user, &customer).await;
+        let id = customer.id.clone();
+        let in_flight = InFlight::Link {
+            customer: id.clone(),
+            user,
+        };
+        self.writes.spawn(in_flight, async move {
+            let result = contended(|| stripe_sync::link_customer(&db, user, &id)).await;
             Written::Link {
-                customer,
+                customer: id,
                 user,
                 via,
                 result,
             }
         });
+        if self.writes.serial {
+            self.drain(client).await;
+        }
+        Ok(())
     }
 
     /// Counts what a link did.
     fn linked(&mut self, id: &str, user: i64, via: Via, result: Result<LinkOutcome, ApiError>) {
-        self.writes.linking.remove(&user);
         let outcome = match result {
             Ok(outcome) => outcome,
             Err(err) => {
@@ -848,14 +1116,14 @@ impl<N: FnMut(Note<'_>)> Run<'_, N> {
 
     /// Waits for one write to end and counts it.
     async fn settle_next(&mut self, client: &mut StripeClient) {
-        if let Some(joined) = self.writes.tasks.join_next().await {
+        if let Some(joined) = self.writes.tasks.join_next_with_id().await {
             self.settle(client, joined).await;
         }
     }
 
     /// Counts the writes that have ended, without waiting.
     async fn settle_ended(&mut self, client: &mut StripeClient) {
-        while let Some(joined) = self.writes.tasks.try_join_next() {
+        while let Some(joined) = self.writes.tasks.try_join_next_with_id() {
             self.settle(client, joined).await;
         }
     }
@@ -870,26 +1138,44 @@ impl<N: FnMut(Note<'_>)> Run<'_, N> {
     async fn settle(
         &mut self,
         client: &mut StripeClient,
-        joined: Result<Written, tokio::task::JoinError>,
+        joined: Result<(tokio::task::Id, Written), tokio::task::JoinError>,
     ) {
+        let id = match &joined {
+            Ok((id, _)) => *id,
+            Err(err) => err.id(),
+        };
+        // Releases the task's own link guard, whatever it returned.
+        let ended = self.writes.ended(id);
         match joined {
-            Ok(Written::Link {
-                customer,
-                user,
-                via,
-                result,
-            }) => self.linked(&customer, user, via, result),
-            Ok(Written::Apply { snapshot, attempt }) => {
+            Ok((
+                _,
+                Written::Link {
+                    customer,
+                    user,
+                    via,
+                    result,
+                },
+            )) => self.linked(&customer, user, via, result),
+            Ok((_, Written::Apply { snapshot, attempt })) => {
                 self.applied(client, *snapshot, attempt).await
             }
             // A write's task panicked or was cancelled: its transaction was rolled back
-            // (all or nothing), and the run says so. Which one is not known here.
+            // (all or nothing), and the run names it and goes on.
             Err(err) => {
                 self.tally.failed += 1;
-                self.writes.linking.clear();
+                let (customer, what) = match &ended {
+                    Some(ended) => (ended.customer(), ended.describe()),
+                    // Every task is remembered when spawned; kept apart, not guessed.
+                    None => ("(unknown)", "a write".to_owned()),
+                };
+                let why = if err.is_panic() {
+                    "panicked"
+                } else {
+                    "was cancelled"
+                };
                 (self.note)(Note::Customer {
-                    customer: "?",
-                    detail: format!("a write ended without an answer: {err}"),
+                    customer,
+                    detail: format!("{what}: its task {why}; nothing of it was written"),
                 });
             }
         }
@@ -953,17 +1239,26 @@ impl<N: FnMut(Note<'_>)> Run<'_, N> {
     /// ends. Two subscriptions of one customer or user may be in flight together: each
     /// locks its customer, then the user, as concurrent webhooks do.
     async fn start_apply(&mut self, client: &mut StripeClient, snapshot: Snapshot, as_of: i64) {
-        while self.writes.tasks.len() >= self.writes.limit {
+        // A subscription waits for a slot only: no guard, so never `Slot::Stuck` while
+        // something is in flight, and a free slot when nothing is.
+        while self.writes.slot(None) == Slot::Wait {
             self.settle_next(client).await;
         }
         let db = self.db.clone();
-        self.writes.tasks.spawn(async move {
+        let in_flight = InFlight::Apply {
+            customer: snapshot.customer.as_str().into(),
+            subscription: snapshot.subscription.as_str().into(),
+        };
+        self.writes.spawn(in_flight, async move {
             let attempt = attempt(&db, &snapshot, as_of).await;
             Written::Apply {
                 snapshot: Box::new(snapshot),
                 attempt,
             }
         });
+        if self.writes.serial {
+            self.drain(client).await;
+        }
     }
 
     /// A live subscription whose customer no user has: a payer without Pro.
@@ -1147,6 +1442,35 @@ fn describe(status: &str, period_end: Option<i64>) -> String {
     }
 }
 
+/// The one user the customer's e-mail names, or why there is none: `Err(None)` when no user
+/// has it, `Err(Some(reason))` when more than one candidate does. `linked_users`: users who
+/// already have a customer.
+fn email_match<S: std::hash::BuildHasher>(
+    customer: &Customer,
+    emails_at_stripe: &EmailCounts<S>,
+    users_by_email: &HashMap<String, Vec<i64>>,
+    linked_users: &HashSet<i64>,
+) -> Result<i64, Option<String>> {
+    let email = customer.email.as_deref().ok_or(None)?;
+    let users = users_by_email.get(email).map_or(&[][..], Vec::as_slice);
+    let customers = emails_at_stripe.get(email).max(1);
+    match users {
+        [] => Err(None),
+        // Counted by hash: the others may have this e-mail, or, rarely, another one with the
+        // same hash. Either way the customer is not linked; the note must not claim which.
+        _ if customers > 1 => Err(Some(format!(
+            "its e-mail may be another Stripe customer's: {} other customer(s) have it or an \
+             e-mail with the same 64-bit hash (counted by hash, not told apart)",
+            customers - 1
+        ))),
+        [user] if linked_users.contains(user) => Err(Some(format!(
+            "the user with its e-mail (id {user}) already has another customer"
+        ))),
+        [user] => Ok(*user),
+        several => Err(Some(format!("{} users have its e-mail", several.len()))),
+    }
+}
+
 fn is_deleted(customer: &Value) -> bool {
     customer.get("deleted").and_then(Value::as_bool) == Some(true)
 }
@@ -1156,12 +1480,12 @@ fn is_deleted(customer: &Value) -> bool {
 /// at a million customers) only count as one address shared: their customers are left
 /// unlinked and named as ambiguous, never linked to the wrong user.
 #[derive(Default)]
-struct EmailCounts {
-    hasher: std::hash::RandomState,
+struct EmailCounts<S = std::hash::RandomState> {
+    hasher: S,
     counts: HashMap<u64, u32>,
 }
 
-impl EmailCounts {
+impl<S: std::hash::BuildHasher> EmailCounts<S> {
     fn add(&mut self, email: &str) {
         let key = std::hash::BuildHasher::hash_one(&self.hasher, email);
         *self.counts.entry(key).or_default() += 1;
@@ -1278,8 +1602,128 @@ mod tests {
         assert_eq!(args(8).writers_within(10, DbBackend::Postgres), 8);
         // One connection stays free for the reads between pages.
         assert_eq!(args(32).writers_within(10, DbBackend::MySql), 9);
-        assert_eq!(args(8).writers_within(1, DbBackend::Postgres), 1);
-        assert_eq!(args(8).writers_within(10, DbBackend::Sqlite), 1);
+        assert_eq!(args(8).writers_within(2, DbBackend::Postgres), 1);
+        // A pool of one: none in flight while the run reads (0: each write ends first).
+        assert_eq!(args(8).writers_within(1, DbBackend::Postgres), 0);
+        assert_eq!(args(8).writers_within(10, DbBackend::Sqlite), 0);
+        let serial = Writes::new(0);
+        assert!(serial.serial && serial.limit == 1);
+        assert!(!Writes::new(1).serial);
+    }
+
+    #[tokio::test]
+    async fn a_link_guard_without_its_task_is_an_error_not_a_wait() {
+        let mut writes = Writes::new(4);
+        assert_eq!(writes.slot(Some(7)), Slot::Free);
+        // The invariant broken: a guard with no task in flight that could release it.
+        writes.linking.insert(7);
+        assert_eq!(writes.slot(Some(7)), Slot::Stuck);
+        assert_eq!(writes.slot(Some(8)), Slot::Free);
+        // With a task in flight, waiting for it is right, and its end releases its guard.
+        writes.linking.clear();
+        let in_flight = InFlight::Link {
+            customer: "cus_a".into(),
+            user: 7,
+        };
+        writes.spawn(in_flight, async {
+            Written::Link {
+                customer: "cus_a".into(),
+                user: 7,
+                via: Via::Checkout,
+                result: Ok(LinkOutcome::Linked),
+            }
+        });
+        assert_eq!(writes.slot(Some(7)), Slot::Wait);
+        let joined = writes.tasks.join_next_with_id().await;
+        let Some(Ok((id, _))) = joined else {
+            panic!("the task did not end with an answer");
+        };
+        assert!(writes.ended(id).is_some());
+        assert_eq!(writes.slot(Some(7)), Slot::Free);
+    }
+
+    #[tokio::test]
+    async fn a_panicked_write_is_named_and_releases_only_its_own_guard() {
+        async fn slow() -> Written {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            panic!("aborted by the test before")
+        }
+        async fn boom() -> Written {
+            panic!("a write that panics")
+        }
+        let mut writes = Writes::new(4);
+        writes.spawn(
+            InFlight::Link {
+                customer: "cus_slow".into(),
+                user: 1,
+            },
+            slow(),
+        );
+        writes.spawn(
+            InFlight::Apply {
+                customer: "cus_boom".into(),
+                subscription: "sub_boom".into(),
+            },
+            boom(),
+        );
+        let Some(Err(err)) = writes.tasks.join_next_with_id().await else {
+            panic!("the panicking task ended first");
+        };
+        assert!(err.is_panic());
+        let ended = writes.ended(err.id()).expect("remembered");
+        assert_eq!(ended.customer(), "cus_boom");
+        assert_eq!(ended.describe(), "subscription sub_boom");
+        // The other link's guard is still held.
+        assert_eq!(writes.slot(Some(1)), Slot::Wait);
+        writes.tasks.abort_all();
+    }
+
+    #[test]
+    fn an_email_collision_is_not_called_a_shared_email() {
+        /// Every e-mail hashes alike: a collision on demand.
+        #[derive(Default)]
+        struct Collide;
+        struct Zero;
+        impl std::hash::Hasher for Zero {
+            fn finish(&self) -> u64 {
+                0
+            }
+            fn write(&mut self, _: &[u8]) {}
+        }
+        impl std::hash::BuildHasher for Collide {
+            type Hasher = Zero;
+            fn build_hasher(&self) -> Zero {
+                Zero
+            }
+        }
+        let mut counts = EmailCounts::<Collide>::default();
+        counts.add("ann@example.com");
+        counts.add("bob@example.com");
+        let ann = Customer {
+            id: "cus_ann".into(),
+            email: Some("ann@example.com".into()),
+            metadata_user: None,
+        };
+        let users = HashMap::from([("ann@example.com".to_owned(), vec![1])]);
+        let why = email_match(&ann, &counts, &users, &HashSet::new())
+            .expect_err("not linked")
+            .expect("a reason");
+        assert!(!why.contains("customers have its e-mail"), "{why}");
+        assert!(why.contains("same 64-bit hash"), "{why}");
+        let mut unique: EmailCounts = EmailCounts::default();
+        unique.add("ann@example.com");
+        assert_eq!(email_match(&ann, &unique, &users, &HashSet::new()), Ok(1));
+    }
+
+    #[test]
+    fn lock_retries_pause_longer_each_time_within_bounds() {
+        for attempt in 1..LOCK_ATTEMPTS {
+            let step = FIRST_LOCK_BACKOFF
+                .saturating_mul(1 << (attempt - 1))
+                .min(MAX_LOCK_BACKOFF);
+            let pause = lock_backoff(attempt);
+            assert!(pause >= step / 2 && pause <= step, "{attempt}: {pause:?}");
+        }
     }
 
     #[test]

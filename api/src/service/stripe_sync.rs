@@ -161,11 +161,18 @@ pub async fn link_customer(db: &Db, user_id: i64, customer: &str) -> Result<Link
     Ok(retrying!(db, |txn| link(txn, user_id, customer, None)))
 }
 
-/// `stripe-sync` found the customer deleted at Stripe: as `customer.deleted` does.
+/// `stripe-sync` found the customer deleted at Stripe: as `customer.deleted` does. True when
+/// this call marked it deleted; false when it was marked before (a webhook, an earlier run),
+/// so that a run counts each customer it marked once.
 #[tracing::instrument(level = "debug", skip_all, fields(customer = customer))]
-pub async fn customer_deleted(db: &Db, customer: &str) -> Result<(), ApiError> {
-    retrying!(db, |txn| forget_customer(txn, customer));
-    Ok(())
+pub async fn customer_deleted(db: &Db, customer: &str) -> Result<bool, ApiError> {
+    Ok(retrying!(db, |txn| async {
+        // Locked here first, so no other transaction marks it between this read and
+        // `forget_customer`'s (which locks it again, in the same transaction).
+        let live = lock_customer(txn, customer).await?.deleted_at.is_none();
+        forget_customer(txn, customer).await?;
+        Ok(live)
+    }))
 }
 
 /// The user a customer is linked to, if any.
