@@ -1574,10 +1574,10 @@ async fn a_write_that_fails_loses_no_other(backend: Backend) {
         )
         .await;
     assert_eq!(stored.join(""), "0");
-    if backend != Backend::Sqlite {
-        let most = most_overlapping_writes(&app).await;
-        assert!(most >= 2, "the writes never overlapped: {most}");
-    }
+    // Whether these writes overlapped in time is not asserted here: under CI's load (six test
+    // threads on two cores) they once ran one at a time on MariaDB ("never overlapped: 1").
+    // `concurrent_writes_end_as_one_at_a_time` asserts the overlap; this test is about what
+    // a failed or panicked write leaves behind.
 }
 
 /// Two subscriptions of one customer in flight together: the first holds the customer's row
