@@ -35,21 +35,9 @@ crate::on_every_backend!(
     a_closed_stderr_gets_no_panic,
 );
 
-/// PostgreSQL and MariaDB: row locks with a timeout, and writes in flight together (SQLite's
-/// pool has one connection, so a run writes one at a time there).
-macro_rules! on_row_locking_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() { super::$name(Backend::Postgres).await }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn mysql() { super::$name(Backend::MySql).await }
-        }
-    )*};
-}
-
-on_row_locking_backends!(a_lock_timeout_between_its_own_writes_is_retried);
+// PostgreSQL and MariaDB: row locks with a timeout, and writes in flight together (SQLite's
+// pool has one connection, so a run writes one at a time there).
+crate::on_row_locking_backends!(a_lock_timeout_between_its_own_writes_is_retried);
 
 const KEY: &str = "sk_test_51SyncKeyThatMustNeverBePrinted";
 
