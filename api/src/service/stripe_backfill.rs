@@ -75,6 +75,7 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use crate::backoff::equal_jitter;
 use crate::db::Db;
 use crate::stripe::stored_time::stored_time;
 use serde_json::Value;
@@ -525,14 +526,10 @@ where
     }
 }
 
-/// Between half and all of the doubled step ("equal jitter", as the Stripe client's).
+/// The pause before lock retry `attempt`: [`FIRST_LOCK_BACKOFF`] doubling to
+/// [`MAX_LOCK_BACKOFF`], with equal jitter ([`equal_jitter`], as the Stripe client's retries).
 fn lock_backoff(attempt: u32) -> Duration {
-    let step = FIRST_LOCK_BACKOFF
-        .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)))
-        .min(MAX_LOCK_BACKOFF);
-    let half = step / 2;
-    let spread = u64::try_from(half.as_millis()).unwrap_or(u64::MAX).max(1);
-    half + Duration::from_millis(getrandom::u64().unwrap_or(0) % spread)
+    equal_jitter(attempt, FIRST_LOCK_BACKOFF, MAX_LOCK_BACKOFF)
 }
 
 /// Writes in flight: each a task with its own transaction, through `stripe_sync`'s functions,
