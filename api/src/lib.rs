@@ -2,6 +2,7 @@
 //! state, and Free-tier limits. `startup` builds it; `routes` are thin over `service`.
 
 pub mod auth;
+pub mod backoff;
 pub mod body_deadline;
 pub mod db;
 pub mod db_fault;

@@ -461,22 +461,10 @@ async fn health_of(client: &Client, app: &TestApp) -> (u16, Value) {
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
-/// PostgreSQL and MariaDB: row locks and a pool of connections. (SQLite has one connection,
-/// and a sync that meets another writer gives up at once inside its transaction, as the test
-/// above shows, so nothing there waits long enough for the request timeout.)
-macro_rules! on_pooled_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() { super::$name(Backend::Postgres).await }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn mysql() { super::$name(Backend::MySql).await }
-        }
-    )*};
-}
-
-on_pooled_backends!(
+// PostgreSQL and MariaDB: row locks and a pool of connections. (SQLite has one connection,
+// and a sync that meets another writer gives up at once inside its transaction, as the test
+// above shows, so nothing there waits long enough for the request timeout.)
+crate::on_row_locking_backends!(
     one_users_locked_row_does_not_stall_the_api,
     a_request_past_the_request_timeout_is_answered,
     healthz_tells_busy_from_down,

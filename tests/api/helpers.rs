@@ -9,6 +9,22 @@ use serde_json::{Value, json};
 
 use crate::support::{self, Backend, TestDb};
 
+/// One test body, two tests: `<name>::postgres` and `<name>::mysql` (MariaDB). For what needs
+/// row locks and a pool of more than one connection, which SQLite lacks (its pool has one);
+/// each caller says what it needs them for. [`crate::on_every_backend`] adds SQLite.
+#[macro_export]
+macro_rules! on_row_locking_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() { super::$name($crate::support::Backend::Postgres).await }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mysql() { super::$name($crate::support::Backend::MySql).await }
+        }
+    )*};
+}
+
 /// The `billing` binary the tests run: `BILLING_BIN` if set (CI points it at the release
 /// build), else the debug build cargo made for this test run.
 pub fn billing_bin() -> std::path::PathBuf {

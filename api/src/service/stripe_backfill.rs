@@ -75,6 +75,7 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use crate::backoff::equal_jitter;
 use crate::db::Db;
 use crate::stripe::stored_time::stored_time;
 use serde_json::Value;
@@ -525,14 +526,10 @@ where
     }
 }
 
-/// Between half and all of the doubled step ("equal jitter", as the Stripe client's).
+/// The pause before lock retry `attempt`: [`FIRST_LOCK_BACKOFF`] doubling to
+/// [`MAX_LOCK_BACKOFF`], with equal jitter ([`equal_jitter`], as the Stripe client's retries).
 fn lock_backoff(attempt: u32) -> Duration {
-    let step = FIRST_LOCK_BACKOFF
-        .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)))
-        .min(MAX_LOCK_BACKOFF);
-    let half = step / 2;
-    let spread = u64::try_from(half.as_millis()).unwrap_or(u64::MAX).max(1);
-    half + Duration::from_millis(getrandom::u64().unwrap_or(0) % spread)
+    equal_jitter(attempt, FIRST_LOCK_BACKOFF, MAX_LOCK_BACKOFF)
 }
 
 /// Writes in flight: each a task with its own transaction, through `stripe_sync`'s functions,
@@ -658,20 +655,38 @@ impl InFlight {
 /// Fault injection for the tests, in debug builds only (as `stripe_sync`'s
 /// `pause_after_record`): `STRIPE_SYNC_WRITE_HOOKS=delay:cus_a:300,panic:sub_b` makes the
 /// write of customer `cus_a`'s link (or of a subscription, named by its id) start 300 ms
-/// late, and the task writing `sub_b` panic before it writes: the orders and failures a
-/// test must provoke to be able to fail. Read once a run. Not `cfg(test)`: the tests run the
+/// late, and the task writing `sub_b` panic before it writes; `meet:sub_c+sub_d+sub_e:20000`
+/// makes each of the writes of `sub_c`, `sub_d` and `sub_e` wait, before it starts, until all
+/// three are in flight together, and panic if that takes 20 s (a run that writes one at a
+/// time never gets there; the first to give up fails the others at once). The orders,
+/// failures and overlaps a test must provoke or prove to be able to fail, without timing.
+/// Hooks run in the order given. Read once a run. Not `cfg(test)`: the tests run the
 /// `billing` binary; not a cargo feature: `cargo build` after `cargo test` would rebuild the
 /// crate. A release build has no hooks and ignores the variable.
 mod hooks {
     #[cfg(debug_assertions)]
-    #[derive(Clone, Default)]
-    pub struct WriteHooks(std::sync::Arc<Vec<(String, Hook)>>);
+    use std::{sync::Arc, time::Duration};
 
     #[cfg(debug_assertions)]
-    #[derive(Clone, Copy)]
+    #[derive(Clone, Default)]
+    pub struct WriteHooks(Arc<Vec<(String, Hook)>>);
+
+    #[cfg(debug_assertions)]
     enum Hook {
-        Delay(std::time::Duration),
+        Delay(Duration),
         Panic,
+        /// Shared by the entries of every write it names.
+        Meet(Arc<Meeting>),
+    }
+
+    /// Writes that wait for each other before they start.
+    #[cfg(debug_assertions)]
+    struct Meeting {
+        /// How many writes it names.
+        writes: usize,
+        within: Duration,
+        /// The writes arrived so far, and whether one gave up waiting.
+        state: tokio::sync::watch::Sender<(usize, bool)>,
     }
 
     #[cfg(debug_assertions)]
@@ -680,26 +695,7 @@ mod hooks {
             let Ok(spec) = std::env::var("STRIPE_SYNC_WRITE_HOOKS") else {
                 return Self::default();
             };
-            let hooks = spec
-                .split(',')
-                .filter_map(|hook| {
-                    let mut parts = hook.trim().splitn(3, ':');
-                    match (parts.next(), parts.next(), parts.next()) {
-                        (Some("delay"), Some(target), Some(ms)) => {
-                            let ms = ms.parse().ok()?;
-                            Some((
-                                target.to_owned(),
-                                Hook::Delay(std::time::Duration::from_millis(ms)),
-                            ))
-                        }
-                        (Some("panic"), Some(target), None) => {
-                            Some((target.to_owned(), Hook::Panic))
-                        }
-                        _ => None,
-                    }
-                })
-                .collect();
-            Self(std::sync::Arc::new(hooks))
+            Self(Arc::new(spec.split(',').flat_map(parse).collect()))
         }
 
         pub async fn before_write(&self, target: &str) {
@@ -712,7 +708,105 @@ mod hooks {
                     Hook::Panic => {
                         panic!("STRIPE_SYNC_WRITE_HOOKS: panicked before writing {target}")
                     }
+                    Hook::Meet(meeting) => meeting.attend(target).await,
                 }
+            }
+        }
+    }
+
+    /// One hook of the variable, as (target, hook) entries: one per write a `meet` names,
+    /// none when it is malformed.
+    #[cfg(debug_assertions)]
+    fn parse(hook: &str) -> Vec<(String, Hook)> {
+        let mut parts = hook.trim().splitn(3, ':');
+        let ms = |text: &str| text.parse().ok().map(Duration::from_millis);
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some("delay"), Some(target), Some(pause)) => ms(pause)
+                .map(|pause| vec![(target.to_owned(), Hook::Delay(pause))])
+                .unwrap_or_default(),
+            (Some("panic"), Some(target), None) => vec![(target.to_owned(), Hook::Panic)],
+            (Some("meet"), Some(targets), Some(within)) => {
+                let mut targets: Vec<&str> = targets.split('+').filter(|t| !t.is_empty()).collect();
+                targets.sort_unstable();
+                targets.dedup();
+                let Some(within) = ms(within) else {
+                    return Vec::new();
+                };
+                let meeting = Arc::new(Meeting {
+                    writes: targets.len(),
+                    within,
+                    state: tokio::sync::watch::Sender::new((0, false)),
+                });
+                targets
+                    .into_iter()
+                    .map(|target| (target.to_owned(), Hook::Meet(Arc::clone(&meeting))))
+                    .collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    #[cfg(debug_assertions)]
+    impl Meeting {
+        /// Returns once every write named has arrived, unless one gave up before: then, and
+        /// after waiting `within` in vain, panics.
+        async fn attend(&self, target: &str) {
+            self.state.send_modify(|(arrived, _)| *arrived += 1);
+            let mut state = self.state.subscribe();
+            let all_or_given_up =
+                state.wait_for(|&(arrived, gave_up)| arrived >= self.writes || gave_up);
+            // Timed out or not, the state says whether they met.
+            let _ = tokio::time::timeout(self.within, all_or_given_up).await;
+            let mut met = false;
+            self.state.send_modify(|(arrived, gave_up)| {
+                if *arrived < self.writes {
+                    *gave_up = true;
+                }
+                met = !*gave_up;
+            });
+            if !met {
+                let (arrived, _) = *self.state.borrow();
+                panic!(
+                    "STRIPE_SYNC_WRITE_HOOKS: {target} did not meet the {} writes it waits for \
+                     in flight together within {:?} ({arrived} arrived)",
+                    self.writes, self.within
+                );
+            }
+        }
+    }
+
+    #[cfg(all(test, debug_assertions))]
+    mod tests {
+        use super::*;
+
+        #[tokio::test]
+        async fn a_meeting_lets_its_writes_go_on_together_or_fails_them() {
+            let hooks = WriteHooks(Arc::new(parse("meet:sub_a+sub_b:10000")));
+            let first = tokio::spawn({
+                let hooks = hooks.clone();
+                async move { hooks.before_write("sub_a").await }
+            });
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+            assert!(!first.is_finished(), "sub_a went on alone");
+            // Not named: goes on at once.
+            hooks.before_write("sub_other").await;
+            hooks.before_write("sub_b").await;
+            assert!(first.await.is_ok());
+
+            let hooks = WriteHooks(Arc::new(parse("meet:sub_a+sub_b:50")));
+            let alone = tokio::spawn({
+                let hooks = hooks.clone();
+                async move { hooks.before_write("sub_a").await }
+            });
+            assert!(alone.await.is_err_and(|e| e.is_panic()));
+            // Too late: the meeting failed.
+            let late = tokio::spawn(async move { hooks.before_write("sub_b").await });
+            assert!(late.await.is_err_and(|e| e.is_panic()));
+
+            for malformed in ["meet:sub_a+sub_b", "meet:sub_a:soon", "delay:sub_a"] {
+                assert!(parse(malformed).is_empty(), "{malformed}");
             }
         }
     }

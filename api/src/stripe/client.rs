@@ -28,6 +28,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use tokio::time::{Instant, sleep, sleep_until};
 
+use crate::backoff::equal_jitter;
 use crate::stripe::mode::StripeMode;
 
 /// A Stripe secret or restricted key; never shown.
@@ -387,16 +388,10 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     Some(Duration::from_secs(seconds.min(60)))
 }
 
-/// Exponential, with "equal jitter": between half and all of the doubled step, so that
-/// clients that failed together do not retry together, yet each one does wait.
+/// The pause before retry `attempt`: [`FIRST_BACKOFF`] doubling to [`MAX_BACKOFF`], with
+/// equal jitter ([`equal_jitter`]), so that clients that failed together do not retry together.
 fn backoff(attempt: u32) -> Duration {
-    let step = FIRST_BACKOFF
-        .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)))
-        .min(MAX_BACKOFF);
-    let half = step / 2;
-    let spread = u64::try_from(half.as_millis()).unwrap_or(u64::MAX).max(1);
-    let jitter = getrandom::u64().unwrap_or(0) % spread;
-    half + Duration::from_millis(jitter)
+    equal_jitter(attempt, FIRST_BACKOFF, MAX_BACKOFF)
 }
 
 /// "error sending request: connection refused": the error with its causes.
