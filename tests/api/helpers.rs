@@ -16,7 +16,6 @@ use crate::support::{self, Backend, TestDb};
 macro_rules! on_row_locking_backends {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
-            use super::*;
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() { super::$name($crate::support::Backend::Postgres).await }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

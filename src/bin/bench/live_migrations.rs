@@ -3,8 +3,9 @@
 //!
 //! For each migration, in a database of its own: migrate to the one before, seed users (half
 //! of them paying, where the schema has billing columns), sessions, tokens, events and
-//! customers (where their tables exist), start clients, measure the no-migration floor, then
-//! apply the migration, roll it back and apply it again, the clients running throughout.
+//! customers (where their tables exist), start clients, measure the no-migration floor, let
+//! the clients run alone for the control window ([`CONTROL`]), then apply the migration, roll
+//! it back and apply it again, the clients running throughout.
 //!
 //! The clients issue the statements of the API's requests, shaped as the API runs them
 //! (transactions, the user-row lock, the API's 2 s lock wait set on each connection as the
@@ -57,7 +58,18 @@ pub struct Size {
     pub clients: usize,
     /// How long the floor is measured before the migration.
     pub floor: Duration,
+    /// How long the clients then run alone, still before the migration, for the control row
+    /// ([`CONTROL`]); zero for none.
+    pub control: Duration,
 }
+
+/// The direction of the control row: the clients alone, measured like a direction (the
+/// longest request in the window) over a window as long as a long migration's, after the
+/// floor and before the migration. The floor is short and starts right after the seed's
+/// `CHECKPOINT`, when nothing is dirty; over a minute the server reaches the state a long
+/// migration runs in (checkpoints, the kernel writing back what the clients dirtied), and
+/// the control row says how long the clients wait there with no migration at all.
+pub const CONTROL: &str = "none (control)";
 
 /// One migration in one direction, as measured.
 #[derive(Clone, Debug)]
@@ -87,6 +99,11 @@ pub struct Row {
 }
 
 impl Row {
+    /// The clients alone, not a migration's direction ([`CONTROL`]): reported, never judged.
+    pub fn is_control(&self) -> bool {
+        self.direction == CONTROL
+    }
+
     pub fn meets_the_bar(&self) -> bool {
         self.error.is_none()
             && self.failed == 0
@@ -116,6 +133,12 @@ impl Row {
     /// A Markdown table row.
     pub fn markdown(&self) -> String {
         let verdict = match (&self.error, self.meets_the_bar(), self.exempt) {
+            _ if self.is_control() && self.meets_the_bar() => {
+                "control (no migration): within the bar".to_owned()
+            }
+            _ if self.is_control() => {
+                "control (no migration): the clients alone waited longer than the bar".to_owned()
+            }
             (Some(e), _, Some(why)) if self.quiet.is_some() => format!(
                 "declared not live-safe: {why}; under traffic it refused ({e}); with the \
                  clients paused it completed in {}",
@@ -284,6 +307,14 @@ async fn measure(
     let floor_start = Instant::now();
     tokio::time::sleep(size.floor).await;
     let floor = (floor_start, Instant::now());
+    // With no client kind (m001: no table yet) there is nothing to control.
+    let control_window = if kinds.is_empty() {
+        Duration::ZERO
+    } else {
+        size.control
+    };
+    tokio::time::sleep(control_window).await;
+    let control = (floor.1, Instant::now());
     let mut phases = Vec::new();
     let apply = |up: bool| {
         let migrator = migrator.clone();
@@ -330,9 +361,10 @@ async fn measure(
     // A request that fails with no migration running is the clients' own fault (a kind that
     // deadlocks with another, say), which would otherwise go unseen: only the requests that
     // overlap a direction are judged.
+    let no_migration = (floor.0, control.1);
     if let Some(failed) = requests
         .iter()
-        .find(|r| r.start >= floor.0 && r.end <= floor.1 && r.error.is_some())
+        .find(|r| r.start >= no_migration.0 && r.end <= no_migration.1 && r.error.is_some())
     {
         return Err(format!(
             "{name}: a {} request failed with no migration running: {}",
@@ -348,12 +380,24 @@ async fn measure(
     floor_latencies.sort();
     let floor_p99 = quantile(&floor_latencies, 0.99);
     let kind_names: Vec<&'static str> = kinds.iter().map(|k| k.name()).collect();
-    Ok(phases
+    let control_row =
+        (!control_window.is_zero()).then_some((CONTROL, control.0, control.1, None, None));
+    Ok(control_row
         .into_iter()
+        .chain(phases)
         .map(|(direction, start, end, error, quiet)| {
+            // The control window counts only requests wholly inside it (those in flight at
+            // its edges belong to the floor or to the migration); a direction, every request
+            // that overlapped it.
             let during: Vec<&Request> = requests
                 .iter()
-                .filter(|r| r.start < end && r.end > start)
+                .filter(|r| {
+                    if direction == CONTROL {
+                        r.start >= start && r.end <= end
+                    } else {
+                        r.start < end && r.end > start
+                    }
+                })
                 .collect();
             let failures: Vec<String> = during
                 .iter()

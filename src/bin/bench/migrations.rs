@@ -34,6 +34,11 @@ pub struct Args {
     /// Seconds of clients before the migration: the floor.
     #[arg(long, default_value_t = 10)]
     pub floor: u64,
+    /// Seconds of clients alone after the floor and before each migration, reported as the
+    /// `none (control)` row: how long clients wait with no migration over a window as long
+    /// as a long migration's. 0 for none.
+    #[arg(long, default_value_t = 60)]
+    pub control: u64,
     /// Only the migration of this name (e.g. m010_subscriptions).
     #[arg(long)]
     pub only: Option<String>,
@@ -45,6 +50,7 @@ pub async fn run(args: Args) -> Result<(), String> {
         sessions: args.sessions,
         clients: args.clients,
         floor: Duration::from_secs(args.floor),
+        control: Duration::from_secs(args.control),
     };
     let servers = [
         (DbBackend::Postgres, &args.postgres),
@@ -62,6 +68,9 @@ pub async fn run(args: Args) -> Result<(), String> {
             }
             for row in live_migrations::run_one(url, backend, index, size).await? {
                 println!("{}", row.markdown());
+                if row.is_control() {
+                    continue;
+                }
                 if !row.completed_without_failures() {
                     broken += 1;
                 } else if !row.acceptable() {
