@@ -1512,6 +1512,8 @@ async fn a_write_that_fails_loses_no_other(backend: Backend) {
     for sql in refuse {
         app.db.exec(sql).await;
     }
+    // For its 20 ms per write, which keeps the other writes in flight while one fails; the
+    // count it records is not asserted (see the end of this test).
     log_overlapping_writes(&app, backend).await;
     // Listed first: a slow link to `two`, a link that panics, then `two`'s second customer.
     app.user("two@example.com").await;
