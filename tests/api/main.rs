@@ -32,6 +32,7 @@ mod sessions;
 mod storage;
 mod stripe;
 mod stripe_model;
+mod stripe_pages;
 mod stripe_prices;
 mod stripe_rules;
 mod stripe_sync_command;

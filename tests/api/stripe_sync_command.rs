@@ -1309,9 +1309,9 @@ const MEET_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
 /// every status, another linked by metadata with three, and one with two customers and no
 /// subscription: the database a run with eight writes in flight leaves is the one a run with
 /// one at a time leaves, and so are its counts; so is a run on a pool of one connection.
-/// What makes it able to fail: eight subscription writes were in flight together for certain
-/// (a debug-build hook, `meet`, holds each of the eight named until all have started, and
-/// fails the run after [`MEET_WITHIN`] otherwise), and the first of the two links to one user
+/// What makes it able to fail: the writes of eight subscriptions (three pages or more, at three
+/// a page) were in flight together for certain (a debug-build hook, `meet`, holds each write of
+/// the eight named until all have started, and fails the run after [`MEET_WITHIN`] otherwise), and the first of the two links to one user
 /// starts 400 ms late (another hook), so a second link that did not wait for it would end
 /// first and leave the wrong customer last. That the other runs wrote one at a time is
 /// counted by a trigger: load can only make writes overlap less.
@@ -1592,13 +1592,14 @@ async fn a_write_that_fails_loses_no_other(backend: Backend) {
     // a failed or panicked write leaves behind.
 }
 
-/// Two subscriptions of one customer in flight together: the first holds the customer's row
-/// (a trigger sleeps in its insert) past DB_LOCK_TIMEOUT_MS, so the second's lock wait gives
-/// up (PostgreSQL 55P03, MariaDB 1205), and is started again until the first has ended. One
-/// try only would count it failed and leave it to the next run.
+/// Two subscriptions of one customer in flight together, each on a page of its own (pages of
+/// one: a page is one write): the first holds the customer's row (a trigger sleeps in its
+/// insert) past DB_LOCK_TIMEOUT_MS, so the second's lock wait gives up (PostgreSQL 55P03,
+/// MariaDB 1205), and is started again until the first has ended. One try only would count it
+/// failed and leave it to the next run.
 async fn a_lock_timeout_between_its_own_writes_is_retried(backend: Backend) {
     let app = spawn_app(backend).await;
-    let stripe = FakeStripe::start(KEY, 10).await;
+    let stripe = FakeStripe::start(KEY, 1).await;
     let period_end = Utc::now().timestamp() + 20 * 86_400;
     // MariaDB counts lock waits in whole seconds (1 at least): held longer there.
     let hold: &[&str] = match backend {

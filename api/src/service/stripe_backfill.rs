@@ -33,22 +33,27 @@
 //! stored changes nothing. When the stored state differs from Stripe's and is dated later, the
 //! subscription is read again; if it still differs, that is a failure, never `unchanged`.
 //!
-//! Writes overlap the paging: each link and each subscription is a task of its own, in its own
+//! Writes overlap the paging, a page at a time: the links of up to [`LINKS_A_PAGE`]
+//! customers, or the subscriptions of one page of Stripe's list, are one task, in one
 //! transaction on its own pooled connection (`--writers`, at most the pool's size less one),
-//! while the next page is read. Each is the webhook's one write, unchanged: customer locked
-//! before user, the ordering rule, all or nothing, retried on deadlock. So writes in flight
-//! together end as concurrent webhooks do, in the state sequential ones would; a failed one
-//! (or one whose task panicked) is counted and named, and the others go on. A write that gave
-//! up waiting for a lock (`DB_LOCK_TIMEOUT_MS`; most often another write of this run on the
-//! same customer or user) is started again, a few times, with growing pauses: a webhook that
-//! times out is retried by Stripe, a sync write only by the next run. What stays ordered: every
-//! link of one step (Checkout, then metadata, then e-mail) ends before the next step starts,
-//! two links to one user never run together (Stripe's order decides the user's last linked
-//! customer, as before), and the subscriptions are read only once every link has ended. Who
-//! owns a subscription's customer is read from the database, one query a page, when the page
-//! is applied. With a pool of one connection (SQLite, or `DB_MAX_CONNECTIONS=1`) there is no
-//! connection to spare for the reads, so each write ends before the run goes on: writes one
-//! at a time, never in flight while a page is read.
+//! while the next page is read. A page writes through `stripe_sync`'s page path
+//! (`link_customers`, `apply_fetched_subscriptions`): the webhook's rule for each row, the
+//! state writing them one at a time would leave, in a few statements a page; its rows are
+//! locked by table (customers, subscriptions, users), each table in the order of the ids, so
+//! two pages, or a page and a webhook, never wait for each other in a cycle. A page the
+//! database refuses, or whose task panics, is written again a row at a time, each in its own
+//! transaction and task, so a failed row (counted and named) loses no other. A write that
+//! gave up waiting for a lock (`DB_LOCK_TIMEOUT_MS`; most often another write of this run on
+//! the same customer or user) is started again, a few times, with growing pauses: a webhook
+//! that times out is retried by Stripe, a sync write only by the next run. What stays
+//! ordered: every link of one step (Checkout, then metadata, then e-mail) ends before the next
+//! step starts, two links to one user are never in one page nor in flight together (Stripe's
+//! order decides the user's last linked customer, as before), and the subscriptions are read
+//! only once every link has ended. Who owns a subscription's customer is read from the
+//! database, one query a page, when the page is applied. With a pool of one connection
+//! (SQLite, or `DB_MAX_CONNECTIONS=1`) there is no connection to spare for the reads, so each
+//! write ends before the run goes on: writes one at a time, never in flight while a page is
+//! read.
 //!
 //! Memory, what a full run holds besides the page in hand (dropped once read):
 //! * the id of every customer the database holds as live, from the start until the linking
@@ -62,12 +67,14 @@
 //! * when some customer is unlinked, a (customer, user) pair per completed Checkout Session
 //!   that names both, for every session at Stripe (not only the unlinked customers'), with
 //!   repeats until the first lookup sorts and deduplicates them;
-//! * up to `--writers` subscriptions in flight, and the ids of unlinked payers.
+//! * up to `--writers` pages in flight, a page of links being gathered, and the ids of
+//!   unlinked payers.
 //!
 //! [`CLOCK_MARGIN`]: crate::stripe::client::CLOCK_MARGIN
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use entity::{SubscriptionStatus, stripe_customers, stripe_subscriptions, users};
@@ -345,6 +352,7 @@ pub async fn sync(
         tally: Tally::default(),
         linked_users: HashSet::new(),
         writes: Writes::new(writers),
+        pending: Vec::new(),
         progress: Throttle::default(),
         note: &mut note,
     };
@@ -352,9 +360,10 @@ pub async fn sync(
         Some(customer) => run.one(client, customer).await,
         None => run.all(client).await,
     };
-    // Whatever ended the run, the writes already started finish and are counted.
-    run.drain(client).await;
-    if let Err(err) = result {
+    // Whatever ended the run, the writes already started (or gathered) finish and are
+    // counted.
+    let drained = run.drain(client).await;
+    if let Err(err) = result.and(drained) {
         // The writes made before the error (those of the page that failed included) are
         // in the database: the last counts shown say so, not those of the last progress
         // line, which may be seconds older. A run refused before it counted anything (a
@@ -454,15 +463,15 @@ fn is_live(stripe_status: &str) -> bool {
 /// What one write found, for the run to count (and, for a subscription whose stored state
 /// differs, to read again).
 enum Written {
-    Link {
-        customer: Box<str>,
-        user: i64,
-        via: Via,
-        result: Result<LinkOutcome, ApiError>,
+    /// A page of links (or one), and what each did, in its order: `Err` says why it failed.
+    Links {
+        links: Arc<[PendingLink]>,
+        results: Vec<Result<LinkOutcome, String>>,
     },
+    /// A page of subscriptions (or one), and what applying each found, in its order.
     Apply {
-        snapshot: Box<Snapshot>,
-        attempt: Attempt,
+        page: Arc<[Snapshot]>,
+        attempts: Vec<Attempt>,
     },
 }
 
@@ -490,6 +499,177 @@ async fn attempt(db: &Db, snapshot: &Snapshot, as_of: i64) -> Attempt {
         Ok(_) => Attempt::Skipped,
         Err(err) => Attempt::Failed(format!("not applied: {err}")),
     }
+}
+
+/// Applies a page of fetched subscriptions (or one) as a write of its own, and, when the
+/// page fails as one write (the database refuses it, or its task dies), each of them alone,
+/// in its own transaction and task: one bad subscription then fails alone, the rest are kept.
+async fn apply_page(
+    db: Db,
+    hooks: hooks::WriteHooks,
+    page: Arc<[Snapshot]>,
+    as_of: i64,
+) -> Vec<Attempt> {
+    let targets = page.iter().map(|s| s.subscription.clone()).collect();
+    let whole = isolated(&hooks, targets, {
+        let (db, page) = (db.clone(), Arc::clone(&page));
+        async move { attempt_page(&db, &page, as_of).await }
+    })
+    .await;
+    let why = match whole {
+        Ok(Ok(attempts)) => return attempts,
+        Ok(Err(err)) => err.to_string(),
+        Err(how) if page.len() == 1 => {
+            return vec![Attempt::Failed(format!(
+                "its task {how}; nothing of it was written"
+            ))];
+        }
+        Err(how) => format!("its task {how}"),
+    };
+    tracing::warn!(
+        why,
+        subscriptions = page.len(),
+        "a page of subscriptions failed as one write; applying them one at a time"
+    );
+    let mut attempts = Vec::with_capacity(page.len());
+    for snapshot in page.iter() {
+        let one = isolated(&hooks, vec![snapshot.subscription.clone()], {
+            let (db, snapshot) = (db.clone(), snapshot.clone());
+            async move { attempt(&db, &snapshot, as_of).await }
+        })
+        .await;
+        attempts.push(one.unwrap_or_else(|how| {
+            Attempt::Failed(format!("its task {how}; nothing of it was written"))
+        }));
+    }
+    attempts
+}
+
+/// Links a page of customers (or one) as a write of its own, and each alone when the page
+/// fails as one write, as [`apply_page`] does.
+async fn link_page(
+    db: Db,
+    hooks: hooks::WriteHooks,
+    links: Arc<[PendingLink]>,
+) -> Vec<Result<LinkOutcome, String>> {
+    let failed = |link: &PendingLink, why: &str| format!("linking to user {}{why}", link.user);
+    let targets = links.iter().map(|l| l.customer.to_string()).collect();
+    let whole = isolated(&hooks, targets, {
+        let db = db.clone();
+        let pairs: Vec<(i64, String)> = links
+            .iter()
+            .map(|l| (l.user, l.customer.to_string()))
+            .collect();
+        async move {
+            match &pairs[..] {
+                [(user, customer)] => {
+                    contended(|| stripe_sync::link_customer(&db, *user, customer))
+                        .await
+                        .map(|outcome| vec![outcome])
+                }
+                pairs => contended(|| stripe_sync::link_customers(&db, pairs)).await,
+            }
+        }
+    })
+    .await;
+    let why = match whole {
+        Ok(Ok(outcomes)) => return outcomes.into_iter().map(Ok).collect(),
+        Ok(Err(err)) if links.len() == 1 => {
+            return vec![Err(failed(&links[0], &format!(" failed: {err}")))];
+        }
+        Err(how) if links.len() == 1 => {
+            return vec![Err(failed(
+                &links[0],
+                &format!(": its task {how}; nothing of it was written"),
+            ))];
+        }
+        Ok(Err(err)) => err.to_string(),
+        Err(how) => format!("its task {how}"),
+    };
+    tracing::warn!(
+        why,
+        links = links.len(),
+        "a page of links failed as one write; linking them one at a time"
+    );
+    let mut results = Vec::with_capacity(links.len());
+    for link in links.iter() {
+        let one = isolated(&hooks, vec![link.customer.to_string()], {
+            let (db, user, customer) = (db.clone(), link.user, link.customer.clone());
+            async move { contended(|| stripe_sync::link_customer(&db, user, &customer)).await }
+        })
+        .await;
+        results.push(match one {
+            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Err(err)) => Err(failed(link, &format!(" failed: {err}"))),
+            Err(how) => Err(failed(
+                link,
+                &format!(": its task {how}; nothing of it was written"),
+            )),
+        });
+    }
+    results
+}
+
+/// Runs `write` as a task of its own, after the test hooks of `targets`, so that a panic in it
+/// (a defect, or a test's hook) ends that task alone. `Err` says how the task ended.
+async fn isolated<T, F>(
+    hooks: &hooks::WriteHooks,
+    targets: Vec<String>,
+    write: F,
+) -> Result<T, &'static str>
+where
+    F: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let hooks = hooks.clone();
+    let task = async move {
+        hooks.before_write(&targets).await;
+        write.await
+    };
+    // The run's span goes with the task: its logs (and a panic's) say which run.
+    tokio::spawn(task.instrument(tracing::Span::current()))
+        .await
+        .map_err(|err| {
+            if err.is_panic() {
+                "panicked"
+            } else {
+                "was cancelled"
+            }
+        })
+}
+
+/// Applies a page of fetched subscriptions in one write (`stripe_sync`'s page path: the same
+/// rule, a few statements a page), and compares the stored states where it changed nothing.
+/// `Err` when the page failed as one write.
+async fn attempt_page(db: &Db, page: &[Snapshot], as_of: i64) -> Result<Vec<Attempt>, ApiError> {
+    if let [one] = page {
+        return Ok(vec![attempt(db, one, as_of).await]);
+    }
+    let outcomes = contended(|| stripe_sync::apply_fetched_subscriptions(db, page, as_of)).await?;
+    let unchanged: Vec<&str> = page
+        .iter()
+        .zip(&outcomes)
+        .filter(|(_, outcome)| **outcome == Outcome::Duplicate)
+        .map(|(snapshot, _)| snapshot.subscription.as_str())
+        .collect();
+    let stored = stripe_sync::stored_subscriptions(db, &unchanged).await;
+    Ok(page
+        .iter()
+        .zip(outcomes)
+        .map(|(snapshot, outcome)| match outcome {
+            Outcome::Applied => Attempt::Updated,
+            Outcome::Duplicate => match &stored {
+                Ok(stored) => match differs(stored.get(snapshot.subscription.as_str()), snapshot) {
+                    None => Attempt::Unchanged,
+                    Some(shown) => Attempt::Differs(shown),
+                },
+                Err(err) => {
+                    Attempt::Failed(format!("comparing with the stored state failed: {err}"))
+                }
+            },
+            _ => Attempt::Skipped,
+        })
+        .collect())
 }
 
 /// Tries of one sync write that gives up waiting for a lock (`ApiError::Busy`), before it
@@ -554,13 +734,20 @@ struct Writes {
 
 /// A write in flight, as a panic report names it.
 enum InFlight {
-    /// Its user's guard is in `linking` until the task ends.
-    Link { customer: Box<str>, user: i64 },
-    Apply {
-        customer: Box<str>,
-        subscription: Box<str>,
-    },
+    /// Its users' guards are in `linking` until the task ends.
+    Links(Arc<[PendingLink]>),
+    Apply(Arc<[Snapshot]>),
 }
+
+/// A link to make: in a page being gathered, or in flight.
+struct PendingLink {
+    customer: Box<str>,
+    user: i64,
+    via: Via,
+}
+
+/// Links a page holds at most: the customers of one page of Stripe's list.
+const LINKS_A_PAGE: usize = 100;
 
 /// What a write waiting for a slot should do.
 #[derive(Debug, PartialEq, Eq)]
@@ -585,9 +772,9 @@ impl Writes {
         }
     }
 
-    /// Whether a write (a link to `user`, when `Some`) may start now.
-    fn slot(&self, user: Option<i64>) -> Slot {
-        let guarded = user.is_some_and(|user| self.linking.contains(&user));
+    /// Whether a write (links to `users`, or none) may start now.
+    fn slot(&self, users: &[i64]) -> Slot {
+        let guarded = users.iter().any(|user| self.linking.contains(user));
         if !guarded && self.tasks.len() < self.limit {
             Slot::Free
         } else if self.tasks.is_empty() {
@@ -603,66 +790,71 @@ impl Writes {
     where
         F: std::future::Future<Output = Written> + Send + 'static,
     {
-        if let InFlight::Link { user, .. } = &in_flight {
-            self.linking.insert(*user);
+        if let InFlight::Links(links) = &in_flight {
+            self.linking.extend(links.iter().map(|link| link.user));
         }
-        let hooks = self.hooks.clone();
-        let target = in_flight.target().to_owned();
         // The run's span goes with the task: its logs (and a panic's) say which run.
-        let task = async move {
-            hooks.before_write(&target).await;
-            write.await
-        }
-        .instrument(tracing::Span::current());
-        let handle = self.tasks.spawn(task);
+        let handle = self.tasks.spawn(write.instrument(tracing::Span::current()));
         self.in_flight.insert(handle.id(), in_flight);
     }
 
     /// The task `id` ended: forgets it and releases its link guard.
     fn ended(&mut self, id: tokio::task::Id) -> Option<InFlight> {
         let ended = self.in_flight.remove(&id)?;
-        if let InFlight::Link { user, .. } = &ended {
-            self.linking.remove(user);
+        if let InFlight::Links(links) = &ended {
+            for link in links.iter() {
+                self.linking.remove(&link.user);
+            }
         }
         Some(ended)
     }
 }
 
 impl InFlight {
+    /// The (first) customer it writes.
     fn customer(&self) -> &str {
         match self {
-            InFlight::Link { customer, .. } | InFlight::Apply { customer, .. } => customer,
+            InFlight::Links(links) => links.first().map_or("?", |l| &*l.customer),
+            InFlight::Apply(page) => page.first().map_or("?", |s| s.customer.as_str()),
         }
     }
 
-    /// What the test hooks match: the subscription's id, or the customer's for a link.
-    fn target(&self) -> &str {
+    /// How many links or subscriptions it writes.
+    fn len(&self) -> usize {
         match self {
-            InFlight::Link { customer, .. } => customer,
-            InFlight::Apply { subscription, .. } => subscription,
+            InFlight::Links(links) => links.len(),
+            InFlight::Apply(page) => page.len(),
         }
     }
 
     /// What the write was doing, for the note that names it.
     fn describe(&self) -> String {
         match self {
-            InFlight::Link { user, .. } => format!("linking to user {user}"),
-            InFlight::Apply { subscription, .. } => format!("subscription {subscription}"),
+            InFlight::Links(links) => match &links[..] {
+                [one] => format!("linking to user {}", one.user),
+                links => format!("a page of {} links", links.len()),
+            },
+            InFlight::Apply(page) => match &page[..] {
+                [one] => format!("subscription {}", one.subscription),
+                page => format!("a page of {} subscriptions", page.len()),
+            },
         }
     }
 }
 
 /// Fault injection for the tests, in debug builds only (as `stripe_sync`'s
 /// `pause_after_record`): `STRIPE_SYNC_WRITE_HOOKS=delay:cus_a:300,panic:sub_b` makes the
-/// write of customer `cus_a`'s link (or of a subscription, named by its id) start 300 ms
+/// write holding customer `cus_a`'s link (or a subscription, named by its id) start 300 ms
 /// late, and the task writing `sub_b` panic before it writes; `meet:sub_c+sub_d+sub_e:20000`
-/// makes each of the writes of `sub_c`, `sub_d` and `sub_e` wait, before it starts, until all
+/// makes each write holding `sub_c`, `sub_d` or `sub_e` wait, before it starts, until all
 /// three are in flight together, and panic if that takes 20 s (a run that writes one at a
-/// time never gets there; the first to give up fails the others at once). The orders,
-/// failures and overlaps a test must provoke or prove to be able to fail, without timing.
-/// Hooks run in the order given. Read once a run. Not `cfg(test)`: the tests run the
-/// `billing` binary; not a cargo feature: `cargo build` after `cargo test` would rebuild the
-/// crate. A release build has no hooks and ignores the variable.
+/// time never gets there; the first to give up fails the others at once). A write is a page
+/// (of links or subscriptions) or, once its page failed, one row of it: the hooks of every
+/// row it holds run before it. The orders, failures and overlaps a test must provoke or prove
+/// to be able to fail, without timing. Hooks run in the order given, meetings last. Read
+/// once a run. Not `cfg(test)`: the tests run the `billing` binary; not a cargo feature:
+/// `cargo build` after `cargo test` would rebuild the crate. A release build has no hooks and
+/// ignores the variable.
 mod hooks {
     #[cfg(debug_assertions)]
     use std::{sync::Arc, time::Duration};
@@ -698,18 +890,30 @@ mod hooks {
             Self(Arc::new(spec.split(',').flat_map(parse).collect()))
         }
 
-        pub async fn before_write(&self, target: &str) {
+        /// Runs the hooks of a write of `targets` (a link's customer, or a page's
+        /// subscriptions). A meeting hears of every one of them it names at once, after the
+        /// write's other hooks: a page holding two writes of one meeting brings both.
+        pub async fn before_write(&self, targets: &[String]) {
+            let mut meetings: Vec<(&Arc<Meeting>, usize, &str)> = Vec::new();
             for (wanted, hook) in self.0.iter() {
-                if wanted != target {
+                let Some(target) = targets.iter().find(|t| *t == wanted) else {
                     continue;
-                }
+                };
                 match hook {
                     Hook::Delay(pause) => tokio::time::sleep(*pause).await,
                     Hook::Panic => {
                         panic!("STRIPE_SYNC_WRITE_HOOKS: panicked before writing {target}")
                     }
-                    Hook::Meet(meeting) => meeting.attend(target).await,
+                    Hook::Meet(meeting) => {
+                        match meetings.iter_mut().find(|(m, ..)| Arc::ptr_eq(m, meeting)) {
+                            Some((_, named, _)) => *named += 1,
+                            None => meetings.push((meeting, 1, target)),
+                        }
+                    }
                 }
+            }
+            for (meeting, named, target) in meetings {
+                meeting.attend(target, named).await;
             }
         }
     }
@@ -748,10 +952,10 @@ mod hooks {
 
     #[cfg(debug_assertions)]
     impl Meeting {
-        /// Returns once every write named has arrived, unless one gave up before: then, and
+        /// `writes` of those it names arrive (a page's). Returns once every write named has arrived, unless one gave up before: then, and
         /// after waiting `within` in vain, panics.
-        async fn attend(&self, target: &str) {
-            self.state.send_modify(|(arrived, _)| *arrived += 1);
+        async fn attend(&self, target: &str, writes: usize) {
+            self.state.send_modify(|(arrived, _)| *arrived += writes);
             let mut state = self.state.subscribe();
             let all_or_given_up =
                 state.wait_for(|&(arrived, gave_up)| arrived >= self.writes || gave_up);
@@ -784,26 +988,33 @@ mod hooks {
             let hooks = WriteHooks(Arc::new(parse("meet:sub_a+sub_b:10000")));
             let first = tokio::spawn({
                 let hooks = hooks.clone();
-                async move { hooks.before_write("sub_a").await }
+                async move { hooks.before_write(&["sub_a".to_owned()]).await }
             });
             for _ in 0..10 {
                 tokio::task::yield_now().await;
             }
             assert!(!first.is_finished(), "sub_a went on alone");
             // Not named: goes on at once.
-            hooks.before_write("sub_other").await;
-            hooks.before_write("sub_b").await;
+            hooks.before_write(&["sub_other".to_owned()]).await;
+            hooks.before_write(&["sub_b".to_owned()]).await;
             assert!(first.await.is_ok());
 
             let hooks = WriteHooks(Arc::new(parse("meet:sub_a+sub_b:50")));
             let alone = tokio::spawn({
                 let hooks = hooks.clone();
-                async move { hooks.before_write("sub_a").await }
+                async move { hooks.before_write(&["sub_a".to_owned()]).await }
             });
             assert!(alone.await.is_err_and(|e| e.is_panic()));
             // Too late: the meeting failed.
-            let late = tokio::spawn(async move { hooks.before_write("sub_b").await });
+            let late = tokio::spawn(async move { hooks.before_write(&["sub_b".to_owned()]).await });
             assert!(late.await.is_err_and(|e| e.is_panic()));
+
+            // A page holding both meets itself at once.
+            let hooks = WriteHooks(Arc::new(parse("meet:sub_a+sub_b:10000")));
+            let page = ["sub_a".to_owned(), "sub_x".to_owned(), "sub_b".to_owned()];
+            tokio::time::timeout(Duration::from_secs(5), hooks.before_write(&page))
+                .await
+                .expect("a page with every write of a meeting waits for no other");
 
             for malformed in ["meet:sub_a+sub_b", "meet:sub_a:soon", "delay:sub_a"] {
                 assert!(parse(malformed).is_empty(), "{malformed}");
@@ -821,7 +1032,7 @@ mod hooks {
             Self
         }
 
-        pub async fn before_write(&self, _target: &str) {}
+        pub async fn before_write(&self, _targets: &[String]) {}
     }
 }
 
@@ -835,6 +1046,8 @@ struct Run<'a, N: FnMut(Note<'_>)> {
     /// linking by e-mail, the one step that reads it.
     linked_users: HashSet<i64>,
     writes: Writes,
+    /// Links gathered for the next page of links (`LINKS_A_PAGE`), in Stripe's order.
+    pending: Vec<PendingLink>,
     progress: Throttle,
     note: &'a mut N,
 }
@@ -916,14 +1129,14 @@ impl<N: FnMut(Note<'_>)> Run<'_, N> {
             }
         }
         drop(checkouts);
-        self.drain(client).await;
+        self.drain(client).await?;
         let (by_metadata, rest): (Vec<_>, Vec<_>) =
             rest.into_iter().partition(|c| c.metadata_user.is_some());
         for customer in &by_metadata {
             self.link_by_metadata(client, customer).await?;
         }
         drop(by_metadata);
-        self.drain(client).await;
+        self.drain(client).await?;
         let users_by_email = if self.link_by_email && !rest.is_empty() {
             let wanted: HashSet<&str> = rest.iter().filter_map(|c| c.email.as_deref()).collect();
             users_by_email(self.db, &wanted).await?
@@ -947,7 +1160,7 @@ impl<N: FnMut(Note<'_>)> Run<'_, N> {
             }
         }
         drop((rest, users_by_email, emails_at_stripe));
-        self.drain(client).await;
+        self.drain(client).await?;
         self.progress(true);
         self.mark_deleted(client, unlisted).await?;
         let subscriptions = client.list("/v1/subscriptions", &[("status", "all"), EXPAND_LIST]);
@@ -1037,7 +1250,7 @@ impl<N: FnMut(Note<'_>)> Run<'_, N> {
                 None => self.link_one(client, id, &object).await?,
             }
         }
-        self.drain(client).await;
+        self.drain(client).await?;
         self.progress(true);
         let subscriptions = client.list(
             "/v1/subscriptions",
@@ -1139,43 +1352,64 @@ impl<N: FnMut(Note<'_>)> Run<'_, N> {
         user: i64,
         via: Via,
     ) -> Result<(), SyncError> {
+        // Two links to one user are never in one page: the second waits for the first.
+        if self.pending.iter().any(|link| link.user == user) {
+            self.start_links(client).await?;
+        }
+        self.pending.push(PendingLink {
+            customer: customer.id.clone(),
+            user,
+            via,
+        });
+        if self.pending.len() >= LINKS_A_PAGE {
+            self.start_links(client).await?;
+        }
+        Ok(())
+    }
+
+    /// Starts the page of links gathered so far as one write, once no link in flight is to
+    /// one of its users and a write slot is free.
+    async fn start_links(&mut self, client: &mut StripeClient) -> Result<(), SyncError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let users: Vec<i64> = self.pending.iter().map(|link| link.user).collect();
         loop {
-            match self.writes.slot(Some(user)) {
+            match self.writes.slot(&users) {
                 Slot::Free => break,
                 Slot::Wait => self.settle_next(client).await,
-                Slot::Stuck => return Err(SyncError::LinkGuardLeft(user)),
+                Slot::Stuck => {
+                    let user = users
+                        .iter()
+                        .copied()
+                        .find(|user| self.writes.linking.contains(user))
+                        .unwrap_or_default();
+                    return Err(SyncError::LinkGuardLeft(user));
+                }
             }
         }
-        let db = self.db.clone();
-        let id = customer.id.clone();
-        let in_flight = InFlight::Link {
-            customer: id.clone(),
-            user,
-        };
-        self.writes.spawn(in_flight, async move {
-            let result = contended(|| stripe_sync::link_customer(&db, user, &id)).await;
-            Written::Link {
-                customer: id,
-                user,
-                via,
-                result,
-            }
-        });
+        let links: Arc<[PendingLink]> = std::mem::take(&mut self.pending).into();
+        let (db, hooks) = (self.db.clone(), self.writes.hooks.clone());
+        self.writes
+            .spawn(InFlight::Links(Arc::clone(&links)), async move {
+                let results = link_page(db, hooks, Arc::clone(&links)).await;
+                Written::Links { links, results }
+            });
         if self.writes.serial {
-            self.drain(client).await;
+            self.settle_all(client).await;
         }
         Ok(())
     }
 
     /// Counts what a link did.
-    fn linked(&mut self, id: &str, user: i64, via: Via, result: Result<LinkOutcome, ApiError>) {
+    fn linked(&mut self, id: &str, user: i64, via: Via, result: Result<LinkOutcome, String>) {
         let outcome = match result {
             Ok(outcome) => outcome,
-            Err(err) => {
+            Err(detail) => {
                 self.tally.failed += 1;
                 (self.note)(Note::Customer {
                     customer: id,
-                    detail: format!("linking to user {user} failed: {err}"),
+                    detail,
                 });
                 return;
             }
@@ -1222,8 +1456,15 @@ impl<N: FnMut(Note<'_>)> Run<'_, N> {
         }
     }
 
+    /// Starts the links gathered, then waits for every write in flight and counts it.
+    async fn drain(&mut self, client: &mut StripeClient) -> Result<(), SyncError> {
+        let started = self.start_links(client).await;
+        self.settle_all(client).await;
+        started
+    }
+
     /// Waits for every write in flight and counts it.
-    async fn drain(&mut self, client: &mut StripeClient) {
+    async fn settle_all(&mut self, client: &mut StripeClient) {
         while !self.writes.tasks.is_empty() {
             self.settle_next(client).await;
         }
@@ -1241,22 +1482,20 @@ impl<N: FnMut(Note<'_>)> Run<'_, N> {
         // Releases the task's own link guard, whatever it returned.
         let ended = self.writes.ended(id);
         match joined {
-            Ok((
-                _,
-                Written::Link {
-                    customer,
-                    user,
-                    via,
-                    result,
-                },
-            )) => self.linked(&customer, user, via, result),
-            Ok((_, Written::Apply { snapshot, attempt })) => {
-                self.applied(client, *snapshot, attempt).await
+            Ok((_, Written::Links { links, results })) => {
+                for (link, result) in links.iter().zip(results) {
+                    self.linked(&link.customer, link.user, link.via, result);
+                }
+            }
+            Ok((_, Written::Apply { page, attempts })) => {
+                for (snapshot, attempt) in page.iter().zip(attempts) {
+                    self.applied(client, snapshot.clone(), attempt).await;
+                }
             }
             // A write's task panicked or was cancelled: its transaction was rolled back
             // (all or nothing), and the run names it and goes on.
             Err(err) => {
-                self.tally.failed += 1;
+                self.tally.failed += ended.as_ref().map_or(1, |ended| ended.len() as u64);
                 let (customer, what) = match &ended {
                     Some(ended) => (ended.customer(), ended.describe()),
                     // Every task is remembered when spawned; kept apart, not guessed.
@@ -1309,6 +1548,7 @@ impl<N: FnMut(Note<'_>)> Run<'_, N> {
             customers.sort_unstable();
             customers.dedup();
             let users = stripe_sync::users_of_customers(self.db, &customers).await?;
+            let mut applicable = Vec::with_capacity(snapshots.len());
             for snapshot in snapshots {
                 if users.get(&snapshot.customer).copied().flatten().is_none() {
                     if is_live(&snapshot.stripe_status) {
@@ -1318,40 +1558,49 @@ impl<N: FnMut(Note<'_>)> Run<'_, N> {
                     }
                     continue;
                 }
-                let snapshot = date_stretch(client, snapshot).await?;
-                self.start_apply(client, snapshot, as_of).await;
+                match date_stretch(client, snapshot).await {
+                    Ok(snapshot) => applicable.push(snapshot),
+                    Err(err) => {
+                        // The page's subscriptions read before the error are written, as
+                        // they were when each was a write of its own.
+                        if !applicable.is_empty() {
+                            self.start_apply(client, applicable, as_of).await;
+                        }
+                        return Err(err.into());
+                    }
+                }
+            }
+            if !applicable.is_empty() {
+                self.start_apply(client, applicable, as_of).await;
             }
             self.settle_ended(client).await;
             self.progress(false);
         }
-        self.drain(client).await;
+        self.drain(client).await?;
         self.progress(true);
         Ok(())
     }
 
-    /// Starts applying one fetched subscription once a write slot is free; counted when it
-    /// ends. Two subscriptions of one customer or user may be in flight together: each
-    /// locks its customer, then the user, as concurrent webhooks do.
-    async fn start_apply(&mut self, client: &mut StripeClient, snapshot: Snapshot, as_of: i64) {
+    /// Starts applying a page of fetched subscriptions (or one) once a write slot is free;
+    /// each counted when the page ends. Two pages with subscriptions of one customer or user
+    /// may be in flight together: each locks its customers, then its subscriptions, then its
+    /// users, each in the order of their ids, which a webhook's order (customer, subscription,
+    /// user) never crosses.
+    async fn start_apply(&mut self, client: &mut StripeClient, page: Vec<Snapshot>, as_of: i64) {
         // A subscription waits for a slot only: no guard, so never `Slot::Stuck` while
         // something is in flight, and a free slot when nothing is.
-        while self.writes.slot(None) == Slot::Wait {
+        while self.writes.slot(&[]) == Slot::Wait {
             self.settle_next(client).await;
         }
-        let db = self.db.clone();
-        let in_flight = InFlight::Apply {
-            customer: snapshot.customer.as_str().into(),
-            subscription: snapshot.subscription.as_str().into(),
-        };
-        self.writes.spawn(in_flight, async move {
-            let attempt = attempt(&db, &snapshot, as_of).await;
-            Written::Apply {
-                snapshot: Box::new(snapshot),
-                attempt,
-            }
-        });
+        let (db, hooks) = (self.db.clone(), self.writes.hooks.clone());
+        let page: Arc<[Snapshot]> = page.into();
+        self.writes
+            .spawn(InFlight::Apply(Arc::clone(&page)), async move {
+                let attempts = apply_page(db, hooks, Arc::clone(&page), as_of).await;
+                Written::Apply { page, attempts }
+            });
         if self.writes.serial {
-            self.drain(client).await;
+            self.settle_all(client).await;
         }
     }
 
@@ -1499,15 +1748,21 @@ async fn stored_differs(db: &Db, snapshot: &Snapshot) -> Result<Option<String>, 
     let stored = stripe_subscriptions::Entity::find_by_id(snapshot.subscription.as_str())
         .one(db)
         .await?;
+    Ok(differs(stored.as_ref(), snapshot))
+}
+
+
+/// `stored` when it is not the snapshot's state (shown for a note), or `None` when they agree.
+fn differs(stored: Option<&stripe_subscriptions::Model>, snapshot: &Snapshot) -> Option<String> {
     let Some(stored) = stored else {
-        return Ok(Some("none".to_owned()));
+        return Some("none".to_owned());
     };
     let period_end = snapshot.current_period_end.map(stored_time);
     if stored.status == snapshot.status.as_str()
         && stored.current_period_end == period_end
         && stored.price_grants_pro == snapshot.price_grants_pro
     {
-        return Ok(None);
+        return None;
     }
     let mut shown = describe(
         &stored.status,
@@ -1516,7 +1771,7 @@ async fn stored_differs(db: &Db, snapshot: &Snapshot) -> Result<Option<String>, 
     if stored.price_grants_pro != snapshot.price_grants_pro {
         shown.push_str(price_note(stored.price_grants_pro));
     }
-    Ok(Some(shown))
+    Some(shown)
 }
 
 /// What a state says of the Pro list, when that is where two states differ.
@@ -1705,35 +1960,46 @@ mod tests {
         assert!(!Writes::new(1).serial);
     }
 
+    fn links(pairs: &[(&str, i64)]) -> Arc<[PendingLink]> {
+        pairs
+            .iter()
+            .map(|(customer, user)| PendingLink {
+                customer: (*customer).into(),
+                user: *user,
+                via: Via::Checkout,
+            })
+            .collect()
+    }
+
     #[tokio::test]
     async fn a_link_guard_without_its_task_is_an_error_not_a_wait() {
         let mut writes = Writes::new(4);
-        assert_eq!(writes.slot(Some(7)), Slot::Free);
+        assert_eq!(writes.slot(&[7]), Slot::Free);
         // The invariant broken: a guard with no task in flight that could release it.
         writes.linking.insert(7);
-        assert_eq!(writes.slot(Some(7)), Slot::Stuck);
-        assert_eq!(writes.slot(Some(8)), Slot::Free);
-        // With a task in flight, waiting for it is right, and its end releases its guard.
+        assert_eq!(writes.slot(&[7]), Slot::Stuck);
+        assert_eq!(writes.slot(&[8, 7]), Slot::Stuck);
+        assert_eq!(writes.slot(&[8]), Slot::Free);
+        // With a page of links in flight, waiting for it is right for a link to any of its
+        // users, and its end releases every one of their guards.
         writes.linking.clear();
-        let in_flight = InFlight::Link {
-            customer: "cus_a".into(),
-            user: 7,
-        };
-        writes.spawn(in_flight, async {
-            Written::Link {
-                customer: "cus_a".into(),
-                user: 7,
-                via: Via::Checkout,
-                result: Ok(LinkOutcome::Linked),
+        let page = links(&[("cus_a", 7), ("cus_b", 9)]);
+        let written = Arc::clone(&page);
+        writes.spawn(InFlight::Links(page), async move {
+            Written::Links {
+                links: written,
+                results: vec![Ok(LinkOutcome::Linked), Ok(LinkOutcome::Linked)],
             }
         });
-        assert_eq!(writes.slot(Some(7)), Slot::Wait);
+        assert_eq!(writes.slot(&[7]), Slot::Wait);
+        assert_eq!(writes.slot(&[8, 9]), Slot::Wait);
+        assert_eq!(writes.slot(&[8]), Slot::Free);
         let joined = writes.tasks.join_next_with_id().await;
         let Some(Ok((id, _))) = joined else {
             panic!("the task did not end with an answer");
         };
         assert!(writes.ended(id).is_some());
-        assert_eq!(writes.slot(Some(7)), Slot::Free);
+        assert_eq!(writes.slot(&[7, 9]), Slot::Free);
     }
 
     #[tokio::test]
@@ -1746,18 +2012,9 @@ mod tests {
             panic!("a write that panics")
         }
         let mut writes = Writes::new(4);
+        writes.spawn(InFlight::Links(links(&[("cus_slow", 1)])), slow());
         writes.spawn(
-            InFlight::Link {
-                customer: "cus_slow".into(),
-                user: 1,
-            },
-            slow(),
-        );
-        writes.spawn(
-            InFlight::Apply {
-                customer: "cus_boom".into(),
-                subscription: "sub_boom".into(),
-            },
+            InFlight::Links(links(&[("cus_boom", 2), ("cus_bang", 3)])),
             boom(),
         );
         let Some(Err(err)) = writes.tasks.join_next_with_id().await else {
@@ -1766,10 +2023,27 @@ mod tests {
         assert!(err.is_panic());
         let ended = writes.ended(err.id()).expect("remembered");
         assert_eq!(ended.customer(), "cus_boom");
-        assert_eq!(ended.describe(), "subscription sub_boom");
-        // The other link's guard is still held.
-        assert_eq!(writes.slot(Some(1)), Slot::Wait);
+        assert_eq!(ended.describe(), "a page of 2 links");
+        assert_eq!(ended.len(), 2);
+        // The other link's guard is still held; the panicked page's are released.
+        assert_eq!(writes.slot(&[1]), Slot::Wait);
+        assert_eq!(writes.slot(&[2, 3]), Slot::Free);
         writes.tasks.abort_all();
+    }
+
+    /// A write whose task dies is reported by `isolated`, not propagated: the page's other
+    /// rows can still be written one at a time.
+    #[tokio::test]
+    async fn an_isolated_write_that_panics_says_so() {
+        let hooks = hooks::WriteHooks::default();
+        let ended = isolated(&hooks, vec!["sub_x".to_owned()], async {
+            if std::hint::black_box(true) {
+                panic!("a write that panics");
+            }
+        })
+        .await;
+        assert_eq!(ended, Err("panicked"));
+        assert_eq!(isolated(&hooks, Vec::new(), async { 5 }).await, Ok(5));
     }
 
     #[test]

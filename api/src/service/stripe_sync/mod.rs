@@ -40,8 +40,6 @@
 //! PostgreSQL and MySQL; SQLite runs one writer at a time). Concurrent deliveries therefore end
 //! in the state sequential ones would.
 
-use std::time::Duration;
-
 use crate::db::Db;
 use crate::stripe::stored_time::stored_time;
 use chrono::Utc;
@@ -52,11 +50,14 @@ use entity::{
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction,
     DbBackend, DbErr, EntityTrait, IntoActiveModel, IsolationLevel, QueryFilter, QueryOrder,
-    QuerySelect, SqlErr, SqliteTransactionMode, TransactionOptions,
+    QuerySelect, SqlErr, SqliteTransactionMode, TransactionOptions, sea_query::Expr,
 };
 
 use crate::error::ApiError;
 use crate::stripe::event::{Action, Event, Snapshot, lifecycle_rank};
+
+mod batch;
+pub use batch::{apply_fetched_subscriptions, link_customers, stored_subscriptions};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -143,13 +144,18 @@ pub async fn apply_fetched_subscription(
     observed_at: i64,
 ) -> Result<Outcome, ApiError> {
     Ok(retrying!(db, |txn| async {
-        Ok(
-            match apply_snapshot(txn, snapshot, observed_at - 1).await? {
-                (Kept::Unchanged | Kept::Stale, Outcome::Applied) => Outcome::Duplicate,
-                (_, outcome) => outcome,
-            },
-        )
+        Ok(fetched_outcome(
+            apply_snapshot(txn, snapshot, observed_at - 1).await?,
+        ))
     }))
+}
+
+/// What a fetched snapshot's write answers: [`Outcome::Duplicate`] when it changed no state.
+fn fetched_outcome(applied: (Kept, Outcome)) -> Outcome {
+    match applied {
+        (Kept::Unchanged | Kept::Stale, Outcome::Applied) => Outcome::Duplicate,
+        (_, outcome) => outcome,
+    }
 }
 
 /// Links a Stripe customer to a user: never one customer to two users, and a user keeps every
@@ -219,7 +225,9 @@ macro_rules! retrying {
         let mut attempt = 1;
         loop {
             let txn = db
-                .begin_with_options(options(db.get_database_backend()))
+                .begin_with_options($crate::service::stripe_sync::options(
+                    db.get_database_backend(),
+                ))
                 .await?;
             let result = {
                 let $txn = &txn;
@@ -235,9 +243,15 @@ macro_rules! retrying {
             };
             match result {
                 Ok(value) => break value,
-                Err(err) if attempt < ATTEMPTS && worth_retrying(&err) => {
+                Err(err)
+                    if attempt < $crate::service::stripe_sync::ATTEMPTS
+                        && $crate::service::stripe_sync::worth_retrying(&err) =>
+                {
                     tracing::debug!(error = %err, attempt, "Stripe write conflicted; retrying");
-                    tokio::time::sleep(Duration::from_millis(10 * u64::from(attempt))).await;
+                    tokio::time::sleep(std::time::Duration::from_millis(
+                        10 * u64::from(attempt),
+                    ))
+                    .await;
                     attempt += 1;
                 }
                 Err(err) => return Err(err.into()),
@@ -331,7 +345,7 @@ async fn pause_after_record(event: &str) {
     }
     eprintln!("paused after recording {event}");
     loop {
-        tokio::time::sleep(Duration::from_secs(3600)).await;
+        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
     }
 }
 
@@ -452,17 +466,64 @@ async fn keep_snapshot<C: ConnectionTrait>(
     snapshot: &Snapshot,
     created: i64,
 ) -> Result<Kept, DbErr> {
-    let period_end = snapshot.current_period_end.map(stored_time);
-    let rank = lifecycle_rank(snapshot.status);
-    let incoming: Key = (created, rank, period_end);
     let stored = stripe_subscriptions::Entity::find_by_id(snapshot.subscription.as_str())
         .lock_exclusive()
         .one(db)
         .await?;
-    let now = Utc::now().fixed_offset();
+    let plan = plan_keep(stored, snapshot, created, Utc::now().fixed_offset());
+    let kept = plan.kept();
+    match plan {
+        Keep::Insert(row) => {
+            row.insert(db).await?;
+        }
+        Keep::Update(row) => {
+            row.update(db).await?;
+        }
+        Keep::MoveKey { created, rank } => {
+            move_keys(db, &[snapshot.subscription.as_str()], created, rank).await?;
+        }
+        Keep::Stale => {}
+    }
+    Ok(kept)
+}
+
+/// What storing a snapshot over its subscription's stored row (locked) comes to: the write it
+/// needs, decided without writing, so that one subscription's write and a page's
+/// ([`batch`]) follow the one rule.
+enum Keep {
+    /// A subscription not stored before.
+    Insert(stripe_subscriptions::ActiveModel),
+    /// A changed state ([`Kept::Changed`]): a newer snapshot that differs, or an older one
+    /// of the same period that dates the past-due stretch earlier.
+    Update(stripe_subscriptions::ActiveModel),
+    /// Newer, same state ([`Kept::Unchanged`]): only the key moves.
+    MoveKey { created: i64, rank: i16 },
+    /// Not newer ([`Kept::Stale`]): nothing to write.
+    Stale,
+}
+
+impl Keep {
+    fn kept(&self) -> Kept {
+        match self {
+            Keep::Insert(_) | Keep::Update(_) => Kept::Changed,
+            Keep::MoveKey { .. } => Kept::Unchanged,
+            Keep::Stale => Kept::Stale,
+        }
+    }
+}
+
+fn plan_keep(
+    stored: Option<stripe_subscriptions::Model>,
+    snapshot: &Snapshot,
+    created: i64,
+    now: chrono::DateTime<chrono::FixedOffset>,
+) -> Keep {
+    let period_end = snapshot.current_period_end.map(stored_time);
+    let rank = lifecycle_rank(snapshot.status);
+    let incoming: Key = (created, rank, period_end);
     let failed_at = past_due_start(snapshot, created);
     let Some(stored) = stored else {
-        stripe_subscriptions::ActiveModel {
+        return Keep::Insert(stripe_subscriptions::ActiveModel {
             subscription_id: Set(snapshot.subscription.clone()),
             customer_id: Set(snapshot.customer.clone()),
             status: Set(snapshot.status.as_str().to_owned()),
@@ -473,10 +534,7 @@ async fn keep_snapshot<C: ConnectionTrait>(
             past_due_since: Set(failed_at),
             ends_at_period_end: Set(snapshot.ends_at_period_end),
             price_grants_pro: Set(snapshot.price_grants_pro),
-        }
-        .insert(db)
-        .await?;
-        return Ok(Kept::Changed);
+        });
     };
     let still_past_due =
         failed_at.is_some() && stored.status == SubscriptionStatus::PastDue.as_str();
@@ -498,10 +556,9 @@ async fn keep_snapshot<C: ConnectionTrait>(
             let mut row = stored.into_active_model();
             row.past_due_since = Set(past_due_since);
             row.updated_at = Set(now);
-            row.update(db).await?;
-            return Ok(Kept::Changed);
+            return Keep::Update(row);
         }
-        return Ok(Kept::Stale);
+        return Keep::Stale;
     }
     let same_state = stored.status == snapshot.status.as_str()
         && stored.current_period_end == period_end
@@ -509,21 +566,42 @@ async fn keep_snapshot<C: ConnectionTrait>(
         && stored.ends_at_period_end == snapshot.ends_at_period_end
         // The Pro list changed since it was stored: a changed state.
         && stored.price_grants_pro == snapshot.price_grants_pro;
+    if same_state {
+        return Keep::MoveKey {
+            created,
+            rank: i16::from(rank),
+        };
+    }
     let mut row = stored.into_active_model();
     row.created = Set(created);
     row.lifecycle_rank = Set(i16::from(rank));
-    if same_state {
-        row.update(db).await?;
-        return Ok(Kept::Unchanged);
-    }
     row.status = Set(snapshot.status.as_str().to_owned());
     row.current_period_end = Set(period_end);
     row.past_due_since = Set(past_due_since);
     row.ends_at_period_end = Set(snapshot.ends_at_period_end);
     row.price_grants_pro = Set(snapshot.price_grants_pro);
     row.updated_at = Set(now);
-    row.update(db).await?;
-    Ok(Kept::Changed)
+    Keep::Update(row)
+}
+
+/// Moves the stored key of `subscriptions` (unchanged states) to `(created, rank)`, in one
+/// statement: so that an event created before the read can no longer roll them back.
+async fn move_keys<C: ConnectionTrait>(
+    db: &C,
+    subscriptions: &[&str],
+    created: i64,
+    rank: i16,
+) -> Result<(), DbErr> {
+    stripe_subscriptions::Entity::update_many()
+        .col_expr(stripe_subscriptions::Column::Created, Expr::value(created))
+        .col_expr(
+            stripe_subscriptions::Column::LifecycleRank,
+            Expr::value(rank),
+        )
+        .filter(stripe_subscriptions::Column::SubscriptionId.is_in(subscriptions.iter().copied()))
+        .exec(db)
+        .await?;
+    Ok(())
 }
 
 /// When a `past_due` snapshot says the payment failed: the open renewal invoice's
@@ -569,6 +647,51 @@ async fn refresh_user<C: ConnectionTrait>(
         return Ok(());
     };
     let rows = entity::subscriptions_of(db, user_id).await?;
+    settle_user(db, user, &rows, if_none).await
+}
+
+/// [`refresh_user`]'s work once the user's row is locked and `rows` are every subscription
+/// of their live customers: sets the columns, when they change.
+async fn settle_user<C: ConnectionTrait>(
+    db: &C,
+    user: users::Model,
+    rows: &[stripe_subscriptions::Model],
+    if_none: IfNone,
+) -> Result<(), DbErr> {
+    let Some(columns) = settled(&user, rows, if_none) else {
+        return Ok(());
+    };
+    let mut active = user.into_active_model();
+    active.stripe_customer_id = Set(columns.stripe_customer_id);
+    active.subscription_id = Set(columns.subscription_id);
+    active.subscription_status = Set(columns.subscription_status);
+    active.current_period_end = Set(columns.current_period_end);
+    active.past_due_since = Set(columns.past_due_since);
+    active.ends_at_period_end = Set(columns.ends_at_period_end);
+    active.price_grants_pro = Set(columns.price_grants_pro);
+    active.updated_at = Set(Utc::now().fixed_offset());
+    active.update(db).await?;
+    Ok(())
+}
+
+/// A user's billing columns, as [`settled`] decides them.
+struct UserColumns {
+    stripe_customer_id: Option<String>,
+    subscription_id: Option<String>,
+    subscription_status: String,
+    current_period_end: Option<chrono::DateTime<chrono::FixedOffset>>,
+    past_due_since: Option<chrono::DateTime<chrono::FixedOffset>>,
+    ends_at_period_end: bool,
+    price_grants_pro: bool,
+}
+
+/// The user's columns as the subscription that decides the tier among `rows` (every
+/// subscription of their live customers) sets them; `None` when they would not change.
+fn settled(
+    user: &users::Model,
+    rows: &[stripe_subscriptions::Model],
+    if_none: IfNone,
+) -> Option<UserColumns> {
     let standings: Vec<Standing> = rows.iter().map(Standing::from).collect();
     let decides = decider(&standings, Utc::now());
     let (customer, decides) = match decides {
@@ -590,34 +713,28 @@ async fn refresh_user<C: ConnectionTrait>(
                 price_grants_pro: true,
             },
         ),
-        None => return Ok(()),
+        None => return None,
     };
     // The column admits m006's six statuses (m011 says why): `incomplete` and `paused` show
     // as the nearest, which grant nothing either.
     let status = decides.status.for_user_column();
-    let period_end = decides.current_period_end.map(stored_time);
-    let past_due_since = decides.past_due_since.map(stored_time);
-    if user.stripe_customer_id == customer
-        && user.subscription_id == decides.subscription_id
-        && user.subscription_status == status.as_str()
-        && user.current_period_end == period_end
-        && user.past_due_since == past_due_since
-        && user.ends_at_period_end == decides.ends_at_period_end
-        && user.price_grants_pro == decides.price_grants_pro
-    {
-        return Ok(());
-    }
-    let mut active = user.into_active_model();
-    active.stripe_customer_id = Set(customer);
-    active.subscription_id = Set(decides.subscription_id);
-    active.subscription_status = Set(status.into());
-    active.current_period_end = Set(period_end);
-    active.past_due_since = Set(past_due_since);
-    active.ends_at_period_end = Set(decides.ends_at_period_end);
-    active.price_grants_pro = Set(decides.price_grants_pro);
-    active.updated_at = Set(Utc::now().fixed_offset());
-    active.update(db).await?;
-    Ok(())
+    let columns = UserColumns {
+        stripe_customer_id: customer,
+        subscription_id: decides.subscription_id,
+        subscription_status: status.as_str().to_owned(),
+        current_period_end: decides.current_period_end.map(stored_time),
+        past_due_since: decides.past_due_since.map(stored_time),
+        ends_at_period_end: decides.ends_at_period_end,
+        price_grants_pro: decides.price_grants_pro,
+    };
+    let unchanged = user.stripe_customer_id == columns.stripe_customer_id
+        && user.subscription_id == columns.subscription_id
+        && user.subscription_status == columns.subscription_status
+        && user.current_period_end == columns.current_period_end
+        && user.past_due_since == columns.past_due_since
+        && user.ends_at_period_end == columns.ends_at_period_end
+        && user.price_grants_pro == columns.price_grants_pro;
+    (!unchanged).then_some(columns)
 }
 
 /// Checkout completed: link `customer` to `user_id` under the rules of [`link_customer`].
@@ -629,33 +746,12 @@ async fn link<C: ConnectionTrait>(
     subscription: Option<&str>,
 ) -> Result<LinkOutcome, DbErr> {
     let row = lock_customer(db, customer).await?;
-    if row.deleted_at.is_some() {
-        tracing::info!(
-            customer,
-            "checkout for a customer Stripe has since deleted; not linked"
-        );
-        return Ok(LinkOutcome::CustomerDeleted);
+    if let Some(refused) = customer_refuses(&row, user_id) {
+        return Ok(refused);
     }
-    match row.user_id {
-        Some(owner) if owner == user_id => return Ok(LinkOutcome::AlreadyLinked),
-        Some(owner) => {
-            tracing::warn!(
-                user_id,
-                owner,
-                customer,
-                "customer already linked to another user; not linked"
-            );
-            return Ok(LinkOutcome::LinkedToAnotherUser);
-        }
-        None => {}
-    }
-    let Some(user) = super::lock_user_rows(db, users::Entity::find_by_id(user_id))
+    let user = super::lock_user_rows(db, users::Entity::find_by_id(user_id))
         .one(db)
-        .await?
-    else {
-        tracing::warn!(user_id, customer, "checkout names a user we do not have");
-        return Ok(LinkOutcome::UnknownUser);
-    };
+        .await?;
     // Checked, not left to the unique index: a violation would abort the transaction on
     // PostgreSQL and take the event's record with it.
     let claimed = users::Entity::find()
@@ -663,25 +759,10 @@ async fn link<C: ConnectionTrait>(
         .filter(users::Column::Id.ne(user_id))
         .one(db)
         .await?;
-    if let Some(other) = claimed {
-        tracing::warn!(
-            user_id,
-            owner = other.id,
-            customer,
-            "customer already linked to another user; not linked"
-        );
-        return Ok(LinkOutcome::LinkedToAnotherUser);
-    }
-    if let Some(previous) = &user.stripe_customer_id
-        && previous != customer
-    {
-        tracing::info!(
-            user_id,
-            previous,
-            customer,
-            "user linked to a second Stripe customer; both count"
-        );
-    }
+    let user = match user_refuses(user, claimed.map(|other| other.id), user_id, customer) {
+        Ok(user) => user,
+        Err(refused) => return Ok(refused),
+    };
     let mut linked = row.into_active_model();
     linked.user_id = Set(Some(user_id));
     linked.update(db).await?;
@@ -696,6 +777,66 @@ async fn link<C: ConnectionTrait>(
     active.update(db).await?;
     refresh_user(db, user_id, IfNone::Keep).await?;
     Ok(LinkOutcome::Linked)
+}
+
+/// What the customer's (locked) row says of linking it to `user_id`, when that settles it:
+/// deleted at Stripe, linked to this user already, or to another.
+fn customer_refuses(row: &stripe_customers::Model, user_id: i64) -> Option<LinkOutcome> {
+    let customer = row.customer_id.as_str();
+    if row.deleted_at.is_some() {
+        tracing::info!(
+            customer,
+            "checkout for a customer Stripe has since deleted; not linked"
+        );
+        return Some(LinkOutcome::CustomerDeleted);
+    }
+    match row.user_id {
+        Some(owner) if owner == user_id => Some(LinkOutcome::AlreadyLinked),
+        Some(owner) => {
+            tracing::warn!(
+                user_id,
+                owner,
+                customer,
+                "customer already linked to another user; not linked"
+            );
+            Some(LinkOutcome::LinkedToAnotherUser)
+        }
+        None => None,
+    }
+}
+
+/// The user to link the customer to (their locked row), unless we have no such user or
+/// another user's `stripe_customer_id` holds the customer (`claimed_by`).
+fn user_refuses(
+    user: Option<users::Model>,
+    claimed_by: Option<i64>,
+    user_id: i64,
+    customer: &str,
+) -> Result<users::Model, LinkOutcome> {
+    let Some(user) = user else {
+        tracing::warn!(user_id, customer, "checkout names a user we do not have");
+        return Err(LinkOutcome::UnknownUser);
+    };
+    if let Some(owner) = claimed_by.filter(|&owner| owner != user_id) {
+        tracing::warn!(
+            user_id,
+            owner,
+            customer,
+            "customer already linked to another user; not linked"
+        );
+        return Err(LinkOutcome::LinkedToAnotherUser);
+    }
+    if let Some(previous) = &user.stripe_customer_id
+        && previous != customer
+    {
+        tracing::info!(
+            user_id,
+            previous,
+            customer,
+            "user linked to a second Stripe customer; both count"
+        );
+    }
+    Ok(user)
 }
 
 /// `customer.deleted`: the customer's subscriptions stop counting and it is never linked
