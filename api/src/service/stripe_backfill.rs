@@ -88,7 +88,7 @@ use crate::stripe::stored_time::stored_time;
 use serde_json::Value;
 
 use crate::error::ApiError;
-use crate::service::stripe_sync::{self, LinkOutcome, Outcome};
+use crate::service::stripe_sync::{self, Grown, LinkOutcome, Outcome};
 use crate::stripe::client::{ApiKey, Listing, StripeClient, StripeError};
 use crate::stripe::event::{
     MAX_ID_CHARS, Snapshot, UnpaidRun, snapshot_from_subscription, storable,
@@ -353,6 +353,7 @@ pub async fn sync(
         linked_users: HashSet::new(),
         writes: Writes::new(writers),
         pending: Vec::new(),
+        growth: Default::default(),
         progress: Throttle::default(),
         note: &mut note,
     };
@@ -1048,6 +1049,8 @@ struct Run<'a, N: FnMut(Note<'_>)> {
     writes: Writes,
     /// Links gathered for the next page of links (`LINKS_A_PAGE`), in Stripe's order.
     pending: Vec<PendingLink>,
+    /// Rows written to `stripe_customers` and `stripe_subscriptions`.
+    growth: (Growth, Growth),
     progress: Throttle,
     note: &'a mut N,
 }
@@ -1486,11 +1489,18 @@ impl<N: FnMut(Note<'_>)> Run<'_, N> {
                 for (link, result) in links.iter().zip(results) {
                     self.linked(&link.customer, link.user, link.via, result);
                 }
+                // Each link stores its customer's row, if it was not stored yet.
+                self.grew(Grown::Customers, links.len()).await;
             }
             Ok((_, Written::Apply { page, attempts })) => {
+                let written = attempts
+                    .iter()
+                    .filter(|a| matches!(a, Attempt::Updated))
+                    .count();
                 for (snapshot, attempt) in page.iter().zip(attempts) {
                     self.applied(client, snapshot.clone(), attempt).await;
                 }
+                self.grew(Grown::Subscriptions, written).await;
             }
             // A write's task panicked or was cancelled: its transaction was rolled back
             // (all or nothing), and the run names it and goes on.
@@ -1511,6 +1521,21 @@ impl<N: FnMut(Note<'_>)> Run<'_, N> {
                     detail: format!("{what}: its task {why}; nothing of it was written"),
                 });
             }
+        }
+    }
+
+    /// Counts `rows` written to `table` (stored, or at most that many), and refreshes its
+    /// statistics when it has grown enough ([`Growth`]).
+    async fn grew(&mut self, table: Grown, rows: usize) {
+        let growth = match table {
+            Grown::Customers => &mut self.growth.0,
+            Grown::Subscriptions => &mut self.growth.1,
+        };
+        if !growth.add(rows as u64) {
+            return;
+        }
+        if let Err(err) = stripe_sync::refresh_statistics(self.db, table).await {
+            tracing::warn!(error = %err, ?table, "refreshing the table's statistics failed; going on");
         }
     }
 
@@ -1751,7 +1776,6 @@ async fn stored_differs(db: &Db, snapshot: &Snapshot) -> Result<Option<String>, 
     Ok(differs(stored.as_ref(), snapshot))
 }
 
-
 /// `stored` when it is not the snapshot's state (shown for a note), or `None` when they agree.
 fn differs(stored: Option<&stripe_subscriptions::Model>, snapshot: &Snapshot) -> Option<String> {
     let Some(stored) = stored else {
@@ -1880,6 +1904,29 @@ async fn users_by_email(
     Ok(by_email)
 }
 
+/// Rows a run wrote to a table, and when its statistics are refreshed next
+/// (`stripe_sync::refresh_statistics`): at [`Growth::FIRST`] rows, then each time the count
+/// has doubled, so a million rows cost seven refreshes, each a sample of the table.
+#[derive(Default)]
+struct Growth {
+    written: u64,
+    next: u64,
+}
+
+impl Growth {
+    const FIRST: u64 = 10_000;
+
+    /// Counts `rows`; true when the statistics are due.
+    fn add(&mut self, rows: u64) -> bool {
+        self.written += rows;
+        if self.written < self.next.max(Self::FIRST) {
+            return false;
+        }
+        self.next = self.written * 2;
+        true
+    }
+}
+
 /// Progress every few seconds, not every page.
 #[derive(Default)]
 struct Throttle {
@@ -1958,6 +2005,16 @@ mod tests {
         let serial = Writes::new(0);
         assert!(serial.serial && serial.limit == 1);
         assert!(!Writes::new(1).serial);
+    }
+
+    #[test]
+    fn statistics_are_refreshed_as_a_table_doubles() {
+        let mut growth = Growth::default();
+        let due: Vec<u64> = (1..=200)
+            .filter(|_| growth.add(1_000))
+            .map(|n| n * 1_000)
+            .collect();
+        assert_eq!(due, [10_000, 20_000, 40_000, 80_000, 160_000]);
     }
 
     fn links(pairs: &[(&str, i64)]) -> Arc<[PendingLink]> {

@@ -27,15 +27,15 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use chrono::Utc;
 use entity::{stripe_customers, stripe_subscriptions, users};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, IntoActiveModel,
+    QueryFilter, QueryOrder, QuerySelect,
 };
 
 use sea_orm::sea_query::{CaseStatement, Expr};
 
 use super::{
     IfNone, Keep, Kept, LinkOutcome, Outcome, UserColumns, customer_refuses, fetched_outcome,
-    linked_user, lock_customer, move_keys, plan_keep, retrying, settled, user_refuses,
+    linked_user, move_keys, plan_keep, retrying, settled, user_refuses,
 };
 use crate::db::Db;
 use crate::error::ApiError;
@@ -126,8 +126,8 @@ async fn apply_page<C: ConnectionTrait>(
     Ok(outcomes)
 }
 
-/// The customers' rows, locked in the order of their ids; one the database does not hold yet
-/// is created (and locked) after them, as a webhook would create it.
+/// The customers' rows, locked in the order of their ids; those the database does not hold
+/// yet are created (and so locked) after them, as a webhook creates one.
 async fn lock_customers<'a, C: ConnectionTrait>(
     db: &C,
     ids: impl Iterator<Item = &'a str>,
@@ -142,12 +142,32 @@ async fn lock_customers<'a, C: ConnectionTrait>(
         .into_iter()
         .map(|row| (row.customer_id.clone(), row))
         .collect();
-    for id in ids {
-        if !locked.contains_key(id) {
-            let row = lock_customer(db, id).await?;
-            locked.insert(id.to_owned(), row);
-        }
-    }
+    let now = Utc::now().fixed_offset();
+    let created: Vec<stripe_customers::Model> = ids
+        .iter()
+        .filter(|id| !locked.contains_key(**id))
+        .map(|id| stripe_customers::Model {
+            customer_id: (*id).to_owned(),
+            user_id: None,
+            deleted_at: None,
+            created_at: now,
+        })
+        .collect();
+    // One statement for all of them. A twin's insert of one (a webhook's, meanwhile) is a
+    // unique violation, which starts the page again; the select above then finds it.
+    stripe_customers::Entity::insert_many(
+        created
+            .iter()
+            .cloned()
+            .map(IntoActiveModel::into_active_model),
+    )
+    .exec_without_returning(db)
+    .await?;
+    locked.extend(
+        created
+            .into_iter()
+            .map(|row| (row.customer_id.clone(), row)),
+    );
     Ok(locked)
 }
 
@@ -448,5 +468,32 @@ async fn link_rows<C: ConnectionTrait>(db: &C, linked: &[(i64, &str)]) -> Result
         .filter(users::Column::Id.is_in(linked.iter().map(|(user, _)| *user)))
         .exec(db)
         .await?;
+    Ok(())
+}
+
+/// A table a `stripe-sync` run grows.
+#[derive(Debug, Clone, Copy)]
+pub enum Grown {
+    Customers,
+    Subscriptions,
+}
+
+/// PostgreSQL: refreshes the planner's statistics of a table a `stripe-sync` run is growing.
+/// A page reads `IN (…)` lists over non-unique indexes (customers by user, subscriptions by
+/// customer); planned from the statistics of the near-empty table it was (right after m010,
+/// or where autovacuum is off or has not come round yet), each read turns into a scan of the
+/// whole table, and a first run at a million customers slows to a crawl (docs/benchmarks.md).
+/// A role that does not own the table gets a warning from PostgreSQL and keeps the old
+/// statistics. Other backends are left to their own: InnoDB recalculates as a table changes,
+/// SQLite plans without.
+pub async fn refresh_statistics(db: &Db, table: Grown) -> Result<(), ApiError> {
+    if db.get_database_backend() != sea_orm::DbBackend::Postgres {
+        return Ok(());
+    }
+    let table = match table {
+        Grown::Customers => "stripe_customers",
+        Grown::Subscriptions => "stripe_subscriptions",
+    };
+    db.execute_unprepared(&format!("ANALYZE {table}")).await?;
     Ok(())
 }

@@ -57,7 +57,9 @@ use crate::error::ApiError;
 use crate::stripe::event::{Action, Event, Snapshot, lifecycle_rank};
 
 mod batch;
-pub use batch::{apply_fetched_subscriptions, link_customers, stored_subscriptions};
+pub use batch::{
+    Grown, apply_fetched_subscriptions, link_customers, refresh_statistics, stored_subscriptions,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
