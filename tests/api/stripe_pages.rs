@@ -5,8 +5,8 @@
 //! other one subscription at a time; every billing column, snapshot and link compared.
 
 use api::service::stripe_sync::{
-    LinkOutcome, Outcome, apply_fetched_subscription, apply_fetched_subscriptions,
-    customer_deleted, link_customer, link_customers,
+    Grown, LinkOutcome, Outcome, apply_fetched_subscription, apply_fetched_subscriptions,
+    customer_deleted, link_customer, link_customers, refresh_statistics,
 };
 use api::stripe::event::Snapshot;
 use chrono::{DateTime, Utc};
@@ -17,6 +17,7 @@ use crate::support::{self, Backend};
 
 crate::on_every_backend!(a_page_leaves_what_its_subscriptions_one_at_a_time_leave);
 crate::on_every_backend!(a_page_of_links_leaves_what_linking_one_at_a_time_leaves);
+crate::on_every_backend!(the_tables_a_run_grows_get_fresh_statistics);
 
 const DAY: i64 = 86_400;
 
@@ -319,4 +320,26 @@ async fn a_page_of_links_leaves_what_linking_one_at_a_time_leaves(backend: Backe
         paged.billing_row("five@example.com").await,
         "cus_legacy|-|none|-"
     );
+}
+
+/// `refresh_statistics` analyzes the tables a run grows on PostgreSQL (pages plan their
+/// `IN (…)` reads from those statistics), and is a no-op elsewhere, without an error.
+async fn the_tables_a_run_grows_get_fresh_statistics(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let db = app.service_db();
+    for table in [Grown::Customers, Grown::Subscriptions] {
+        refresh_statistics(&db, table)
+            .await
+            .unwrap_or_else(|e| panic!("{table:?}: {e}"));
+    }
+    if backend == Backend::Postgres {
+        let analyzed = app
+            .db
+            .texts(
+                "SELECT relname FROM pg_stat_user_tables WHERE last_analyze IS NOT NULL \
+                 AND relname IN ('stripe_customers', 'stripe_subscriptions') ORDER BY relname",
+            )
+            .await;
+        assert_eq!(analyzed, ["stripe_customers", "stripe_subscriptions"]);
+    }
 }
