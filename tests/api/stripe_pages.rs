@@ -96,7 +96,9 @@ async fn billing_state(app: &TestApp) -> Vec<String> {
 /// Every kind of write a page can hold, against a stored state set one subscription at a time
 /// in both databases: a new subscription, one unchanged (only its key moves), one changed, a
 /// past-due stretch that goes on into a new period (its start kept), one older than what is
-/// stored (a later event), a customer no user has and one the database has never seen, two
+/// stored (a later event), one older but of the same period whose failed invoice dates the
+/// past-due stretch earlier, a renewal turned off and a price off the Pro list, a customer
+/// deleted at Stripe, a customer no user has and one the database has never seen, two
 /// customers of one user in one page, a subscription twice in one page, and a page of one.
 async fn a_page_leaves_what_its_subscriptions_one_at_a_time_leave(backend: Backend) {
     use SubscriptionStatus::{Active, Canceled, PastDue, Trialing};
@@ -104,10 +106,22 @@ async fn a_page_leaves_what_its_subscriptions_one_at_a_time_leave(backend: Backe
     let single = spawn_app(backend).await;
     let t0 = Utc::now().timestamp() - 10 * DAY;
     let end = t0 + 20 * DAY;
+    // Failed five days before the page's read: dates the stretch stored later earlier.
+    let failed_earlier = Snapshot {
+        unpaid_invoice_since: DateTime::from_timestamp(t0 - 5 * DAY, 0),
+        ..snapshot("cus_d", "sub_d2", PastDue, end)
+    };
+    let renewal_off = Snapshot {
+        ends_at_period_end: true,
+        price_grants_pro: false,
+        ..snapshot("cus_b", "sub_b1", Active, end + 5 * DAY)
+    };
     let before = [
         (snapshot("cus_a", "sub_a1", Active, end), t0),
         (snapshot("cus_c", "sub_c1", PastDue, end), t0),
         (snapshot("cus_d", "sub_d1", Active, end), t0),
+        (snapshot("cus_d", "sub_d2", PastDue, end), t0 + 500),
+        (snapshot("cus_del", "sub_del", Active, end), t0),
         // A later read (or event) that a page read earlier must not roll back.
         (snapshot("cus_d", "sub_d1", Canceled, end), t0 + 1_000),
     ];
@@ -120,6 +134,8 @@ async fn a_page_leaves_what_its_subscriptions_one_at_a_time_leave(backend: Backe
                 snapshot("cus_c", "sub_c1", PastDue, end + 30 * DAY),
                 snapshot("cus_d", "sub_d1", Active, end),
                 snapshot("cus_x", "sub_x1", Active, end),
+                failed_earlier,
+                snapshot("cus_del", "sub_del", Canceled, end),
             ],
             t0 + 100,
         ),
@@ -138,7 +154,7 @@ async fn a_page_leaves_what_its_subscriptions_one_at_a_time_leave(backend: Backe
         (
             vec![
                 snapshot("cus_a", "sub_a1", Canceled, end),
-                snapshot("cus_b", "sub_b1", Active, end + 5 * DAY),
+                renewal_off,
                 snapshot("cus_c", "sub_c1", Active, end + 30 * DAY),
                 snapshot("cus_x", "sub_x1", Canceled, end),
             ],
@@ -148,11 +164,14 @@ async fn a_page_leaves_what_its_subscriptions_one_at_a_time_leave(backend: Backe
     for app in [&paged, &single] {
         users_and_links(app).await;
         let db = &app.service_db();
+        let four = app.user_id("four@example.com").await;
+        link_customer(db, four, "cus_del").await.expect("link");
         for (snapshot, at) in &before {
             apply_fetched_subscription(db, snapshot, *at)
                 .await
                 .expect("stored before");
         }
+        customer_deleted(db, "cus_del").await.expect("deleted");
     }
     let (paged_db, single_db) = (paged.service_db(), single.service_db());
     let mut answers = Vec::new();
@@ -187,20 +206,19 @@ async fn a_page_leaves_what_its_subscriptions_one_at_a_time_leave(backend: Backe
             Outcome::Applied,
             Outcome::Duplicate,
             Outcome::UnknownCustomer,
+            Outcome::Applied,
+            Outcome::UnknownCustomer,
         ],
         "page 0"
-    );
-    assert_eq!(
-        paged.billing_row("one@example.com").await,
-        "cus_b|sub_b1|active|set"
     );
     assert_eq!(
         paged.billing_row("two@example.com").await,
         "cus_c|sub_c1|active|set"
     );
     assert_eq!(
-        paged.billing_row("three@example.com").await,
-        "cus_d|sub_d1|canceled|set"
+        paged.billing_row("four@example.com").await,
+        "-|-|canceled|-",
+        "a deleted customer's subscription counts for nobody"
     );
 }
 

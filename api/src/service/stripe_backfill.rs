@@ -40,7 +40,8 @@
 //! (`link_customers`, `apply_fetched_subscriptions`): the webhook's rule for each row, the
 //! state writing them one at a time would leave, in a few statements a page; its rows are
 //! locked by table (customers, subscriptions, users), each table in the order of the ids, so
-//! two pages, or a page and a webhook, never wait for each other in a cycle. A page the
+//! two pages, or a page and a webhook, do not wait for each other in a cycle (a deadlock a
+//! server reports anyway starts the page again). A page the
 //! database refuses, or whose task panics, is written again a row at a time, each in its own
 //! transaction and task, so a failed row (counted and named) loses no other. A write that
 //! gave up waiting for a lock (`DB_LOCK_TIMEOUT_MS`; most often another write of this run on

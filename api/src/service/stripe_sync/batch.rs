@@ -16,10 +16,12 @@
 //! 2. the page's subscriptions, in the order of their ids, one statement;
 //! 3. the users to settle, in the order of their ids, one statement.
 //!
-//! Two pages, or a page and a webhook, therefore never wait for each other in a cycle: each
-//! takes every row of one table before any row of the next, and each table in one order. A
-//! deadlock a server reports anyway (MySQL's gap locks) starts the page again, as it would a
-//! webhook. A page the database refuses fails whole: the caller applies its subscriptions one
+//! Two pages, or a page and a webhook, therefore do not wait for each other in a cycle: each
+//! takes every row of one table before any row of the next, and each table in one order (a
+//! page that must go row by row locks them all first the same way). A deadlock a server
+//! reports anyway (new customers are inserted after the existing ones are locked, and
+//! InnoDB's duplicate check takes a lock of its own) starts the page again, as it would a
+//! webhook; a page that keeps failing is written a row at a time by the caller. A page the database refuses fails whole: the caller applies its subscriptions one
 //! at a time then, so that one bad subscription fails alone.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -65,7 +67,11 @@ async fn apply_page<C: ConnectionTrait>(
     let mut seen = HashSet::with_capacity(snapshots.len());
     if !snapshots.iter().all(|s| seen.insert(&s.subscription)) {
         // One subscription twice in a page (Stripe's list moved under the cursor): each
-        // snapshot must be planned over the one before it, so one after the other.
+        // snapshot must be planned over the one before it, so one after the other, once
+        // every row they touch is locked in the page's order.
+        let customers = lock_customers(db, snapshots.iter().map(|s| s.customer.as_str())).await?;
+        lock_subscriptions(db, snapshots).await?;
+        lock_users(db, customers.values().filter_map(linked_user)).await?;
         let mut outcomes = Vec::with_capacity(snapshots.len());
         for snapshot in snapshots {
             outcomes.push(fetched_outcome(
@@ -171,6 +177,25 @@ async fn lock_customers<'a, C: ConnectionTrait>(
     Ok(locked)
 }
 
+/// The users' rows, locked in the order of their ids.
+async fn lock_users<C: ConnectionTrait>(
+    db: &C,
+    ids: impl Iterator<Item = i64>,
+) -> Result<Vec<users::Model>, DbErr> {
+    let ids: BTreeSet<i64> = ids.collect();
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    super::super::lock_user_rows(
+        db,
+        users::Entity::find()
+            .filter(users::Column::Id.is_in(ids))
+            .order_by_asc(users::Column::Id),
+    )
+    .all(db)
+    .await
+}
+
 /// The page's stored subscriptions, locked in the order of their ids.
 async fn lock_subscriptions<C: ConnectionTrait>(
     db: &C,
@@ -224,14 +249,7 @@ async fn settle_users<C: ConnectionTrait>(db: &C, ids: &BTreeSet<i64>) -> Result
     if ids.is_empty() {
         return Ok(());
     }
-    let locked = super::super::lock_user_rows(
-        db,
-        users::Entity::find()
-            .filter(users::Column::Id.is_in(ids.iter().copied()))
-            .order_by_asc(users::Column::Id),
-    )
-    .all(db)
-    .await?;
+    let locked = lock_users(db, ids.iter().copied()).await?;
     let owners: HashMap<String, i64> = stripe_customers::Entity::find()
         .select_only()
         .column(stripe_customers::Column::CustomerId)
@@ -363,17 +381,12 @@ async fn link_page<C: ConnectionTrait>(
     if candidates.is_empty() {
         return Ok(finished(outcomes));
     }
-    let mut users: HashMap<i64, users::Model> = super::super::lock_user_rows(
-        db,
-        users::Entity::find()
-            .filter(users::Column::Id.is_in(candidates.iter().map(|&n| links[n].0)))
-            .order_by_asc(users::Column::Id),
-    )
-    .all(db)
-    .await?
-    .into_iter()
-    .map(|user| (user.id, user))
-    .collect();
+    let mut users: HashMap<i64, users::Model> =
+        lock_users(db, candidates.iter().map(|&n| links[n].0))
+            .await?
+            .into_iter()
+            .map(|user| (user.id, user))
+            .collect();
     // Checked, not left to the unique index, as one link checks it.
     let claimed: HashMap<String, i64> = users::Entity::find()
         .select_only()
@@ -424,6 +437,9 @@ async fn one_after_another<C: ConnectionTrait>(
     db: &C,
     links: &[(i64, String)],
 ) -> Result<Vec<LinkOutcome>, DbErr> {
+    // Every row the links touch, locked first in the page's order (again, where held).
+    lock_customers(db, links.iter().map(|(_, c)| c.as_str())).await?;
+    lock_users(db, links.iter().map(|(user, _)| *user)).await?;
     let mut outcomes = Vec::with_capacity(links.len());
     for (user, customer) in links {
         outcomes.push(super::link(db, *user, customer, None).await?);
